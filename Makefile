@@ -1,0 +1,31 @@
+# Two entry points for users: `make demo` (the demo pipeline) and `make test` (the test suite).
+# Both build .venv on first use with python3 -m venv + pip install -e ".[test]".
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+CORES ?= all
+
+.PHONY: demo test lint bench-diagnostics bench-grid clean-results
+
+$(BIN)/lssr: pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --upgrade -q pip
+	$(BIN)/python -m pip install -q -c constraints.txt -e ".[test]"
+	touch $(BIN)/lssr
+
+demo: $(BIN)/lssr
+	$(BIN)/snakemake --cores $(CORES)
+
+test: $(BIN)/lssr
+	$(BIN)/snakefmt --check .
+	$(BIN)/snakemake --lint --cores 1
+	$(BIN)/python -m pytest -q tests
+
+bench-diagnostics: $(BIN)/lssr
+	$(BIN)/python benchmarks/bench_diagnostics.py
+
+bench-grid: $(BIN)/lssr
+	$(BIN)/python benchmarks/bench_grid.py
+
+clean-results:
+	rm -rf results/* figures/* report.html .snakemake
