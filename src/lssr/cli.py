@@ -44,6 +44,9 @@ def cmd_train(args: argparse.Namespace) -> None:
     print(f"run {res.status} after {res.steps} steps in {res.wall_time:.1f}s -> {args.out}")
 
 
+PLUGIN_MODULES = ("lssr.diagnostics", "lssr.tables", "lssr.figures", "lssr.claims", "lssr.batched", "lssr.report")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="lssr", description="Interaction-aware sharpness / LSSR replication toolkit")
     sub = p.add_subparsers(dest="command", required=True)
@@ -65,6 +68,20 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
     t.add_argument("--no-progress", action="store_true")
     t.set_defaults(func=cmd_train)
+
+    # Further commands live next to the code they drive: each module below may define
+    # ``register_cli(subparsers)`` adding its own thin sub-commands.
+    import importlib
+
+    for mod_name in PLUGIN_MODULES:
+        try:
+            mod = importlib.import_module(mod_name)
+        except ModuleNotFoundError as exc:
+            if exc.name != mod_name:
+                raise
+            continue
+        if hasattr(mod, "register_cli"):
+            mod.register_cli(sub)
     return p
 
 
