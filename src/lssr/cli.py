@@ -44,7 +44,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     print(f"run {res.status} after {res.steps} steps in {res.wall_time:.1f}s -> {args.out}")
 
 
-PLUGIN_MODULES = ("lssr.diagnostics", "lssr.tables", "lssr.figures", "lssr.claims", "lssr.batched", "lssr.report")
+PLUGIN_MODULES = ("lssr.workflow", "lssr.diagnostics", "lssr.tables", "lssr.figures", "lssr.claims", "lssr.batched", "lssr.report")
 
 
 def build_parser() -> argparse.ArgumentParser:

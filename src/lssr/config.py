@@ -205,7 +205,7 @@ def _from_dict(cls: type, raw: dict, where: str, prefix: str = "") -> Any:
 
 
 def _check_values(cfg: RunConfig, where: str) -> None:
-    from .data import SOURCES, parse_size
+    from .data import SOURCES
     from .losses import PER_SAMPLE
     from .models import MODELS
 
@@ -260,7 +260,6 @@ def _check_values(cfg: RunConfig, where: str) -> None:
             raise bad("probe.probes", p.probes, "at least 2 sketch probes are needed for a standard error")
         if not 0 < p.eig_tol < 1:
             raise bad("probe.eig_tol", p.eig_tol, "a relative tolerance in (0, 1)")
-    parse_size(cfg.data.n)
 
 
 def config_from_dict(raw: dict, where: str = "config") -> RunConfig:
@@ -270,10 +269,13 @@ def config_from_dict(raw: dict, where: str = "config") -> RunConfig:
     raw = dict(raw)
     data = raw.get("data")
     if isinstance(data, dict) and isinstance(data.get("n"), str):
-        from .data import parse_size
+        from .data import DataError, parse_size
 
         data = dict(data)
-        data["n"] = parse_size(data["n"])
+        try:
+            data["n"] = parse_size(data["n"])
+        except DataError as exc:
+            raise ConfigError(f"{where}: key 'data.n': {exc}") from None
         raw["data"] = data
     cfg = _from_dict(RunConfig, raw, where)
     _check_values(cfg, where)
