@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import math
 import platform
+import shutil
 import subprocess
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,7 +32,7 @@ from torch import nn
 from . import __version__
 from .config import RunConfig
 from .data import Subset, SubsetSpec, build_subset, load_subset
-from .io import torch_save, write_csv, write_json
+from .io import CsvLog, torch_save, write_json
 from .losses import per_sample_loss
 from .models import build_model
 
@@ -203,6 +205,13 @@ def total_steps(cfg: RunConfig, steps_per_epoch: int) -> int:
     return min(limits)
 
 
+CHECKPOINT = "checkpoint.pt"
+
+
+def _save_checkpoint(path: Path, state: dict) -> None:
+    torch_save(path, state)
+
+
 def train(
     cfg: RunConfig,
     data: Subset,
@@ -210,7 +219,13 @@ def train(
     probes: list[Probe] | None = None,
     progress: bool = True,
 ) -> RunResult:
-    """Train ``cfg.model`` on ``data`` with vanilla SGD / GD as configured; write outputs to ``out_dir``."""
+    """Train ``cfg.model`` on ``data`` with vanilla SGD / GD as configured; write outputs to ``out_dir``.
+
+    With ``cfg.checkpoint_every`` and an ``out_dir``, a resumable ``checkpoint.pt`` (weights, sampler
+    and RNG states, step counter, probe states, byte offset of the metrics log) is written every
+    that many steps; a run restarted on the same folder and config resumes from it, and its final
+    tables are byte-identical to an uninterrupted run's.
+    """
     probes = list(probes or [])
     device = resolve_device(cfg.device)
     if device.type == "cuda":
@@ -230,9 +245,36 @@ def train(
     sampler = BatchSampler(n, b, cfg.optim.replacement, cfg.seed)
     optimizer = torch.optim.SGD(model.parameters(), lr=cfg.optim.lr, momentum=0.0, weight_decay=0.0)
     T = total_steps(cfg, sampler.steps_per_epoch)
-    rows: list[dict] = []
     status = "completed"
     chunk = cfg.chunk_size
+    out = Path(out_dir) if out_dir is not None else Path(tempfile.mkdtemp(prefix="lssr-run-"))
+    log = CsvLog(out / "metrics.csv", METRIC_COLUMNS)
+    ckpt_path = out / CHECKPOINT
+    step, elapsed_before = 0, 0.0
+
+    # -- resume --------------------------------------------------------------------------------
+    if out_dir is not None and cfg.checkpoint_every and ckpt_path.exists():
+        try:
+            state = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+        except Exception as exc:  # a checkpoint is only ever renamed into place, so this is rare
+            from . import LssrError
+
+            raise LssrError(f"checkpoint {ckpt_path} cannot be read ({exc}); delete it to restart the run from step 0") from exc
+        if state.get("config_hash") == cfg.hash():
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            sampler.load_state_dict(state["sampler"])
+            torch.set_rng_state(state["torch_rng"])
+            for p, ps in zip(probes, state.get("probes", [])):
+                if ps is not None and hasattr(p, "load_state_dict"):
+                    p.load_state_dict(ps)
+            log.truncate(state["metrics_offset"])
+            step, elapsed_before = state["step"], state["elapsed"]
+        else:
+            ckpt_path.unlink()
+            log.reset()
+    else:
+        log.reset()
 
     def eval_row(step: int) -> dict:
         model.eval()
@@ -251,15 +293,31 @@ def train(
         model.train(was)
         return loss
 
+    def checkpoint(step: int) -> None:
+        state = {
+            "config_hash": cfg.hash(),
+            "step": step,
+            "elapsed": elapsed_before + time.time() - start,
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "sampler": sampler.state_dict(),
+            "torch_rng": torch.get_rng_state(),
+            "probes": [p.state_dict() if hasattr(p, "state_dict") else None for p in probes],
+            "metrics_offset": log.flush(),
+        }
+        _save_checkpoint(ckpt_path, state)
+
     bar = None
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=T, desc=f"train {cfg.name or cfg.model.name} b={b} η={cfg.optim.lr:g}", unit="step", mininterval=1.0)
+        bar = tqdm(total=T, initial=step, desc=f"train {cfg.name or cfg.model.name} b={b} η={cfg.optim.lr:g}", unit="step", mininterval=1.0)
     model.train()
-    step = 0
     goal_reached = False
+    resumed_at = step
     while True:
+        if out_dir is not None and cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step > resumed_at:
+            checkpoint(step)
         row: dict = {"step": step, "epoch": step / sampler.steps_per_epoch}
         if step % cfg.eval_every == 0 or step == T:
             row.update(eval_row(step))
@@ -271,7 +329,7 @@ def train(
             ):
                 goal_reached = True
         if step >= T or status == "diverged" or goal_reached:
-            rows.append(row)
+            log.append(row)
             break
         idx = sampler.next().to(device)
         active = [p for p in probes if p.wants(step)]
@@ -290,7 +348,7 @@ def train(
         if not math.isfinite(batch_loss) or batch_loss > cfg.stop.divergence_bound:
             status = "diverged"
             row["batch_loss"] = batch_loss
-            rows.append(row)
+            log.append(row)
             break
         optimizer.step()
         if ctx is not None:
@@ -301,7 +359,7 @@ def train(
                 p.after_step(ctx)
             _restore_buffers(model, snap)
         if len(row) > 2:
-            rows.append(row)
+            log.append(row)
         step += 1
         if bar is not None:
             bar.update(1)
@@ -311,15 +369,16 @@ def train(
         bar.close()
     for p in probes:
         p.close()
-    metrics = pd.DataFrame(rows, columns=METRIC_COLUMNS)
-    wall = time.time() - start
-    if out_dir is not None:
-        out_dir = Path(out_dir)
-        write_csv(out_dir / "metrics.csv", metrics)
-        torch_save(out_dir / "model.pt", {k: v.detach().cpu() for k, v in model.state_dict().items()})
+    wall = elapsed_before + time.time() - start
+    metrics_file = log.finalize()
+    metrics = pd.read_csv(metrics_file)
+    if out_dir is None:
+        shutil.rmtree(out, ignore_errors=True)
+    else:
+        torch_save(out / "model.pt", {k: v.detach().cpu() for k, v in model.state_dict().items()})
         final = metrics.dropna(subset=["train_loss"]).iloc[-1].to_dict() if metrics["train_loss"].notna().any() else {}
         write_json(
-            out_dir / "run.json",
+            out / "run.json",
             {
                 "status": status,
                 "steps": step,
@@ -333,9 +392,12 @@ def train(
                 "versions": library_versions(),
                 "git_commit": git_commit(),
                 "wall_time_s": wall,
+                "resumed": resumed_at > 0,
                 "final": {k: final.get(k) for k in ("train_loss", "train_acc", "test_loss", "test_acc")},
             },
         )
+        if ckpt_path.exists():
+            ckpt_path.unlink()
     return RunResult(status, step, metrics, model, wall)
 
 
