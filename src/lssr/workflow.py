@@ -174,9 +174,17 @@ def plan(wf: dict) -> Plan:
     if "fig5" in wanted:
         e = exps["fig5"]
         for ds in e["datasets"]:
-            for b in e["batch_sizes"]:
+            if ds not in wf.get("datasets", {}):
+                P.subset(ds)  # raises the error naming the undefined data set
+            n = parse_size(wf["datasets"][ds]["n"])
+            sizes = e["batch_sizes"]
+            if sizes == "powers_of_two":  # b = 2^k from min_batch_size up to n
+                sizes, b = [], e.get("min_batch_size", 8)
+                while b <= n:
+                    sizes.append(b)
+                    b *= 2
+            for b in sizes:
                 group = []
-                n = parse_size(wf["datasets"][ds]["n"])
                 if b > n:
                     raise ConfigError(f"workflow config: experiments.fig5.batch_sizes has b = {b} > n = {n} of data set '{ds}'; drop it or use 'full'")
                 for lr in e["lrs"]:

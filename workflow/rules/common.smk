@@ -12,7 +12,7 @@ GPU = 1 if str(config.get("device", "auto")).startswith("cuda") else 0
 
 
 wildcard_constraints:
-    run="|".join(re.escape(r) for r in RUNS) or "no-runs",
+    run=r"[^/]+",
     subset=r"[^/]+",
     fig=r"fig[0-9A-Z]+",
 
