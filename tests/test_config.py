@@ -70,3 +70,11 @@ def test_load_config_file_errors(tmp_path):
     bad.write_text("data: [unclosed")
     with pytest.raises(ConfigError, match="bad.yaml is not valid YAML"):
         load_config(bad)
+
+
+def test_name_lists_match_registries():
+    from lssr.config import LOSS_NAMES, MODEL_NAMES
+    from lssr.losses import PER_SAMPLE
+    from lssr.models import MODELS
+
+    assert set(MODEL_NAMES) == set(MODELS) and set(LOSS_NAMES) == set(PER_SAMPLE)

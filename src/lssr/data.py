@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
-import torch
 
 from . import LssrError
 from .io import torch_save, write_json
@@ -87,6 +87,8 @@ def _decode_image(path: Path, channels: int = 3) -> np.ndarray:
         with Image.open(path) as img:
             img = img.convert("RGB" if channels == 3 else "L")
             arr = np.asarray(img, dtype=np.uint8)
+    except FileNotFoundError as exc:
+        raise DataError(f"image file {path} is missing; restore it (or remove its entry from the data set's listing)") from exc
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise DataError(f"cannot decode image {path}: {exc}. Replace or delete the corrupt file.") from exc
     if arr.ndim == 2:
@@ -104,10 +106,17 @@ def _stack_images(paths: list[Path], what: str) -> np.ndarray:
     return np.stack(arrays) if arrays else np.zeros((0, 3, 1, 1), np.uint8)
 
 
-def _torchvision_missing(root: Path, name: str, exc: Exception) -> DataError:
+def _torchvision_missing(root: Path, cls: type, exc: Exception, download: bool) -> DataError:
+    folder = root / cls.base_folder
+    if download:
+        return DataError(
+            f"{cls.__name__}: download into {root} failed or gave corrupt files ({type(exc).__name__}: {exc}). "
+            f"Check the network connection and retry, or put the official files in {folder} by hand and set "
+            f"`download: false`."
+        )
     return DataError(
-        f"{name} not found or corrupt under {root} ({exc}). Put the official files there, or set "
-        f"`download: true` in the data config to let torchvision download them."
+        f"{cls.__name__} not found or corrupt under {root}: expected the official files in {folder} ({exc}). "
+        f"Put them there, or set `download: true` in the data config to let torchvision download them."
     )
 
 
@@ -120,8 +129,8 @@ def load_cifar(root: str | Path, download: bool = False, num_classes: int = 10) 
     try:
         tr = cls(str(root), train=True, download=download)
         te = cls(str(root), train=False, download=download)
-    except RuntimeError as exc:
-        raise _torchvision_missing(root, cls.__name__, exc) from exc
+    except (RuntimeError, OSError) as exc:  # missing / md5 mismatch; OSError covers a failed download (URLError)
+        raise _torchvision_missing(root, cls, exc, download) from exc
     return RawSplits(
         train_images=np.ascontiguousarray(tr.data.transpose(0, 3, 1, 2)),
         train_labels=np.asarray(tr.targets, dtype=np.int64),
@@ -138,10 +147,11 @@ def load_stl10(root: str | Path, download: bool = False) -> RawSplits:
 
     root = Path(root)
     try:
+        # torchvision's integrity check wants all of train_X/y, test_X/y and unlabeled_X.bin
         tr = datasets.STL10(str(root), split="train", download=download)
         te = datasets.STL10(str(root), split="test", download=download)
-    except RuntimeError as exc:
-        raise _torchvision_missing(root, "STL10", exc) from exc
+    except (RuntimeError, OSError) as exc:
+        raise _torchvision_missing(root, datasets.STL10, exc, download) from exc
     return RawSplits(
         train_images=np.ascontiguousarray(tr.data),
         train_labels=np.asarray(tr.labels, dtype=np.int64),
@@ -153,7 +163,18 @@ def load_stl10(root: str | Path, download: bool = False) -> RawSplits:
 
 
 def _list_images(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    """Image files directly in ``folder``, sorted by name; hidden files (``._x.jpg`` from macOS) are skipped."""
+    with os.scandir(folder) as entries:  # scandir: no extra stat per file on large trees
+        names = [
+            e.name for e in entries
+            if not e.name.startswith(".") and Path(e.name).suffix.lower() in IMAGE_SUFFIXES and e.is_file()
+        ]
+    return [folder / name for name in sorted(names)]
+
+
+def _list_class_dirs(folder: Path) -> list[str]:
+    """Sorted names of the sub-folders of ``folder``, hidden ones (``.ipynb_checkpoints``) skipped."""
+    return sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
 def load_tinyimagenet(root: str | Path, download: bool = False) -> RawSplits:
@@ -165,9 +186,15 @@ def load_tinyimagenet(root: str | Path, download: bool = False) -> RawSplits:
     root = Path(root)
     base = root if (root / "wnids.txt").exists() else root / "tiny-imagenet-200"
     if not (base / "wnids.txt").exists() and download:
-        from torchvision.datasets.utils import download_and_extract_archive
+        from torchvision.datasets import utils as tv_utils
 
-        download_and_extract_archive(TINY_IMAGENET_URL, str(root), md5=TINY_IMAGENET_MD5)
+        try:
+            tv_utils.download_and_extract_archive(TINY_IMAGENET_URL, str(root), md5=TINY_IMAGENET_MD5)
+        except (RuntimeError, OSError) as exc:
+            raise DataError(
+                f"Tiny-ImageNet download of {TINY_IMAGENET_URL} into {root} failed ({type(exc).__name__}: {exc}). "
+                f"Check the network and retry, or unpack the official zip into {root} and set `download: false`."
+            ) from exc
         base = root / "tiny-imagenet-200"
     wnids_file = base / "wnids.txt"
     if not wnids_file.exists():
@@ -177,12 +204,17 @@ def load_tinyimagenet(root: str | Path, download: bool = False) -> RawSplits:
         )
     wnids = [w.strip() for w in wnids_file.read_text().split() if w.strip()]
     if len(wnids) != 200:
-        raise DataError(f"{wnids_file} lists {len(wnids)} classes; Tiny-ImageNet has 200")
+        raise DataError(
+            f"{wnids_file} lists {len(wnids)} classes; Tiny-ImageNet has 200. Restore the official wnids.txt "
+            f"(one wnid a line) or re-download the data set"
+        )
+    if len(set(wnids)) != len(wnids):
+        raise DataError(f"{wnids_file} lists some wnids twice; restore the official wnids.txt")
     index = {w: i for i, w in enumerate(wnids)}
     train_dir = base / "train"
     if not train_dir.is_dir():
         raise DataError(f"Tiny-ImageNet training folder {train_dir} is missing")
-    folders = sorted(p.name for p in train_dir.iterdir() if p.is_dir())
+    folders = _list_class_dirs(train_dir)
     extra = sorted(set(folders) - set(index))
     missing = sorted(set(index) - set(folders))
     if extra or missing:
@@ -232,7 +264,7 @@ def load_imagefolder(root: str | Path, download: bool = False, num_classes: int 
         d = root / split
         if not d.is_dir():
             raise DataError(f"image-folder tree {root} has no {split}/ folder; expected {root}/{split}/<class>/<image>")
-        classes = sorted(p.name for p in d.iterdir() if p.is_dir())
+        classes = _list_class_dirs(d)
         if not classes:
             raise DataError(f"{d} has no class folders; expected {d}/<class>/<image>")
         paths, labels = [], []
@@ -298,10 +330,16 @@ def get_source(name: str) -> Callable[..., RawSplits]:
 def stratified_indices(labels: np.ndarray, n: int, num_classes: int, seed: int) -> np.ndarray:
     """Choose n indices whose per-class counts differ by at most one, with a seeded generator.
 
-    Each class gets floor(n / K) samples and ``n mod K`` classes, chosen at random, one more.
-    Classes too small for their share give their shortfall to the others. Returns sorted indices.
+    With C = ``num_classes``, each class gets floor(n / C) samples and ``n mod C`` classes, chosen at
+    random, one more. Classes too small for their share give their shortfall to the others (the
+    remaining classes still differ by at most one). Returns sorted indices into ``labels``.
     """
     labels = np.asarray(labels)
+    if len(labels) and (labels.min() < 0 or labels.max() >= num_classes):
+        raise DataError(
+            f"labels range over {int(labels.min())}..{int(labels.max())} but num_classes is {num_classes}; "
+            f"labels must be 0..{num_classes - 1}"
+        )
     if n > len(labels):
         raise DataError(f"subset size n={n} is larger than the training pool ({len(labels)} samples); choose n <= {len(labels)}")
     if n < 1:
@@ -331,6 +369,7 @@ def sha256_array(arr: np.ndarray) -> str:
 def _resize(images: np.ndarray, size: int | None) -> np.ndarray:
     if size is None or (images.shape[-1] == size and images.shape[-2] == size) or len(images) == 0:
         return images
+    import torch
     import torch.nn.functional as F
 
     t = torch.from_numpy(images).float()
@@ -359,6 +398,8 @@ class SubsetSpec:
 
 def build_subset(spec: SubsetSpec, out_dir: str | Path) -> Path:
     """Build DATASET-n (stratified, seeded) and write ``data.pt`` + ``manifest.json`` atomically."""
+    import torch
+
     out_dir = Path(out_dir)
     loader = get_source(spec.dataset)
     if spec.dataset != "digits" and not spec.root:
@@ -420,10 +461,10 @@ def build_subset(spec: SubsetSpec, out_dir: str | Path) -> Path:
 class Subset:
     """A loaded subset, standardized per channel with the subset's own statistics."""
 
-    x_train: torch.Tensor
-    y_train: torch.Tensor
-    x_test: torch.Tensor
-    y_test: torch.Tensor
+    x_train: "torch.Tensor"
+    y_train: "torch.Tensor"
+    x_test: "torch.Tensor"
+    y_test: "torch.Tensor"
     manifest: dict
 
     @property
@@ -434,7 +475,10 @@ class Subset:
     def image_shape(self) -> tuple[int, int, int]:
         return tuple(self.manifest["image_shape"])
 
-    def to(self, device, dtype=torch.float32) -> "Subset":
+    def to(self, device, dtype=None) -> "Subset":
+        import torch
+
+        dtype = dtype or torch.float32
         return Subset(
             self.x_train.to(device, dtype), self.y_train.to(device),
             self.x_test.to(device, dtype), self.y_test.to(device), self.manifest,
@@ -443,6 +487,8 @@ class Subset:
 
 def load_subset(path: str | Path, verify: bool = True) -> Subset:
     """Load ``data.pt`` + ``manifest.json`` from a subset folder; check hashes; standardize."""
+    import torch
+
     path = Path(path)
     man_file, data_file = path / "manifest.json", path / "data.pt"
     if not man_file.exists() or not data_file.exists():
@@ -455,10 +501,16 @@ def load_subset(path: str | Path, verify: bool = True) -> Subset:
         payload = torch.load(data_file, map_location="cpu", weights_only=True)
     except Exception as exc:  # truncated / corrupt file
         raise DataError(f"{data_file} cannot be read ({type(exc).__name__}: {exc}); delete it and rebuild with `lssr subset`") from exc
-    arrays = {k: payload[k].numpy() for k in ("train_images", "train_labels", "test_images", "test_labels")}
+    keys = ("train_images", "train_labels", "test_images", "test_labels")
+    if not isinstance(payload, dict) or any(k not in payload for k in keys):
+        raise DataError(f"{data_file} lacks some of {list(keys)}; delete {path} and rebuild it with `lssr subset`")
+    arrays = {k: payload[k].numpy() for k in keys}
+    missing = [k for k in ("sha256", "mean", "std", "num_classes", "image_shape") if k not in manifest]
+    if missing:
+        raise DataError(f"{man_file} lacks {missing}; delete {path} and rebuild it with `lssr subset`")
     if verify:
         for key, arr in arrays.items():
-            if sha256_array(arr) != manifest["sha256"][key]:
+            if sha256_array(arr) != manifest["sha256"].get(key):
                 raise DataError(
                     f"{data_file}: sha256 of {key} does not match {man_file}; the subset file was changed or is "
                     f"corrupt. Delete {path} and rebuild it with `lssr subset`."
@@ -466,7 +518,7 @@ def load_subset(path: str | Path, verify: bool = True) -> Subset:
     mean = torch.tensor(manifest["mean"], dtype=torch.float32).view(1, -1, 1, 1)
     std = torch.tensor(manifest["std"], dtype=torch.float32).view(1, -1, 1, 1).clamp_min(1e-8)
 
-    def standardize(a: np.ndarray) -> torch.Tensor:
+    def standardize(a: np.ndarray) -> "torch.Tensor":
         return (torch.from_numpy(a).float() / 255.0 - mean) / std
 
     return Subset(

@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# A fake cluster for the tests: "submits" a Snakemake job script by starting it in the background on
+# this machine and prints a job id, as qsub/sbatch would. Completion is seen through Snakemake's
+# own job-finished marker files (no status command).
+jobscript="$1"
+logdir="$(dirname "$0")/logs"
+mkdir -p "$logdir"
+nohup bash "$jobscript" > "$logdir/$(basename "$jobscript").out" 2>&1 &
+echo "fake-$!"
