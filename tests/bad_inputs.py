@@ -1,0 +1,305 @@
+"""Bad inputs and failing writes: each case must end with a clear lssr error and leave earlier outputs intact.
+
+Used by tests/test_bad_inputs.py, and run as a script to regenerate the table in docs/RELIABILITY.md:
+
+    python tests/bad_inputs.py > docs/RELIABILITY-table.md    (the table is pasted into RELIABILITY.md)
+"""
+
+from __future__ import annotations
+
+import copy
+import errno
+import json
+import os
+import pickle
+import sys
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from unittest import mock
+
+import numpy as np
+
+from lssr import LssrError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+RUN = {
+    "seed": 0,
+    "device": "cpu",
+    "data": {"dataset": "digits", "n": 64},
+    "model": {"name": "digits_cnn"},
+    "loss": "mse",
+    "optim": {"lr": 0.1, "batch_size": 16},
+    "stop": {"steps": 3},
+}
+
+
+def _run(**changes):
+    raw = copy.deepcopy(RUN)
+    for path, value in changes.items():
+        node = raw
+        keys = path.split("__")
+        for k in keys[:-1]:
+            node = node[k]
+        node[keys[-1]] = value
+    return raw
+
+
+def _png_tree(root: Path, classes=("a", "b"), splits=("train", "test"), per_class=3) -> Path:
+    from PIL import Image
+
+    for split in splits:
+        for c in classes:
+            d = root / split / c
+            d.mkdir(parents=True, exist_ok=True)
+            for i in range(per_class):
+                Image.fromarray(np.full((8, 8, 3), 40 * i, np.uint8)).save(d / f"{i}.png")
+    return root
+
+
+def _digits_subset(tmp: Path) -> Path:
+    from lssr.data import SubsetSpec, build_subset
+
+    return build_subset(SubsetSpec("digits", 64, seed=0), tmp / "subset")
+
+
+# -- the cases: each returns the error it provoked -------------------------------------------------
+
+
+def case_config_misspelled(tmp):
+    from lssr.config import config_from_dict
+
+    raw = _run()
+    raw["optim"]["lrr"] = raw["optim"].pop("lr")
+    config_from_dict(raw, where="run.yaml")
+
+
+def case_config_negative_lr(tmp):
+    from lssr.config import config_from_dict
+
+    config_from_dict(_run(optim__lr=-0.1), where="run.yaml")
+
+
+def case_config_b_gt_n(tmp):
+    from lssr.config import config_from_dict
+
+    config_from_dict(_run(optim__batch_size=128), where="run.yaml")
+
+
+def case_config_unknown_dataset(tmp):
+    from lssr.config import config_from_dict
+
+    config_from_dict(_run(data__dataset="mnist"), where="run.yaml")
+
+
+def case_config_unknown_model(tmp):
+    from lssr.config import config_from_dict
+
+    config_from_dict(_run(model__name="vgg16"), where="run.yaml")
+
+
+def case_workflow_schema(tmp):
+    import yaml
+    from snakemake.exceptions import WorkflowError
+    from snakemake.utils import validate
+
+    cfg = yaml.safe_load((ROOT / "config" / "test.yaml").read_text())
+    cfg["experiments"]["fig4"]["sgd"]["lr_typo"] = 0.1
+    try:
+        validate(cfg, str(ROOT / "workflow" / "schemas" / "config.schema.yaml"))
+    except WorkflowError as exc:
+        first = str(exc).split("\n\nFailed validating")[0]
+        raise LssrError(first.replace("\n", " ")) from exc
+
+
+def case_workflow_b_gt_n(tmp):
+    import yaml
+
+    from lssr.workflow import plan
+
+    cfg = yaml.safe_load((ROOT / "config" / "test.yaml").read_text())
+    cfg["experiments"]["fig5"]["batch_sizes"] = [16, 1024]
+    plan(cfg)
+
+
+def case_imagefolder_no_test(tmp):
+    from lssr.data import SubsetSpec, build_subset
+
+    root = _png_tree(tmp / "tree", splits=("train",))
+    build_subset(SubsetSpec("imagefolder", 4, root=str(root)), tmp / "out")
+
+
+def case_tinyimagenet_extra_class(tmp):
+    from lssr.data import load_tinyimagenet
+
+    base = tmp / "tiny-imagenet-200"
+    wnids = [f"n{i:08d}" for i in range(200)]
+    (base / "train").mkdir(parents=True)
+    (base / "wnids.txt").write_text("\n".join(wnids) + "\n")
+    for w in wnids + ["n99999999"]:
+        (base / "train" / w / "images").mkdir(parents=True)
+    load_tinyimagenet(tmp)
+
+
+def case_cifar_missing(tmp):
+    from lssr.data import load_cifar
+
+    load_cifar(tmp / "cifar10", download=False)
+
+
+def case_n_too_large(tmp):
+    from lssr.data import SubsetSpec, build_subset
+
+    build_subset(SubsetSpec("digits", 5000), tmp / "out")
+
+
+def case_corrupt_jpeg(tmp):
+    from lssr.data import SubsetSpec, build_subset
+
+    root = _png_tree(tmp / "tree")
+    (root / "test" / "a" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 this is not a jpeg")
+    build_subset(SubsetSpec("imagefolder", 4, root=str(root)), tmp / "out")
+
+
+def case_truncated_subset(tmp):
+    from lssr.data import load_subset
+
+    folder = _digits_subset(tmp)
+    data = folder / "data.pt"
+    data.write_bytes(data.read_bytes()[: data.stat().st_size // 2])
+    load_subset(folder)
+
+
+def case_manifest_hash_mismatch(tmp):
+    import torch
+
+    from lssr.data import load_subset
+
+    folder = _digits_subset(tmp)
+    payload = torch.load(folder / "data.pt", weights_only=True)
+    payload["train_labels"][0] = (payload["train_labels"][0] + 1) % 10
+    torch.save(payload, folder / "data.pt")
+    load_subset(folder)
+
+
+def case_subset_other_config(tmp):
+    from lssr.config import config_from_dict
+    from lssr.train import run_from_config
+
+    folder = _digits_subset(tmp)
+    cfg = config_from_dict(_run(data__seed=3))
+    run_from_config(cfg, tmp / "run", data_dir=folder, progress=False)
+
+
+def case_read_only_output(tmp):
+    from lssr.io import write_text
+
+    target = tmp / "results" / "claims.csv"
+
+    def denied(*a, **k):
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES))
+
+    with mock.patch("tempfile.mkstemp", denied):  # what a read-only folder does to a new file
+        write_text(target, "new")
+
+
+def case_disk_full(tmp):
+    from lssr.io import write_csv
+    import pandas as pd
+
+    target = tmp / "results" / "tables" / "runs.csv"
+    real_replace = os.replace
+
+    def full(src, dst):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    with mock.patch("os.replace", full):
+        write_csv(target, pd.DataFrame({"a": [1, 2]}))
+    assert real_replace
+
+
+def case_bad_set_override(tmp):
+    from lssr.cli import _parse_set
+
+    _parse_set(["optim.lr:0.1"])
+
+
+def case_corrupt_checkpoint(tmp):
+    import yaml
+
+    from lssr.config import config_from_dict
+    from lssr.train import run_from_config
+
+    folder = _digits_subset(tmp)
+    cfg = config_from_dict(_run(checkpoint_every=2))
+    (tmp / "run").mkdir()
+    (tmp / "run" / "checkpoint.pt").write_bytes(b"not a checkpoint")
+    run_from_config(cfg, tmp / "run", data_dir=folder, progress=False)
+    assert yaml
+
+
+CASES = [
+    ("run config: misspelled key (optim.lrr)", case_config_misspelled),
+    ("run config: negative learning rate", case_config_negative_lr),
+    ("run config: b > n", case_config_b_gt_n),
+    ("run config: unknown data set", case_config_unknown_dataset),
+    ("run config: unknown model", case_config_unknown_model),
+    ("workflow config: misspelled key (schema)", case_workflow_schema),
+    ("workflow config: Figure-5 b > n", case_workflow_b_gt_n),
+    ("image folder without test/", case_imagefolder_no_test),
+    ("Tiny-ImageNet tree with an extra class folder", case_tinyimagenet_extra_class),
+    ("CIFAR-10 files missing, download off", case_cifar_missing),
+    ("subset size larger than the pool", case_n_too_large),
+    ("corrupt JPEG in an image folder", case_corrupt_jpeg),
+    ("truncated subset file (data.pt)", case_truncated_subset),
+    ("subset changed after its manifest (sha256 mismatch)", case_manifest_hash_mismatch),
+    ("subset folder of another config passed to train", case_subset_other_config),
+    ("read-only output folder (EACCES on create)", case_read_only_output),
+    ("full disk (ENOSPC on rename)", case_disk_full),
+    ("malformed --set override", case_bad_set_override),
+    ("corrupt checkpoint.pt", case_corrupt_checkpoint),
+]
+
+
+@contextmanager
+def earlier_outputs(tmp: Path):
+    """Plant earlier outputs (including the files a failing write targets) and check they survive."""
+    files = {
+        tmp / "results" / "claims.csv": "claim,verdict\nC1,pass\n",
+        tmp / "results" / "tables" / "runs.csv": "run,status\nr1,completed\n",
+        tmp / "results" / "runs" / "old" / "metrics.csv": "step,train_loss\n0,1.0\n",
+    }
+    for f, text in files.items():
+        f.parent.mkdir(parents=True, exist_ok=True)
+        f.write_text(text)
+    yield
+    for f, text in files.items():
+        assert f.read_text() == text, f"earlier output {f} was changed"
+    leftovers = [p for p in tmp.rglob("*.tmp")]
+    assert not leftovers, f"temporary files left behind: {leftovers}"
+
+
+def provoke(fn) -> str:
+    """Run one case in a fresh folder; return the message of the LssrError it must raise."""
+    with tempfile.TemporaryDirectory() as d:
+        tmp = Path(d)
+        with earlier_outputs(tmp):
+            try:
+                fn(tmp)
+            except LssrError as exc:
+                return str(exc).replace(str(tmp), "<tmp>")
+        raise AssertionError(f"{fn.__name__} raised no error")
+
+
+def main() -> None:
+    print("| # | bad input | message |")
+    print("|---|---|---|")
+    for i, (title, fn) in enumerate(CASES, 1):
+        msg = provoke(fn).replace("|", "\\|").replace("\n", " ")
+        print(f"| {i} | {title} | {msg} |")
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(ROOT / "src"))
+    main()

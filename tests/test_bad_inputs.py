@@ -1,0 +1,42 @@
+"""Every bad input in tests/bad_inputs.py ends with a clear lssr error naming what is wrong, and
+leaves earlier outputs intact (checked inside provoke())."""
+
+import re
+
+import pytest
+
+from bad_inputs import CASES, provoke
+
+# what each message must name (the key, value, file or fix)
+EXPECT = {
+    "case_config_misspelled": r"unknown key 'optim.lrr'",
+    "case_config_negative_lr": r"'optim.lr' = -0.1",
+    "case_config_b_gt_n": r"'optim.batch_size' = 128.*n = 64",
+    "case_config_unknown_dataset": r"'data.dataset' = 'mnist'.*known data sets",
+    "case_config_unknown_model": r"'model.name' = 'vgg16'.*known models",
+    "case_workflow_schema": r"'lr_typo' was unexpected",
+    "case_workflow_b_gt_n": r"b = 1024 > n = 256",
+    "case_imagefolder_no_test": r"no test/ folder",
+    "case_tinyimagenet_extra_class": r"n99999999",
+    "case_cifar_missing": r"cifar-10-batches-py.*download: true",
+    "case_n_too_large": r"n=5000 is larger than the training pool",
+    "case_corrupt_jpeg": r"broken\.jpg",
+    "case_truncated_subset": r"data\.pt.*rebuild",
+    "case_manifest_hash_mismatch": r"sha256 of train_labels does not match",
+    "case_subset_other_config": r"seed",
+    "case_read_only_output": r"cannot write .*claims\.csv: Permission denied.*nothing at .* was changed",
+    "case_disk_full": r"cannot write .*runs\.csv: No space left on device",
+    "case_bad_set_override": r"expected KEY=VALUE",
+    "case_corrupt_checkpoint": r"checkpoint .*checkpoint\.pt cannot be read.*delete it",
+}
+
+
+def test_table_is_complete():
+    assert len(CASES) >= 15
+    assert {fn.__name__ for _, fn in CASES} == set(EXPECT)
+
+
+@pytest.mark.parametrize("title,fn", CASES, ids=[fn.__name__ for _, fn in CASES])
+def test_bad_input_gives_clear_error(title, fn):
+    msg = provoke(fn)
+    assert re.search(EXPECT[fn.__name__], msg, re.S), msg
