@@ -1,0 +1,76 @@
+"""Figures: every figure from its table CSV (built from synthetic runs) -> pdf, png and data csv."""
+
+from __future__ import annotations
+
+import argparse
+
+import pandas as pd
+import pytest
+from test_tables import shared_runs
+
+from lssr import figures, tables
+
+
+@pytest.fixture(scope="module")
+def table_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("fig")
+    runs = shared_runs(tmp_path_factory)
+    out = root / "tables"
+    tables.write_table("fig1", runs["sgd"] + runs["gd"][:2], out / "fig1.csv")
+    tables.write_table("fig2", runs["sgd"] + runs["gd"][:2], out / "fig2.csv")
+    tables.write_table("fig3", runs["valley"], out / "fig3.csv")
+    tables.write_table("fig4", runs["gd"] + runs["sgd_bs"], out / "fig4.csv")
+    tables.write_table("fig5", runs["heat"], out / "fig5.csv")
+    tables.write_table("figC5", runs["sgd_bs"], out / "figC5.csv")
+    return out
+
+
+@pytest.mark.parametrize("fig", [f for f in figures.FIGURES if f != "fig5"])  # fig5: below, via the CLI
+def test_figure_files_and_data(fig, table_dir, tmp_path):
+    out = tmp_path / "figures" / f"{fig}.pdf"
+    paths = figures.make_figure(fig, [table_dir / f"{fig}.csv"], out)
+    assert paths["pdf"] == out and paths["png"] == out.with_suffix(".png")
+    assert paths["data"] == tmp_path / "figures" / "data" / f"{fig}.csv"
+    for p in paths.values():
+        assert p.exists() and p.stat().st_size > 0
+    assert out.read_bytes()[:4] == b"%PDF"
+    assert out.with_suffix(".png").read_bytes()[:4] == b"\x89PNG"
+    # the plotted data is exactly the table
+    table = pd.read_csv(table_dir / f"{fig}.csv")
+    data = pd.read_csv(paths["data"])
+    pd.testing.assert_frame_equal(data, table)
+    assert not list((tmp_path / "figures").rglob(".*.tmp"))
+
+
+def test_fig5_several_tables_and_cli(table_dir, tmp_path):
+    t = pd.read_csv(table_dir / "fig5.csv")
+    a = t[t["dataset"].isin(["analytic", "lssr_ds"])]
+    b = t[t["dataset"] == "srsr_ds"]
+    a.to_csv(tmp_path / "a.csv", index=False)
+    b.to_csv(tmp_path / "b.csv", index=False)
+    p = argparse.ArgumentParser()
+    sub = p.add_subparsers(dest="command", required=True)
+    figures.register_cli(sub)
+    out = tmp_path / "figs" / "fig5.pdf"
+    args = p.parse_args(
+        ["figure", "fig5", "--table", str(tmp_path / "a.csv"), "--table", str(tmp_path / "b.csv"), "--out", str(out)]
+    )
+    args.func(args)
+    data = pd.read_csv(tmp_path / "figs" / "data" / "fig5.csv")
+    assert set(data.loc[data["kind"] == "cell", "dataset"]) == {"lssr_ds", "srsr_ds"}
+    pd.testing.assert_frame_equal(data, pd.concat([a, b], ignore_index=True), check_dtype=False)
+    assert out.read_bytes()[:4] == b"%PDF" and out.with_suffix(".png").stat().st_size > 0
+
+
+def test_empty_tables_still_plot(tmp_path):
+    for fig, cols in (("fig3", tables.FIG3_COLUMNS), ("fig4", tables.FIG4_COLUMNS)):
+        pd.DataFrame(columns=cols).to_csv(tmp_path / f"{fig}.csv", index=False)
+        paths = figures.make_figure(fig, [tmp_path / f"{fig}.csv"], tmp_path / "out" / f"{fig}.pdf")
+        assert paths["pdf"].stat().st_size > 0
+
+
+def test_missing_table_is_a_user_error(tmp_path):
+    from lssr import LssrError
+
+    with pytest.raises(LssrError, match="table not found"):
+        figures.make_figure("fig1", [tmp_path / "nope.csv"], tmp_path / "fig1.pdf")

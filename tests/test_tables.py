@@ -1,0 +1,503 @@
+"""Tables from synthetic run folders with known slopes, crossings and optima.
+
+The helpers here (write_run, gd_diag, sgd_diag, valley_diag, heatmap_runs, build_all) are also used
+by tests/test_figures.py and tests/test_claims.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from lssr import tables
+from lssr.scaling import gamma as _gamma
+from lssr.scaling import rho_b as _rho_b
+
+N = 1024
+RHO = 2.0**-5
+
+
+# ---------------------------------------------------------------------------------------------
+# synthetic run folders
+# ---------------------------------------------------------------------------------------------
+def write_run(
+    path: Path,
+    *,
+    dataset="synth",
+    n=N,
+    loss="ce",
+    lr=0.02,
+    b="full",
+    replacement=False,
+    status="completed",
+    test_acc=0.9,
+    diag=None,
+    metrics=None,
+    seed=0,
+) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    cfg = {
+        "data": {"dataset": dataset, "n": n, "seed": 0},
+        "model": {"name": "synthetic", "batch_norm": False},
+        "loss": loss,
+        "optim": {"lr": lr, "batch_size": b, "replacement": replacement},
+        "seed": seed,
+    }
+    meta = {
+        "status": status,
+        "steps": int(diag["step"].max()) + 1 if diag is not None else 100,
+        "config": cfg,
+        "final": {"train_loss": 0.1, "train_acc": 0.99, "test_loss": 0.3, "test_acc": test_acc},
+        "wall_time_s": 1.0,
+        "device": "cpu",
+    }
+    (path / "run.json").write_text(json.dumps(meta))
+    if diag is not None:
+        diag.to_csv(path / "diagnostics.csv", index=False)
+    if metrics is not None:
+        metrics.to_csv(path / "metrics.csv", index=False)
+    return path
+
+
+def gd_diag(
+    lr: float,
+    loss: str = "ce",
+    T: int = 160,
+    slope_factor: float = 1.0,
+    eos_level: float = 1.0,
+    converge_at: int | None = 60,
+):
+    """GD: ‖H‖ exceeds 2/η at step 15; ‖H‖_{S_n} climbs 0.25..1.05 × 2/η over steps 15..23 (entry 23),
+    then oscillates around eos_level × 2/η while ‖H‖ = 1.2 × 2/η. loss_change follows eq. (9) exactly
+    (times slope_factor) up to the entry. For CE, accuracy reaches 100% at ``converge_at`` and the
+    sharpness then decays to 0.2-0.3 × 2/η. Returns (diagnostics, metrics)."""
+    two = 2.0 / lr
+    t = np.arange(T, dtype=float)
+    top = np.where(t < 20, two * (0.5 + 0.7 * t / 20), two * 1.2 * (1 + 0.02 * np.sin(t)))
+    ias = np.where(t < 15, 0.1 * two, two * (0.25 + 0.1 * (t - 15)))
+    ias = np.where(t > 23, two * eos_level * (1 + 0.08 * np.sin(t)), ias)
+    if loss == "ce" and converge_at is not None:
+        ias = np.where(t >= converge_at, 0.2 * two, ias)
+        top = np.where(t >= converge_at, 0.3 * two, top)
+    tr_s_n = 1.0 + 0.5 * np.cos(t / 7)
+    change = slope_factor * lr**2 / 2 * (ias - two) * tr_s_n
+    change = np.where(t > 23, 0.5 * change, change)  # gentler after the entry (Figure 2)
+    lossv = 2.0 * np.exp(-t / 200)
+    diag = pd.DataFrame(
+        {
+            "step": t.astype(int),
+            "lr": lr,
+            "two_over_eta": two,
+            "b_run": N,
+            "loss": lossv,
+            "loss_next": lossv + change,
+            "loss_change": change,
+            "tr_S_n": tr_s_n,
+            "tr_S_1": tr_s_n / RHO,
+            "tr_HS_n": ias * tr_s_n,
+            "ias_n": ias,
+            "top_eig": top,
+            "expected_change": change,
+        }
+    )
+    acc = np.clip(0.5 + t / (2 * (converge_at or 10_000)), 0, 1.0)
+    ev = t[::10]
+    metrics = pd.DataFrame(
+        {
+            "step": ev.astype(int),
+            "epoch": ev,
+            "batch_loss": 1.0,
+            "train_loss": 2.0 * np.exp(-ev / 200),
+            "train_acc": acc[::10],
+            "test_loss": 1.0,
+            "test_acc": 0.8,
+        }
+    )
+    return diag, metrics
+
+
+def sgd_diag(
+    lr: float,
+    b: int,
+    n: int = N,
+    rho: float = RHO,
+    T: int = 80,
+    ratio_level: float = 0.95,
+    slope_factor: float = 1.0,
+    probe_bs=(8, 32),
+) -> pd.DataFrame:
+    """SGD with ρ_1 = rho: the instability ratio climbs 0.15..1.05 × 2/η over steps 0..9 (entry 9) and
+    then oscillates around ratio_level × 2/η, so ‖H‖_{S_b} / (2ρ_b/η) ≈ ratio_level. expected_change
+    follows eq. (6) exactly (times slope_factor) up to the entry. ρ_b follows eq. (12) for every b."""
+    two = 2.0 / lr
+    t = np.arange(T, dtype=float)
+    inst = np.where(t <= 9, two * (0.15 + 0.1 * t), two * ratio_level * (1 + 0.1 * np.sin(t)))
+    tr_s_n = 1.0 + 0.5 * np.cos(t / 5)
+    cols = {
+        "step": t.astype(int),
+        "lr": lr,
+        "two_over_eta": two,
+        "b_run": b,
+        "loss": 2.0 * np.exp(-t / 100),
+        "tr_S_n": tr_s_n,
+        "tr_S_1": tr_s_n / rho,
+        "tr_HS_n": 0.5 * two * tr_s_n,
+        "ias_n": 0.5 * two,
+        "top_eig": 1.5 * two,
+    }
+    change = slope_factor * lr**2 / 2 * (inst - two) * tr_s_n
+    cols["expected_change"] = np.where(t > 9, 0.5 * change, change)
+    cols["loss_change"] = cols["expected_change"] + 0.01 * np.sin(3 * t)  # a noisy realisation
+    for bb in sorted(set(probe_bs) | {b}):
+        rb = float(_rho_b(rho, n, bb, False))
+        inst_bb = inst if bb == b else inst * 0.9
+        cols[f"tr_S_b_{bb}"] = tr_s_n / rb
+        cols[f"tr_HS_b_{bb}"] = inst_bb * tr_s_n
+        cols[f"rho_b_{bb}"] = np.full(T, rb)
+        cols[f"ias_b_{bb}"] = inst_bb * rb
+        cols[f"instability_b_{bb}"] = inst_bb
+        cols[f"resultant_b_{bb}"] = np.full(T, rb * 1.05)
+    return pd.DataFrame(cols)
+
+
+S_GRID = (-0.5, -0.25, 0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0, 2.25, 2.5)
+ALPHAS = (0.25, 0.5, 0.75, 1.0, 1.25)
+
+
+def valley_diag(lr: float = 0.04, T: int = 10) -> pd.DataFrame:
+    """GD valley probes: ΔL(s) = k s (s − s_z) with s_z on the s grid (so the normalised curve is
+    exactly x² − 2x); ‖H‖_{S_n} alternates below/above 2/η; step 3 has no second zero in the grid."""
+    two = 2.0 / lr
+    rows = []
+    for t in range(T):
+        ias = two * (0.9 if t % 2 == 0 else 1.1)
+        r = {
+            "step": t,
+            "lr": lr,
+            "two_over_eta": two,
+            "ias_n": ias,
+            "tr_S_n": 1.0,
+            "tr_HS_n": ias,
+            "top_eig": 1.3 * two,
+        }
+        for a in ALPHAS:
+            r[f"valley_ratio_a{a:g}"] = 1 + (0.1 if t % 2 == 0 else -0.1) * a
+        s_z = (1.0, 1.5, 2.0)[t % 3] if t != 3 else 10.0
+        k = 0.3 + 0.1 * t
+        for s in S_GRID:
+            r[f"valley_dL_s{s:g}"] = k * s * (s - s_z)
+            r[f"valley_quad_s{s:g}"] = k * s * (s - 1.2)
+        rows.append(r)
+    return pd.DataFrame(rows)
+
+
+def acc_model(log2_lr: float, log2_opt: float) -> float:
+    return 0.95 - 0.02 * (log2_lr - log2_opt) ** 2
+
+
+def heatmap_runs(root: Path, dataset: str, rule: str, bs, log2_lrs, n: int = N, rho: float = RHO, log2_c: float = -1.0):
+    """One run folder per (b, η): accuracy peaks at η*(b) = c·ρ_b (rule 'lssr') or c·√b ('srsr');
+    runs with η > 2 η* diverge."""
+    paths = []
+    for b in bs:
+        if rule == "lssr":
+            opt = log2_c + math.log2(float(_rho_b(rho, n, b, False)))
+        else:
+            opt = log2_c + 0.5 * math.log2(b)
+        for l2 in log2_lrs:
+            div = l2 > opt + 1.0
+            paths.append(
+                write_run(
+                    root / f"{dataset}_b{b}_lr{l2:g}",
+                    dataset=dataset,
+                    n=n,
+                    loss="ce",
+                    lr=2.0**l2,
+                    b=b,
+                    status="diverged" if div else "completed",
+                    test_acc=0.1 if div else acc_model(l2, opt),
+                )
+            )
+    return paths
+
+
+def build_all(root: Path) -> dict:
+    """Every synthetic run folder used by the tests, grouped by purpose."""
+    runs: dict[str, list[Path]] = {}
+    lr = 0.02
+    gd_ce, m_ce = gd_diag(lr, "ce")
+    gd_mse, m_mse = gd_diag(lr, "mse", converge_at=None)
+    gd_ce2, m_ce2 = gd_diag(0.01, "ce")
+    runs["gd"] = [
+        write_run(root / "gd_ce", loss="ce", lr=lr, diag=gd_ce, metrics=m_ce),
+        write_run(root / "gd_mse", loss="mse", lr=lr, diag=gd_mse, metrics=m_mse),
+        write_run(root / "gd_ce_lr0.01", loss="ce", lr=0.01, diag=gd_ce2, metrics=m_ce2),
+    ]
+    runs["sgd"] = [
+        write_run(root / "sgd_ce_b32", loss="ce", lr=lr, b=32, diag=sgd_diag(lr, 32)),
+        write_run(root / "sgd_mse_b32", loss="mse", lr=lr, b=32, diag=sgd_diag(lr, 32)),
+    ]
+    runs["sgd_bs"] = [
+        write_run(
+            root / "iir" / f"sgd_b{b}", loss="ce", lr=0.08, b=b, diag=sgd_diag(0.08, b, probe_bs=(8, 32, 128, 512))
+        )
+        for b in (8, 32, 128, 512)
+    ]
+    runs["sgd_bs_bad"] = [
+        write_run(
+            root / "iir_bad" / f"sgd_b{b}",
+            dataset="bad",
+            loss="ce",
+            lr=0.08,
+            b=b,
+            diag=sgd_diag(0.08, b, ratio_level=2.0),
+        )
+        for b in (8, 32, 128)
+    ]
+    runs["valley"] = [write_run(root / "valley", loss="mse", lr=0.04, diag=valley_diag())]
+    lrs_fine = [k / 4 for k in range(-28, 1)]
+    runs["heat"] = heatmap_runs(root / "heat", "lssr_ds", "lssr", [2**k for k in range(3, 11)], lrs_fine)
+    runs["heat"] += heatmap_runs(
+        root / "heat", "srsr_ds", "srsr", [2**k for k in range(3, 11)], [k / 4 for k in range(-20, 5)], log2_c=-5.0
+    )
+    runs["heat"] += heatmap_runs(root / "heat", "tiny_ds", "lssr", [8, 16], [-3.0, -2.0, -1.0])
+    return runs
+
+
+_SHARED: dict = {}
+
+
+def shared_runs(tmp_path_factory) -> dict:
+    """build_all once per test session (the folders are only read by the tests)."""
+    if "runs" not in _SHARED:
+        _SHARED["runs"] = build_all(tmp_path_factory.mktemp("runs"))
+    return _SHARED["runs"]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    return shared_runs(tmp_path_factory)
+
+
+# ---------------------------------------------------------------------------------------------
+# eq. (12) helpers and fits
+# ---------------------------------------------------------------------------------------------
+def test_gamma_and_rho_b_limits():
+    assert _gamma(N, 1, False) == pytest.approx(1.0)
+    assert _gamma(N, N, False) == pytest.approx(0.0)
+    assert _gamma(N, 7, True) == pytest.approx(1.0)
+    assert _rho_b(RHO, N, 1, False) == pytest.approx(RHO)
+    assert _rho_b(RHO, N, N, False) == pytest.approx(1.0)
+    # linear regime: ρ_b ≈ bρ/γ for small b
+    assert _rho_b(2.0**-10, N, 4, True) == pytest.approx(4 * 2.0**-10, rel=0.01)
+
+
+def test_fit_scaling_rules_recovers_rho_and_rules():
+    b = np.array([2.0**k for k in range(2, 11)])
+    lr = 0.5 * _rho_b(2.0**-6, N, b, False)
+    fits = tables.fit_scaling_rules(b, lr, N, False)
+    assert math.log2(fits["LSSR"]["rho"]) == pytest.approx(-6, abs=1e-3)
+    assert fits["LSSR"]["log2_c"] == pytest.approx(-1, abs=1e-3)
+    assert fits["LSSR"]["rmse_log2"] < 1e-4 < fits["LSR"]["rmse_log2"]
+    lsr = tables.fit_scaling_rules(b, 0.01 * b, N, False)
+    assert lsr["LSR"]["rmse_log2"] < 1e-9 and lsr["LSR"]["log2_c"] == pytest.approx(math.log2(0.01))
+    assert tables.fit_scaling_rules(b[:2], lr[:2], N, False).keys() == {"LSR", "SRSR"}
+
+
+# ---------------------------------------------------------------------------------------------
+# Figures 1, 2
+# ---------------------------------------------------------------------------------------------
+def test_fig1_early_phase_and_exact_line(runs):
+    t = tables.fig1_table(runs["sgd"], runs["gd"][:2])
+    assert list(t.columns) == tables.FIG12_COLUMNS
+    assert (t["phase"] == "early").all()
+    # the constructed points lie exactly on the line of slope η²/2 through 2/η
+    np.testing.assert_allclose(t["norm_change"], t["ref_line"], rtol=1e-9, atol=1e-12)
+    gd = t[(t["optimizer"] == "GD") & (t["loss"] == "ce")]
+    assert gd["step"].tolist() == list(range(15, 24))  # after ‖H‖ > 2/η (step 15) through the entry (23)
+    sgd = t[(t["optimizer"] == "SGD") & (t["loss"] == "ce")]
+    assert sgd["step"].tolist() == list(range(0, 10))
+    assert (sgd["change_source"] == "expected").all() and (gd["change_source"] == "realised").all()
+    # entry flagged for every run, 'x' only for CE
+    entries = t[t["entry"]]
+    assert sorted(entries["step"]) == [9, 9, 23, 23]
+    assert set(t.loc[t["mark_x"], "loss"]) == {"ce"} and t["mark_x"].sum() == 2
+    slope, icpt = np.polyfit(gd["instability_ratio"], gd["norm_change"], 1)
+    assert slope == pytest.approx(0.02**2 / 2, rel=1e-6)
+    assert -icpt / slope == pytest.approx(100.0, rel=1e-6)
+
+
+def test_fig2_whole_run_with_phases(runs):
+    t = tables.fig2_table(runs["sgd"], runs["gd"][:1])
+    gd = t[t["optimizer"] == "GD"]
+    assert len(gd) == 160
+    assert set(gd.loc[gd["step"] < 15, "phase"]) == {"pre"}
+    assert set(gd.loc[gd["step"] > 23, "phase"]) == {"eos"}
+    # after the entry the change is gentler than the quadratic line
+    eos = t[(t["phase"] == "eos") & (t["instability_ratio"] > t["two_over_eta"])]
+    assert (eos["norm_change"] < eos["ref_line"]).all()
+
+
+def test_instability_rebuilt_from_eq1_when_column_missing(tmp_path):
+    d = sgd_diag(0.02, 64, probe_bs=(8,))
+    full = d.copy()
+    d = d.drop(columns=[c for c in d.columns if c.endswith("_64")])
+    d["tr_HS_1"] = full["instability_b_64"] * full["tr_S_n"]  # with tr_HS_n = same: tr(H S_b) identical for every b
+    d["tr_HS_n"] = d["tr_HS_1"]
+    run = write_run(tmp_path / "r", b=64, lr=0.02, diag=d)
+    t = tables.fig2_table([run], [])
+    np.testing.assert_allclose(t["instability_ratio"], full["instability_b_64"], rtol=1e-9)
+
+
+# ---------------------------------------------------------------------------------------------
+# Figure 3
+# ---------------------------------------------------------------------------------------------
+def test_fig3_ratio_regimes_and_normalised_valleys(runs):
+    t = tables.fig3_table(runs["valley"])
+    assert list(t.columns) == tables.FIG3_COLUMNS
+    ratio = t[t["panel"] == "ratio"]
+    assert len(ratio) == 10 * len(ALPHAS)
+    assert set(ratio.loc[ratio["step"] % 2 == 0, "regime"]) == {"below"}
+    assert set(ratio.loc[ratio["step"] % 2 == 1, "regime"]) == {"above"}
+    valley = t[t["panel"] == "valley"]
+    assert 3 not in set(valley["step"])  # no second zero inside the grid: left out
+    assert valley["step"].nunique() == 9
+    np.testing.assert_allclose(valley["y"], valley["x"] ** 2 - 2 * valley["x"], atol=1e-9)
+    for _, c in valley.groupby("curve"):
+        assert c["y"].min() == pytest.approx(-1.0) and c["x"].iloc[np.argmin(c["y"].to_numpy())] == pytest.approx(1.0)
+    quad = t[t["panel"] == "quadratic"]
+    np.testing.assert_allclose(quad["y"], quad["x"] ** 2 - 2 * quad["x"])
+
+
+def test_normalise_valley_asymmetric():
+    s = np.array(S_GRID)
+    # sharper far side: steeper right wall -> minimum right of x = 1
+    f = np.where(s < 0.5, -2 * s + 2 * s**2, -0.5 + 8 * (s - 0.5) ** 2)
+    f = np.where(s < 0.5, f, np.minimum(f, 10))
+    x, y = tables._normalise_valley(s, f)
+    assert y.min() == pytest.approx(-1.0)
+    assert x[np.argmin(y)] > 1.2  # right-shifted (x = 2·0.5/0.75)
+    assert tables._normalise_valley(s, s**2) is None  # no descent
+
+
+# ---------------------------------------------------------------------------------------------
+# Figure 4
+# ---------------------------------------------------------------------------------------------
+def test_fig4_gd_panels_and_ce_window(runs):
+    t = tables.fig4_table(runs["gd"], runs["sgd_bs"])
+    assert list(t.columns) == tables.FIG4_COLUMNS
+    gd = t[t["optimizer"] == "GD"]
+    # panels sorted by (loss, η): CE 0.01 (a), CE 0.02 (b), MSE 0.02 (c); SGD (d)
+    order = gd.groupby("panel")[["loss", "lr"]].first()
+    assert order.loc["a"].tolist() == ["ce", 0.01] and order.loc["b"].tolist() == ["ce", 0.02]
+    assert order.loc["c"].tolist() == ["mse", 0.02]
+    assert set(t.loc[t["optimizer"] == "SGD", "panel"]) == {"d"}
+    ce = gd[(gd["panel"] == "b") & (gd["quantity"] == "ias_n")]
+    assert ce["window_start"].iloc[0] == 23
+    # accuracy (evaluated every 10 steps) reaches 100% at step 60: window ends just before
+    assert ce["window_end"].iloc[0] == 59
+    assert ce.loc[ce["in_window"], "step"].tolist() == list(range(23, 60))
+    mse = gd[(gd["panel"] == "c") & (gd["quantity"] == "ias_n")]
+    assert mse["window_end"].iloc[0] == 159
+    assert set(gd["quantity"]) == {"top_eig", "ias_n"}
+
+
+def test_fig4_sgd_levels_and_smoothing(runs):
+    t = tables.fig4_table([], runs["sgd_bs"], smooth_window=5)
+    assert set(t["b"]) == {8, 32, 128, 512}
+    for b, g in t.groupby("b"):
+        assert g["level_median"].iloc[0] == pytest.approx(2 * float(_rho_b(RHO, N, b, False)) / 0.08)
+        assert g["window_start"].iloc[0] == 9
+        # ‖H‖_{S_b}/(2ρ_b/η) equals instability/(2/η) by construction
+        np.testing.assert_allclose(g["value"] / g["level"], g["instability_ratio"] / g["two_over_eta"])
+        raw = g["value"].reset_index(drop=True)
+        np.testing.assert_allclose(g["value_smooth"], raw.rolling(5, center=True, min_periods=1).median())
+    assert t.groupby("b")["level_median"].first().is_monotonic_increasing
+
+
+# ---------------------------------------------------------------------------------------------
+# Figure 5
+# ---------------------------------------------------------------------------------------------
+def test_fig5_cells_best_and_fits(runs):
+    t = tables.fig5_table(runs["heat"])
+    assert list(t.columns) == tables.FIG5_COLUMNS
+    an = t[t["kind"] == "analytic"]
+    assert set(an["model"]) == {"LSSR", "LSR", "SRSR"}
+    lssr = an[an["model"] == "LSSR"]
+    assert lssr["value"].iloc[0] == pytest.approx(2.0**-7) and lssr["value"].iloc[-1] == pytest.approx(1.0)
+    assert an["b"].max() == pytest.approx(8192)
+    cells = t[(t["kind"] == "cell") & (t["dataset"] == "lssr_ds")]
+    assert len(cells) == 8 * 29
+    assert cells["diverged"].any() and (cells.loc[cells["diverged"], "status"] == "diverged").all()
+    best = tables.best_lr_per_b(t, "lssr_ds")
+    assert len(best) == 8
+    opt = -1.0 + np.log2(_rho_b(RHO, N, best["b"].to_numpy(float), False))
+    assert np.all(np.abs(np.log2(best["lr"]) - opt) <= 0.125 + 1e-9)  # nearest grid point (η grid 2^(k/4))
+    fit = t[(t["kind"] == "fit") & (t["dataset"] == "lssr_ds")]
+    assert set(fit["model"]) == {"LSSR", "LSR", "SRSR"}
+    rho_fit = fit.loc[fit["model"] == "LSSR", "rho"].iloc[0]
+    assert math.log2(rho_fit) == pytest.approx(math.log2(RHO), abs=0.5)
+    rmse = fit.groupby("model")["rmse_log2"].first()
+    assert rmse["LSSR"] < rmse["LSR"] and rmse["LSSR"] < rmse["SRSR"]
+    srsr = t[(t["kind"] == "fit") & (t["dataset"] == "srsr_ds")].groupby("model")["rmse_log2"].first()
+    assert srsr["SRSR"] < srsr["LSSR"]
+    tiny = t[(t["kind"] == "fit") & (t["dataset"] == "tiny_ds")]
+    assert "LSSR" not in set(tiny["model"])
+
+
+def test_fig5_seed_aggregation(tmp_path):
+    p = [
+        write_run(tmp_path / "a", b=8, lr=0.1, test_acc=0.8, seed=0),
+        write_run(tmp_path / "b", b=8, lr=0.1, test_acc=0.6, seed=1),
+        write_run(tmp_path / "c", b=8, lr=0.1, status="diverged", test_acc=None, seed=2),
+        write_run(tmp_path / "d", b=8, lr=0.2, status="diverged", test_acc=0.1, seed=0),
+    ]
+    t = tables.fig5_table(p)
+    cells = t[t["kind"] == "cell"].set_index("lr")
+    assert cells.loc[0.1, "test_acc"] == pytest.approx(0.7) and not cells.loc[0.1, "diverged"]
+    assert cells.loc[0.1, "n_seeds"] == 3 and cells.loc[0.1, "is_best"]
+    assert cells.loc[0.2, "diverged"] and not cells.loc[0.2, "is_best"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Figure C.5
+# ---------------------------------------------------------------------------------------------
+def test_figC5_rho_vs_eq12(runs):
+    t = tables.figC5_table(runs["sgd_bs"])
+    assert list(t.columns) == tables.FIGC5_COLUMNS
+    assert set(t["b"]) == {8, 32, 128, 512}
+    np.testing.assert_allclose(t["rho_1"], RHO)
+    np.testing.assert_allclose(t["rel_err"], 0.0, atol=1e-12)
+    np.testing.assert_allclose(t["resultant"], 1.05 * t["rho_b"])
+
+
+# ---------------------------------------------------------------------------------------------
+# dispatch, folders, CLI
+# ---------------------------------------------------------------------------------------------
+def test_build_table_splits_gd_sgd_and_expands_folders(runs, tmp_path):
+    root = runs["sgd_bs"][0].parent  # a folder of run folders
+    t = tables.build_table("fig4", [root, *runs["gd"]])
+    assert set(t["optimizer"]) == {"GD", "SGD"}
+    assert len(tables.expand_run_dirs([root, runs["sgd_bs"][0]])) == 4  # de-duplicated
+    with pytest.raises(tables.TableError, match="run.json"):
+        tables.expand_run_dirs([tmp_path / "nope"])
+    with pytest.raises(tables.TableError, match="unknown figure"):
+        tables.build_table("fig9", [root])
+
+
+def test_table_cli_writes_csv(runs, tmp_path):
+    p = argparse.ArgumentParser()
+    sub = p.add_subparsers(dest="command", required=True)
+    tables.register_cli(sub)
+    out = tmp_path / "t" / "fig1.csv"
+    args = p.parse_args(["table", "fig1", "--runs", *map(str, runs["sgd"] + runs["gd"]), "--out", str(out)])
+    args.func(args)
+    t = pd.read_csv(out)
+    assert list(t.columns) == tables.FIG12_COLUMNS and len(t) > 0
+    assert not list(out.parent.glob(".*.tmp"))
