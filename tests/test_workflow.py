@@ -25,7 +25,7 @@ def env():
 
 def workdir(tmp_path: Path) -> Path:
     """A copy of the workflow (Snakefile, rules, schema, configs, profiles) in tmp_path."""
-    for name in ("Snakefile", "workflow", "config", "profiles"):
+    for name in ("Snakefile", "environment.yml", "workflow", "config", "profiles"):
         src = ROOT / name
         if src.is_dir():
             shutil.copytree(src, tmp_path / name)

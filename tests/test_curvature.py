@@ -1,0 +1,131 @@
+"""lssr.curvature against explicit oracles: torch.autograd.functional.hessian / jacobian and eigvalsh."""
+
+import pytest
+import torch
+from torch import nn
+
+from lssr.curvature import (
+    BatchNormModeError,
+    LossOperator,
+    lobpcg_top,
+    top_eigenvalue,
+)
+from lssr.losses import get_loss
+
+
+def tiny(seed=0, n=7, classes=3):
+    torch.manual_seed(seed)
+    model = nn.Sequential(nn.Linear(4, 5), nn.Tanh(), nn.Linear(5, classes)).double()
+    x = torch.randn(n, 4, dtype=torch.float64)
+    y = torch.randint(0, classes, (n,))
+    return model, x, y
+
+
+def flat(model):
+    return torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+
+
+def as_function(model, loss_fn, x, y):
+    names = [(k, p.shape, p.numel()) for k, p in model.named_parameters()]
+
+    def f(theta):
+        params, i = {}, 0
+        for k, s, m in names:
+            params[k] = theta[i : i + m].reshape(s)
+            i += m
+        return loss_fn(torch.func.functional_call(model, params, (x,)), y)
+
+    return f
+
+
+@pytest.mark.parametrize("loss", ["ce", "mse"])
+def test_hvp_gradient_and_per_sample_against_explicit(loss):
+    model, x, y = tiny()
+    lf = get_loss(loss)
+    theta = flat(model)
+    H = torch.autograd.functional.hessian(as_function(model, lf, x, y), theta)
+    g = torch.autograd.functional.jacobian(as_function(model, lf, x, y), theta)
+    op = LossOperator(model, lf, x, y, chunk_size=3, per_sample_chunk=2)  # chunks that do not divide n
+    v = torch.randn(theta.numel(), dtype=torch.float64)
+    V = torch.randn(3, theta.numel(), dtype=torch.float64)
+    torch.testing.assert_close(op.gradient(), g, rtol=1e-10, atol=1e-13)
+    torch.testing.assert_close(op.hvp(v), H @ v, rtol=1e-10, atol=1e-13)
+    hv, gv = op.hvp(v, return_grad=True)
+    torch.testing.assert_close(gv, g, rtol=1e-10, atol=1e-13)
+    torch.testing.assert_close(op.hvp_double_backward(v), H @ v, rtol=1e-10, atol=1e-13)
+    torch.testing.assert_close(op.hvp_many(V, batch=2), V @ H, rtol=1e-10, atol=1e-13)
+    assert op.loss() == pytest.approx(float(as_function(model, lf, x, y)(theta)), rel=1e-12)
+    G = torch.cat([Gc for _, Gc in op.per_sample_grads()])
+    G_ref = torch.stack([torch.autograd.functional.jacobian(as_function(model, lf, x[i : i + 1], y[i : i + 1]), theta) for i in range(len(y))])
+    torch.testing.assert_close(G, G_ref, rtol=1e-10, atol=1e-13)
+    torch.testing.assert_close(op.per_sample_jvp(V), G_ref @ V.T, rtol=1e-10, atol=1e-13)
+    # at other parameters
+    theta2 = theta + 0.1 * v
+    H2 = torch.autograd.functional.hessian(as_function(model, lf, x, y), theta2)
+    torch.testing.assert_close(op.at(theta2).hvp(v), H2 @ v, rtol=1e-10, atol=1e-13)
+    assert op.hvp(v).dtype == torch.float64
+
+
+@pytest.mark.parametrize("loss", ["ce", "mse"])
+def test_top_eigenvalue_and_warm_start(loss):
+    model, x, y = tiny(seed=2, n=9)
+    lf = get_loss(loss)
+    theta = flat(model)
+    H = torch.autograd.functional.hessian(as_function(model, lf, x, y), theta)
+    lam_max = float(torch.linalg.eigvalsh(H)[-1])
+    tol = 1e-3
+    cold = top_eigenvalue(model, lf, x, y, tol=tol, max_hvps=200, generator=torch.Generator().manual_seed(0))
+    assert cold.converged and cold.residual <= tol
+    assert abs(cold.value - lam_max) <= tol * abs(lam_max)
+    assert cold.value <= lam_max * (1 + 1e-12)  # a Rayleigh quotient
+    assert cold.vector.shape == theta.shape and cold.vector.dtype == torch.float64
+    torch.testing.assert_close(cold.grad, torch.autograd.functional.jacobian(as_function(model, lf, x, y), theta))
+    # a small step later: warm start from the previous vector needs fewer HVPs than a cold start
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1e-3 * torch.randn_like(p))
+    H2 = torch.autograd.functional.hessian(as_function(model, lf, x, y), flat(model))
+    lam2 = float(torch.linalg.eigvalsh(H2)[-1])
+    warm = top_eigenvalue(model, lf, x, y, tol=tol, init=cold.vector, max_hvps=200)
+    cold2 = top_eigenvalue(model, lf, x, y, tol=tol, max_hvps=200, generator=torch.Generator().manual_seed(1))
+    assert abs(warm.value - lam2) <= tol * abs(lam2)
+    assert warm.hvp_count < cold2.hvp_count
+
+
+def test_lobpcg_on_explicit_matrices():
+    torch.manual_seed(0)
+    for keep in (False, True):
+        A = torch.randn(60, 60, dtype=torch.float64)
+        A = A + A.T
+        lam = float(torch.linalg.eigvalsh(A)[-1])
+        r = lobpcg_top(lambda v: A @ v, torch.randn(60, dtype=torch.float64), tol=1e-9, max_matvecs=400, keep=keep, max_basis=60)
+        assert r.converged and r.value == pytest.approx(lam, rel=1e-9)
+        assert float((A @ r.vector - r.value * r.vector).norm()) <= 1e-9 * abs(r.value)
+    # started from a subspace with known images
+    V = torch.randn(4, 60, dtype=torch.float64)
+    r = lobpcg_top(lambda v: A @ v, None, subspace=(V, V @ A), tol=1e-9, max_matvecs=400)
+    assert r.value == pytest.approx(lam, rel=1e-9)
+
+
+def test_batch_norm_train_mode_refused_eval_mode_untouched():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2), nn.Flatten(), nn.LazyLinear(3)).double()
+    x = torch.randn(5, 1, 6, 6, dtype=torch.float64)
+    y = torch.randint(0, 3, (5,))
+    model(x)  # materialise the lazy layer
+    with pytest.raises(BatchNormModeError, match="bn_mode: eval"):
+        top_eigenvalue(model, get_loss("ce"), x, y)
+    model.eval()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    op = LossOperator(model, get_loss("ce"), x, y)
+    op.hvp(torch.ones(op.space.dim, dtype=torch.float64))
+    list(op.per_sample_grads())
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]), k
+
+
+def test_float32_and_inputs_cast():
+    model, x, y = tiny()
+    model = model.float()
+    r = top_eigenvalue(model, get_loss("ce"), x, y, tol=1e-3)  # float64 inputs are cast to the parameter dtype
+    assert r.vector.dtype == torch.float32 and r.converged

@@ -1,0 +1,136 @@
+"""DiagnosticsProbe inside lssr.train.train: columns, invariants, no effect on the trajectory, BN refusal."""
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from lssr.config import config_from_dict
+from lssr.curvature import BatchNormModeError
+from lssr.data import Subset
+from lssr.diagnostics import DiagnosticsProbe, probe_columns
+from lssr.train import train
+
+N, C = 16, 3
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One intra-op thread: on a shared 2-core machine OpenMP oversubscription slows cnn6 HVPs ~10x."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def data():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(N, 3, 8, 8, generator=g)
+    y = torch.arange(N) % C
+    xt = torch.randn(8, 3, 8, 8, generator=g)
+    yt = torch.arange(8) % C
+    return Subset(x, y, xt, yt, manifest={"num_classes": C, "image_shape": [3, 8, 8], "sha256": {}})
+
+
+def cfg_for(**over):
+    raw = {
+        "seed": 1,
+        "device": "cpu",
+        "data": {"dataset": "digits", "n": N},
+        "model": {"name": "cnn6"},
+        "loss": "mse",
+        "optim": {"lr": 0.05, "batch_size": "full"},
+        "stop": {"steps": 3},
+        "eval_every": 1,
+        "chunk_size": 8,
+    }
+    for k, v in over.items():
+        raw[k] = {**raw[k], **v} if isinstance(v, dict) and isinstance(raw.get(k), dict) else v
+    return config_from_dict(raw)
+
+
+def run(cfg, data, out, probed):
+    probes = [DiagnosticsProbe(cfg, out / "diagnostics.csv")] if probed else []
+    train(cfg, data, out, probes=probes, progress=False)
+    return (out / "metrics.csv").read_bytes()
+
+
+def test_gd_probe_columns_invariants_and_trajectory(data, tmp_path):
+    probe = {
+        "every": 1, "batch_sizes": [1, 4], "estimator": "auto", "probes": 16, "eig_tol": 1e-3,
+        "valley": True, "valley_alphas": [0.5, 1.0], "valley_s": [0.0, 0.5, 1.0],
+    }
+    cfg = cfg_for(probe=probe)
+    plain = run(cfg_for(), data, tmp_path / "plain", probed=False)
+    probed = run(cfg, data, tmp_path / "probed", probed=True)
+    assert plain == probed  # probing does not change the trajectory: metrics.csv is bit-identical
+    df = pd.read_csv(tmp_path / "probed" / "diagnostics.csv")
+    expected = probe_columns([1, 4, N], True, [0.5, 1.0], [0.0, 0.5, 1.0])
+    assert list(df.columns) == expected
+    for col in ("valley_ratio_a0.5", "valley_ratio_a1", "valley_dL_s0.5", "valley_quad_s1", "tr_HS_b_16_se", "resultant_b_4"):
+        assert col in df.columns
+    assert list(df["step"]) == [0, 1, 2]
+    assert (df["b_run"] == N).all() and np.allclose(df["two_over_eta"], 2 / 0.05)
+    # ‖H‖_{S_n} = ∇LᵀH∇L/‖∇L‖² is a Rayleigh quotient: never above ‖H‖ (up to the solver's tolerance)
+    assert (df["ias_n"] <= df["top_eig"] * (1 + 1e-3)).all()
+    assert (df["top_eig"] > 0).all() and (df["top_eig_hvps"] >= 1).all()
+    assert ((df["cos_q1_grad"] >= 0) & (df["cos_q1_grad"] <= 1 + 1e-6)).all()
+    # exact estimator (n <= probes): zero se; b = n is S_n itself
+    assert (df["tr_HS_1_se"] == 0).all()
+    np.testing.assert_allclose(df[f"tr_HS_b_{N}"], df["tr_HS_n"], rtol=1e-6)
+    np.testing.assert_allclose(df[f"rho_b_{N}"], 1.0, rtol=1e-6)
+    np.testing.assert_allclose(df["rho_b_1"], df["tr_S_n"] / df["tr_S_1"], rtol=1e-6)
+    np.testing.assert_allclose(df[f"instability_b_{N}"], df["ias_n"], rtol=1e-6)
+    # GD: the expected change is the realised change L(θ_{t+1}) − L(θ_t)
+    np.testing.assert_allclose(df["loss_change"], df["loss_next"] - df["loss"], rtol=1e-12)
+    np.testing.assert_allclose(df["expected_change"], df["loss_change"], rtol=1e-3, atol=1e-6)
+    assert (df["expected_change_se"] == 0).all()
+    # the valley probe at s = 1 is the GD step itself; s = 0 is no move; quad is the 2nd-order model
+    np.testing.assert_allclose(df["valley_dL_s1"], df["loss_change"], rtol=1e-3, atol=1e-6)
+    assert (df["valley_dL_s0"] == 0).all() and (df["valley_quad_s0"] == 0).all()
+    eta = 0.05
+    quad = -0.5 * eta * df["tr_S_n"] + 0.125 * eta**2 * df["tr_HS_n"]
+    np.testing.assert_allclose(df["valley_quad_s0.5"], quad, rtol=1e-9)
+    # consecutive probed steps: cos(g_t, g_{t+1}) filled except at the last row
+    assert df["cos_consecutive"].iloc[:-1].notna().all() and math.isnan(df["cos_consecutive"].iloc[-1])
+    assert df[f"resultant_b_{N}"].isna().all()  # resultant_batches = 0: off
+
+
+def test_sgd_probe_sketch_resultant_and_trajectory(data, tmp_path):
+    optim = {"lr": 0.05, "batch_size": 4, "replacement": True}
+    probe = {
+        "every": 2, "batch_sizes": [2, 8], "estimator": "sketch", "probes": 6, "stage1": 3, "rel_se": None,
+        "expected_change_batches": 3, "resultant_batches": 4, "seed": 7,
+    }
+    cfg = cfg_for(optim=optim, probe=probe, stop={"steps": 4})
+    plain = run(cfg_for(optim=optim, stop={"steps": 4}), data, tmp_path / "plain", probed=False)
+    probed = run(cfg, data, tmp_path / "probed", probed=True)
+    assert plain == probed
+    df = pd.read_csv(tmp_path / "probed" / "diagnostics.csv")
+    assert list(df["step"]) == [0, 2]
+    assert list(df.columns) == probe_columns([2, 4, 8], False, [], [])
+    assert (df["tr_HS_1_se"] > 0).all() and (df["tr_HS_b_4_se"] > 0).all()
+    assert df["cos_consecutive"].isna().all()  # probed steps are not consecutive
+    assert df["expected_change"].notna().all() and (df["expected_change_se"] > 0).all()
+    for b in (2, 4, 8):
+        r = df[f"resultant_b_{b}"]
+        assert r.notna().all() and (r <= 1 + 1e-6).all()
+    # with replacement ρ_b = 1/((1/b)/ρ + 1 − 1/b)
+    rho = df["tr_S_n"] / df["tr_S_1"]
+    np.testing.assert_allclose(df["rho_b_8"], 1 / ((1 / 8) / rho + 1 - 1 / 8), rtol=1e-6)
+
+
+def test_batch_norm_needs_bn_mode_eval(data, tmp_path):
+    cfg = cfg_for(model={"name": "cnn6", "batch_norm": True}, probe={"every": 1})
+    with pytest.raises(BatchNormModeError, match="bn_mode: eval"):
+        DiagnosticsProbe(cfg, tmp_path / "d.csv")
+    over = dict(model={"name": "cnn6", "batch_norm": True}, bn_mode="eval", stop={"steps": 2})
+    cfg = cfg_for(probe={"every": 1, "estimator": "sketch", "probes": 4, "stage1": 2}, **over)
+    plain = run(cfg_for(**over), data, tmp_path / "plain", probed=False)
+    probed = run(cfg, data, tmp_path / "probed", probed=True)
+    assert plain == probed
+    df = pd.read_csv(tmp_path / "probed" / "diagnostics.csv")
+    assert len(df) == 2 and df["top_eig"].notna().all()
