@@ -83,7 +83,9 @@ class ProbeConfig:
     every: int = 10
     batch_sizes: tuple[int, ...] = ()
     estimator: str = "exact"  # exact | sketch | auto
-    probes: int = 64  # random-sign sketch probes for tr(H S_1) in sketch mode
+    probes: int = 64  # random-sign sketch probes for tr(H S_1) in sketch mode (the most; see rel_se)
+    stage1: int = 8  # sketch mode: range-finder directions of the per-sample gradients (about the class count)
+    rel_se: float | None = 0.05  # sketch mode: stop adding probes once se(tr H S_1) <= rel_se * estimate; null = all
     top_eigenvalue: bool = True
     eig_tol: float = 1e-3
     expected_change_batches: int = 0  # K sampled batches for E_B[L(θ − η g_B)] − L(θ); 0 = off
