@@ -11,6 +11,19 @@ RES = config.get("resources", {})
 GPU = 1 if str(config.get("device", "auto")).startswith("cuda") else 0
 
 
+# Runs trained by a batched group job (batch_runs: true) are excluded from the single-run rule.
+GROUPED = (
+    {r for g in PLAN.groups.values() for r in g}
+    if config.get("batch_runs", False)
+    else set()
+)
+SINGLE_RUN = (
+    "(?!(?:" + "|".join(re.escape(r) for r in sorted(GROUPED)) + ")$)[^/]+"
+    if GROUPED
+    else r"[^/]+"
+)
+
+
 wildcard_constraints:
     run=r"[^/]+",
     subset=r"[^/]+",

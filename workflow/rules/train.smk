@@ -20,6 +20,8 @@ rule train:
         run="results/runs/{run}/run.json",
     log:
         "results/logs/train/{run}.log",
+    wildcard_constraints:
+        run=SINGLE_RUN,
     conda:
         "../../environment.yml"
     threads: RES.get("threads", 1)
@@ -31,3 +33,36 @@ rule train:
         data=lambda w: f"results/data/{PLAN.run_subset[w.run]}",
     shell:
         "lssr train {input.config} --data {params.data} --out results/runs/{wildcards.run} > {log} 2>&1"
+
+
+# With `batch_runs: true`, the Figure-5 runs of one (data set, b) that differ only in η are trained
+# together by one `lssr train-batch` job (one stacked model, see lssr.batched).
+if config.get("batch_runs", False):
+    for _group, _members in PLAN.groups.items():
+
+        rule:
+            name:
+                f"train_group_{re.sub(r'[^0-9A-Za-z_]', '_', _group)}"
+            input:
+                configs=[f"results/runs/{r}/config.yaml" for r in _members],
+                data=f"results/data/{PLAN.run_subset[_members[0]]}/manifest.json",
+            output:
+                metrics=[f"results/runs/{r}/metrics.csv" for r in _members],
+                run=[f"results/runs/{r}/run.json" for r in _members],
+            log:
+                f"results/logs/train_group/{_group}.log",
+            conda:
+                "../../environment.yml"
+            threads: RES.get("threads", 1)
+            resources:
+                mem_mb=RES.get("mem_mb", 4000),
+                runtime=RES.get("runtime", 60),
+                gpu=GPU,
+            params:
+                args=" ".join(
+                    f"--config results/runs/{r}/config.yaml --out results/runs/{r}"
+                    for r in _members
+                ),
+                data=f"results/data/{PLAN.run_subset[_members[0]]}",
+            shell:
+                "lssr train-batch {params.args} --data {params.data} > {log} 2>&1"
