@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import copy
 import errno
-import json
 import os
-import pickle
 import sys
 import tempfile
 from contextlib import contextmanager

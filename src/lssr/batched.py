@@ -64,17 +64,16 @@ from torch.func import functional_call, vmap
 from . import LssrError
 from .config import RunConfig
 from .data import Subset
-from .io import CsvLog, torch_save, write_json
+from .io import CsvLog
 from .losses import per_sample_loss
 from .models import build_model
 from .train import (
     METRIC_COLUMNS,
     BatchSampler,
     RunResult,
-    git_commit,
-    library_versions,
     resolve_device,
     total_steps,
+    write_run_outputs,
 )
 
 #: Config keys (dotted) that may differ between the members of one batched group.
@@ -441,27 +440,9 @@ def _write_outputs(m: _Member, state: dict, data: Subset, device: torch.device, 
     for row in m.rows:
         log.append(row)
     metrics = pd.read_csv(log.finalize())
-    torch_save(out_dir / "model.pt", {k: v.detach().cpu() for k, v in state.items()})
-    final = metrics.dropna(subset=["train_loss"]).iloc[-1].to_dict() if metrics["train_loss"].notna().any() else {}
-    write_json(
-        out_dir / "run.json",
-        {
-            "status": m.status,
-            "steps": m.steps,
-            "stopped_by": m.stopped_by,
-            "config": cfg.to_dict(),
-            "config_hash": cfg.hash(),
-            "seed": cfg.seed,
-            "subset_seed": cfg.data.seed,
-            "subset_sha256": data.manifest.get("sha256", {}),
-            "device": str(device) + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""),
-            "versions": library_versions(),
-            "git_commit": git_commit(),
-            "wall_time_s": wall,
-            "resumed": False,
-            "final": {k: final.get(k) for k in ("train_loss", "train_acc", "test_loss", "test_acc")},
-            "batched": {"group_size": group, "member": m.index},
-        },
+    write_run_outputs(
+        out_dir, cfg, state, metrics, data, device, wall, status=m.status, steps=m.steps, stopped_by=m.stopped_by,
+        extra={"batched": {"group_size": group, "member": m.index}},
     )
     return metrics
 

@@ -19,11 +19,14 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
 from . import LssrError
+
+if TYPE_CHECKING:  # torch is imported lazily so that planning a workflow stays fast
+    import torch
 from .io import torch_save, write_json
 
 K = 1024

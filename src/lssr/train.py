@@ -205,6 +205,34 @@ def total_steps(cfg: RunConfig, steps_per_epoch: int) -> int:
     return min(limits)
 
 
+def write_run_outputs(
+    out: Path, cfg: RunConfig, state: dict, metrics: pd.DataFrame, data: Subset, device: torch.device, wall: float,
+    *, status: str, steps: int, stopped_by: str, resumed: bool = False, extra: dict | None = None,
+) -> None:
+    """Write ``model.pt`` (final weights) and ``run.json`` (status, config and hash, seeds, subset hashes,
+    device, versions, git commit, wall time, final metrics) atomically, ``run.json`` last."""
+    torch_save(out / "model.pt", {k: v.detach().cpu() for k, v in state.items()})
+    final = metrics.dropna(subset=["train_loss"]).iloc[-1].to_dict() if metrics["train_loss"].notna().any() else {}
+    record = {
+        "status": status,
+        "steps": steps,
+        "stopped_by": stopped_by,
+        "config": cfg.to_dict(),
+        "config_hash": cfg.hash(),
+        "seed": cfg.seed,
+        "subset_seed": cfg.data.seed,
+        "subset_sha256": data.manifest.get("sha256", {}),
+        "device": str(device) + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""),
+        "versions": library_versions(),
+        "git_commit": git_commit(),
+        "wall_time_s": wall,
+        "resumed": resumed,
+        "final": {k: final.get(k) for k in ("train_loss", "train_acc", "test_loss", "test_acc")},
+    }
+    record.update(extra or {})
+    write_json(out / "run.json", record)
+
+
 CHECKPOINT = "checkpoint.pt"
 
 
@@ -375,26 +403,10 @@ def train(
     if out_dir is None:
         shutil.rmtree(out, ignore_errors=True)
     else:
-        torch_save(out / "model.pt", {k: v.detach().cpu() for k, v in model.state_dict().items()})
-        final = metrics.dropna(subset=["train_loss"]).iloc[-1].to_dict() if metrics["train_loss"].notna().any() else {}
-        write_json(
-            out / "run.json",
-            {
-                "status": status,
-                "steps": step,
-                "stopped_by": "divergence" if status == "diverged" else ("goal" if goal_reached else "budget"),
-                "config": cfg.to_dict(),
-                "config_hash": cfg.hash(),
-                "seed": cfg.seed,
-                "subset_seed": cfg.data.seed,
-                "subset_sha256": data.manifest.get("sha256", {}),
-                "device": str(device) + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""),
-                "versions": library_versions(),
-                "git_commit": git_commit(),
-                "wall_time_s": wall,
-                "resumed": resumed_at > 0,
-                "final": {k: final.get(k) for k in ("train_loss", "train_acc", "test_loss", "test_acc")},
-            },
+        write_run_outputs(
+            out, cfg, model.state_dict(), metrics, data, device, wall,
+            status=status, steps=step, stopped_by="divergence" if status == "diverged" else ("goal" if goal_reached else "budget"),
+            resumed=resumed_at > 0,
         )
         if ckpt_path.exists():
             ckpt_path.unlink()
