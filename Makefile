@@ -16,6 +16,7 @@ $(BIN)/lssr: pyproject.toml constraints.txt
 
 demo: $(BIN)/lssr
 	$(BIN)/snakemake --cores $(CORES)
+	$(BIN)/snakemake --report report.html
 
 test: $(BIN)/lssr
 	$(BIN)/snakefmt --check .
