@@ -25,6 +25,7 @@ def env():
 
 def workdir(tmp_path: Path) -> Path:
     """A copy of the workflow (Snakefile, rules, schema, configs, profiles) in tmp_path."""
+    tmp_path.mkdir(parents=True, exist_ok=True)
     for name in ("Snakefile", "environment.yml", "workflow", "config", "profiles"):
         src = ROOT / name
         if src.is_dir():
