@@ -3,7 +3,7 @@
 # this machine and prints a job id, as qsub/sbatch would. Completion is seen through Snakemake's
 # own job-finished marker files (no status command).
 jobscript="$1"
-logdir="$(dirname "$0")/logs"
+logdir="$(dirname "$jobscript")"  # Snakemake's own temporary job folder
 mkdir -p "$logdir"
 nohup bash "$jobscript" > "$logdir/$(basename "$jobscript").out" 2>&1 &
 echo "fake-$!"
