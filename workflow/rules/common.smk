@@ -1,6 +1,7 @@
 # Planning only: lssr.workflow.plan expands the validated config into subsets, runs and
 # figure inputs. No science here.
 import json
+import os
 import re
 
 from lssr.workflow import plan

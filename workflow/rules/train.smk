@@ -63,6 +63,6 @@ if config.get("batch_runs", False):
                     f"--config results/runs/{r}/config.yaml --out results/runs/{r}"
                     for r in _members
                 ),
-                data=f"results/data/{PLAN.run_subset[_members[0]]}",
+                data=lambda w, input: os.path.dirname(input.data),
             shell:
                 "lssr train-batch {params.args} --data {params.data} > {log} 2>&1"
