@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from lssr.diagnostics import FRAME_COLUMNS, gradient_moments, interaction_stats
+from lssr.diagnostics import FRAME_COLUMNS, control_variate_values, gradient_moments, interaction_stats
 from lssr.curvature import LossOperator
 from lssr.losses import get_loss
 
@@ -166,3 +166,17 @@ def test_weighted_gradients_and_no_global_rng():
     torch.testing.assert_close(mom.weighted_grads[1], mom.grad, rtol=1e-10, atol=1e-12)
     H = torch.autograd.functional.hessian(loss_at(model, loss_fn, x, y), flat_params(model))
     assert mom.eig.value == pytest.approx(float(torch.linalg.eigvalsh(H)[-1]), rel=1e-3)
+
+
+def test_control_variate_is_leave_one_out_unbiased():
+    rng = np.random.default_rng(0)
+    # t exactly proportional to e: every value equals c·E[e]
+    e = rng.exponential(size=6)
+    np.testing.assert_allclose(control_variate_values(2.5 * e, e, 1.0), 2.5)
+    # in general E[value] = E[t]: average over many independent sets of probes
+    means = []
+    for _ in range(4000):
+        e = rng.chisquare(1, size=4)
+        t = 3.0 * e + rng.normal(0, 1, size=4) + 1.0
+        means.append(control_variate_values(t, e, 1.0).mean())
+    assert np.mean(means) == pytest.approx(4.0, abs=4 * np.std(means) / np.sqrt(len(means)))

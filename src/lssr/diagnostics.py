@@ -27,10 +27,17 @@ tr(H S_1) is exact (``exact=True``: one HVP per sample, n HVPs) or estimated wit
     tr(H S_n)), ``stage1`` random combinations n^{-1/2} Σ_i z_i g_i of the first pass (a randomized range
     finder for the per-sample gradients, which concentrate on about as many directions as classes), the
     warm start of the eigen-solver and every LOBPCG residual direction. Since ∇L ∈ span(Q) the residuals
-    r_i are centred. The probes are independent of Q (fresh signs), so the estimate is unbiased; its
-    standard error is the sample standard deviation of the probes over √(probes). With ``rel_se`` the probes
-    stop once se ≤ rel_se·|estimate| (at least ``min_probes``; the stopping rule makes the se slightly
-    optimistic). This is the Hutch++ idea (Meyer et al. 2021) applied to the n × n matrix GᵀHG/n.
+    r_i are centred. The probes are independent of Q (fresh signs), so the estimate is unbiased. A
+    leave-one-out control variate on ‖w‖² (whose mean, the residual gradient energy (1/n) Σ‖r_i‖², is
+    known exactly) removes most of the probe-to-probe variance (:func:`control_variate_values`); the
+    standard error is the sample standard deviation of the per-probe values over √(probes). With
+    ``rel_se`` the probes stop once se ≤ rel_se·|estimate| (at least ``min_probes``). This is the Hutch++
+    idea (Meyer et al. 2021) applied to the n × n matrix GᵀHG/n.
+
+    Caveat (measured, docs/PERFORMANCE.md): with 4 probes the se is itself noisy and on average 15–20%
+    smaller than the true spread (1000 seeds, tiny float64 model), and when the residual is a sizeable
+    share of tr(H S_1) a single se can be far off; ``stage1`` of about the number of classes keeps the
+    residual to a few percent, which bounds the damage.
 """
 
 from __future__ import annotations
@@ -91,6 +98,7 @@ class Moments:
     eig: TopEig | None = None  # ‖H‖ (when asked for)
     block_hvps: int = 0  # sketch: the HVPs of the shared block H[x0, ∇L, Y]
     plain_values: np.ndarray = field(default_factory=lambda: np.zeros(0))  # Y_kᵀHY_k: plain (undeflated) sketch samples
+    residual_energy: float = math.nan  # sketch: E_r = (1/n) Σ ‖(I − P) g_i‖²
 
 
 def rademacher(n: int, k: int, generator: torch.Generator) -> Tensor:
@@ -128,6 +136,23 @@ def orthonormalize(vecs: list[Tensor], hvecs: list[Tensor], rtol: float | None =
     return torch.stack(Q), torch.stack(HQ)
 
 
+def control_variate_values(t: np.ndarray, e: np.ndarray, mean_e: float) -> np.ndarray:
+    """Unbiased per-probe values t_k − c_{−k}(e_k − E[e]) of a leave-one-out control variate.
+
+    t_k = w_kᵀHw_k are the residual probes and e_k = ‖w_k‖² their squared norms, whose mean E[e] = E_r
+    (the residual gradient energy) is known exactly. c_{−k} = Σ_{j≠k} t_j / Σ_{j≠k} e_j (a Rayleigh-quotient
+    slope) does not depend on probe k, so E[value_k] = E[t_k]: unbiased. When the residual H-weight sits in
+    directions of similar curvature, t_k ∝ e_k and the values barely vary, which removes most of the
+    χ²-like tail a random-sign sketch has when the residual is concentrated in few directions."""
+    s = t.size
+    if s < 2:
+        return t.astype(float)
+    T, E = t.sum(), e.sum()
+    den = E - e
+    c = np.where(den > 0, (T - t) / np.where(den > 0, den, 1.0), 0.0)
+    return t - c * (e - mean_e)
+
+
 def gradient_moments(
     op: LossOperator,
     *,
@@ -143,6 +168,7 @@ def gradient_moments(
     rel_se: float | None = None,
     min_probes: int = 4,
     hvp_batch: int | None = None,
+    store_mb: float = 512,
 ) -> Moments:
     """tr S_1, tr S_n, tr(H S_1), tr(H S_n) at the operator's θ, and ‖H‖ when ``top`` (see the module docstring).
 
@@ -161,6 +187,9 @@ def gradient_moments(
     the g_i concentrate on about C directions, so stage1 ≈ C leaves a small residual. The signs come
     from ``generator`` (a fixed seed when None), never from the global RNG. ``weights`` (n, k) asks for
     Σ_i W_ik g_i (e.g. batch gradients), accumulated in pass 1 and returned in ``weighted_grads``.
+    When all per-sample gradients fit in ``store_mb`` MiB they are kept from pass 1 and pass 2 is only
+    matrix products. The residual probes use the leave-one-out control variate of
+    :func:`control_variate_values`.
     """
     n, dev, dt = op.n, op.device, op.dtype
     gen = generator if generator is not None else torch.Generator().manual_seed(0)
@@ -197,10 +226,14 @@ def gradient_moments(
     sq = torch.zeros(n, dtype=dt, device=dev)
     gsum = op.space.zeros()
     GW = op.space.zeros(W1.shape[1])
+    keep_g = n * op.space.dim * torch.finfo(dt).bits // 8 <= store_mb * 2**20
+    stored: list[tuple[slice, Tensor]] = []
     for sl, Gc in op.per_sample_grads():
         sq[sl] = (Gc * Gc).sum(1)
         gsum += Gc.sum(0)
         GW += W1[sl].T @ Gc
+        if keep_g:
+            stored.append((sl, Gc))
     grad = gsum / n
     if not torch.isfinite(grad).all() or not torch.isfinite(sq).all():
         nan = math.nan
@@ -230,34 +263,41 @@ def gradient_moments(
     Z2 = (rademacher(n, probes, gen) / math.sqrt(n)).to(dev, dt)
     AB = torch.zeros(n, 2 * r, dtype=dt, device=dev)
     S = op.space.zeros(probes)
-    for sl, Gc in op.per_sample_grads():
+    for sl, Gc in stored if keep_g else op.per_sample_grads():
         AB[sl] = Gc @ R.T
         S += Z2[sl].T @ Gc
+    stored.clear()
     A, Bv = AB[:, :r], AB[:, r:]
     B = Q @ HQ.T
     B = 0.5 * (B + B.T)
     exact_part = float((2.0 * (A * Bv).sum(1) - ((A @ B) * A).sum(1)).mean())
+    # residual gradient energy E_r = (1/n) Σ ‖(I − P) g_i‖², known exactly: the control variate's mean
+    resid_energy = float((sq.double() - A.double().pow(2).sum(1)).mean())
     S = S - (S @ Q.T) @ Q  # (I − P) n^{-1/2} Σ z_i g_i
-    values: list[float] = []
+    t_vals: list[float] = []
+    e_vals: list[float] = []
     done = 0
     step = max(min(min_probes, probes), 2) if rel_se is not None else max(hvp_batch or op.default_hvp_batch, 2)
     while done < probes:
         k = min(step, probes - done)
-        HS = op.hvp_many(S[done : done + k], batch=hvp_batch)
-        values += [float(v) for v in (S[done : done + k] * HS).sum(1)]
+        Sk = S[done : done + k]
+        HS = op.hvp_many(Sk, batch=hvp_batch)
+        t_vals += [float(v) for v in (Sk * HS).sum(1)]
+        e_vals += [float(v) for v in (Sk * Sk).sum(1)]
         done += k
-        if rel_se is not None:
-            est = exact_part + float(np.mean(values))
-            se = float(np.std(values, ddof=1)) / math.sqrt(done)
-            if se <= rel_se * abs(est):
+        if rel_se is not None and done >= 2:
+            vals = control_variate_values(np.asarray(t_vals), np.asarray(e_vals), resid_energy)
+            se = float(vals.std(ddof=1)) / math.sqrt(done)
+            if se <= rel_se * abs(exact_part + float(vals.mean())):
                 break
-    vals = np.asarray(values)
+    vals = control_variate_values(np.asarray(t_vals), np.asarray(e_vals), resid_energy)
     se = float(vals.std(ddof=1) / math.sqrt(vals.size))
     return Moments(
         n, float(sq.mean()), float(grad @ grad), exact_part + float(vals.mean()), se, float(grad @ hgrad), grad, hgrad,
         "sketch", probes=int(vals.size), hvps=op.counts["hvp"] - hvps0,
         weighted_grads=None if W is None else GW[stage1:], exact_part=exact_part, subspace_dim=r,
-        probe_values=vals, eig=eig, block_hvps=block_hvps, plain_values=plain_values,
+        probe_values=np.asarray(t_vals), eig=eig, block_hvps=block_hvps, plain_values=plain_values,
+        residual_energy=resid_energy,
     )
 
 
