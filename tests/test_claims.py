@@ -102,11 +102,19 @@ def test_c4_eq12(result, tmp_path):
     assert c4["subject"].tolist() == ["b=8", "b=32", "b=128", "b=512", "all b"]
     assert (c4["verdict"] == "pass").all()
     d = sgd_diag(0.08, 32, probe_bs=(8,))
-    d["rho_b_8"] *= 1.5
+    d["rho_b_mc_8"] *= 1.5
     bad = write_run(tmp_path / "bad", lr=0.08, b=32, diag=d)
-    res = pd.DataFrame(claims.claim_c4(tables.figC5_table([bad])))
-    assert res.set_index("subject").loc["b=8", "verdict"] == "fail"
-    assert res.set_index("subject").loc["b=32", "verdict"] == "pass"
+    res = pd.DataFrame(claims.claim_c4(tables.figC5_table([bad]))).set_index("subject")
+    assert res.loc["b=8", "verdict"] == "fail" and res.loc["b=8", "value"] == pytest.approx(0.5)
+    assert res.loc["b=32", "verdict"] == "pass"
+    # zero-mean noise of ±30% around eq. (12) passes (the median signed error is 0), a 12% bias fails
+    d = sgd_diag(0.08, 32, probe_bs=(8,))
+    i = np.arange(len(d)) % 3
+    d["rho_b_mc_8"] *= np.where(i == 0, 1.3, np.where(i == 1, 0.7, 1.0))
+    d["rho_b_mc_32"] *= 1.12
+    noisy = write_run(tmp_path / "noisy", lr=0.08, b=32, diag=d)
+    res = pd.DataFrame(claims.claim_c4(tables.figC5_table([noisy]))).set_index("subject")
+    assert res.loc["b=8", "verdict"] == "pass" and res.loc["b=32", "verdict"] == "fail"
 
 
 def test_c5_lssr_vs_lsr_srsr(result):

@@ -134,3 +134,22 @@ def test_batch_norm_needs_bn_mode_eval(data, tmp_path):
     assert plain == probed
     df = pd.read_csv(tmp_path / "probed" / "diagnostics.csv")
     assert len(df) == 2 and df["top_eig"].notna().all()
+
+
+def test_monte_carlo_tr_S_b_agrees_with_identity(data, tmp_path):
+    """tr S_b = mean_k ‖g_{B_k}‖² over sampled batches (an estimate independent of identity (1)) agrees
+    with the exact tr S_b = (γ/b) tr S_1 + (1 − γ/b) tr S_n within its standard error, without replacement;
+    ρ_b^MC = tr S_n / tr S_b^MC; the full batch b = n has ρ = 1 exactly."""
+    optim = {"lr": 0.05, "batch_size": 4, "replacement": False}
+    probe = {"every": 1, "batch_sizes": [2, 8, N], "estimator": "exact", "resultant_batches": 200, "seed": 3}
+    cfg = cfg_for(model={"name": "digits_cnn"}, optim=optim, probe=probe, stop={"steps": 2})
+    run(cfg, data, tmp_path / "mc", probed=True)
+    df = pd.read_csv(tmp_path / "mc" / "diagnostics.csv")
+    assert len(df) == 2
+    for b in (2, 4, 8):
+        exact, mc, se = df[f"tr_S_b_{b}"], df[f"tr_S_b_mc_{b}"], df[f"tr_S_b_mc_{b}_se"]
+        assert (se > 0).all() and (se < 0.2 * exact).all()
+        assert ((mc - exact).abs() <= 4 * se).all(), (b, list(mc), list(exact), list(se))
+        np.testing.assert_allclose(df[f"rho_b_mc_{b}"], df["tr_S_n"] / mc, rtol=1e-12)
+    np.testing.assert_allclose(df[f"rho_b_mc_{N}"], 1.0)
+    assert (df[f"tr_S_b_mc_{N}_se"] == 0).all()

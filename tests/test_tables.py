@@ -163,6 +163,9 @@ def sgd_diag(
         cols[f"ias_b_{bb}"] = inst_bb * rb
         cols[f"instability_b_{bb}"] = inst_bb
         cols[f"resultant_b_{bb}"] = np.full(T, rb * 1.05)
+        cols[f"tr_S_b_mc_{bb}"] = tr_s_n / rb
+        cols[f"tr_S_b_mc_{bb}_se"] = 0.1 * tr_s_n / rb
+        cols[f"rho_b_mc_{bb}"] = np.full(T, rb)
     return pd.DataFrame(cols)
 
 
@@ -474,7 +477,21 @@ def test_figC5_rho_vs_eq12(runs):
     assert set(t["b"]) == {8, 32, 128, 512}
     np.testing.assert_allclose(t["rho_1"], RHO)
     np.testing.assert_allclose(t["rel_err"], 0.0, atol=1e-12)
+    np.testing.assert_allclose(t["rho_b_se"], 0.1 * t["rho_b"])  # delta method: ρ_b · se/tr S_b
     np.testing.assert_allclose(t["resultant"], 1.05 * t["rho_b"])
+
+
+def test_figC5_uses_monte_carlo_rho_not_the_identity(runs, tmp_path):
+    """ρ_b measured from sampled batches (rho_b_mc) is what is compared with eq. (12); the identity
+    column rho_b, which equals eq. (12) by construction, is ignored; rel_err is signed."""
+    d = sgd_diag(0.08, 32, probe_bs=(8,))
+    d["rho_b_mc_8"] *= 0.8
+    d["rho_b_8"] *= 3.0  # must not matter
+    d["tr_S_b_mc_32"] = np.nan  # no Monte-Carlo batches for b = 32: left out
+    d["rho_b_mc_32"] = np.nan
+    t = tables.figC5_table([write_run(tmp_path / "r", lr=0.08, b=32, diag=d)])
+    assert set(t["b"]) == {8}
+    np.testing.assert_allclose(t["rel_err"], -0.2, rtol=1e-9)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -399,6 +399,7 @@ def probe_columns(batch_sizes: Iterable[int], valley: bool, alphas: Iterable[flo
     ]
     for b in batch_sizes:
         cols += [f"tr_S_b_{b}", f"tr_HS_b_{b}", f"tr_HS_b_{b}_se", f"rho_b_{b}", f"ias_b_{b}", f"instability_b_{b}", f"resultant_b_{b}"]
+        cols += [f"tr_S_b_mc_{b}", f"tr_S_b_mc_{b}_se", f"rho_b_mc_{b}"]
     if valley:
         cols += [f"valley_ratio_a{_fmt(a)}" for a in alphas]
         for s in ss:
@@ -415,7 +416,9 @@ class DiagnosticsProbe:
     means exact when n ≤ ``probes``), every probed b (``cfg.probe.batch_sizes`` plus the run's own b),
     the expected one-step loss change over ``expected_change_batches`` sampled batches (GD: the exact
     change L(θ − η∇L) − L(θ)), the mean resultant length R̄_b² over ``resultant_batches`` sampled batches
-    (unbiased U-statistic (‖Σ_k u_k‖² − K)/(K(K−1)) of the unit batch gradients u_k), the cosine between
+    (unbiased U-statistic (‖Σ_k u_k‖² − K)/(K(K−1)) of the unit batch gradients u_k) and, from the same
+    batches, the Monte-Carlo tr(S_b) = mean_k ‖g_{B_k}‖² (+ se) and ρ_b = tr(S_n)/that (independent of
+    identity (1), for the eq.-(12) check of Appendix C.5), the cosine between
     consecutive step gradients, and the Figure-3 valley probes along −∇L. ``after_step`` adds L(θ_{t+1}).
 
     The probe never changes the trajectory: parameters are read through detached tensors and functional
@@ -598,11 +601,19 @@ class DiagnosticsProbe:
                 row[f"{k}_{b}" if not k.endswith("_se") else f"tr_HS_b_{b}_se"] = d[k]
             if b == n and not self.replacement:
                 row[f"resultant_b_{b}"] = 1.0 if Kr > 0 else nan
+                if Kr > 0:  # the only batch is the full set: g_B = ∇L exactly
+                    row.update({f"tr_S_b_mc_{b}": mom.tr_S_n, f"tr_S_b_mc_{b}_se": 0.0, f"rho_b_mc_{b}": 1.0})
             elif b in res_cols and Kr >= 2:
-                U = WG[res_cols[b]]
-                U = U / U.norm(dim=1, keepdim=True).clamp_min(torch.finfo(U.dtype).tiny)
+                GB = WG[res_cols[b]]
+                nrm = GB.norm(dim=1)
+                U = GB / nrm.clamp_min(torch.finfo(GB.dtype).tiny)[:, None]
                 s = float(U.sum(0).pow(2).sum())
                 row[f"resultant_b_{b}"] = (s - Kr) / (Kr * (Kr - 1))
+                sq_b = nrm.double().pow(2).cpu().numpy()  # ‖g_{B_k}‖², unbiased for tr(S_b)
+                tr_mc = float(sq_b.mean())
+                row[f"tr_S_b_mc_{b}"] = tr_mc
+                row[f"tr_S_b_mc_{b}_se"] = float(sq_b.std(ddof=1) / math.sqrt(Kr))
+                row[f"rho_b_mc_{b}"] = mom.tr_S_n / tr_mc if tr_mc > 0 else nan
 
         # 4. expected one-step change of the loss
         L0 = op.loss()

@@ -766,6 +766,7 @@ FIGC5_COLUMNS = [
     "step",
     "b",
     "rho_b",
+    "rho_b_se",
     "resultant",
     "rho_1",
     "rho_b_eq12",
@@ -774,13 +775,20 @@ FIGC5_COLUMNS = [
 
 
 def figC5_table(runs: Sequence[Path]) -> pd.DataFrame:
-    """Figure C.5: measured ρ_b vs R̄_b², and vs eq. (12) at the measured ρ_1 = tr(S_n)/tr(S_1)."""
+    """Figure C.5: measured ρ_b vs R̄_b², and vs eq. (12) at the measured ρ_1 = tr(S_n)/tr(S_1).
+
+    "Measured" ρ_b is the Monte-Carlo one, tr(S_n) / mean_k ‖g_{B_k}‖² over the probe's sampled batches
+    (``rho_b_mc_<b>``), not the ``rho_b_<b>`` column, which identity (1) computes from ρ_1 and so agrees with
+    eq. (12) by construction. ``rho_b_se`` is its delta-method standard error ρ_b · se(tr S_b)/tr S_b;
+    ``rel_err`` is signed, (ρ_b − eq12)/eq12. Steps without Monte-Carlo batches are left out."""
     parts = []
     for run in _diag_runs(_load(runs), "figC5"):
         d = run.diag
         rho_1 = (run.col("tr_S_n") / run.col("tr_S_1")).to_numpy(float)
         for b in sorted(int(m.group(1)) for c in d.columns if (m := _RHO_COL.match(c))):
-            rho = run.col(f"rho_b_{b}").to_numpy(float)
+            rho = run.col(f"rho_b_mc_{b}").to_numpy(float)
+            tr_mc = run.col(f"tr_S_b_mc_{b}").to_numpy(float)
+            rho_se = rho * run.col(f"tr_S_b_mc_{b}_se").to_numpy(float) / tr_mc
             pred = scaling.rho_b(np.where(rho_1 > 0, rho_1, np.nan), run.n, b, run.replacement)
             parts.append(
                 pd.DataFrame(
@@ -795,10 +803,11 @@ def figC5_table(runs: Sequence[Path]) -> pd.DataFrame:
                         "step": d["step"].to_numpy(int),
                         "b": b,
                         "rho_b": rho,
+                        "rho_b_se": rho_se,
                         "resultant": run.col(f"resultant_b_{b}").to_numpy(float),
                         "rho_1": rho_1,
                         "rho_b_eq12": pred,
-                        "rel_err": np.abs(rho - pred) / pred,
+                        "rel_err": (rho - pred) / pred,
                     }
                 )
             )

@@ -1,5 +1,5 @@
-"""Figure C.5: ρ_b against the mean resultant length R̄_b² (left), and the measured ρ_b against
-eq. (12) evaluated at the measured ρ_1 = tr(S_n)/tr(S_1) (right); y = x dashed, colour = b."""
+"""Figure C.5: the measured ρ_b (Monte Carlo over sampled batches) against the mean resultant length R̄_b² (left),
+and against eq. (12) evaluated at the measured ρ_1 = tr(S_n)/tr(S_1) (right); y = x dashed, colour = b."""
 
 from __future__ import annotations
 
