@@ -21,7 +21,7 @@ demo: $(BIN)/lssr
 test: $(BIN)/lssr
 	$(BIN)/snakefmt --check .
 	$(BIN)/snakemake --lint --cores 1
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q --durations=12 tests
 
 bench-diagnostics: $(BIN)/lssr
 	$(BIN)/python benchmarks/bench_diagnostics.py

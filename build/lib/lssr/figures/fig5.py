@@ -1,0 +1,156 @@
+"""Figure 5: the Linear and Saturation Scaling Rule.
+
+Left: the analytic LSSR (eq. 12), LSR and SRSR curves (n = 8192, ρ = 2^-7), log-log. Right: one
+heatmap of final test accuracy over (log2 b, log2 η) per data set, diverged cells marked '×', the
+best η per b circled, and the LSSR (f(b) = c·ρ_b), LSR and SRSR fits from the table. The heatmap is
+drawn with matplotlib's pcolormesh on log2 coordinates so the fitted curves share its axes.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+from matplotlib.lines import Line2D
+from matplotlib.ticker import FixedLocator, FuncFormatter
+
+from . import style
+
+RULES = ("LSSR", "LSR", "SRSR")
+
+
+def _edges(centres: np.ndarray) -> np.ndarray:
+    c = np.asarray(centres, dtype=float)
+    if len(c) == 1:
+        return np.array([c[0] - 0.5, c[0] + 0.5])
+    mid = (c[1:] + c[:-1]) / 2
+    return np.concatenate([[c[0] - (mid[0] - c[0])], mid, [c[-1] + (c[-1] - mid[-1])]])
+
+
+def _pow2_axis(axis, lo: float, hi: float) -> None:
+    ticks = [k for k in range(math.ceil(lo), math.floor(hi) + 1)]
+    step = max(1, math.ceil(len(ticks) / 7))
+    axis.set_major_locator(FixedLocator(ticks[::step]))
+    axis.set_major_formatter(FuncFormatter(lambda v, _: rf"$2^{{{int(round(v))}}}$"))
+
+
+def _rule_handles() -> list[Line2D]:
+    return [
+        Line2D([], [], color=style.RULE_COLOURS[m], ls="--" if m == "LSSR" else style.RULE_STYLES[m], label=f"{m} fit")
+        for m in RULES
+    ]
+
+
+def _analytic(ax, sub: pd.DataFrame) -> None:
+    if sub.empty:
+        style.empty_panel(ax, "no analytic curves")
+        return
+    for m in RULES:
+        r = sub[sub["model"] == m].sort_values("b")
+        ax.plot(r["b"], r["value"], color=style.RULE_COLOURS[m], ls=style.RULE_STYLES[m], lw=1.2, label=m)
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log", base=2)
+    n, rho = int(sub["n"].iloc[0]), float(sub["rho"].iloc[0])
+    ax.set_title(rf"eq. (12): $n$={n}," + "\n" + rf"$\rho$=$2^{{{math.log2(rho):g}}}$")
+    ax.set_xlabel(style.LABELS["b"])
+    ax.set_ylabel(r"$\rho_b$ (LSSR), $\rho b$ (LSR), $\rho\sqrt{b}$ (SRSR)")
+    ax.legend(frameon=False)
+
+
+def _heatmap(fig, ax, cells: pd.DataFrame, fits: pd.DataFrame, ds: str) -> None:
+    xs = np.sort(pd.unique(cells["log2_b"]))
+    ys = np.sort(pd.unique(cells["log2_lr"]))
+    xi = {v: i for i, v in enumerate(xs)}
+    yi = {v: i for i, v in enumerate(ys)}
+    z = np.full((len(ys), len(xs)), np.nan)
+    ok = cells[~cells["diverged"].astype(bool)]
+    for _, c in ok.iterrows():
+        z[yi[c["log2_lr"]], xi[c["log2_b"]]] = c["test_acc"]
+    xe, ye = _edges(xs), _edges(ys)
+    finite = z[np.isfinite(z)]
+    vmin, vmax = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
+    mesh = ax.pcolormesh(
+        xe, ye, np.ma.masked_invalid(z), cmap=style.HEATMAP, vmin=vmin, vmax=max(vmax, vmin + 1e-9), shading="flat"
+    )
+    fig.colorbar(mesh, ax=ax, label="test accuracy", pad=0.01)
+    div = cells[cells["diverged"].astype(bool)]
+    if len(div):
+        ax.scatter(div["log2_b"], div["log2_lr"], marker="x", color=style.BLACK, s=14, lw=0.8, zorder=4)
+    best = cells[cells["is_best"].astype(bool)]
+    if len(best):
+        ax.scatter(
+            best["log2_b"],
+            best["log2_lr"],
+            marker="o",
+            facecolor="white",
+            edgecolor=style.BLACK,
+            s=14,
+            lw=0.6,
+            zorder=5,
+        )
+    for m in RULES:
+        r = fits[fits["model"] == m].sort_values("b")
+        if len(r):
+            ax.plot(
+                r["log2_b"],
+                r["log2_lr"],
+                color=style.RULE_COLOURS[m],
+                ls=style.RULE_STYLES[m] if m != "LSSR" else "--",
+                lw=1.2,
+                zorder=6,
+            )
+    ax.set_xlim(xe[0], xe[-1])
+    ax.set_ylim(ye[0], ye[-1])
+    _pow2_axis(ax.xaxis, xe[0], xe[-1])
+    _pow2_axis(ax.yaxis, ye[0], ye[-1])
+    n = int(cells["n"].iloc[0])
+    lssr = fits[fits["model"] == "LSSR"]
+    extra = "\n" + rf"LSSR fit: $\rho$=$2^{{{math.log2(lssr['rho'].iloc[0]):.1f}}}$" if len(lssr) else ""
+    ax.set_title(f"{ds} (n={n}){extra}")
+    ax.set_xlabel(style.LABELS["b"])
+    ax.set_ylabel(style.LABELS["lr"])
+
+
+def plot(table: pd.DataFrame):
+    data = table.copy()
+    analytic = data[data["kind"] == "analytic"]
+    cells_all = data[data["kind"] == "cell"]
+    fits_all = data[data["kind"] == "fit"]
+    datasets = sorted(pd.unique(cells_all["dataset"])) if len(cells_all) else []
+    k = len(datasets)
+    hcols = 1 if k <= 1 else 2
+    hrows = max(1, math.ceil(k / hcols))
+    style.apply_style()
+    import matplotlib.pyplot as plt
+
+    fig = plt.figure(figsize=(style.TEXT_WIDTH, max(2.6, 2.5 * hrows + 0.3)), layout="constrained")
+    left_fig, right_fig = fig.subfigures(1, 2, width_ratios=[1, hcols * 1.25])
+    _analytic(left_fig.subplots(), analytic)
+    axes = np.ravel(right_fig.subplots(hrows, hcols, squeeze=False))
+    if not datasets:
+        style.empty_panel(axes[0], "no heatmap runs")
+    for ax, ds in zip(axes, datasets):
+        _heatmap(right_fig, ax, cells_all[cells_all["dataset"] == ds], fits_all[fits_all["dataset"] == ds], ds)
+    for ax in axes[k:]:
+        ax.set_visible(False) if datasets else None
+    if datasets:
+        fig.legend(
+            handles=_rule_handles()
+            + [
+                Line2D(
+                    [],
+                    [],
+                    ls="",
+                    marker="o",
+                    markerfacecolor="white",
+                    markeredgecolor=style.BLACK,
+                    label=r"best $\eta$",
+                ),
+                Line2D([], [], ls="", marker="x", color=style.BLACK, label="diverged"),
+            ],
+            loc="outside lower center",
+            ncols=5,
+            frameon=False,
+        )
+    return fig, data

@@ -1,0 +1,122 @@
+"""Atomic output helpers: write to a temporary file in the target folder, then rename."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+
+@contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path next to ``path``; rename it onto ``path`` only on success."""
+    from . import LssrError
+
+    path = Path(path)
+    tmp_path: Path | None = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
+        tmp_path = Path(tmp)
+        yield tmp_path
+        os.replace(tmp_path, path)
+    except OSError as exc:
+        raise LssrError(
+            f"cannot write {path}: {exc.strerror or exc}. Check that {path.parent} is writable and has free "
+            f"space, then rerun; nothing at {path} was changed."
+        ) from exc
+    finally:
+        if tmp_path is not None and tmp_path.exists():
+            tmp_path.unlink()
+
+
+def write_text(path: str | os.PathLike, text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> None:
+    write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def write_csv(path: str | os.PathLike, frame) -> None:
+    """Write a pandas DataFrame atomically (no index)."""
+    with atomic_path(path) as tmp:
+        frame.to_csv(tmp, index=False)
+
+
+def torch_save(path: str | os.PathLike, obj: Any) -> None:
+    import torch
+
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return "" if value != value else repr(value)  # NaN -> empty, floats round-trip exactly
+    return str(value)
+
+
+class CsvLog:
+    """An append-only CSV table kept in ``<name>.partial`` until :meth:`finalize` renames it.
+
+    Resumable: :meth:`flush` returns the byte offset of everything written so far (store it in a
+    checkpoint); :meth:`truncate` cuts the partial file back to such an offset on resume, so the
+    final table holds no duplicate and no missing rows. The final file appears only complete.
+    """
+
+    def __init__(self, path: str | os.PathLike, columns: list[str]):
+        self.path = Path(path)
+        self.partial = self.path.with_name(self.path.name + ".partial")
+        self.columns = list(columns)
+        self._fh = None
+
+    def _open(self) -> None:
+        if self._fh is None:
+            self.partial.parent.mkdir(parents=True, exist_ok=True)
+            new = not self.partial.exists() or self.partial.stat().st_size == 0
+            self._fh = open(self.partial, "a", newline="")
+            if new:
+                self._fh.write(",".join(self.columns) + "\n")
+
+    def append(self, row: dict) -> None:
+        self._open()
+        self._fh.write(",".join(_fmt(row.get(c)) for c in self.columns) + "\n")
+
+    def flush(self) -> int:
+        self._open()
+        self._fh.flush()
+        os.fsync(self._fh.fileno())
+        return self._fh.tell()
+
+    def truncate(self, offset: int) -> None:
+        """Cut the partial file back to ``offset`` bytes (a value :meth:`flush` returned)."""
+        self.close()
+        if not self.partial.exists() or self.partial.stat().st_size < offset:
+            raise FileNotFoundError(f"{self.partial} is missing or shorter than the checkpoint says ({offset} bytes); delete the checkpoint to restart the run")
+        with open(self.partial, "r+b") as fh:
+            fh.truncate(offset)
+
+    def reset(self) -> None:
+        self.close()
+        if self.partial.exists():
+            self.partial.unlink()
+
+    def close(self) -> None:
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None
+
+    def finalize(self) -> Path:
+        """Flush and rename the partial file onto the final path (atomic)."""
+        self.flush()
+        self.close()
+        os.replace(self.partial, self.path)
+        return self.path

@@ -1,0 +1,50 @@
+"""The run table for the report: one row per training run (status, final accuracies, wall time,
+provenance: device, git commit, config hash, library versions)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+
+from . import LssrError
+from .io import write_csv
+
+RUN_COLUMNS = [
+    "run", "status", "steps", "dataset", "n", "model", "batch_norm", "loss", "b", "lr", "seed", "replacement",
+    "final_train_loss", "final_train_acc", "final_test_loss", "final_test_acc", "wall_time_s", "device",
+    "git_commit", "config_hash", "torch",
+]
+
+
+def runs_table(run_dirs: list[str | Path]) -> pd.DataFrame:
+    """Collect ``run.json`` of each run folder into one table."""
+    rows = []
+    for d in map(Path, run_dirs):
+        f = d / "run.json"
+        if not f.exists():
+            raise LssrError(f"{f} is missing: the run has not finished; run `snakemake` to (re)train it")
+        try:
+            r = json.loads(f.read_text())
+        except json.JSONDecodeError as exc:
+            raise LssrError(f"{f} is not valid JSON ({exc}); delete the run folder and rerun it") from exc
+        c = r["config"]
+        fin = r.get("final", {}) or {}
+        rows.append({
+            "run": d.name, "status": r["status"], "steps": r["steps"], "dataset": c["data"]["dataset"], "n": c["data"]["n"],
+            "model": c["model"]["name"], "batch_norm": c["model"]["batch_norm"], "loss": c["loss"],
+            "b": c["optim"]["batch_size"], "lr": c["optim"]["lr"], "seed": c["seed"], "replacement": c["optim"]["replacement"],
+            "final_train_loss": fin.get("train_loss"), "final_train_acc": fin.get("train_acc"),
+            "final_test_loss": fin.get("test_loss"), "final_test_acc": fin.get("test_acc"),
+            "wall_time_s": r.get("wall_time_s"), "device": r.get("device"), "git_commit": r.get("git_commit", "unknown"),
+            "config_hash": r.get("config_hash"), "torch": r.get("versions", {}).get("torch"),
+        })
+    return pd.DataFrame(rows, columns=RUN_COLUMNS)
+
+
+def register_cli(sub) -> None:
+    p = sub.add_parser("runs-table", help="summarise run folders (status, accuracies, wall time, provenance)")
+    p.add_argument("--runs", nargs="+", required=True)
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=lambda a: write_csv(a.out, runs_table(a.runs)))
