@@ -57,6 +57,13 @@ def bad_config(tmp_path, mutate):
     return path
 
 
+def _two_folders_one_subset(c):
+    c["datasets"]["folder-a"] = {"source": "imagefolder", "n": 256, "root": "/data/a", "num_classes": 10}
+    c["datasets"]["folder-b"] = {"source": "imagefolder", "n": 256, "root": "/data/b", "num_classes": 10}
+    c["experiments"]["fig1"]["dataset"] = "folder-a"
+    c["experiments"]["fig3"]["dataset"] = "folder-b"
+
+
 @pytest.mark.parametrize(
     "mutate,needle",
     [
@@ -67,8 +74,9 @@ def bad_config(tmp_path, mutate):
         (lambda c: c["datasets"]["digits-256"].update(source="mnist"), "'mnist' is not one of"),
         (lambda c: c["experiments"]["fig1"].update(model="vgg"), "'vgg' is not one of"),
         (lambda c: c["experiments"]["fig1"].update(dataset="cifar10-8k"), "data set 'cifar10-8k' is used by an experiment but not defined"),
+        (_two_folders_one_subset, "data sets 'folder-a' and 'folder-b' would share the subset folder"),
     ],
-    ids=["misspelled-key", "negative-lr", "b>n", "fig5-b>n", "unknown-dataset", "unknown-model", "undefined-dataset"],
+    ids=["misspelled-key", "negative-lr", "b>n", "fig5-b>n", "unknown-dataset", "unknown-model", "undefined-dataset", "subset-collision"],
 )
 def test_bad_config_fails_before_any_job(tmp_path, mutate, needle):
     wd = workdir(tmp_path)

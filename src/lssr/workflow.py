@@ -90,7 +90,15 @@ class Planner:
         d = dict(datasets[name])
         n = parse_size(d["n"])
         spec = SubsetSpec(d["source"], n, d.get("seed", 0), d.get("root"), d.get("download", False), d.get("resize"), d.get("num_classes"))
+        prev = self.plan.subsets.get(spec.name)
+        if prev is not None and (prev["root"], prev["num_classes"]) != (spec.root, spec.num_classes):
+            raise ConfigError(
+                f"workflow config: data sets '{prev['key']}' and '{name}' would share the subset folder results/data/{spec.name} "
+                f"(same source '{spec.dataset}', n, seed and resize) but read different data (root {prev['root']!r} vs {spec.root!r}); "
+                "give one of them another seed or n"
+            )
         self.plan.subsets[spec.name] = {
+            "key": prev["key"] if prev else name,
             "spec": f"{spec.dataset}-{n}",
             "seed": spec.seed,
             "root": spec.root,
