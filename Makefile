@@ -21,7 +21,7 @@ demo: $(BIN)/lssr
 test: $(BIN)/lssr
 	$(BIN)/snakefmt --check .
 	$(BIN)/snakemake --lint --cores 1
-	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n 2 --durations=12 tests
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n 2 --dist worksteal --durations=12 tests
 
 bench-diagnostics: $(BIN)/lssr
 	$(BIN)/python benchmarks/bench_diagnostics.py

@@ -518,3 +518,16 @@ def test_table_cli_writes_csv(runs, tmp_path):
     t = pd.read_csv(out)
     assert list(t.columns) == tables.FIG12_COLUMNS and len(t) > 0
     assert not list(out.parent.glob(".*.tmp"))
+
+
+def test_image_folder_runs_are_labelled_by_their_folder(tmp_path):
+    """An image-folder run's data set label is the folder's name (cifar10-jpeg), not 'imagefolder'."""
+    diag, metrics = gd_diag(0.02)
+    path = write_run(tmp_path / "r", dataset="imagefolder", diag=diag, metrics=metrics)
+    meta = json.loads((path / "run.json").read_text())
+    meta["config"]["data"]["root"] = "../shared/data/cifar10-jpeg/"
+    (path / "run.json").write_text(json.dumps(meta))
+    t = tables.build_table("fig4", [path])
+    assert set(t["dataset"]) == {"cifar10-jpeg"}
+    other = write_run(tmp_path / "s", dataset="stl10", diag=diag, metrics=metrics)
+    assert set(tables.build_table("fig4", [other])["dataset"]) == {"stl10"}

@@ -130,7 +130,12 @@ class Run:
 
     @property
     def dataset(self) -> str:
-        return str(self.config["data"]["dataset"])
+        """The data set's label: the source (cifar10, digits, ...); for an image folder, the folder's name
+        (e.g. ``cifar10-jpeg``), since ``imagefolder`` alone would not say which data it was."""
+        d = self.config["data"]
+        if d["dataset"] == "imagefolder" and d.get("root"):
+            return Path(str(d["root"]).rstrip("/")).name or "imagefolder"
+        return str(d["dataset"])
 
     @property
     def loss(self) -> str:

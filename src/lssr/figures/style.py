@@ -123,13 +123,24 @@ def save(fig, data: pd.DataFrame, out: str | Path) -> dict[str, Path]:
 
 
 def log2_axis(ax, which: str) -> None:
-    """Log scale in base 2 on ax's ``which`` ('x' or 'y') axis with plain tick labels (0.25, 0.5, 1, 2, ...)."""
+    """Log scale in base 2 on ax's ``which`` ('x' or 'y') axis, at most 6 ticks, labelled plainly from 1/8 to 64
+    (0.125, 0.25, ..., 64) and as powers of two outside (2^-6, 2^8), so long decimals never overlap."""
+    import math
+
     from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    def label(v, _):
+        if v <= 0:
+            return ""
+        k = math.log2(v)
+        if 0.125 <= v <= 64 or abs(k - round(k)) > 1e-9:
+            return f"{v:g}"
+        return f"$2^{{{int(round(k))}}}$"
 
     (ax.set_xscale if which == "x" else ax.set_yscale)("log", base=2)
     axis = ax.xaxis if which == "x" else ax.yaxis
-    axis.set_major_locator(LogLocator(base=2))
-    axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    axis.set_major_locator(LogLocator(base=2, numticks=6))
+    axis.set_major_formatter(FuncFormatter(label))
     axis.set_minor_formatter(NullFormatter())
 
 
