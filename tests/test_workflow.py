@@ -1,10 +1,13 @@
 """The Snakemake workflow: config validation, the paper DAG, end-to-end runs (local and fake cluster),
 incremental rebuilds."""
 
+import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -139,8 +142,6 @@ def _parses(path: Path) -> None:
     if suffix == ".csv":
         pd.read_csv(path)
     elif suffix == ".json":
-        import json
-
         json.loads(path.read_text())
     elif suffix == ".yaml":
         yaml.safe_load(path.read_text())
@@ -162,9 +163,6 @@ def _check_no_half_written(wd: Path) -> int:
 def _interrupt_when(wd: Path, args, ready, sig) -> None:
     """Start snakemake in its own process group, wait until ``ready(wd)``, then send ``sig`` to the group
     (SIGINT: a user's Ctrl-C; SIGKILL: a node that dies) and wait for it to end."""
-    import signal
-    import time
-
     proc = subprocess.Popen([*SNAKEMAKE, *args], cwd=wd, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         t0 = time.monotonic()
@@ -186,8 +184,6 @@ def test_snakemake_interrupted_and_restarted_gives_identical_outputs(tmp_path):
     """Ctrl-C of snakemake during a training job, then SIGKILL of the whole process tree during a later
     one; after each, every file under results/ and figures/ parses; `--rerun-incomplete` then finishes with
     tables and figure data byte-identical to an uninterrupted run (the runs resume from checkpoints)."""
-    import signal
-
     raw = yaml.safe_load((ROOT / "config" / "test.yaml").read_text())
     raw["figures"] = ["fig4"]
     raw["checkpoint_every"] = 4
@@ -208,7 +204,7 @@ def test_snakemake_interrupted_and_restarted_gives_identical_outputs(tmp_path):
     (wd / "cfg.yaml").write_text(cfg_text)
 
     def checkpoints(w):
-        return [p for p in (w / "results" / "runs").glob("*/checkpoint.pt")] if (w / "results" / "runs").exists() else []
+        return list((w / "results" / "runs").glob("*/checkpoint.pt"))  # empty while the folder does not exist
 
     def first_run_mid(w):  # a checkpoint exists and no run has finished
         return bool(checkpoints(w)) and not list((w / "results" / "runs").glob("*/run.json"))
@@ -232,7 +228,5 @@ def test_snakemake_interrupted_and_restarted_gives_identical_outputs(tmp_path):
     assert got.keys() == expected.keys()
     diff = [k for k in expected if got[k] != expected[k]]
     assert not diff, f"outputs differ after interruptions: {diff}"
-    import json
-
     resumed = [json.loads((wd / "results" / "runs" / r / "run.json").read_text())["resumed"] for r in resumed_from]
     assert all(resumed), "the killed run did not resume from its checkpoint"

@@ -24,10 +24,10 @@ from typing import TYPE_CHECKING, Callable
 import numpy as np
 
 from . import LssrError
+from .io import torch_save, write_json
 
 if TYPE_CHECKING:  # torch is imported lazily so that planning a workflow stays fast
     import torch
-from .io import torch_save, write_json
 
 K = 1024
 TINY_IMAGENET_URL = "http://cs231n.stanford.edu/tiny-imagenet-200.zip"
