@@ -52,6 +52,16 @@ def batch_weight(n: int, b, replacement: bool = False):
     return gamma(n, b, replacement) / np.asarray(b, dtype=float) if np.ndim(b) else gamma(n, b, replacement) / float(b)
 
 
+def trace_b(trace_1, trace_n, n: int, b, replacement: bool = False):
+    """Identity (1) on a trace: tr(A S_b) = (γ_{n,b}/b) tr(A S_1) + (1 − γ_{n,b}/b) tr(A S_n).
+
+    With A = I it gives tr(S_b) from tr S_1 and tr S_n; with A = H, tr(H S_b) from tr(H S_1) and
+    tr(H S_n). Works on floats and on pandas / numpy columns alike.
+    """
+    w = batch_weight(n, b, replacement)
+    return w * trace_1 + (1.0 - w) * trace_n
+
+
 def rho_b(rho, n: int, b, replacement: bool = False):
     """ρ_b by eq. (12): 1/((γ_{n,b}/b)/ρ + 1 − γ_{n,b}/b), with ρ = ρ_1 = tr(S_n)/tr(S_1) ∈ (0, 1].
 
