@@ -61,16 +61,29 @@ def write_cifar10(root: Path, monkeypatch, per_batch: int = 4, n_test: int = 6, 
         y = [int(v) for v in rng.integers(0, 10, per_batch)]
         rows.append(x)
         labels += y
-        (folder / f"data_batch_{b}").write_bytes(pickle.dumps({"batch_label": f"training batch {b} of 5", "data": x, "labels": y, "filenames": []}))
+        (folder / f"data_batch_{b}").write_bytes(
+            pickle.dumps({"batch_label": f"training batch {b} of 5", "data": x, "labels": y, "filenames": []})
+        )
     xt = rand_u8(rng, n_test, 3072)
     yt = [int(v) for v in rng.integers(0, 10, n_test)]
     (folder / "test_batch").write_bytes(pickle.dumps({"batch_label": "testing batch 1 of 1", "data": xt, "labels": yt}))
     names = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
-    (folder / "batches.meta").write_bytes(pickle.dumps({"label_names": names, "num_cases_per_batch": per_batch, "num_vis": 3072}))
-    monkeypatch.setattr(CIFAR10, "train_list", [[f"data_batch_{b}", md5(folder / f"data_batch_{b}")] for b in range(1, 6)])
+    (folder / "batches.meta").write_bytes(
+        pickle.dumps({"label_names": names, "num_cases_per_batch": per_batch, "num_vis": 3072})
+    )
+    monkeypatch.setattr(
+        CIFAR10, "train_list", [[f"data_batch_{b}", md5(folder / f"data_batch_{b}")] for b in range(1, 6)]
+    )
     monkeypatch.setattr(CIFAR10, "test_list", [["test_batch", md5(folder / "test_batch")]])
-    monkeypatch.setattr(CIFAR10, "meta", {"filename": "batches.meta", "key": "label_names", "md5": md5(folder / "batches.meta")})
-    return {"train_rows": np.concatenate(rows), "train_labels": np.array(labels), "test_rows": xt, "test_labels": np.array(yt)}
+    monkeypatch.setattr(
+        CIFAR10, "meta", {"filename": "batches.meta", "key": "label_names", "md5": md5(folder / "batches.meta")}
+    )
+    return {
+        "train_rows": np.concatenate(rows),
+        "train_labels": np.array(labels),
+        "test_rows": xt,
+        "test_labels": np.array(yt),
+    }
 
 
 def write_cifar100(root: Path, monkeypatch, n_train: int = 200, n_test: int = 7, seed: int = 1) -> dict:
@@ -86,7 +99,9 @@ def write_cifar100(root: Path, monkeypatch, n_train: int = 200, n_test: int = 7,
     yt = [int(v) for v in rng.integers(0, 100, n_test)]
     (folder / "train").write_bytes(pickle.dumps({"data": x, "fine_labels": y, "coarse_labels": [v // 5 for v in y]}))
     (folder / "test").write_bytes(pickle.dumps({"data": xt, "fine_labels": yt, "coarse_labels": [v // 5 for v in yt]}))
-    (folder / "meta").write_bytes(pickle.dumps({"fine_label_names": [f"c{i}" for i in range(100)], "coarse_label_names": []}))
+    (folder / "meta").write_bytes(
+        pickle.dumps({"fine_label_names": [f"c{i}" for i in range(100)], "coarse_label_names": []})
+    )
     monkeypatch.setattr(CIFAR100, "train_list", [["train", md5(folder / "train")]])
     monkeypatch.setattr(CIFAR100, "test_list", [["test", md5(folder / "test")]])
     monkeypatch.setattr(CIFAR100, "meta", {"filename": "meta", "key": "fine_label_names", "md5": md5(folder / "meta")})
@@ -111,9 +126,13 @@ def write_stl10(root: Path, monkeypatch, n_train: int = 20, n_test: int = 4, see
     (folder / "test_X.bin").write_bytes(np.ascontiguousarray(xt.transpose(0, 1, 3, 2)).tobytes())
     (folder / "test_y.bin").write_bytes((yt + 1).tobytes())
     (folder / "unlabeled_X.bin").write_bytes(rand_u8(rng, 1, 3, 96, 96).tobytes())  # torchvision checks it exists
-    (folder / "class_names.txt").write_text("\n".join(["airplane", "bird", "car", "cat", "deer", "dog", "horse", "monkey", "ship", "truck"]) + "\n")
+    (folder / "class_names.txt").write_text(
+        "\n".join(["airplane", "bird", "car", "cat", "deer", "dog", "horse", "monkey", "ship", "truck"]) + "\n"
+    )
     (folder / "fold_indices.txt").write_text("0 1 2\n" * 10)
-    monkeypatch.setattr(STL10, "train_list", [[f, md5(folder / f)] for f in ("train_X.bin", "train_y.bin", "unlabeled_X.bin")])
+    monkeypatch.setattr(
+        STL10, "train_list", [[f, md5(folder / f)] for f in ("train_X.bin", "train_y.bin", "unlabeled_X.bin")]
+    )
     monkeypatch.setattr(STL10, "test_list", [[f, md5(folder / f)] for f in ("test_X.bin", "test_y.bin")])
     return {"train": x, "train_labels": y.astype(np.int64), "test": xt, "test_labels": yt.astype(np.int64)}
 
@@ -131,7 +150,14 @@ WNIDS = [f"n{1440764 + 7 * i:08d}" for i in np.random.default_rng(11).permutatio
 assert WNIDS != sorted(WNIDS)
 
 
-def write_tiny(root: Path, per_class=lambda i: 1 + (i < 3), n_val: int = 5, seed: int = 3, wnids=WNIDS, extra_folder: str | None = None) -> dict:
+def write_tiny(
+    root: Path,
+    per_class=lambda i: 1 + (i < 3),
+    n_val: int = 5,
+    seed: int = 3,
+    wnids=WNIDS,
+    extra_folder: str | None = None,
+) -> dict:
     """The official ``tiny-imagenet-200/`` tree with real (lossy) JPEG files, 64x64.
 
     Class 1's first image is greyscale, as some official images are.
@@ -175,8 +201,12 @@ def write_tiny(root: Path, per_class=lambda i: 1 + (i < 3), n_val: int = 5, seed
     (base / "val" / "val_annotations.txt").write_text("".join(lines))
     (base / "test" / "images").mkdir(parents=True)  # the unlabelled official test split: unused
     return {
-        "base": base, "train_files": train_files, "train_labels": np.array(train_labels),
-        "val_files": val_files, "val_labels": np.array(val_labels), "originals": originals,
+        "base": base,
+        "train_files": train_files,
+        "train_labels": np.array(train_labels),
+        "val_files": val_files,
+        "val_labels": np.array(val_labels),
+        "originals": originals,
     }
 
 
@@ -185,7 +215,9 @@ def pil_chw(path: Path) -> np.ndarray:
         return np.asarray(img.convert("RGB")).transpose(2, 0, 1)
 
 
-def write_imagefolder(root: Path, classes=("dog", "cat", "bird"), n_train=(3, 4, 5), n_test=(2, 1, 2), size=8, seed=4) -> dict:
+def write_imagefolder(
+    root: Path, classes=("dog", "cat", "bird"), n_train=(3, 4, 5), n_test=(2, 1, 2), size=8, seed=4
+) -> dict:
     """``train/<class>/*.png`` + ``test/<class>/*.png``, lossless, written in a non-sorted class order."""
     rng = np.random.default_rng(seed)
     out = {}
@@ -467,7 +499,9 @@ def test_cifar10_jpeg_8k_subset(tmp_path):
 # ---------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name,folder", [("cifar10", "cifar-10-batches-py"), ("cifar100", "cifar-100-python"), ("stl10", "stl10_binary")])
+@pytest.mark.parametrize(
+    "name,folder", [("cifar10", "cifar-10-batches-py"), ("cifar100", "cifar-100-python"), ("stl10", "stl10_binary")]
+)
 def test_missing_torchvision_files(tmp_path, name, folder):
     with pytest.raises(DataError) as e:
         D.get_source(name)(tmp_path / "nowhere")
@@ -660,7 +694,13 @@ def test_tinyimagenet_download_called_when_tree_missing(tmp_path, monkeypatch):
     monkeypatch.setattr(tvu, "download_and_extract_archive", fake_download)
     root = tmp_path / "dl"
     raw = D.load_tinyimagenet(root, download=True)
-    assert calls == [{"url": "http://cs231n.stanford.edu/tiny-imagenet-200.zip", "root": str(root), "md5": "90528d7ca1a48142e341f4ef8d21d0de"}]
+    assert calls == [
+        {
+            "url": "http://cs231n.stanford.edu/tiny-imagenet-200.zip",
+            "root": str(root),
+            "md5": "90528d7ca1a48142e341f4ef8d21d0de",
+        }
+    ]
     assert D.TINY_IMAGENET_MD5 == "90528d7ca1a48142e341f4ef8d21d0de"
     assert len(raw.train_labels) == 200
     D.load_tinyimagenet(root, download=True)  # tree present now: no second download

@@ -100,7 +100,10 @@ class CsvLog:
         """Cut the partial file back to ``offset`` bytes (a value :meth:`flush` returned)."""
         self.close()
         if not self.partial.exists() or self.partial.stat().st_size < offset:
-            raise FileNotFoundError(f"{self.partial} is missing or shorter than the checkpoint says ({offset} bytes); delete the checkpoint to restart the run")
+            raise FileNotFoundError(
+                f"{self.partial} is missing or shorter than the checkpoint says ({offset} bytes); "
+                "delete the checkpoint to restart the run"
+            )
         with open(self.partial, "r+b") as fh:
             fh.truncate(offset)
 

@@ -51,7 +51,9 @@ class CNN6(nn.Module):
 class _Residual(nn.Module):
     def __init__(self, channels: int, batch_norm: bool):
         super().__init__()
-        self.body = nn.Sequential(*_conv_block(channels, channels, batch_norm), *_conv_block(channels, channels, batch_norm))
+        self.body = nn.Sequential(
+            *_conv_block(channels, channels, batch_norm), *_conv_block(channels, channels, batch_norm)
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.body(x)
@@ -68,10 +70,16 @@ class ResNet9(nn.Module):
         w = width
         self.net = nn.Sequential(
             *_conv_block(in_channels, w, batch_norm),
-            *_conv_block(w, 2 * w, batch_norm), nn.MaxPool2d(2, ceil_mode=True), _Residual(2 * w, batch_norm),
-            *_conv_block(2 * w, 4 * w, batch_norm), nn.MaxPool2d(2, ceil_mode=True),
-            *_conv_block(4 * w, 8 * w, batch_norm), nn.MaxPool2d(2, ceil_mode=True), _Residual(8 * w, batch_norm),
-            nn.AdaptiveMaxPool2d(1), nn.Flatten(),
+            *_conv_block(w, 2 * w, batch_norm),
+            nn.MaxPool2d(2, ceil_mode=True),
+            _Residual(2 * w, batch_norm),
+            *_conv_block(2 * w, 4 * w, batch_norm),
+            nn.MaxPool2d(2, ceil_mode=True),
+            *_conv_block(4 * w, 8 * w, batch_norm),
+            nn.MaxPool2d(2, ceil_mode=True),
+            _Residual(8 * w, batch_norm),
+            nn.AdaptiveMaxPool2d(1),
+            nn.Flatten(),
         )
         self.classifier = nn.Linear(8 * w, num_classes)
 
@@ -88,7 +96,9 @@ class _WideBlock(nn.Module):
         self.conv1 = nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=not batch_norm)
         self.conv2 = nn.Conv2d(cout, cout, 3, padding=1, bias=not batch_norm)
         self.relu = nn.ReLU()
-        self.shortcut = None if (cin == cout and stride == 1) else nn.Conv2d(cin, cout, 1, stride=stride, bias=not batch_norm)
+        self.shortcut = (
+            None if (cin == cout and stride == 1) else nn.Conv2d(cin, cout, 1, stride=stride, bias=not batch_norm)
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         o = self.relu(self.bn1(x))
@@ -103,7 +113,9 @@ class WideResNet(nn.Module):
     WRN-28-2 has 1.47M parameters with batch norm (the paper's text says 36M, which is WRN-28-10's
     count; we follow the name)."""
 
-    def __init__(self, in_channels: int = 3, num_classes: int = 10, batch_norm: bool = False, depth: int = 28, widen: int = 2):
+    def __init__(
+        self, in_channels: int = 3, num_classes: int = 10, batch_norm: bool = False, depth: int = 28, widen: int = 2
+    ):
         super().__init__()
         if (depth - 4) % 6:
             raise LssrError(f"WideResNet depth must be 6N+4, got {depth}")
@@ -142,21 +154,12 @@ class DigitsCNN(nn.Module):
         return self.classifier(self.features(x))
 
 
-class MLP(nn.Module):
-    """A tiny tanh MLP on flattened inputs, for tests with explicit Hessians."""
-
-    def __init__(self, in_channels: int = 1, num_classes: int = 3, batch_norm: bool = False, in_features: int | None = None, hidden: int = 8):
-        super().__init__()
-        self.net = nn.Sequential(nn.Flatten(), nn.LazyLinear(hidden) if in_features is None else nn.Linear(in_features, hidden), nn.Tanh(), nn.Linear(hidden, num_classes))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
-
-
 MODELS: dict[str, Callable[..., nn.Module]] = {
     "cnn6": CNN6,
     "resnet9": ResNet9,
-    "wrn28_2": lambda in_channels=3, num_classes=10, batch_norm=False: WideResNet(in_channels, num_classes, batch_norm, 28, 2),
+    "wrn28_2": lambda in_channels=3, num_classes=10, batch_norm=False: WideResNet(
+        in_channels, num_classes, batch_norm, 28, 2
+    ),
     "digits_cnn": DigitsCNN,
 }
 

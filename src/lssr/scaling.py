@@ -169,5 +169,14 @@ def fit_rules(b, eta, n: int, replacement: bool = False):
 
     fits = [fit_lsr(b, eta), fit_srsr(b, eta), fit_lssr(b, eta, n, replacement)]
     return pd.DataFrame(
-        [{"rule": f.rule, "c": f.params["c"], "rho": f.params.get("rho", math.nan), "rmse_log2": f.rmse_log2, "n_points": f.n_points} for f in fits]
+        [
+            {
+                "rule": f.rule,
+                "c": f.params["c"],
+                "rho": f.params.get("rho", math.nan),
+                "rmse_log2": f.rmse_log2,
+                "n_points": f.n_points,
+            }
+            for f in fits
+        ]
     )
