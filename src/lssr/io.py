@@ -50,10 +50,12 @@ def write_csv(path: str | os.PathLike, frame) -> None:
 
 
 def torch_save(path: str | os.PathLike, obj: Any) -> None:
+    """``torch.save`` atomically. Written through a file handle, so the zip's member names are the
+    fixed ``archive/...`` rather than the random temporary file name: the same object gives the same bytes."""
     import torch
 
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        torch.save(obj, fh)
 
 
 def _fmt(value: Any) -> str:
