@@ -525,7 +525,8 @@ def test_every_registered_figure_has_a_table_module():
     from lssr.registry import FIGURES
 
     for name in FIGURES:
-        assert tables.build_table(name, []).columns.tolist() == importlib.import_module(f"lssr.tables.{name}").COLUMNS
+        module = importlib.import_module(f"lssr.tables.{name}")
+        assert tables.build_table(name, []).columns.tolist() == module.COLUMNS
 
 
 def test_image_folder_runs_are_labelled_by_their_folder(tmp_path):
