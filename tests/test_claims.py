@@ -8,6 +8,8 @@ import pytest
 from test_tables import gd_diag, sgd_diag, shared_runs, write_run
 
 from lssr import claims, tables
+from lssr.io import write_csv
+from lssr.tables import fig1, fig4, fig5, figC5
 
 
 @pytest.fixture(scope="module")
@@ -18,10 +20,10 @@ def runs(tmp_path_factory):
 @pytest.fixture(scope="module")
 def result(runs):
     t = {
-        "fig1": tables.fig1_table(runs["sgd"], runs["gd"]),
-        "fig4": tables.fig4_table(runs["gd"], runs["sgd_bs"] + runs["sgd_bs_bad"]),
-        "figC5": tables.figC5_table(runs["sgd_bs"]),
-        "fig5": tables.fig5_table(runs["heat"]),
+        "fig1": fig1.build(runs["sgd"] + runs["gd"]),
+        "fig4": fig4.build(runs["gd"] + runs["sgd_bs"] + runs["sgd_bs_bad"]),
+        "figC5": figC5.build(runs["sgd_bs"]),
+        "fig5": fig5.build(runs["heat"]),
     }
     return claims.check_claims(t)
 
@@ -50,7 +52,7 @@ def test_c1_fails_for_double_slope_and_needs_five_points(tmp_path):
     d, m = gd_diag(0.02, "mse", slope_factor=2.0, converge_at=None)
     bad = write_run(tmp_path / "double", loss="mse", lr=0.02, diag=d, metrics=m)
     sparse = write_run(tmp_path / "sparse", loss="mse", lr=0.02, diag=d.iloc[::4].copy(), metrics=m)
-    res = pd.DataFrame(claims.claim_c1(tables.fig1_table([], [bad, sparse])))
+    res = pd.DataFrame(claims.claim_c1(fig1.build([bad, sparse])))
     dbl = res[res["subject"].str.contains("/double")].set_index("statistic")["verdict"]
     assert dbl["|slope/(η²/2) − 1|"] == "fail"
     assert dbl["|x-intercept/(2/η) − 1|"] == "pass"  # same intercept 2/η
@@ -64,14 +66,14 @@ def test_c2_edge_of_stability_and_ce_window(result, runs, tmp_path):
     assert ce["window"].str.startswith("steps 23-59").all()
     assert ce["window"].str.contains("training accuracy = 100%").all()
     # the same CE run judged over the whole run after the crossing would fail: the window matters
-    t = tables.fig4_table(runs["gd"][:1], [])
+    t = fig4.build(runs["gd"][:1])
     t["in_window"] = t["step"] >= 23
     whole = pd.DataFrame(claims.claim_c2(t))
     assert whole["verdict"].tolist() == ["fail", "fail"]
     # MSE run whose ‖H‖_{S_n} settles at half of 2/η: fail
     d, m = gd_diag(0.02, "mse", eos_level=0.5, converge_at=None)
     low = write_run(tmp_path / "low", loss="mse", lr=0.02, diag=d, metrics=m)
-    res = pd.DataFrame(claims.claim_c2(tables.fig4_table([low], [])))
+    res = pd.DataFrame(claims.claim_c2(fig4.build([low])))
     assert res["verdict"].tolist() == ["fail", "pass"]  # ‖H‖_{S_n} at 0.5 × 2/η; ‖H‖ still above 2/η
 
 
@@ -93,7 +95,7 @@ def test_c3_spearman_fails_when_plateau_falls_with_b(tmp_path):
         d = sgd_diag(0.08, b, probe_bs=())
         d[f"ias_b_{b}"] = d[f"ias_b_{b}"] * level / d[f"rho_b_{b}"] * 0.01  # plateau falls with b
         paths.append(write_run(tmp_path / f"b{b}", lr=0.08, b=b, diag=d))
-    res = pd.DataFrame(claims.claim_c3(tables.fig4_table([], paths)))
+    res = pd.DataFrame(claims.claim_c3(fig4.build(paths)))
     assert res.loc[res["statistic"].str.startswith("Spearman"), "verdict"].tolist() == ["fail"]
 
 
@@ -104,7 +106,7 @@ def test_c4_eq12(result, tmp_path):
     d = sgd_diag(0.08, 32, probe_bs=(8,))
     d["rho_b_mc_8"] *= 1.5
     bad = write_run(tmp_path / "bad", lr=0.08, b=32, diag=d)
-    res = pd.DataFrame(claims.claim_c4(tables.figC5_table([bad]))).set_index("subject")
+    res = pd.DataFrame(claims.claim_c4(figC5.build([bad]))).set_index("subject")
     assert res.loc["b=8", "verdict"] == "fail" and res.loc["b=8", "value"] == pytest.approx(0.5)
     assert res.loc["b=32", "verdict"] == "pass"
     # zero-mean noise of ±30% around eq. (12) passes (the median signed error is 0), a 12% bias fails
@@ -113,7 +115,7 @@ def test_c4_eq12(result, tmp_path):
     d["rho_b_mc_8"] *= np.where(i == 0, 1.3, np.where(i == 1, 0.7, 1.0))
     d["rho_b_mc_32"] *= 1.12
     noisy = write_run(tmp_path / "noisy", lr=0.08, b=32, diag=d)
-    res = pd.DataFrame(claims.claim_c4(tables.figC5_table([noisy]))).set_index("subject")
+    res = pd.DataFrame(claims.claim_c4(figC5.build([noisy]))).set_index("subject")
     assert res.loc["b=8", "verdict"] == "pass" and res.loc["b=32", "verdict"] == "fail"
 
 
@@ -133,15 +135,18 @@ def test_missing_tables_give_not_enough_data():
     assert res["notes"].str.contains("missing").all()
 
 
-def test_claims_cli(result, runs, tmp_path):
-    from lssr.cli import main
-
+def test_claims_from_a_tables_folder(result, runs, tmp_path):
+    """What ``lssr claims`` does: read the claim tables found in a folder, write the verdicts, print one line."""
     tdir = tmp_path / "tables"
     tables.write_table("fig1", runs["sgd"], tdir / "fig1.csv")
     tables.write_table("figC5", runs["sgd_bs"], tdir / "figC5.csv")
     out = tmp_path / "results" / "claims.csv"
-    assert main(["claims", "--tables-dir", str(tdir), "--out", str(out)]) == 0
+    assert set(claims.load_tables(tdir)) == {"fig1", "figC5"}
+    checked = claims.check_claims(claims.load_tables(tdir))
+    write_csv(out, checked)
     res = pd.read_csv(out)
+    line = claims.claims_summary(checked, out)
+    assert line.startswith(f"wrote {len(res)} claim rows to {out}: ") and "pass " in line
     assert list(res.columns) == claims.CLAIM_COLUMNS
     assert (res.loc[res["claim"].isin(["C1", "C4"]), "verdict"] == "pass").all()
     assert (res.loc[res["claim"].isin(["C2", "C3", "C5"]), "verdict"] == "not-enough-data").all()

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import argparse
-
 import pandas as pd
 import pytest
 from test_tables import shared_runs
 
 from lssr import figures, tables
+from lssr.registry import FIGURES
+from lssr.tables import fig3, fig4
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +25,7 @@ def table_dir(tmp_path_factory):
     return out
 
 
-@pytest.mark.parametrize("fig", [f for f in figures.FIGURES if f != "fig5"])  # fig5: below, via the CLI
+@pytest.mark.parametrize("fig", [f for f in FIGURES if f != "fig5"])  # fig5: below, from two tables
 def test_figure_files_and_data(fig, table_dir, tmp_path):
     out = tmp_path / "figures" / f"{fig}.pdf"
     paths = figures.make_figure(fig, [table_dir / f"{fig}.csv"], out)
@@ -42,20 +42,15 @@ def test_figure_files_and_data(fig, table_dir, tmp_path):
     assert not list((tmp_path / "figures").rglob(".*.tmp"))
 
 
-def test_fig5_several_tables_and_cli(table_dir, tmp_path):
+def test_fig5_several_tables(table_dir, tmp_path):
     t = pd.read_csv(table_dir / "fig5.csv")
     a = t[t["dataset"].isin(["analytic", "lssr_ds"])]
     b = t[t["dataset"] == "srsr_ds"]
     a.to_csv(tmp_path / "a.csv", index=False)
     b.to_csv(tmp_path / "b.csv", index=False)
-    p = argparse.ArgumentParser()
-    sub = p.add_subparsers(dest="command", required=True)
-    figures.register_cli(sub)
     out = tmp_path / "figs" / "fig5.pdf"
-    args = p.parse_args(
-        ["figure", "fig5", "--table", str(tmp_path / "a.csv"), "--table", str(tmp_path / "b.csv"), "--out", str(out)]
-    )
-    args.func(args)
+    paths = figures.make_figure("fig5", [tmp_path / "a.csv", tmp_path / "b.csv"], out)
+    assert figures.figure_summary(paths) == f"wrote {out}, {out.with_suffix('.png')}, {paths['data']}"
     data = pd.read_csv(tmp_path / "figs" / "data" / "fig5.csv")
     assert set(data.loc[data["kind"] == "cell", "dataset"]) == {"lssr_ds", "srsr_ds"}
     pd.testing.assert_frame_equal(data, pd.concat([a, b], ignore_index=True), check_dtype=False)
@@ -63,7 +58,7 @@ def test_fig5_several_tables_and_cli(table_dir, tmp_path):
 
 
 def test_empty_tables_still_plot(tmp_path):
-    for fig, cols in (("fig3", tables.FIG3_COLUMNS), ("fig4", tables.FIG4_COLUMNS)):
+    for fig, cols in (("fig3", fig3.COLUMNS), ("fig4", fig4.COLUMNS)):
         pd.DataFrame(columns=cols).to_csv(tmp_path / f"{fig}.csv", index=False)
         paths = figures.make_figure(fig, [tmp_path / f"{fig}.csv"], tmp_path / "out" / f"{fig}.pdf")
         assert paths["pdf"].stat().st_size > 0
@@ -74,3 +69,5 @@ def test_missing_table_is_a_user_error(tmp_path):
 
     with pytest.raises(LssrError, match="table not found"):
         figures.make_figure("fig1", [tmp_path / "nope.csv"], tmp_path / "fig1.pdf")
+    with pytest.raises(LssrError, match="unknown figure 'fig9'"):
+        figures.make_figure("fig9", [tmp_path / "nope.csv"], tmp_path / "fig9.pdf")

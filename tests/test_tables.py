@@ -6,7 +6,7 @@ by tests/test_figures.py and tests/test_claims.py.
 
 from __future__ import annotations
 
-import argparse
+import importlib
 import json
 import math
 from pathlib import Path
@@ -16,6 +16,7 @@ import pandas as pd
 import pytest
 
 from lssr import tables
+from lssr.tables import fig1, fig2, fig3, fig4, fig5, figC5
 from lssr.scaling import gamma as _gamma
 from lssr.scaling import rho_b as _rho_b
 
@@ -317,8 +318,8 @@ def test_fit_scaling_rules_recovers_rho_and_rules():
 # Figures 1, 2
 # ---------------------------------------------------------------------------------------------
 def test_fig1_early_phase_and_exact_line(runs):
-    t = tables.fig1_table(runs["sgd"], runs["gd"][:2])
-    assert list(t.columns) == tables.FIG12_COLUMNS
+    t = fig1.build(runs["sgd"] + runs["gd"][:2])
+    assert list(t.columns) == fig1.COLUMNS
     assert (t["phase"] == "early").all()
     # the constructed points lie exactly on the line of slope η²/2 through 2/η
     np.testing.assert_allclose(t["norm_change"], t["ref_line"], rtol=1e-9, atol=1e-12)
@@ -337,7 +338,7 @@ def test_fig1_early_phase_and_exact_line(runs):
 
 
 def test_fig2_whole_run_with_phases(runs):
-    t = tables.fig2_table(runs["sgd"], runs["gd"][:1])
+    t = fig2.build(runs["sgd"] + runs["gd"][:1])
     gd = t[t["optimizer"] == "GD"]
     assert len(gd) == 160
     assert set(gd.loc[gd["step"] < 15, "phase"]) == {"pre"}
@@ -354,7 +355,7 @@ def test_instability_rebuilt_from_eq1_when_column_missing(tmp_path):
     d["tr_HS_1"] = full["instability_b_64"] * full["tr_S_n"]  # with tr_HS_n = same: tr(H S_b) identical for every b
     d["tr_HS_n"] = d["tr_HS_1"]
     run = write_run(tmp_path / "r", b=64, lr=0.02, diag=d)
-    t = tables.fig2_table([run], [])
+    t = fig2.build([run])
     np.testing.assert_allclose(t["instability_ratio"], full["instability_b_64"], rtol=1e-9)
 
 
@@ -362,8 +363,8 @@ def test_instability_rebuilt_from_eq1_when_column_missing(tmp_path):
 # Figure 3
 # ---------------------------------------------------------------------------------------------
 def test_fig3_ratio_regimes_and_normalised_valleys(runs):
-    t = tables.fig3_table(runs["valley"])
-    assert list(t.columns) == tables.FIG3_COLUMNS
+    t = fig3.build(runs["valley"])
+    assert list(t.columns) == fig3.COLUMNS
     ratio = t[t["panel"] == "ratio"]
     assert len(ratio) == 10 * len(ALPHAS)
     assert set(ratio.loc[ratio["step"] % 2 == 0, "regime"]) == {"below"}
@@ -383,18 +384,18 @@ def test_normalise_valley_asymmetric():
     # sharper far side: steeper right wall -> minimum right of x = 1
     f = np.where(s < 0.5, -2 * s + 2 * s**2, -0.5 + 8 * (s - 0.5) ** 2)
     f = np.where(s < 0.5, f, np.minimum(f, 10))
-    x, y = tables._normalise_valley(s, f)
+    x, y = fig3.normalise_valley(s, f)
     assert y.min() == pytest.approx(-1.0)
     assert x[np.argmin(y)] > 1.2  # right-shifted (x = 2·0.5/0.75)
-    assert tables._normalise_valley(s, s**2) is None  # no descent
+    assert fig3.normalise_valley(s, s**2) is None  # no descent
 
 
 # ---------------------------------------------------------------------------------------------
 # Figure 4
 # ---------------------------------------------------------------------------------------------
 def test_fig4_gd_panels_and_ce_window(runs):
-    t = tables.fig4_table(runs["gd"], runs["sgd_bs"])
-    assert list(t.columns) == tables.FIG4_COLUMNS
+    t = fig4.build(runs["gd"] + runs["sgd_bs"])
+    assert list(t.columns) == fig4.COLUMNS
     gd = t[t["optimizer"] == "GD"]
     # panels sorted by (loss, η): CE 0.01 (a), CE 0.02 (b), MSE 0.02 (c); SGD (d)
     order = gd.groupby("panel")[["loss", "lr"]].first()
@@ -412,7 +413,7 @@ def test_fig4_gd_panels_and_ce_window(runs):
 
 
 def test_fig4_sgd_levels_and_smoothing(runs):
-    t = tables.fig4_table([], runs["sgd_bs"], smooth_window=5)
+    t = fig4.build(runs["sgd_bs"], smooth_window=5)
     assert set(t["b"]) == {8, 32, 128, 512}
     for b, g in t.groupby("b"):
         assert g["level_median"].iloc[0] == pytest.approx(2 * float(_rho_b(RHO, N, b, False)) / 0.08)
@@ -428,8 +429,8 @@ def test_fig4_sgd_levels_and_smoothing(runs):
 # Figure 5
 # ---------------------------------------------------------------------------------------------
 def test_fig5_cells_best_and_fits(runs):
-    t = tables.fig5_table(runs["heat"])
-    assert list(t.columns) == tables.FIG5_COLUMNS
+    t = fig5.build(runs["heat"])
+    assert list(t.columns) == fig5.COLUMNS
     an = t[t["kind"] == "analytic"]
     assert set(an["model"]) == {"LSSR", "LSR", "SRSR"}
     lssr = an[an["model"] == "LSSR"]
@@ -438,7 +439,7 @@ def test_fig5_cells_best_and_fits(runs):
     cells = t[(t["kind"] == "cell") & (t["dataset"] == "lssr_ds")]
     assert len(cells) == 8 * 29
     assert cells["diverged"].any() and (cells.loc[cells["diverged"], "status"] == "diverged").all()
-    best = tables.best_lr_per_b(t, "lssr_ds")
+    best = fig5.best_lr_per_b(t, "lssr_ds")
     assert len(best) == 8
     opt = -1.0 + np.log2(_rho_b(RHO, N, best["b"].to_numpy(float), False))
     assert np.all(np.abs(np.log2(best["lr"]) - opt) <= 0.125 + 1e-9)  # nearest grid point (η grid 2^(k/4))
@@ -461,7 +462,7 @@ def test_fig5_seed_aggregation(tmp_path):
         write_run(tmp_path / "c", b=8, lr=0.1, status="diverged", test_acc=None, seed=2),
         write_run(tmp_path / "d", b=8, lr=0.2, status="diverged", test_acc=0.1, seed=0),
     ]
-    t = tables.fig5_table(p)
+    t = fig5.build(p)
     cells = t[t["kind"] == "cell"].set_index("lr")
     assert cells.loc[0.1, "test_acc"] == pytest.approx(0.7) and not cells.loc[0.1, "diverged"]
     assert cells.loc[0.1, "n_seeds"] == 3 and cells.loc[0.1, "is_best"]
@@ -472,8 +473,8 @@ def test_fig5_seed_aggregation(tmp_path):
 # Figure C.5
 # ---------------------------------------------------------------------------------------------
 def test_figC5_rho_vs_eq12(runs):
-    t = tables.figC5_table(runs["sgd_bs"])
-    assert list(t.columns) == tables.FIGC5_COLUMNS
+    t = figC5.build(runs["sgd_bs"])
+    assert list(t.columns) == figC5.COLUMNS
     assert set(t["b"]) == {8, 32, 128, 512}
     np.testing.assert_allclose(t["rho_1"], RHO)
     np.testing.assert_allclose(t["rel_err"], 0.0, atol=1e-12)
@@ -489,7 +490,7 @@ def test_figC5_uses_monte_carlo_rho_not_the_identity(runs, tmp_path):
     d["rho_b_8"] *= 3.0  # must not matter
     d["tr_S_b_mc_32"] = np.nan  # no Monte-Carlo batches for b = 32: left out
     d["rho_b_mc_32"] = np.nan
-    t = tables.figC5_table([write_run(tmp_path / "r", lr=0.08, b=32, diag=d)])
+    t = figC5.build([write_run(tmp_path / "r", lr=0.08, b=32, diag=d)])
     assert set(t["b"]) == {8}
     np.testing.assert_allclose(t["rel_err"], -0.2, rtol=1e-9)
 
@@ -508,16 +509,24 @@ def test_build_table_splits_gd_sgd_and_expands_folders(runs, tmp_path):
         tables.build_table("fig9", [root])
 
 
-def test_table_cli_writes_csv(runs, tmp_path):
-    p = argparse.ArgumentParser()
-    sub = p.add_subparsers(dest="command", required=True)
-    tables.register_cli(sub)
+def test_write_table_writes_csv_and_summary(runs, tmp_path):
+    """What ``lssr table`` does: expand the run folders, write the table atomically, print one line."""
     out = tmp_path / "t" / "fig1.csv"
-    args = p.parse_args(["table", "fig1", "--runs", *map(str, runs["sgd"] + runs["gd"]), "--out", str(out)])
-    args.func(args)
+    dirs = tables.expand_run_dirs(runs["sgd"] + runs["gd"])
+    written = tables.write_table("fig1", dirs, out)
     t = pd.read_csv(out)
-    assert list(t.columns) == tables.FIG12_COLUMNS and len(t) > 0
+    assert list(t.columns) == fig1.COLUMNS and len(t) == len(written) > 0
     assert not list(out.parent.glob(".*.tmp"))
+    line = tables.table_summary("fig1", written, dirs, out)
+    assert line == f"wrote fig1 table ({len(t)} rows) from 5 runs (5 with diagnostics.csv) to {out}"
+
+
+def test_every_registered_figure_has_a_table_module():
+    from lssr.registry import FIGURES
+
+    for name in FIGURES:
+        module = importlib.import_module(f"lssr.tables.{name}")
+        assert tables.build_table(name, []).columns.tolist() == module.COLUMNS
 
 
 def test_image_folder_runs_are_labelled_by_their_folder(tmp_path):

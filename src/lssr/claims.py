@@ -34,7 +34,7 @@ import numpy as np
 import pandas as pd
 
 from . import LssrError
-from .io import write_csv
+from .registry import claim_tables
 
 CLAIM_COLUMNS = [
     "claim",
@@ -51,7 +51,6 @@ CLAIM_COLUMNS = [
     "window",
     "notes",
 ]
-TABLES = ("fig1", "fig4", "figC5", "fig5")
 
 MIN_POINTS = 5
 MIN_B_SPEARMAN = 3
@@ -406,21 +405,18 @@ def check_claims(tables: dict[str, pd.DataFrame]) -> pd.DataFrame:
 
 
 def load_tables(tables_dir: str | Path) -> dict[str, pd.DataFrame]:
+    """The tables some claim reads (:func:`lssr.registry.claim_tables`) found in ``tables_dir``, by figure."""
     tables_dir = Path(tables_dir)
     if not tables_dir.is_dir():
         raise LssrError(f"{tables_dir}: not a folder (expected the folder holding fig1.csv, fig4.csv, ...)")
-    return {name: pd.read_csv(tables_dir / f"{name}.csv") for name in TABLES if (tables_dir / f"{name}.csv").exists()}
+    return {
+        name: pd.read_csv(tables_dir / f"{name}.csv")
+        for name in claim_tables()
+        if (tables_dir / f"{name}.csv").exists()
+    }
 
 
-def cmd_claims(args) -> None:
-    result = check_claims(load_tables(args.tables_dir))
-    write_csv(args.out, result)
+def claims_summary(result: pd.DataFrame, out: str | Path) -> str:
+    """The line ``lssr claims`` prints: claim rows written and the count of each verdict."""
     counts = result["verdict"].value_counts().to_dict()
-    print(f"wrote {len(result)} claim rows to {args.out}: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
-
-
-def register_cli(subparsers) -> None:
-    c = subparsers.add_parser("claims", help="check the paper's claims against the figure tables")
-    c.add_argument("--tables-dir", required=True, help="folder holding fig1.csv, fig4.csv, figC5.csv, fig5.csv")
-    c.add_argument("--out", required=True, help="output CSV, e.g. results/claims.csv")
-    c.set_defaults(func=cmd_claims)
+    return f"wrote {len(result)} claim rows to {out}: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))

@@ -9,7 +9,6 @@ from pathlib import Path
 import pandas as pd
 
 from . import LssrError
-from .io import write_csv
 
 RUN_COLUMNS = [
     "run", "status", "steps", "dataset", "n", "model", "batch_norm", "loss", "b", "lr", "seed", "replacement",
@@ -41,10 +40,3 @@ def runs_table(run_dirs: list[str | Path]) -> pd.DataFrame:
             "config_hash": r.get("config_hash"), "torch": r.get("versions", {}).get("torch"),
         })
     return pd.DataFrame(rows, columns=RUN_COLUMNS)
-
-
-def register_cli(sub) -> None:
-    p = sub.add_parser("runs-table", help="summarise run folders (status, accuracies, wall time, provenance)")
-    p.add_argument("--runs", nargs="+", required=True)
-    p.add_argument("--out", required=True)
-    p.set_defaults(func=lambda a: write_csv(a.out, runs_table(a.runs)))

@@ -3,7 +3,8 @@ shared style (:mod:`lssr.figures.style`) and saves ``figN.pdf``, ``figN.png`` an
 data as ``data/figN.csv``. No paper quantity is computed here.
 
 Each figure module has ``plot(table) -> (matplotlib Figure, plotted DataFrame)``.
-Plotting modules are imported lazily so that ``lssr --help`` stays fast.
+Plotting modules are imported lazily so that ``lssr --help`` stays fast. The figure names come from
+:data:`lssr.registry.FIGURES`.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import importlib
 from pathlib import Path
 from typing import Sequence
 
-FIGURES = ("fig1", "fig2", "fig3", "fig4", "fig5", "figC5")
+from ..registry import figure
 
 
 def load_tables(paths: Sequence[str | Path]):
@@ -34,27 +35,14 @@ def load_tables(paths: Sequence[str | Path]):
 
 def make_figure(fig: str, tables: Sequence[str | Path], out: str | Path) -> dict[str, Path]:
     """Plot figure ``fig`` from its table CSV(s); returns the written paths (pdf, png, data)."""
-    from .. import LssrError
-
-    if fig not in FIGURES:
-        raise LssrError(f"unknown figure {fig!r}: choose one of {', '.join(FIGURES)}")
+    name = figure(fig).name  # an unknown figure raises, listing the registered ones
     from . import style
 
-    module = importlib.import_module(f"{__name__}.{fig}")
-    figure, data = module.plot(load_tables(tables))
-    return style.save(figure, data, out)
+    module = importlib.import_module(f"{__name__}.{name}")
+    plotted, data = module.plot(load_tables(tables))
+    return style.save(plotted, data, out)
 
 
-def cmd_figure(args) -> None:
-    paths = make_figure(args.fig, args.table, args.out)
-    print("wrote " + ", ".join(str(p) for p in paths.values()))
-
-
-def register_cli(subparsers) -> None:
-    f = subparsers.add_parser("figure", help="plot a figure from its table CSV(s)")
-    f.add_argument("fig", choices=FIGURES)
-    f.add_argument(
-        "--table", nargs="+", action="extend", required=True, metavar="CSV", help="table CSV(s) from `lssr table`"
-    )
-    f.add_argument("--out", required=True, help="figures/FIG.pdf (also writes FIG.png and data/FIG.csv)")
-    f.set_defaults(func=cmd_figure)
+def figure_summary(paths: dict[str, Path]) -> str:
+    """The line ``lssr figure`` prints: the files written."""
+    return "wrote " + ", ".join(str(p) for p in paths.values())
