@@ -14,6 +14,7 @@ import torch
 
 from .. import columns
 from ..curvature import BN_FIX, BatchNormModeError, LossOperator, check_functional_mode
+from ..scaling import gamma
 from .moments import Moments, gradient_moments, per_b
 
 Tensor = torch.Tensor
@@ -158,8 +159,9 @@ class DiagnosticsProbe:
         return torch.randperm(n, generator=self.generator)[:b]
 
     def _whole_set(self, b: int, n: int) -> bool:
-        """Batches of b are the whole training set (drawn without replacement): g_B = ∇L exactly."""
-        return b == n and not self.replacement
+        """γ_{n,b} = 0: every batch of b is the whole training set (b = n without replacement), so S_b = S_n
+        and g_B = ∇L exactly."""
+        return gamma(n, b, self.replacement) == 0.0
 
     def _measure(self, ctx) -> dict:
         """The row of θ_t (before the step): each of the steps below fills its columns."""
