@@ -27,12 +27,13 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import torch
 
 from lssr.curvature import LossOperator, top_eigenvalue_op
-from lssr.diagnostics import gradient_moments
+from lssr.diagnostics import gradient_moments, per_b
 from lssr.losses import get_loss
 from lssr.models import CNN6, count_parameters
 
@@ -79,7 +80,7 @@ def md_table(header: list[str], rows: list[list]) -> str:
     return "\n".join(lines)
 
 
-def main(argv=None) -> int:
+def parse_args(argv=None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=128, help="training images (default 128)")
     ap.add_argument("--loss", default="mse", choices=["mse", "ce"])
@@ -99,25 +100,13 @@ def main(argv=None) -> int:
     ap.add_argument("--eigsh-warm", action="store_true", help="also run scipy eigsh warm-started with v0")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--data", type=Path, default=CIFAR)
-    args = ap.parse_args(argv)
+    return ap.parse_args(argv)
 
-    torch.set_num_threads(args.threads)
-    t_start = time.time()
-    x, y, what = load_images(args.n, args.data, args.seed)
-    torch.manual_seed(args.seed)
-    model = CNN6(3, 10)
-    lf = get_loss(args.loss)
-    n = len(y)
-    print(f"# bench_diagnostics: cnn6 ({count_parameters(model)} parameters), {what}, loss {args.loss}, "
-          f"torch {torch.__version__}, {args.threads} thread(s), chunk {args.chunk}\n", flush=True)
 
-    def make_op():
-        return LossOperator(model, lf, x, y, chunk_size=args.chunk, per_sample_chunk=args.ps_chunk)
-
-    # ---------------------------------------------------------------------------------------
-    # A. costs
-    # ---------------------------------------------------------------------------------------
-    op = make_op()
+def section_a_costs(bench: SimpleNamespace) -> dict:
+    """A. The cost of each primitive as a ratio to one full-batch gradient: {operation: ratio}, plus t_grad."""
+    args = bench.args
+    op = bench.make_op()
     gen = torch.Generator().manual_seed(args.seed + 1)
     v = torch.randn(op.space.dim, generator=gen)
     V4 = torch.randn(4, op.space.dim, generator=gen)
@@ -145,10 +134,12 @@ def main(argv=None) -> int:
     hvp_many_ratio = ratio["4 HVPs in one vmap, per HVP"]
     ps_ratio = ratio["all per-sample gradient norms (vmap of grad)"]
     print(flush=True)
+    return {"ratio": ratio, "t_grad": t_grad, "hvp": hvp_ratio, "hvp_many": hvp_many_ratio, "ps": ps_ratio}
 
-    # ---------------------------------------------------------------------------------------
-    # B. ‖H‖ along a GD trajectory at the edge of stability
-    # ---------------------------------------------------------------------------------------
+
+def section_b_trajectory(bench: SimpleNamespace, cost: dict) -> SimpleNamespace:
+    """B. ‖H‖ along a GD trajectory at the edge of stability: LOBPCG warm and cold against a tight reference."""
+    args, model, make_op, t_grad = bench.args, bench.model, bench.make_op, cost["t_grad"]
     op = make_op()
     e0 = top_eigenvalue_op(op, tol=1e-3, generator=torch.Generator().manual_seed(args.seed + 2))
     eta = 2.2 / e0.value  # slightly above the stability threshold of the initial sharpness
@@ -169,13 +160,14 @@ def main(argv=None) -> int:
     ref = None
     for t in range(args.traj):
         op = make_op()
-        tw, warm = timed(lambda: top_eigenvalue_op(op, tol=1e-3, init=vec))
+        tw, warm = timed(lambda op=op, vec=vec: top_eigenvalue_op(op, tol=1e-3, init=vec))
         ref = top_eigenvalue_op(op, tol=5e-5, init=warm.vector, max_hvps=14)  # tight reference, continued from warm
         lam = ref.value
         werr = abs(warm.value - lam) / lam
         cold = None
         if (t == 0) if args.cold_every <= 0 else (t % args.cold_every == 0):
-            tc, cold = timed(lambda: top_eigenvalue_op(op, tol=1e-3, generator=torch.Generator().manual_seed(100 + t)))
+            g_cold = torch.Generator().manual_seed(100 + t)
+            tc, cold = timed(lambda op=op, g=g_cold: top_eigenvalue_op(op, tol=1e-3, generator=g))
             cold_h.append(cold.hvp_count)
             cold_err.append(abs(cold.value - lam) / lam)
             cold_t.append(tc / t_grad)
@@ -197,7 +189,16 @@ def main(argv=None) -> int:
           f"(mean {np.mean(warm_h):.2f}), {statistics.median(warm_t):.1f} gradients; cold median {statistics.median(cold_h)} HVPs, "
           f"{statistics.median(cold_t):.1f} gradients; max relative error of ‖H‖ vs reference: warm {max(warm_err):.1e}, "
           f"cold {max(cold_err):.1e}\n", flush=True)
-    lam_ref = ref.value
+    return SimpleNamespace(op=op, eta=eta, vec=vec, warm=warm, ref=ref, gd_step=gd_step, warm_h=warm_h,
+                           warm_t=warm_t, warm_err=warm_err, cold_h=cold_h, cold_t=cold_t, cold_err=cold_err)
+
+
+def section_b_other_solvers(bench: SimpleNamespace, cost: dict, traj: SimpleNamespace) -> None:
+    """B (continued). scipy ``eigsh`` and PyHessian on the last trajectory step, against lssr's LOBPCG."""
+    args, model, t_grad, op, vec = bench.args, bench.model, cost["t_grad"], traj.op, traj.vec
+    warm_h, warm_t, warm_err = traj.warm_h, traj.warm_t, traj.warm_err
+    cold_h, cold_t, cold_err = traj.cold_h, traj.cold_t, traj.cold_err
+    lam_ref = traj.ref.value
     others = []
     # scipy eigsh on the same HVP
     try:
@@ -214,7 +215,7 @@ def main(argv=None) -> int:
             kw = {} if v0 is None else {"v0": v0.double().numpy()}
             if v0 is None:
                 kw["v0"] = np.random.default_rng(args.seed).standard_normal(op.space.dim)
-            te, (w, _) = timed(lambda: eigsh(L, k=1, which="LA", tol=1e-3, **kw))
+            te, (w, _) = timed(lambda L=L, kw=kw: eigsh(L, k=1, which="LA", tol=1e-3, **kw))
             others.append([f"scipy eigsh(k=1, which='LA', tol=1e-3), {label}", count[0], te / t_grad, abs(float(w[0]) - lam_ref) / lam_ref])
     except ImportError:
         print("scipy not importable: skipped eigsh")
@@ -237,7 +238,7 @@ def main(argv=None) -> int:
         torch.manual_seed(args.seed)
 
         def run_ph():
-            hc = ph.hessian(m2, lf, data=(x, y), cuda=False)  # builds the full-batch graph once (1 gradient)
+            hc = ph.hessian(m2, bench.lf, data=(bench.x, bench.y), cuda=False)  # builds the full-batch graph once (1 gradient)
             return hc.eigenvalues(top_n=1, tol=1e-3, maxIter=100)
 
         tp, (ev, _) = timed(run_ph)
@@ -250,11 +251,13 @@ def main(argv=None) -> int:
     print(md_table(["method (last trajectory step unless stated)", "HVPs", "wall time, gradients", "rel. error of ‖H‖"], others))
     print(flush=True)
 
-    # ---------------------------------------------------------------------------------------
-    # C. the per-step bundle
-    # ---------------------------------------------------------------------------------------
-    gd_step(warm.grad)  # the bundle runs at the next step, warm-started from this step's eigenvector
-    op = make_op()
+
+def section_c_bundle(bench: SimpleNamespace, cost: dict, traj: SimpleNamespace) -> SimpleNamespace:
+    """C. The per-step probe bundle at the next GD step (warm-started from this step's eigenvector)."""
+    args, n, t_grad, ratio, eta, vec = bench.args, bench.n, cost["t_grad"], cost["ratio"], traj.eta, traj.vec
+    hvp_ratio, hvp_many_ratio, ps_ratio = cost["hvp"], cost["hvp_many"], cost["ps"]
+    traj.gd_step(traj.warm.grad)  # the bundle runs at the next step, warm-started from this step's eigenvector
+    op = bench.make_op()
     hvp_unit = hvp_many_ratio if op.default_hvp_batch > 1 else hvp_ratio  # what gradient_moments uses by default
     exact = None
     if args.exact_check:
@@ -266,8 +269,9 @@ def main(argv=None) -> int:
     mom = None
     for k, s1 in enumerate(args.stage1):
         c0 = dict(op.counts)
-        tb, m_ = timed(lambda: gradient_moments(
-            op, exact=False, probes=args.probes, stage1=s1, generator=torch.Generator().manual_seed(args.seed + 3 + k),
+        gen = torch.Generator().manual_seed(args.seed + 3 + k)
+        tb, m_ = timed(lambda op=op, s1=s1, gen=gen: gradient_moments(
+            op, exact=False, probes=args.probes, stage1=s1, generator=gen,
             top=True, eig_init=vec, eig_tol=1e-3, rel_se=args.rel_se,
         ))
         mom = mom or m_
@@ -307,19 +311,20 @@ def main(argv=None) -> int:
     ] + (["estimate − exact (relative; in se)"] if exact is not None else [])
     print(md_table(header, [[nm] + [c[i] for c in cols] for i, nm in enumerate(names)]))
     print(flush=True)
+    return SimpleNamespace(op=op, mom=mom, model_cost=bundle_model, wall=bundle_wall)
 
-    # ---------------------------------------------------------------------------------------
-    # D. the paper's way: Monte-Carlo over sampled batches, each b separately
-    # ---------------------------------------------------------------------------------------
+
+def section_d_monte_carlo(bench: SimpleNamespace, cost: dict, bundle: SimpleNamespace) -> None:
+    """D. The paper's way: Monte-Carlo over sampled batches, g_Bᵀ H g_B for each b separately, at 5% se."""
+    args, n, x, y, t_grad, hvp_ratio = bench.args, bench.n, bench.x, bench.y, cost["t_grad"], cost["hvp"]
+    op, mom, bundle_model, bundle_wall = bundle.op, bundle.mom, bundle.model_cost, bundle.wall
     gen = torch.Generator().manual_seed(args.seed + 4)
     rows, total_mc = [], 0.0
-    from lssr.diagnostics import per_b
-
     for b in args.mc_b:
         vals, tg = [], []
         for _ in range(args.mc_pilot):
             idx = torch.randperm(n, generator=gen)[:b]
-            sub = LossOperator(model, lf, x[idx], y[idx], chunk_size=args.chunk)
+            sub = LossOperator(bench.model, bench.lf, x[idx], y[idx], chunk_size=args.chunk)
             t1, gB = timed(sub.gradient)
             tg.append(t1 / t_grad)
             vals.append(float(gB @ op.hvp(gB)))
@@ -336,6 +341,30 @@ def main(argv=None) -> int:
                     "gradients per batch (g_B + HVP)", "gradients"], rows))
     print(f"\nMonte-Carlo for these {len(args.mc_b)} batch sizes: {total_mc:.0f} gradients (plus ‖H‖ separately), "
           f"vs the bundle: {bundle_model:.0f} gradients (op counts) / {bundle_wall:.0f} (wall) for ‖H‖ and every b at once.")
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    t_start = time.time()
+    x, y, what = load_images(args.n, args.data, args.seed)
+    torch.manual_seed(args.seed)
+    model = CNN6(3, 10)
+    lf = get_loss(args.loss)
+    n = len(y)
+    print(f"# bench_diagnostics: cnn6 ({count_parameters(model)} parameters), {what}, loss {args.loss}, "
+          f"torch {torch.__version__}, {args.threads} thread(s), chunk {args.chunk}\n", flush=True)
+
+    def make_op():
+        return LossOperator(model, lf, x, y, chunk_size=args.chunk, per_sample_chunk=args.ps_chunk)
+
+    # the fixed inputs of every section (the model's parameters move along the GD trajectory of section B)
+    bench = SimpleNamespace(args=args, model=model, lf=lf, x=x, y=y, n=n, make_op=make_op)
+    cost = section_a_costs(bench)
+    traj = section_b_trajectory(bench, cost)
+    section_b_other_solvers(bench, cost, traj)
+    bundle = section_c_bundle(bench, cost, traj)
+    section_d_monte_carlo(bench, cost, bundle)
     print(f"\nTotal benchmark wall time: {time.time() - t_start:.0f} s", flush=True)
     return 0
 

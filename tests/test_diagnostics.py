@@ -9,8 +9,8 @@ import pytest
 import torch
 from torch import nn
 
-from lssr.diagnostics import FRAME_COLUMNS, control_variate_values, gradient_moments, interaction_stats
 from lssr.curvature import LossOperator
+from lssr.diagnostics import FRAME_COLUMNS, control_variate_values, gradient_moments, interaction_stats
 from lssr.losses import get_loss
 
 

@@ -7,10 +7,11 @@ import pandas as pd
 import pytest
 import torch
 
+from lssr.columns import probe_columns
 from lssr.config import config_from_dict
 from lssr.curvature import BatchNormModeError
 from lssr.data import Subset
-from lssr.diagnostics import DiagnosticsProbe, probe_columns
+from lssr.diagnostics import DiagnosticsProbe
 from lssr.train import train
 
 N, C = 16, 3
@@ -56,6 +57,24 @@ def run(cfg, data, out, probed):
     probes = [DiagnosticsProbe(cfg, out / "diagnostics.csv")] if probed else []
     train(cfg, data, out, probes=probes, progress=False)
     return (out / "metrics.csv").read_bytes()
+
+
+def test_probe_columns_written_out():
+    """The diagnostics.csv column order, written out by hand for b = 8 with valley probes (the order the
+    probe wrote before the column names moved to lssr.columns)."""
+    expected = [
+        "step", "lr", "two_over_eta", "b_run", "loss", "loss_next", "loss_change",
+        "tr_S_n", "tr_S_1", "tr_S_1_se", "tr_HS_n", "tr_HS_1", "tr_HS_1_se", "ias_n",
+        "top_eig", "top_eig_hvps", "cos_q1_grad", "expected_change", "expected_change_se", "cos_consecutive",
+        "tr_S_b_8", "tr_HS_b_8", "tr_HS_b_8_se", "rho_b_8", "ias_b_8", "instability_b_8", "resultant_b_8",
+        "tr_S_b_mc_8", "tr_S_b_mc_8_se", "rho_b_mc_8",
+        "valley_ratio_a0.25", "valley_ratio_a1",
+        "valley_dL_s-0.5", "valley_quad_s-0.5", "valley_dL_s0", "valley_quad_s0", "valley_dL_s1.5", "valley_quad_s1.5",
+    ]  # fmt: skip
+    assert probe_columns([8], True, [0.25, 1.0], [-0.5, 0.0, 1.5]) == expected
+    cfg = cfg_for(optim={"lr": 0.05, "batch_size": 8}, probe={"batch_sizes": [8], "valley": True,
+                  "valley_alphas": [0.25, 1.0], "valley_s": [-0.5, 0.0, 1.5]})  # fmt: skip
+    assert DiagnosticsProbe(cfg, "unused.csv").columns == expected
 
 
 def test_gd_probe_columns_invariants_and_trajectory(data, tmp_path):

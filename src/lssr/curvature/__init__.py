@@ -1,0 +1,71 @@
+"""Curvature primitives of the full training loss L(θ) = (1/n) Σ_i ℓ_i(θ), built on ``torch.func``.
+
+Notation (the paper's): θ ∈ R^m the parameters, g_i = ∇ℓ_i(θ) the per-sample gradients,
+∇L = (1/n) Σ_i g_i, H = ∇²L the Hessian of the *full* training loss, ‖H‖ its largest eigenvalue.
+
+Design
+------
+- Pure functions of ``(params, buffers, x, y)`` made from a module with
+  :func:`torch.func.functional_call` (:func:`loss_sum_fn`, :func:`hvp_fn`, :func:`per_sample_grads_fn`,
+  :func:`per_sample_jvp_fn`), and one thin wrapper, :class:`LossOperator`, that binds a model, a loss
+  and a training set and works on flat parameter vectors (length m).
+- Device and dtype come from the parameters (a float64 model gives float64 results; inputs are cast
+  to the parameter dtype). Nothing here calls ``.cuda()``.
+- Memory chunking is separate from any SGD batch size: a full-loss quantity is accumulated as
+  Σ_chunks Σ_{i∈chunk} (...) and divided by n once.
+- Hessian-vector products are forward-over-reverse (``jvp`` of ``grad``); several vectors at once go
+  through ``vmap`` over the tangents (the primal forward/backward is then shared).
+- The parameters are never modified and batch-norm running statistics are never updated: the
+  functional calls use detached parameter tensors and refuse a model whose batch-norm layers are in
+  train mode (:class:`BatchNormModeError`; the fix for a run is ``bn_mode: eval``).
+
+Modules: :mod:`.functions` (the pure functions and the batch-norm guard), :mod:`.operator` (flat vectors and
+:class:`LossOperator`), :mod:`.linalg` (Gram–Schmidt with H-images, Rayleigh–Ritz) and :mod:`.eigen` (‖H‖).
+"""
+
+from .eigen import TopEig, lobpcg_top, random_unit, top_eigenvalue, top_eigenvalue_op
+from .functions import (
+    BN_FIX,
+    BatchNormModeError,
+    Params,
+    batch_norm_in_train_mode,
+    check_functional_mode,
+    hvp_fn,
+    hvp_many_fn,
+    loss_sum_fn,
+    per_sample_grads_fn,
+    per_sample_jvp_fn,
+    per_sample_loss_of,
+    per_sample_losses_fn,
+    split_state,
+)
+from .linalg import drop_tolerance, orth_against, orthonormal_pairs, orthonormalize, rayleigh_ritz
+from .operator import LossOperator, ParamSpace
+
+__all__ = [
+    "BN_FIX",
+    "BatchNormModeError",
+    "LossOperator",
+    "ParamSpace",
+    "Params",
+    "TopEig",
+    "batch_norm_in_train_mode",
+    "check_functional_mode",
+    "drop_tolerance",
+    "hvp_fn",
+    "hvp_many_fn",
+    "lobpcg_top",
+    "loss_sum_fn",
+    "orth_against",
+    "orthonormal_pairs",
+    "orthonormalize",
+    "per_sample_grads_fn",
+    "per_sample_jvp_fn",
+    "per_sample_loss_of",
+    "per_sample_losses_fn",
+    "random_unit",
+    "rayleigh_ritz",
+    "split_state",
+    "top_eigenvalue",
+    "top_eigenvalue_op",
+]

@@ -1,0 +1,208 @@
+"""Flat parameter vectors (:class:`ParamSpace`) and :class:`LossOperator`: L, ∇L, H·v and per-sample
+gradients g_i of one model, loss and training set, accumulated over memory chunks and divided by n once."""
+
+from __future__ import annotations
+
+from typing import Callable, Iterator
+
+import torch
+from torch import nn
+from torch.func import functional_call, grad
+
+from .. import LssrError
+from .functions import (
+    Params,
+    check_functional_mode,
+    hvp_fn,
+    hvp_many_fn,
+    loss_sum_fn,
+    per_sample_grads_fn,
+    per_sample_jvp_fn,
+    per_sample_loss_of,
+    per_sample_losses_fn,
+    split_state,
+)
+
+Tensor = torch.Tensor
+
+
+class ParamSpace:
+    """Maps a parameter dict to flat vectors of length m and back (also batched: (k, m))."""
+
+    def __init__(self, params: Params):
+        self.names = list(params)
+        self.shapes = [params[k].shape for k in self.names]
+        self.numels = [params[k].numel() for k in self.names]
+        self.dim = int(sum(self.numels))
+        first = next(iter(params.values()))
+        self.dtype, self.device = first.dtype, first.device
+
+    def flatten(self, d: Params) -> Tensor:
+        return torch.cat([d[k].reshape(-1) for k in self.names])
+
+    def flatten_batched(self, d: Params) -> Tensor:
+        k = d[self.names[0]].shape[0]
+        return torch.cat([d[name].reshape(k, -1) for name in self.names], dim=1)
+
+    def unflatten(self, v: Tensor) -> Params:
+        lead = v.shape[:-1]
+        parts = v.split(self.numels, dim=-1)
+        return {k: p.reshape(*lead, *s) for k, p, s in zip(self.names, parts, self.shapes)}
+
+    def zeros(self, *lead: int) -> Tensor:
+        return torch.zeros(*lead, self.dim, dtype=self.dtype, device=self.device)
+
+
+class LossOperator:
+    """The training loss L, its gradient, its Hessian H and per-sample gradients at θ, on flat vectors.
+
+    Counts what it evaluates (``counts``: full-data gradients, HVPs, loss passes, per-sample passes,
+    per-sample JVP directions), in units of full passes over the n samples.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        loss_fn: Callable,
+        inputs: Tensor,
+        targets: Tensor,
+        *,
+        chunk_size: int = 512,
+        per_sample_chunk: int | None = None,
+        params: Tensor | None = None,
+        vmap_budget: int = 1024,
+        where: str = "lssr.curvature",
+    ):
+        check_functional_mode(model, where)
+        self.model = model
+        self.loss_fn = loss_fn
+        self.per_sample = per_sample_loss_of(loss_fn)
+        p, self.buffers = split_state(model)
+        if not p:
+            raise LssrError(f"{where}: the model has no trainable parameters")
+        self.space = ParamSpace(p)
+        self.dtype, self.device = self.space.dtype, self.space.device
+        self.theta = self.space.flatten(p) if params is None else params.to(self.device, self.dtype)
+        self.params = self.space.unflatten(self.theta)
+        x = inputs.to(self.device)
+        self.x = x.to(self.dtype) if x.is_floating_point() else x
+        self.y = targets.to(self.device)
+        self.n = int(self.x.shape[0])
+        if self.n < 1 or self.y.shape[0] != self.n:
+            raise LssrError(f"{where}: need n >= 1 inputs and as many targets, got {self.n} and {self.y.shape[0]}")
+        self.chunk_size = int(chunk_size)
+        self.per_sample_chunk = int(per_sample_chunk or min(self.chunk_size, 64))
+        self.vmap_budget = max(int(vmap_budget), 1)  # samples × tangents per vmapped call (bounds memory)
+        self.default_hvp_batch = 8 if self.device.type == "cuda" else 1
+        self._losses = per_sample_losses_fn(model, self.per_sample)
+        self._grad = grad(loss_sum_fn(model, self.per_sample))
+        self._hvp = hvp_fn(model, self.per_sample)
+        self._hvp_many = hvp_many_fn(model, self.per_sample)
+        self._psg = per_sample_grads_fn(model, self.per_sample)
+        self._psjvp = per_sample_jvp_fn(model, self.per_sample)
+        self.counts = {"grad": 0, "hvp": 0, "loss": 0, "per_sample_pass": 0, "jvp": 0}
+
+    # -- helpers -----------------------------------------------------------------------------
+    def at(self, theta: Tensor) -> "LossOperator":
+        """The same operator at other parameters θ' (a flat vector); shares data and counters."""
+        other = object.__new__(LossOperator)
+        other.__dict__.update(self.__dict__)
+        other.theta = theta.to(self.device, self.dtype)
+        other.params = self.space.unflatten(other.theta)
+        return other
+
+    def chunks(self, size: int | None = None) -> Iterator[tuple[Tensor, Tensor]]:
+        size = size or self.chunk_size
+        for s in range(0, self.n, size):
+            yield self.x[s : s + size], self.y[s : s + size]
+
+    def _vmap_chunk(self, k: int) -> int:
+        """Data chunk for a call vmapped over k tangents: at most ``vmap_budget`` samples × tangents."""
+        return max(1, min(self.chunk_size, self.vmap_budget // max(k, 1)))
+
+    # -- full-data quantities ---------------------------------------------------------------
+    @torch.no_grad()
+    def losses(self) -> Tensor:
+        """(ℓ_i)_i, length n."""
+        self.counts["loss"] += 1
+        return torch.cat([self._losses(self.params, self.buffers, x, y) for x, y in self.chunks()])
+
+    def loss(self) -> float:
+        """L(θ) = (1/n) Σ ℓ_i."""
+        return float(self.losses().sum()) / self.n
+
+    def gradient(self) -> Tensor:
+        """∇L (flat)."""
+        self.counts["grad"] += 1
+        total = self.space.zeros()
+        for x, y in self.chunks():
+            total += self.space.flatten(self._grad(self.params, self.buffers, x, y))
+        return total / self.n
+
+    def hvp(self, v: Tensor, return_grad: bool = False) -> Tensor | tuple[Tensor, Tensor]:
+        """H v (flat); with ``return_grad`` also ∇L, the primal output of the same pass."""
+        self.counts["hvp"] += 1
+        vt = self.space.unflatten(v.to(self.device, self.dtype))
+        g_tot, h_tot = self.space.zeros(), self.space.zeros()
+        for x, y in self.chunks():
+            g, h = self._hvp(self.params, self.buffers, x, y, vt)
+            h_tot += self.space.flatten(h)
+            if return_grad:
+                g_tot += self.space.flatten(g)
+        if return_grad:
+            return h_tot / self.n, g_tot / self.n
+        return h_tot / self.n
+
+    def hvp_many(self, V: Tensor, batch: int | None = None) -> Tensor:
+        """H V for k vectors (rows of V, shape (k, m)), ``batch`` tangents per vmap call (data chunks shrink
+        so that samples × tangents ≤ ``vmap_budget``); ``batch`` 1 loops over single HVPs. The default
+        (``default_hvp_batch``) is 8 on CUDA and 1 on the CPU, where vmapped tangents measured no faster
+        per HVP than single ones on cnn6 (docs/PERFORMANCE.md)."""
+        k = V.shape[0]
+        if k == 0:
+            return V.clone()
+        batch = batch or self.default_hvp_batch
+        if batch <= 1:
+            return torch.stack([self.hvp(v) for v in V])
+        out = []
+        for s in range(0, k, batch):
+            Vb = V[s : s + batch].to(self.device, self.dtype)
+            self.counts["hvp"] += Vb.shape[0]
+            vt = self.space.unflatten(Vb)
+            tot = self.space.zeros(Vb.shape[0])
+            for x, y in self.chunks(self._vmap_chunk(Vb.shape[0])):
+                tot += self.space.flatten_batched(self._hvp_many(self.params, self.buffers, x, y, vt))
+            out.append(tot / self.n)
+        return torch.cat(out)
+
+    def hvp_double_backward(self, v: Tensor) -> Tensor:
+        """H v by double backward (``autograd.grad`` with ``create_graph=True`` twice); for comparison."""
+        self.counts["hvp"] += 1
+        vt = self.space.unflatten(v.to(self.device, self.dtype))
+        total = self.space.zeros()
+        with torch.enable_grad():
+            for x, y in self.chunks():
+                p = {k: t.detach().requires_grad_(True) for k, t in self.params.items()}
+                loss = self.per_sample(functional_call(self.model, (p, self.buffers), (x,)), y).sum()
+                gs = torch.autograd.grad(loss, list(p.values()), create_graph=True)
+                dot = sum((g * vt[k]).sum() for g, k in zip(gs, p))
+                hs = torch.autograd.grad(dot, list(p.values()))
+                total += torch.cat([h.reshape(-1) for h in hs])
+        return total / self.n
+
+    # -- per-sample quantities --------------------------------------------------------------
+    def per_sample_grads(self, chunk: int | None = None) -> Iterator[tuple[slice, Tensor]]:
+        """Yield (slice of sample indices, G_c) with G_c of shape (chunk, m): the rows are g_iᵀ."""
+        chunk = chunk or self.per_sample_chunk
+        self.counts["per_sample_pass"] += 1
+        for s in range(0, self.n, chunk):
+            sl = slice(s, min(s + chunk, self.n))
+            g = self._psg(self.params, self.buffers, self.x[sl], self.y[sl])
+            yield sl, self.space.flatten_batched(g).detach()
+
+    def per_sample_jvp(self, U: Tensor) -> Tensor:
+        """(n, k) matrix of g_iᵀu_j for the rows u_j of U (k, m): forward mode, no per-sample gradients."""
+        self.counts["jvp"] += U.shape[0]
+        Ut = self.space.unflatten(U.to(self.device, self.dtype))
+        size = self._vmap_chunk(U.shape[0])
+        return torch.cat([self._psjvp(self.params, self.buffers, x, y, Ut).T for x, y in self.chunks(size)])

@@ -1,0 +1,29 @@
+"""Interaction-aware sharpness diagnostics: tr(S_b), tr(H S_b), ρ_b, ‖H‖_{S_b} and ‖H‖ of a model.
+
+:mod:`.moments` holds the estimator maths (the gradient moments tr S_1, tr S_n, tr(H S_1), tr(H S_n) and every
+b from them by identity (1)); :mod:`.probe` the per-step probe that writes ``diagnostics.csv`` during a run.
+"""
+
+from .moments import (
+    FRAME_COLUMNS,
+    Moments,
+    control_variate_values,
+    gradient_moments,
+    interaction_stats,
+    moments_frame,
+    per_b,
+    rademacher,
+)
+from .probe import DiagnosticsProbe
+
+__all__ = [
+    "FRAME_COLUMNS",
+    "DiagnosticsProbe",
+    "Moments",
+    "control_variate_values",
+    "gradient_moments",
+    "interaction_stats",
+    "moments_frame",
+    "per_b",
+    "rademacher",
+]
