@@ -14,10 +14,9 @@ import pytest
 import torch
 import yaml
 
-from lssr.batched import BatchConfigError, check_batchable, train_batched
 from lssr.config import config_from_dict
 from lssr.data import SubsetSpec, build_subset, load_subset
-from lssr.train import METRIC_COLUMNS, train
+from lssr.training import METRIC_COLUMNS, BatchConfigError, check_batchable, train, train_batched
 
 N = 128
 ROOT = Path(__file__).resolve().parents[1]
