@@ -183,7 +183,7 @@ def case_manifest_hash_mismatch(tmp):
 
 def case_subset_other_config(tmp):
     from lssr.config import config_from_dict
-    from lssr.train import run_from_config
+    from lssr.training import run_from_config
 
     folder = _digits_subset(tmp)
     cfg = config_from_dict(_run(data__seed=3))
@@ -227,7 +227,7 @@ def case_corrupt_checkpoint(tmp):
     import yaml
 
     from lssr.config import config_from_dict
-    from lssr.train import run_from_config
+    from lssr.training import run_from_config
 
     folder = _digits_subset(tmp)
     cfg = config_from_dict(_run(checkpoint_every=2))

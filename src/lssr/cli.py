@@ -36,7 +36,7 @@ def cmd_subset(args: argparse.Namespace) -> None:
 
 def cmd_train(args: argparse.Namespace) -> None:
     from .config import load_config
-    from .train import run_from_config
+    from .training import run_from_config
 
     cfg = load_config(args.config, overrides=_parse_set(args.set))
     res = run_from_config(cfg, args.out, data_dir=args.data, progress=not args.no_progress)

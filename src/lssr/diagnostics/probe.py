@@ -36,7 +36,7 @@ def _cos(a: Tensor, b: Tensor) -> float:
 
 
 class DiagnosticsProbe:
-    """Per-step diagnostics for :func:`lssr.train.train` (the ``Probe`` protocol), one row per probed step
+    """Per-step diagnostics for :func:`lssr.training.train` (the ``Probe`` protocol), one row per probed step
     appended to ``csv_path`` (rewritten atomically every ``flush_every`` rows and at ``close``).
 
     At a probed step t (θ_t in ``before_step``) it measures: ‖H‖ by LOBPCG warm-started from the previous
@@ -132,7 +132,7 @@ class DiagnosticsProbe:
         write_csv(self.csv_path.with_name(self.csv_path.name + ".partial"), pd.DataFrame(self.rows, columns=self.columns))
         self._unflushed = 0
 
-    # -- checkpointing (lssr.train saves and restores this with the run) ---------------------------
+    # -- checkpointing (lssr.training saves and restores this with the run) ---------------------------
     def state_dict(self) -> dict:
         return {
             "rows": [dict(r) for r in self.rows],
