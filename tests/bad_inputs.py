@@ -218,9 +218,9 @@ def case_disk_full(tmp):
 
 
 def case_bad_set_override(tmp):
-    from lssr.cli import _parse_set
+    from lssr.config import parse_overrides
 
-    _parse_set(["optim.lr:0.1"])
+    parse_overrides(["optim.lr:0.1"])
 
 
 def case_corrupt_checkpoint(tmp):
