@@ -25,8 +25,8 @@ def _out_folder(out: str) -> str:
     for p in (path, *path.parents):
         if p.exists():
             if not p.is_dir():
-                where = "" if p == path else f" (in --out {out})"
-                raise LssrError(f"--out {p} is a file, not a folder{where}; give a folder path, or move the file")
+                what = f"--out {out}" if p == path else f"--out {out}: {p}"
+                raise LssrError(f"{what} is a file, not a folder; give a folder path, or move the file")
             break
     return out
 
