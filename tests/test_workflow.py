@@ -147,6 +147,25 @@ def test_paper_dag_dry_run(tmp_path):
     specs = {f"{paper['datasets'][ds]['source']}-{parse_size(paper['datasets'][ds]['n'])}" for ds in used}
     assert sorted(re.findall(r"lssr subset (\S+)", out)) == sorted(specs)
     assert "digits" not in out
+    # the training jobs ask for resources.* of paper.yaml, gpu_model included (read by the slurm executor)
+    r = paper["resources"]
+    train_jobs = [b for b in out.split("\nrule ")[1:] if b.startswith("train")]
+    assert len(train_jobs) == expected["train"] + len(groups)
+    for block in train_jobs:
+        res = dict(kv.split("=", 1) for kv in re.search(r"resources: (.*)", block)[1].split(", "))
+        assert (res["mem_mb"], res["runtime"], res["gpu"], res["gpu_model"]) == (
+            str(r["mem_mb"]), str(r["runtime"]), "1", r["gpu_model"]
+        )
+
+
+def test_demo_config_only_without_configfile(tmp_path):
+    """No --configfile: the demo config plans the DAG; with one, see test_paper_dag_dry_run."""
+    from lssr.workflow import plan
+
+    demo = plan(yaml.safe_load((ROOT / "config" / "demo.yaml").read_text()))
+    out = smk(workdir(tmp_path), "-n", "--quiet", "rules", "--cores", "1").stdout
+    counts = _job_counts(out)
+    assert counts["run_config"] == len(demo.runs) and counts["subset"] == len(demo.subsets) == 1
 
 
 def bad_config(tmp_path, mutate):
