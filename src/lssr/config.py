@@ -126,6 +126,7 @@ class RunConfig:
 
     @property
     def is_gd(self) -> bool:
+        """Full-batch GD: b = n without replacement, so every step sees the whole set (S_b = 0)."""
         return self.batch_size == self.data.n and not self.optim.replacement
 
     def to_dict(self) -> dict:
