@@ -34,7 +34,7 @@ rule train:
 
 
 # With `batch_runs: true`, the Figure-5 runs of one (data set, b) that differ only in η are trained
-# together by one `lssr train-batch` job (one stacked model, see lssr.batched).
+# together by one `lssr train-batch` job (one stacked model, see lssr.training).
 if PLAN.settings.batch_runs:
     for _group, _members in PLAN.groups.items():
 
