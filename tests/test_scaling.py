@@ -81,3 +81,14 @@ def test_fit_with_noise_and_model_selection():
     assert math.isnan(table.set_index("rule").loc["LSR", "rho"])
     with pytest.raises(LssrError):
         fit_lsr([1, 2], [0.1])
+
+
+def test_named_ratios_of_the_paper():
+    # ρ_b, ‖H‖_{S_b} and the instability ratio on numbers worked by hand; a zero denominator gives NaN
+    from lssr.scaling import concentration, instability_ratio, interaction_aware_sharpness
+
+    assert concentration(2.0, 8.0) == 0.25
+    assert interaction_aware_sharpness(6.0, 8.0) == 0.75
+    assert instability_ratio(6.0, 2.0) == 3.0
+    assert math.isnan(concentration(1.0, 0.0))
+    np.testing.assert_allclose(concentration(np.array([1.0, 3.0]), np.array([2.0, 4.0])), [0.5, 0.75])

@@ -62,6 +62,28 @@ def trace_b(trace_1, trace_n, n: int, b, replacement: bool = False):
     return w * trace_1 + (1.0 - w) * trace_n
 
 
+def _ratio(num, den):
+    """num / den; a scalar 0 denominator gives NaN (array and column inputs divide elementwise)."""
+    if np.ndim(num) == 0 and np.ndim(den) == 0 and not hasattr(den, "index"):
+        return num / den if den != 0 else math.nan
+    return num / den
+
+
+def concentration(tr_S_n, tr_S_b):
+    """ρ_b = tr(S_n)/tr(S_b) (eq. 12's definition): how concentrated the batch gradients are."""
+    return _ratio(tr_S_n, tr_S_b)
+
+
+def interaction_aware_sharpness(tr_HS_b, tr_S_b):
+    """‖H‖_{S_b} = tr(H S_b)/tr(S_b), the sharpness seen by the batch-gradient distribution."""
+    return _ratio(tr_HS_b, tr_S_b)
+
+
+def instability_ratio(tr_HS_b, tr_S_n):
+    """tr(H S_b)/tr(S_n): one SGD step increases the loss in expectation when this exceeds 2/η."""
+    return _ratio(tr_HS_b, tr_S_n)
+
+
 def rho_b(rho, n: int, b, replacement: bool = False):
     """ρ_b by eq. (12): 1/((γ_{n,b}/b)/ρ + 1 − γ_{n,b}/b), with ρ = ρ_1 = tr(S_n)/tr(S_1) ∈ (0, 1].
 

@@ -53,7 +53,7 @@ from torch import nn
 
 from .. import LssrError
 from ..curvature import LossOperator, TopEig, lobpcg_top, orthonormalize, top_eigenvalue_op
-from ..scaling import batch_weight, trace_b
+from ..scaling import batch_weight, concentration, instability_ratio, interaction_aware_sharpness, trace_b
 
 Tensor = torch.Tensor
 
@@ -304,19 +304,18 @@ def per_b(mom: Moments, b: int, replacement: bool) -> dict:
     tr_S_b = trace_b(mom.tr_S_1, mom.tr_S_n, mom.n, b, replacement)
     tr_HS_b = trace_b(mom.tr_HS_1, mom.tr_HS_n, mom.n, b, replacement)
     se = w * mom.tr_HS_1_se if mom.tr_HS_1_se == mom.tr_HS_1_se else math.nan
-    div = lambda a, c: a / c if c != 0 else math.nan  # noqa: E731
     return {
         "b": int(b),
         "tr_S_b": tr_S_b,
         "tr_S_b_se": 0.0,
         "tr_HS_b": tr_HS_b,
         "tr_HS_b_se": se,
-        "rho_b": div(mom.tr_S_n, tr_S_b),
+        "rho_b": concentration(mom.tr_S_n, tr_S_b),
         "rho_b_se": 0.0,
-        "ias_b": div(tr_HS_b, tr_S_b),
-        "ias_b_se": div(se, tr_S_b),
-        "instability_b": div(tr_HS_b, mom.tr_S_n),
-        "instability_b_se": div(se, mom.tr_S_n),
+        "ias_b": interaction_aware_sharpness(tr_HS_b, tr_S_b),
+        "ias_b_se": interaction_aware_sharpness(se, tr_S_b),
+        "instability_b": instability_ratio(tr_HS_b, mom.tr_S_n),
+        "instability_b_se": instability_ratio(se, mom.tr_S_n),
     }
 
 
