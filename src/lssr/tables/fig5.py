@@ -279,6 +279,6 @@ def build(
     out = pd.concat(parts, ignore_index=True).reindex(columns=COLUMNS)
     out["log2_b"] = np.log2(out["b"].astype(float))
     out["log2_lr"] = np.log2(out["lr"].astype(float))
-    out["is_best"] = out["is_best"].fillna(False).astype(bool)
-    out["diverged"] = out["diverged"].fillna(False).astype(bool)
+    out["is_best"] = out["is_best"].eq(True)
+    out["diverged"] = out["diverged"].eq(True)
     return out
