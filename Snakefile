@@ -8,10 +8,15 @@ from snakemake.utils import min_version, validate
 min_version("8.0")
 
 
-configfile: "config/demo.yaml"
+# The demo config only when no --configfile is given: a config given on the command line is used
+# alone (never merged into the demo's); defaults come from lssr.config.
+if not workflow.overwrite_configfiles:
+
+    configfile: "config/demo.yaml"
 
 
-validate(config, "workflow/schemas/config.schema.yaml")
+# Types and allowed keys only: the schema's defaults document lssr.config's and are not inserted.
+validate(config, "workflow/schemas/config.schema.yaml", set_default=False)
 
 
 include: "workflow/rules/common.smk"

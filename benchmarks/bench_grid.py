@@ -1,11 +1,11 @@
-"""Grid throughput: batched η-groups (lssr.batched) against one run per process (`make bench-grid`).
+"""Grid throughput: batched η-groups (lssr.training.train_batched) against one run per process (`make bench-grid`).
 
 Part 1, measured side by side on this machine (same thread count for every mode, default 1):
 
   A. one ``python -m lssr.cli train`` process per run, one after another (what Snakemake does with
      ``--cores 1``: interpreter start, imports and subset loading are paid per run);
-  B. the same runs one after another inside this process (``lssr.train.train``);
-  C. all runs as one batched group inside this process (``lssr.batched.train_batched``);
+  B. the same runs one after another inside this process (``lssr.training.train``);
+  C. all runs as one batched group inside this process (``lssr.training.train_batched``);
   D. all runs as one ``python -m lssr.cli train-batch`` process (what a batched Snakemake rule runs).
 
 on a small demo grid: digits (1024 train / 773 test), digits_cnn with batch norm, cross-entropy,
@@ -43,10 +43,9 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import yaml  # noqa: E402
 
-from lssr.batched import train_batched  # noqa: E402
 from lssr.config import config_from_dict  # noqa: E402
 from lssr.data import SubsetSpec, build_subset, load_subset  # noqa: E402
-from lssr.train import train  # noqa: E402
+from lssr.training import train, train_batched  # noqa: E402
 
 # The Figure-5 grid (paper, Section 5): n, image size, classes, test-set size; b = 2^3 .. n.
 FIG5 = {

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# GPU benchmark of the training engine: step throughput of lssr.train.train (one run) against
-# lssr.batched.train_batched (8 learning rates as one stacked model) on cnn6 + batch norm with
+# GPU benchmark of the training engine: step throughput of lssr.training.train (one run) against
+# lssr.training.train_batched (8 learning rates as one stacked model) on cnn6 + batch norm with
 # CIFAR-10-8k-sized random data (8192 x 3 x 32 x 32), per-sample forward+backward costs of cnn6 and
 # resnet9 at 32 / 64 / 96 pixels (the inputs of the Figure-5 GPU-hour estimate in docs/PERFORMANCE.md),
 # and the per-step cost of the diagnostics probe bundle (lssr.diagnostics.DiagnosticsProbe; skipped
@@ -60,10 +60,9 @@ from pathlib import Path
 
 import torch
 
-from lssr.batched import train_batched
 from lssr.config import config_from_dict
 from lssr.data import Subset
-from lssr.train import train
+from lssr.training import train, train_batched
 
 mode, out_dir, budget = sys.argv[1], Path(sys.argv[2]), float(sys.argv[3])
 gpu = mode == "gpu"

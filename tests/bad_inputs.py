@@ -183,7 +183,7 @@ def case_manifest_hash_mismatch(tmp):
 
 def case_subset_other_config(tmp):
     from lssr.config import config_from_dict
-    from lssr.train import run_from_config
+    from lssr.training import run_from_config
 
     folder = _digits_subset(tmp)
     cfg = config_from_dict(_run(data__seed=3))
@@ -218,16 +218,46 @@ def case_disk_full(tmp):
 
 
 def case_bad_set_override(tmp):
-    from lssr.cli import _parse_set
+    from lssr.config import parse_overrides
 
-    _parse_set(["optim.lr:0.1"])
+    parse_overrides(["optim.lr:0.1"])
+
+
+def case_config_not_utf8(tmp):
+    from lssr.config import load_config
+
+    path = tmp / "run.yaml"
+    path.write_bytes("name: caf\xe9\n".encode("latin-1"))  # saved as Latin-1 by an old editor
+    load_config(path)
+
+
+def _cli(argv):
+    """Run one lssr command in-process, letting its LssrError through (main() prints it as one line)."""
+    from lssr.cli import build_parser
+
+    args = build_parser().parse_args(argv)
+    args.func(args)
+
+
+def case_train_out_is_a_file(tmp):
+    import yaml
+
+    cfg = tmp / "run.yaml"
+    cfg.write_text(yaml.safe_dump(_run()))
+    (tmp / "some_file").write_text("not a folder\n")
+    _cli(["train", str(cfg), "--out", str(tmp / "some_file"), "--no-progress"])
+
+
+def case_subset_out_is_a_file(tmp):
+    (tmp / "some_file").write_text("not a folder\n")
+    _cli(["subset", "digits-64", "--out", str(tmp / "some_file" / "subset")])
 
 
 def case_corrupt_checkpoint(tmp):
     import yaml
 
     from lssr.config import config_from_dict
-    from lssr.train import run_from_config
+    from lssr.training import run_from_config
 
     folder = _digits_subset(tmp)
     cfg = config_from_dict(_run(checkpoint_every=2))
@@ -257,6 +287,9 @@ CASES = [
     ("full disk (ENOSPC on rename)", case_disk_full),
     ("malformed --set override", case_bad_set_override),
     ("corrupt checkpoint.pt", case_corrupt_checkpoint),
+    ("run config not UTF-8 text", case_config_not_utf8),
+    ("lssr train --out naming an existing file", case_train_out_is_a_file),
+    ("lssr subset --out inside an existing file", case_subset_out_is_a_file),
 ]
 
 

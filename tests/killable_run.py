@@ -11,7 +11,7 @@ import sys
 
 from lssr.config import load_config
 from lssr.data import load_subset
-from lssr.train import train
+from lssr.training import train
 
 
 class Killer:

@@ -28,6 +28,9 @@ EXPECT = {
     "case_disk_full": r"cannot write .*runs\.csv: No space left on device",
     "case_bad_set_override": r"expected KEY=VALUE",
     "case_corrupt_checkpoint": r"checkpoint .*checkpoint\.pt cannot be read.*delete it",
+    "case_config_not_utf8": r"run\.yaml is not UTF-8 text",
+    "case_train_out_is_a_file": r"--out <tmp>/some_file is a file, not a folder",
+    "case_subset_out_is_a_file": r"--out <tmp>/some_file/subset: <tmp>/some_file is a file, not a folder",
 }
 
 
@@ -40,3 +43,27 @@ def test_table_is_complete():
 def test_bad_input_gives_clear_error(title, fn):
     msg = provoke(fn)
     assert re.search(EXPECT[fn.__name__], msg, re.S), msg
+
+
+@pytest.mark.parametrize("case", ["not-utf8", "train-out-file", "subset-out-file"])
+def test_cli_error_is_one_line(tmp_path, capsys, case):
+    """Through `lssr` itself: exit status 2 and one line `lssr <cmd>: error: ...` on stderr, no traceback."""
+    import yaml
+
+    from lssr.cli import main
+
+    cfg = tmp_path / "run.yaml"
+    some_file = tmp_path / "some_file"
+    some_file.write_text("x\n")
+    if case == "not-utf8":
+        cfg.write_bytes(b"seed: 0\nname: \xff\xfe\n")
+        argv, cmd = ["train", str(cfg), "--out", str(tmp_path / "run")], "train"
+    elif case == "train-out-file":
+        cfg.write_text(yaml.safe_dump({"data": {"dataset": "digits", "n": 64}, "model": {"name": "digits_cnn"},
+                                       "loss": "mse", "optim": {"lr": 0.1}, "stop": {"steps": 1}}))
+        argv, cmd = ["train", str(cfg), "--out", str(some_file)], "train"
+    else:
+        argv, cmd = ["subset", "digits-64", "--out", str(some_file)], "subset"
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"lssr {cmd}: error: "), err

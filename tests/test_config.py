@@ -1,8 +1,31 @@
-"""Run-config validation: every mistake names the key and the fix."""
+"""Run-config validation: every mistake names the key and the fix; the workflow schema agrees with
+lssr.config (types, defaults, value rules)."""
 
+import dataclasses
+import types
+import typing
+from pathlib import Path
+
+import jsonschema
 import pytest
+import yaml
 
-from lssr.config import ConfigError, config_from_dict, load_config
+from lssr.config import (
+    LOSS_NAMES,
+    MODEL_NAMES,
+    RUN_KEYS,
+    STOP_KEYS,
+    ConfigError,
+    DataConfig,
+    ProbeConfig,
+    RunConfig,
+    WorkflowSettings,
+    config_from_dict,
+    dataset_config,
+    default_of,
+    load_config,
+    workflow_settings,
+)
 
 BASE = {
     "data": {"dataset": "digits", "n": "1k"},
@@ -78,3 +101,143 @@ def test_name_lists_match_registries():
     from lssr.models import MODELS
 
     assert set(MODEL_NAMES) == set(MODELS) and set(LOSS_NAMES) == set(PER_SAMPLE)
+
+
+# -- the workflow schema agrees with lssr.config (types, defaults, value rules) ---------------------
+
+SCHEMA_FILE = Path(__file__).resolve().parents[1] / "workflow" / "schemas" / "config.schema.yaml"
+SCHEMA = yaml.safe_load(SCHEMA_FILE.read_text())
+JSON_TYPE = {int: "integer", float: "number", bool: "boolean", str: "string", type(None): "null"}
+CANDIDATES = [-1, 0, 1, 2, 3, 0.5, 1.5, 1e-3, None, True, False, "x", "auto", "cuda", "cuda:0", "cuda:x", "eval",
+              "sketch", [], [8, 32], [0], [0.5], ["x"]]
+
+
+def _node(node: dict) -> dict:
+    while "$ref" in node:
+        node = SCHEMA["definitions"][node["$ref"].rsplit("/", 1)[1]]
+    return node
+
+
+def _schema_types(node: dict) -> set:
+    node = _node(node)
+    if "oneOf" in node:
+        return set().union(*map(_schema_types, node["oneOf"]))
+    return {node["type"]} if isinstance(node["type"], str) else set(node["type"])
+
+
+def _python_types(tp) -> set:
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        return set().union(*map(_python_types, typing.get_args(tp)))
+    if typing.get_origin(tp) is tuple:
+        return {"array"}
+    return {"object"} if dataclasses.is_dataclass(tp) else {JSON_TYPE[tp]}
+
+
+def _jsonable(v):
+    return list(v) if isinstance(v, tuple) else v
+
+
+def _check_fields(cls, node: dict, path: str, checked: set, rename: dict | None = None, skip=()) -> None:
+    """Every field of ``cls`` is a property of ``node`` with the same types and default, and vice versa."""
+    props, hints, rename = _node(node)["properties"], typing.get_type_hints(cls), rename or {}
+    names = [f.name for f in dataclasses.fields(cls) if f.name not in skip]
+    assert set(props) == {rename.get(n, n) for n in names}, (cls.__name__, path)
+    for name in names:
+        key = rename.get(name, name)
+        expected = {"integer", "string"} if (cls, name) == (DataConfig, "n") else _python_types(hints[name])
+        assert _schema_types(props[key]) == expected, f"{path}.{key}"
+        f = cls.__dataclass_fields__[name]
+        if f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING:
+            if dataclasses.is_dataclass(hints[name]):
+                _check_fields(hints[name], props[key], f"{path}.{key}", checked)
+                continue
+            assert props[key].get("default", "MISSING") == _jsonable(default_of(cls, name)), f"{path}.{key}"
+            checked.add(f"{path}.{key}")
+
+
+def _defaults_in(node, path: str = "") -> set:
+    """Every place in the schema that states a default."""
+    found = set()
+    if isinstance(node, dict):
+        if "default" in node:
+            found.add(path)
+        for k, v in node.items():
+            found |= _defaults_in(v, f"{path}.{k}".lstrip(".").replace("properties.", "")) if k != "default" else set()
+    return found
+
+
+def test_schema_types_and_defaults_match_config():
+    from lssr.config import ESTIMATORS, BN_MODES, MIN_BATCH_SIZE, ModelConfig, Resources, StopConfig
+    from lssr.data import SOURCES
+    from lssr.registry import FIGURES
+
+    checked: set = set()
+    top = SCHEMA["properties"]
+    _check_fields(ProbeConfig, SCHEMA["definitions"]["probe"], "definitions.probe", checked)
+    _check_fields(Resources, top["resources"], "resources", checked)
+    _check_fields(DataConfig, top["datasets"]["additionalProperties"], "datasets.additionalProperties", checked,
+                  rename={"dataset": "source"})
+    run_hints = typing.get_type_hints(RunConfig)
+    for key in RUN_KEYS:  # run keys at the top level: RunConfig's types and defaults
+        assert _schema_types(top[key]) == _python_types(run_hints[key]) and top[key]["default"] == default_of(
+            RunConfig, key
+        ), key
+        checked.add(key)
+    settings_hints = typing.get_type_hints(WorkflowSettings)
+    for f in dataclasses.fields(WorkflowSettings):
+        assert _schema_types(top[f.name]) == _python_types(settings_hints[f.name]), f.name
+        if f.name != "resources":
+            assert top[f.name]["default"] == _jsonable(default_of(WorkflowSettings, f.name)), f.name
+            checked.add(f.name)
+    stop_hints = typing.get_type_hints(StopConfig)
+    for name, exp in top["experiments"]["properties"].items():  # per experiment: types within RunConfig's
+        for key, node in exp["properties"].items():
+            if key in RUN_KEYS:
+                assert _schema_types(node) <= _python_types(run_hints[key]), (name, key)
+            if key in STOP_KEYS:
+                assert _schema_types(node) <= _python_types(stop_hints[key]), (name, key)
+            if key == "batch_norm":
+                assert node["default"] == default_of(ModelConfig, "batch_norm")
+                checked.add(f"experiments.{name}.batch_norm")
+    assert top["experiments"]["properties"]["fig5"]["properties"]["min_batch_size"]["default"] == MIN_BATCH_SIZE
+    checked.add("experiments.fig5.min_batch_size")
+    assert _defaults_in(SCHEMA) == checked  # and no default in the schema that lssr.config does not state
+    d = SCHEMA["definitions"]
+    assert set(d["model"]["enum"]) == set(MODEL_NAMES) and set(d["loss"]["enum"]) == set(LOSS_NAMES)
+    assert d["probe"]["properties"]["estimator"]["enum"] == list(ESTIMATORS)
+    assert top["bn_mode"]["enum"] == list(BN_MODES) and top["figures"]["items"]["enum"] == list(FIGURES)
+    assert set(top["datasets"]["additionalProperties"]["properties"]["source"]["enum"]) == set(SOURCES)
+
+
+def _schema_accepts(node: dict, value) -> bool:
+    return jsonschema.Draft202012Validator({**node, "definitions": SCHEMA["definitions"]}).is_valid(value)
+
+
+def _config_accepts(build) -> bool:
+    try:
+        build()
+    except ConfigError:
+        return False
+    return True
+
+
+@pytest.mark.parametrize("section", ["probe", "run", "dataset", "resources"])
+def test_schema_value_rules_match_config(section):
+    """For a spread of values, the schema accepts exactly what lssr.config accepts."""
+    top = SCHEMA["properties"]
+    if section == "probe":
+        props = SCHEMA["definitions"]["probe"]["properties"]
+        build = lambda k, v: config_from_dict(with_(f"probe.{k}", v))  # noqa: E731
+    elif section == "run":
+        props = {k: top[k] for k in RUN_KEYS}
+        build = lambda k, v: config_from_dict(with_(k, v))  # noqa: E731
+    elif section == "dataset":
+        props = dict(top["datasets"]["additionalProperties"]["properties"])
+        del props["source"], props["n"]
+        build = lambda k, v: dataset_config("d", {"source": "digits", "n": 64, k: v})  # noqa: E731
+    else:
+        props = top["resources"]["properties"]
+        build = lambda k, v: workflow_settings({"resources": {k: v}})  # noqa: E731
+    disagree = [(k, v) for k, node in props.items() for v in CANDIDATES
+                if _schema_accepts(node, v) != _config_accepts(lambda: build(k, v))]
+    assert not disagree

@@ -1,4 +1,4 @@
-"""DiagnosticsProbe inside lssr.train.train: columns, invariants, no effect on the trajectory, BN refusal."""
+"""DiagnosticsProbe inside lssr.training.train: columns, invariants, no effect on the trajectory, BN refusal."""
 
 import math
 
@@ -12,7 +12,7 @@ from lssr.config import config_from_dict
 from lssr.curvature import BatchNormModeError
 from lssr.data import Subset
 from lssr.diagnostics import DiagnosticsProbe
-from lssr.train import train
+from lssr.training import train
 
 N, C = 16, 3
 

@@ -51,6 +51,7 @@ def tables(out):
     return {name: (out / name).read_bytes() for name in ("metrics.csv", "diagnostics.csv") if (out / name).exists()}
 
 
+@pytest.mark.slow  # about a minute each: seven training processes
 @pytest.mark.parametrize("probe", [False, True], ids=["plain", "probed"])
 def test_sigkill_and_resume_is_byte_identical(digits, tmp_path, probe):
     if probe:

@@ -14,7 +14,7 @@ from lssr.config import config_from_dict
 from lssr.data import SubsetSpec, build_subset, load_subset
 from lssr.losses import per_sample_loss
 from lssr.models import build_model
-from lssr.train import BatchSampler, chunked_loss_and_grad, train
+from lssr.training import BatchSampler, chunked_loss_and_grad, train
 
 N = 128
 

@@ -3,6 +3,7 @@ incremental rebuilds."""
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -13,6 +14,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
+
+from lssr.config import RUN_KEYS
+from lssr.registry import FIGURES
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -45,11 +49,123 @@ def smk(cwd, *args, check=True, timeout=900):
     return proc
 
 
-def test_paper_dag_dry_run():
-    proc = smk(ROOT, "-n", "--configfile", "config/paper.yaml", "--quiet", "rules")
+def _job_counts(out: str) -> dict[str, int]:
+    """The 'Job stats' table of a dry run: rule -> number of jobs."""
+    table = out.split("Job stats:", 1)[1].split("\n\n", 1)[0]
+    rows = [line.split() for line in table.splitlines()[3:]]
+    return {r[0]: int(r[1]) for r in rows if len(r) == 2 and r[0] != "total"}
+
+
+def _paper_expectation(paper: dict) -> tuple[dict, dict, set]:
+    """From config/paper.yaml alone (not through lssr.workflow): run key -> the raw config each run must get,
+    Figure-5 groups, and the data sets used. A run key is (data set, loss, η, b, batch norm)."""
+    from lssr.data import parse_size
+
+    top = {k: paper[k] for k in RUN_KEYS if k in paper}
+    exps, runs = paper["experiments"], {}
+
+    def want(e, ds, loss, lr, b, bn=False, probe=None, stop=None):
+        key = (ds, loss, float(lr), b, bn)
+        entry = paper["datasets"][ds]
+        raw = runs.setdefault(key, {**top, **{k: e[k] for k in RUN_KEYS if k in e}})
+        raw["data"] = {"dataset": entry["source"], "n": parse_size(entry["n"]),
+                       **{k: v for k, v in entry.items() if k not in ("source", "n")}}
+        raw.update(model={"name": e["model"], "batch_norm": bn}, loss=loss,
+                   optim={"lr": float(lr), "batch_size": b, "replacement": False})
+        old_stop = raw.get("stop", {})
+        raw["stop"] = {k: max(v, old_stop.get(k, v)) for k, v in (stop or {"steps": e["steps"]}).items()}
+        if probe is not None:
+            merged = dict(raw.get("probe", {}))
+            for k, v in probe.items():
+                assert merged.get(k, v) == v, f"paper.yaml: figures sharing run {key} ask for different {k}"
+                merged[k] = v
+            raw["probe"] = merged
+        return key
+
+    e = exps["fig1"]
+    for loss in e["losses"]:
+        for b in (e["sgd_batch_size"], "full"):
+            want(e, e["dataset"], loss, e["lr"], b, probe=e["probe"])
+    e = exps["fig3"]
+    want(e, e["dataset"], e["loss"], e["lr"], "full", probe={**e["probe"], "valley": True})
+    e = exps["fig4"]
+    for g in e["gd"]:
+        want(e, e["dataset"], g["loss"], g["lr"], "full", probe=e["probe"])
+    for b in e["sgd"]["batch_sizes"]:
+        bs = sorted(e["sgd"]["batch_sizes"])
+        want(e, e["dataset"], e["sgd"]["loss"], e["sgd"]["lr"], b, probe={**e["probe"], "batch_sizes": bs})
+    e, groups = exps["fig5"], {}
+    assert e["batch_sizes"] == "powers_of_two"
+    for ds in e["datasets"]:
+        n = parse_size(paper["datasets"][ds]["n"])
+        for k in range(30):
+            b = e["min_batch_size"] * 2**k
+            if b > n:
+                break
+            groups[(ds, b)] = [want(e, ds, e["loss"], lr, b, bn=True, stop={"epochs": e["epochs"]}) for lr in e["lrs"]]
+    used = {e["dataset"] for e in (exps["fig1"], exps["fig3"], exps["fig4"])} | set(exps["fig5"]["datasets"])
+    return runs, groups, used
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
+
+
+def test_paper_dag_dry_run(tmp_path):
+    """config/paper.yaml alone (not merged into the demo's): the job count of every rule, and every planned
+    run config key by key against paper.yaml plus lssr.config's defaults."""
+    from lssr.config import ProbeConfig, config_from_dict, default_of
+    from lssr.data import parse_size
+
+    paper = yaml.safe_load((ROOT / "config" / "paper.yaml").read_text())
+    proc = smk(workdir(tmp_path), "-n", "-p", "--cores", "1", "--configfile", "config/paper.yaml")
     out = proc.stdout + proc.stderr
-    for rule in ("subset", "train", "table", "figure", "claims", "runs_table"):
-        assert rule in out
+    runs, groups, used = _paper_expectation(paper)
+    n_figs = len(FIGURES)
+    expected = {"subset": len(used), "run_config": len(runs), "train": len(runs) - sum(map(len, groups.values())),
+                "table": n_figs, "figure": n_figs, "claims": 1, "runs_table": 1, "all": 1}
+    expected.update({f"train_group_{ds.replace('-', '_')}_b{b}": 1 for ds, b in groups})
+    assert _job_counts(out) == expected
+    assert (len(runs), len(groups), expected["train"]) == (556, 45, 16)  # as docs/CONFIGS.md reads paper.yaml
+
+    planned = [json.loads(c) for c in re.findall(r"lssr write-config --json '(.*?)' --out", out)]
+    assert len(planned) == len(runs)
+    for raw in planned:
+        d, o = raw["data"], raw["optim"]
+        ds = next(k for k, v in paper["datasets"].items() if v["source"] == d["dataset"])
+        key = (ds, raw["loss"], o["lr"], o["batch_size"], raw["model"]["batch_norm"])
+        got, want = _flat(config_from_dict(raw).to_dict()), _flat(config_from_dict(runs[key]).to_dict())
+        assert got.keys() == want.keys()
+        for k in want:
+            assert got[k] == want[k], f"run {key}: {k} = {got[k]!r}, paper.yaml + defaults give {want[k]!r}"
+        if "probe" in raw:  # the demo's probe sizes do not ride along
+            assert got["probe.eig_tol"] == default_of(ProbeConfig, "eig_tol")
+            assert got["probe.stage1"] == default_of(ProbeConfig, "stage1")
+    specs = {f"{paper['datasets'][ds]['source']}-{parse_size(paper['datasets'][ds]['n'])}" for ds in used}
+    assert sorted(re.findall(r"lssr subset (\S+)", out)) == sorted(specs)
+    assert "digits" not in out
+    # the training jobs ask for resources.* of paper.yaml, gpu_model included (read by the slurm executor)
+    r = paper["resources"]
+    train_jobs = [b for b in out.split("\nrule ")[1:] if b.startswith("train")]
+    assert len(train_jobs) == expected["train"] + len(groups)
+    for block in train_jobs:
+        res = dict(kv.split("=", 1) for kv in re.search(r"resources: (.*)", block)[1].split(", "))
+        assert (res["mem_mb"], res["runtime"], res["gpu"], res["gpu_model"]) == (
+            str(r["mem_mb"]), str(r["runtime"]), "1", r["gpu_model"]
+        )
+
+
+def test_demo_config_only_without_configfile(tmp_path):
+    """No --configfile: the demo config plans the DAG; with one, see test_paper_dag_dry_run."""
+    from lssr.workflow import plan
+
+    demo = plan(yaml.safe_load((ROOT / "config" / "demo.yaml").read_text()))
+    out = smk(workdir(tmp_path), "-n", "--quiet", "rules", "--cores", "1").stdout
+    counts = _job_counts(out)
+    assert counts["run_config"] == len(demo.runs) and counts["subset"] == len(demo.subsets) == 1
 
 
 def bad_config(tmp_path, mutate):

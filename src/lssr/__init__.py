@@ -1,7 +1,12 @@
 """lssr: replication of the interaction-aware sharpness / LSSR paper (ICLR 2023).
 
-Modules, one per concept: data, models, losses, config, train, curvature, diagnostics,
-scaling, figures/, claims, cli. See docs/ARCHITECTURE.md.
+One-way flow, one module (or package) per step: ``data`` (raw data -> DATASET-n subset) ->
+``training`` (subset -> run: metrics, per-step ``diagnostics``) -> ``tables`` (runs -> one table per
+figure) -> ``figures`` (tables -> plots) -> ``claims`` (tables -> verdicts) -> ``report``.
+Shared: ``config`` (every default and value rule), ``registry`` (the figures), ``columns``
+(diagnostics column names), ``scaling`` (identity (1), tr(H S_b)), ``curvature``, ``models``,
+``losses``, ``io``; ``workflow`` plans the Snakemake DAG and ``cli`` is the command line.
+See docs/ARCHITECTURE.md.
 """
 
 __version__ = "0.1.0"

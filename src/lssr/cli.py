@@ -1,28 +1,37 @@
-"""Command-line interface: a thin layer over typed functions (``lssr --help``)."""
+"""Command-line interface (``lssr --help``): every sub-command is registered here, and each body is a
+thin call of a typed entry point, imported inside the command so that ``lssr --help`` and
+``lssr write-config`` (run hundreds of times by the workflow) never import torch.
+
+One-way flow: ``subset`` (raw data -> subset) -> ``train`` / ``train-batch`` (subset -> run) ->
+``table`` (runs -> table) -> ``figure`` (table -> figure) -> ``claims`` (tables -> claims) ->
+``runs-table`` (runs -> the report's run table). ``write-config`` writes one planned run config.
+"""
 
 from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
-import yaml
+from . import LssrError, __version__
+from .registry import FIGURES
 
-from . import LssrError
+DATA_HELP = "subset folder from `lssr subset` (default: build/cache under results/data)"
 
 
-def _parse_set(items: list[str]) -> dict:
-    """``--set optim.lr=0.1`` -> {"optim": {"lr": 0.1}} (values parsed as YAML scalars)."""
-    out: dict = {}
-    for item in items or []:
-        if "=" not in item:
-            raise LssrError(f"--set {item!r}: expected KEY=VALUE, e.g. --set optim.lr=0.05")
-        key, value = item.split("=", 1)
-        node = out
-        parts = key.split(".")
-        for p in parts[:-1]:
-            node = node.setdefault(p, {})
-        node[parts[-1]] = yaml.safe_load(value)
+def _out_folder(out: str) -> str:
+    """``--out`` must name a folder (or a path that does not exist yet), never an existing file."""
+    path = Path(out)
+    for p in (path, *path.parents):
+        if p.exists():
+            if not p.is_dir():
+                what = f"--out {out}" if p == path else f"--out {out}: {p}"
+                raise LssrError(f"{what} is a file, not a folder; give a folder path, or move the file")
+            break
     return out
+
+
+# -- command bodies -------------------------------------------------------------------------------
 
 
 def cmd_subset(args: argparse.Namespace) -> None:
@@ -30,26 +39,90 @@ def cmd_subset(args: argparse.Namespace) -> None:
 
     name, n = parse_spec(args.spec)
     spec = SubsetSpec(name, n, args.seed, args.root, args.download, args.resize, args.num_classes)
-    out = build_subset(spec, args.out)
+    out = build_subset(spec, _out_folder(args.out))
     print(f"wrote subset {spec.name} to {out}")
 
 
 def cmd_train(args: argparse.Namespace) -> None:
-    from .config import load_config
-    from .train import run_from_config
+    from .config import load_config, parse_overrides
 
-    cfg = load_config(args.config, overrides=_parse_set(args.set))
+    cfg = load_config(args.config, overrides=parse_overrides(args.set))
+    _out_folder(args.out)
+    from .training import run_from_config
+
     res = run_from_config(cfg, args.out, data_dir=args.data, progress=not args.no_progress)
     print(f"run {res.status} after {res.steps} steps in {res.wall_time:.1f}s -> {args.out}")
 
 
-PLUGIN_MODULES = ("lssr.workflow", "lssr.diagnostics", "lssr.tables", "lssr.figures", "lssr.claims", "lssr.batched", "lssr.report")
+def cmd_train_batch(args: argparse.Namespace) -> None:
+    from .config import load_config, parse_overrides
+    from .training import BatchConfigError, run_batched_from_configs
+
+    if len(args.config) != len(args.out):
+        raise BatchConfigError(
+            f"got {len(args.config)} --config but {len(args.out)} --out; give one --out per --config, in the same order"
+        )
+    overrides = parse_overrides(args.set)
+    cfgs = [load_config(c, overrides=overrides) for c in args.config]
+    for out in args.out:
+        _out_folder(out)
+    res = run_batched_from_configs(
+        cfgs,
+        args.out,
+        data_dir=args.data,
+        progress=not args.no_progress,
+        members_per_pass=args.members_per_pass,
+        where=args.config,
+    )
+    for c, r, out in zip(cfgs, res, args.out):
+        print(f"run η={c.optim.lr:g} {r.status} after {r.steps} steps in {r.wall_time:.1f}s -> {out}")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="lssr", description="Interaction-aware sharpness / LSSR replication toolkit")
-    sub = p.add_subparsers(dest="command", required=True)
+def cmd_write_config(args: argparse.Namespace) -> None:
+    from .workflow import write_run_config
 
+    write_run_config(args.json_text, args.out)
+
+
+def cmd_table(args: argparse.Namespace) -> None:
+    from .tables import SMOOTH_WINDOW, expand_run_dirs, write_table
+
+    dirs = expand_run_dirs(args.runs)
+    window = SMOOTH_WINDOW if args.smooth_window is None else args.smooth_window
+    table = write_table(args.fig, dirs, args.out, smooth_window=window)
+    n_diag = sum((d / "diagnostics.csv").exists() for d in dirs)
+    runs = f"{len(dirs)} runs ({n_diag} with diagnostics.csv)"
+    print(f"wrote {args.fig} table ({len(table)} rows) from {runs} to {args.out}")
+
+
+def cmd_figure(args: argparse.Namespace) -> None:
+    from .figures import make_figure
+
+    paths = make_figure(args.fig, args.table, args.out)
+    print("wrote " + ", ".join(str(p) for p in paths.values()))
+
+
+def cmd_claims(args: argparse.Namespace) -> None:
+    from .claims import check_claims, load_tables
+    from .io import write_csv
+
+    result = check_claims(load_tables(args.tables_dir))
+    write_csv(args.out, result)
+    counts = result["verdict"].value_counts().to_dict()
+    print(f"wrote {len(result)} claim rows to {args.out}: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
+
+
+def cmd_runs_table(args: argparse.Namespace) -> None:
+    from .io import write_csv
+    from .report import runs_table
+
+    write_csv(args.out, runs_table(args.runs))
+
+
+# -- the parser -----------------------------------------------------------------------------------
+
+
+def _add_data_commands(sub) -> None:
     s = sub.add_parser("subset", help="build a stratified DATASET-n subset (data.pt + manifest.json)")
     s.add_argument("spec", help="DATASET-n, e.g. cifar10-8k, digits-1k, imagefolder-1000")
     s.add_argument("--out", required=True, help="output folder")
@@ -60,27 +133,85 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--num-classes", type=int, default=None, help="expected class count (checked)")
     s.set_defaults(func=cmd_subset)
 
+
+def _add_train_commands(sub) -> None:
     t = sub.add_parser("train", help="train one run from a YAML run config")
     t.add_argument("config", help="run config YAML")
     t.add_argument("--out", required=True, help="output folder (metrics.csv, run.json, model.pt)")
-    t.add_argument("--data", default=None, help="subset folder from `lssr subset` (default: build/cache under results/data)")
+    t.add_argument("--data", default=None, help=DATA_HELP)
     t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
     t.add_argument("--no-progress", action="store_true")
     t.set_defaults(func=cmd_train)
 
-    # Further commands live next to the code they drive: each module below may define
-    # ``register_cli(subparsers)`` adding its own thin sub-commands.
-    import importlib
+    b = sub.add_parser(
+        "train-batch",
+        help="train several runs that differ only in η (or seed) as one stacked model",
+        description="Train runs of one (data set, model, b) that differ only in optim.lr / seed / name / stop "
+        "thresholds in one process (torch.func.vmap over stacked parameters). Each member writes the same "
+        "outputs as `lssr train`.",
+    )
+    b.add_argument(
+        "--config", action="append", required=True, metavar="YAML", help="run config (repeat, one per member)"
+    )
+    b.add_argument(
+        "--out", action="append", required=True, metavar="DIR", help="output folder (repeat, same order as --config)"
+    )
+    b.add_argument("--data", default=None, help=DATA_HELP)
+    b.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a key in every config")
+    b.add_argument(
+        "--members-per-pass", type=int, default=None, help="train at most this many members at once (memory bound)"
+    )
+    b.add_argument("--no-progress", action="store_true")
+    b.set_defaults(func=cmd_train_batch)
 
-    for mod_name in PLUGIN_MODULES:
-        try:
-            mod = importlib.import_module(mod_name)
-        except ModuleNotFoundError as exc:
-            if exc.name != mod_name:
-                raise
-            continue
-        if hasattr(mod, "register_cli"):
-            mod.register_cli(sub)
+    w = sub.add_parser("write-config", help="validate a run config given as JSON and write it as YAML")
+    w.add_argument("--json", required=True, dest="json_text")
+    w.add_argument("--out", required=True)
+    w.set_defaults(func=cmd_write_config)
+
+
+def _add_result_commands(sub) -> None:
+    figures = tuple(FIGURES)
+    t = sub.add_parser("table", help="build a figure's table (CSV) from run folders")
+    t.add_argument("fig", choices=figures)
+    t.add_argument(
+        "--runs",
+        nargs="+",
+        action="extend",
+        required=True,
+        metavar="DIR",
+        help="run folders (or folders holding run folders); GD vs SGD is read from each config",
+    )
+    t.add_argument("--out", required=True, help="output CSV")
+    t.add_argument("--smooth-window", type=int, default=None, help="Figure 4(d) rolling-median window (probed steps)")
+    t.set_defaults(func=cmd_table)
+
+    f = sub.add_parser("figure", help="plot a figure from its table CSV(s)")
+    f.add_argument("fig", choices=figures)
+    f.add_argument(
+        "--table", nargs="+", action="extend", required=True, metavar="CSV", help="table CSV(s) from `lssr table`"
+    )
+    f.add_argument("--out", required=True, help="figures/FIG.pdf (also writes FIG.png and data/FIG.csv)")
+    f.set_defaults(func=cmd_figure)
+
+    c = sub.add_parser("claims", help="check the paper's claims against the figure tables")
+    c.add_argument("--tables-dir", required=True, help="folder holding fig1.csv, fig4.csv, figC5.csv, fig5.csv")
+    c.add_argument("--out", required=True, help="output CSV, e.g. results/claims.csv")
+    c.set_defaults(func=cmd_claims)
+
+    r = sub.add_parser("runs-table", help="summarise run folders (status, accuracies, wall time, provenance)")
+    r.add_argument("--runs", nargs="+", required=True)
+    r.add_argument("--out", required=True)
+    r.set_defaults(func=cmd_runs_table)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="lssr", description="Interaction-aware sharpness / LSSR replication toolkit")
+    p.add_argument("--version", action="version", version=f"lssr {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+    _add_data_commands(sub)
+    _add_train_commands(sub)
+    _add_result_commands(sub)
     return p
 
 

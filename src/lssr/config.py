@@ -33,10 +33,12 @@ from typing import Any, Union
 import yaml
 
 from . import LssrError
-
+from .registry import FIGURES
 
 MODEL_NAMES = ("cnn6", "digits_cnn", "resnet9", "wrn28_2")
 LOSS_NAMES = ("ce", "mse")
+ESTIMATORS = ("exact", "sketch", "auto")
+BN_MODES = ("train", "eval")
 
 
 class ConfigError(LssrError):
@@ -124,6 +126,7 @@ class RunConfig:
 
     @property
     def is_gd(self) -> bool:
+        """Full-batch GD: b = n without replacement, so every step sees the whole set (S_b = 0)."""
         return self.batch_size == self.data.n and not self.optim.replacement
 
     def to_dict(self) -> dict:
@@ -210,24 +213,40 @@ def _from_dict(cls: type, raw: dict, where: str, prefix: str = "") -> Any:
     return cls(**kwargs)
 
 
-def _check_values(cfg: RunConfig, where: str) -> None:
-    from .data import SOURCES
-
-    # Names only, so that planning a workflow does not import torch; tests check they equal the
-    # registries lssr.models.MODELS and lssr.losses.PER_SAMPLE.
-    MODELS, PER_SAMPLE = MODEL_NAMES, LOSS_NAMES
-
+def _bad(where: str):
     def bad(key: str, value: Any, fix: str) -> ConfigError:
         return ConfigError(f"{where}: key '{key}' = {value!r} is invalid: {fix}")
 
-    if cfg.data.dataset not in SOURCES:
-        raise bad("data.dataset", cfg.data.dataset, f"known data sets: {', '.join(sorted(SOURCES))}")
-    if cfg.data.n < 1:
-        raise bad("data.n", cfg.data.n, "must be >= 1")
-    if cfg.model.name not in MODELS:
-        raise bad("model.name", cfg.model.name, f"known models: {', '.join(sorted(MODELS))}")
-    if cfg.loss not in PER_SAMPLE:
-        raise bad("loss", cfg.loss, f"known losses: {', '.join(sorted(PER_SAMPLE))}")
+    return bad
+
+
+def _check_data(d: DataConfig, where: str, prefix: str = "data.") -> None:
+    """The subset: a known source, n >= 1, and the bounds the workflow schema states."""
+    from .data import SOURCES
+
+    bad = _bad(where)
+    if d.dataset not in SOURCES:
+        key = "source" if prefix != "data." else "dataset"
+        raise bad(prefix + key, d.dataset, f"known data sets: {', '.join(sorted(SOURCES))}")
+    if d.n < 1:
+        raise bad(prefix + "n", d.n, "must be >= 1")
+    if d.seed < 0:
+        raise bad(prefix + "seed", d.seed, "must be >= 0")
+    if d.resize is not None and d.resize < 1:
+        raise bad(prefix + "resize", d.resize, "a side length in pixels >= 1, or null")
+    if d.num_classes is not None and d.num_classes < 2:
+        raise bad(prefix + "num_classes", d.num_classes, "at least 2 classes, or null")
+
+
+def _check_run(cfg: RunConfig, where: str) -> None:
+    """Model, loss, η, b and the run-level keys."""
+    # Names only, so that planning a workflow does not import torch; tests check they equal the
+    # registries lssr.models.MODELS and lssr.losses.PER_SAMPLE.
+    bad = _bad(where)
+    if cfg.model.name not in MODEL_NAMES:
+        raise bad("model.name", cfg.model.name, f"known models: {', '.join(sorted(MODEL_NAMES))}")
+    if cfg.loss not in LOSS_NAMES:
+        raise bad("loss", cfg.loss, f"known losses: {', '.join(sorted(LOSS_NAMES))}")
     if not cfg.optim.lr > 0:
         raise bad("optim.lr", cfg.optim.lr, "the learning rate η must be > 0")
     b = cfg.optim.batch_size
@@ -235,16 +254,21 @@ def _check_values(cfg: RunConfig, where: str) -> None:
         raise bad("optim.batch_size", b, "use an integer 1..n or 'full' (b = n, full-batch GD)")
     if isinstance(b, int) and not 1 <= b <= cfg.data.n:
         raise bad("optim.batch_size", b, f"must satisfy 1 <= b <= n = {cfg.data.n}")
-    if cfg.device not in ("auto", "cpu", "cuda") and not cfg.device.startswith("cuda:"):
+    if cfg.seed < 0:
+        raise bad("seed", cfg.seed, "must be >= 0")
+    if not _valid_device(cfg.device):
         raise bad("device", cfg.device, "use auto, cpu, cuda or cuda:N")
-    if cfg.bn_mode not in ("train", "eval"):
+    if cfg.bn_mode not in BN_MODES:
         raise bad("bn_mode", cfg.bn_mode, "use train or eval")
     for key in ("eval_every", "log_every", "chunk_size"):
         if getattr(cfg, key) < 1:
             raise bad(key, getattr(cfg, key), "must be >= 1")
     if cfg.checkpoint_every is not None and cfg.checkpoint_every < 1:
         raise bad("checkpoint_every", cfg.checkpoint_every, "must be >= 1 or null")
-    s = cfg.stop
+
+
+def _check_stop(s: StopConfig, where: str) -> None:
+    bad = _bad(where)
     if s.steps is None and s.epochs is None:
         raise ConfigError(f"{where}: set 'stop.steps' or 'stop.epochs' so the run ends")
     if s.steps is not None and s.steps < 0:
@@ -255,19 +279,42 @@ def _check_values(cfg: RunConfig, where: str) -> None:
         raise bad("stop.divergence_bound", s.divergence_bound, "must be > 0")
     if s.train_acc_goal is not None and not 0 < s.train_acc_goal <= 1:
         raise bad("stop.train_acc_goal", s.train_acc_goal, "a fraction in (0, 1]")
-    p = cfg.probe
-    if p is not None:
-        if p.every < 1:
-            raise bad("probe.every", p.every, "must be >= 1")
-        for bb in p.batch_sizes:
-            if not 1 <= bb <= cfg.data.n:
-                raise bad("probe.batch_sizes", bb, f"each b must satisfy 1 <= b <= n = {cfg.data.n}")
-        if p.estimator not in ("exact", "sketch", "auto"):
-            raise bad("probe.estimator", p.estimator, "use exact, sketch or auto")
-        if p.probes < 2:
-            raise bad("probe.probes", p.probes, "at least 2 sketch probes are needed for a standard error")
-        if not 0 < p.eig_tol < 1:
-            raise bad("probe.eig_tol", p.eig_tol, "a relative tolerance in (0, 1)")
+
+
+def _check_probe(p: ProbeConfig, n: int, where: str) -> None:
+    """The probe: batch sizes within 1..n, estimator settings for tr(H S_1) and ‖H‖, sample counts >= 0."""
+    bad = _bad(where)
+    if p.every < 1:
+        raise bad("probe.every", p.every, "must be >= 1")
+    for bb in p.batch_sizes:
+        if not 1 <= bb <= n:
+            raise bad("probe.batch_sizes", bb, f"each b must satisfy 1 <= b <= n = {n}")
+    if p.estimator not in ESTIMATORS:
+        raise bad("probe.estimator", p.estimator, "use exact, sketch or auto")
+    if p.probes < 2:
+        raise bad("probe.probes", p.probes, "at least 2 sketch probes are needed for a standard error")
+    if p.stage1 < 0:
+        raise bad("probe.stage1", p.stage1, "use 0 or more range-finder directions (about the class count)")
+    if p.rel_se is not None and not p.rel_se > 0:
+        raise bad("probe.rel_se", p.rel_se, "use a positive relative standard error (e.g. 0.05) or null")
+    if not 0 < p.eig_tol < 1:
+        raise bad("probe.eig_tol", p.eig_tol, "a relative tolerance in (0, 1)")
+    for key in ("expected_change_batches", "resultant_batches", "start"):
+        if getattr(p, key) < 0:
+            raise bad(f"probe.{key}", getattr(p, key), "must be >= 0")
+
+
+def _check_values(cfg: RunConfig, where: str) -> None:
+    """Every value rule of a run config (the types were checked by :func:`_from_dict`)."""
+    _check_data(cfg.data, where)
+    _check_run(cfg, where)
+    _check_stop(cfg.stop, where)
+    if cfg.probe is not None:
+        _check_probe(cfg.probe, cfg.data.n, where)
+
+
+def _valid_device(device: str) -> bool:
+    return device in ("auto", "cpu", "cuda") or (device.startswith("cuda:") and device[5:].isdigit())
 
 
 def config_from_dict(raw: dict, where: str = "config") -> RunConfig:
@@ -295,8 +342,14 @@ def load_config(path: str | Path, overrides: dict | None = None) -> RunConfig:
     path = Path(path)
     if not path.exists():
         raise ConfigError(f"config file {path} does not exist")
+    if path.is_dir():
+        raise ConfigError(f"config file {path} is a folder; give the run config YAML file")
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"{path} is not UTF-8 text (byte {exc.start}: {exc.reason}); a run config is a YAML text file"
+        ) from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path} is not valid YAML: {exc}") from exc
     if overrides:
@@ -304,8 +357,113 @@ def load_config(path: str | Path, overrides: dict | None = None) -> RunConfig:
     return config_from_dict(raw, where=str(path))
 
 
+def parse_overrides(items: list[str] | None) -> dict:
+    """``--set optim.lr=0.1`` -> {"optim": {"lr": 0.1}} (values parsed as YAML scalars)."""
+    out: dict = {}
+    for item in items or []:
+        if "=" not in item:
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. --set optim.lr=0.05")
+        key, value = item.split("=", 1)
+        node = out
+        parts = key.split(".")
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+        node[parts[-1]] = yaml.safe_load(value)
+    return out
+
+
 def deep_update(base: dict, upd: dict) -> dict:
     out = dict(base)
     for k, v in upd.items():
         out[k] = deep_update(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
     return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Workflow config (config/*.yaml): the top-level settings, their defaults and the data set entries.
+# The planner (lssr.workflow) and the .smk rules read these; the schema's defaults are checked
+# against them by tests/test_config.py.
+# ---------------------------------------------------------------------------------------------
+
+# Run-level keys a workflow config may set at the top level or per experiment (defaults: RunConfig's).
+RUN_KEYS = ("seed", "device", "eval_every", "log_every", "chunk_size", "bn_mode", "checkpoint_every")
+# Stop keys an experiment may set (defaults: StopConfig's).
+STOP_KEYS = ("steps", "epochs", "train_loss_goal", "train_acc_goal", "divergence_bound")
+# Figure 5 with ``batch_sizes: powers_of_two``: b = 2^k from this value up to n (the paper: from 2^3).
+MIN_BATCH_SIZE = 8
+
+
+def default_of(cls: type, name: str) -> Any:
+    """The default of field ``name`` of the config dataclass ``cls``."""
+    f = cls.__dataclass_fields__[name]
+    return f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+
+
+@dataclass(frozen=True)
+class Resources:
+    """Snakemake ``threads`` and ``resources`` of each training job (rules train and train_group_*)."""
+
+    threads: int = 1
+    mem_mb: int = 4000
+    runtime: int = 60  # minutes per training job
+    gpu_model: str | None = None  # passed on as the job resource gpu_model (read by the slurm executor)
+
+
+@dataclass(frozen=True)
+class WorkflowSettings:
+    """The top level of a workflow config apart from ``datasets``, ``experiments`` and the run keys."""
+
+    name: str | None = None
+    figures: tuple[str, ...] = tuple(FIGURES)  # which figures to build (default: all)
+    seed: int = default_of(RunConfig, "seed")
+    device: str = default_of(RunConfig, "device")
+    batch_runs: bool = False  # train the Figure-5 runs of one (data set, b) together, batched over η
+    resources: Resources = field(default_factory=Resources)
+
+    @property
+    def gpu(self) -> int:
+        """GPUs per training job: 1 when the runs ask for cuda."""
+        return 1 if self.device.startswith("cuda") else 0
+
+    def job_resources(self) -> dict:
+        """The ``resources`` of a training job: mem_mb, runtime, gpu and (when set) gpu_model."""
+        r = self.resources
+        out = {"mem_mb": r.mem_mb, "runtime": r.runtime, "gpu": self.gpu}
+        if r.gpu_model is not None:
+            out["gpu_model"] = r.gpu_model
+        return out
+
+
+def workflow_settings(wf: dict, where: str = "workflow config") -> WorkflowSettings:
+    """The validated top-level settings of a workflow config, defaults filled in from here."""
+    names = {f.name for f in dataclasses.fields(WorkflowSettings)}
+    settings = _from_dict(WorkflowSettings, {k: v for k, v in wf.items() if k in names}, where)
+    for fig in settings.figures:
+        if fig not in FIGURES:
+            raise ConfigError(f"{where}: unknown figure '{fig}' in 'figures'; known: {', '.join(FIGURES)}")
+    bad = _bad(where)
+    if settings.seed < 0:
+        raise bad("seed", settings.seed, "must be >= 0")
+    if not _valid_device(settings.device):
+        raise bad("device", settings.device, "use auto, cpu, cuda or cuda:N")
+    for key in ("threads", "mem_mb", "runtime"):
+        if getattr(settings.resources, key) < 1:
+            raise bad(f"resources.{key}", getattr(settings.resources, key), "must be >= 1")
+    return settings
+
+
+def dataset_config(name: str, entry: dict, where: str = "workflow config") -> DataConfig:
+    """A ``datasets:`` entry ({source, n, seed, root, ...}) as the :class:`DataConfig` of its runs."""
+    from .data import DataError, parse_size
+
+    raw = dict(entry)
+    if "source" not in raw or "n" not in raw:
+        raise ConfigError(f"{where}: data set '{name}' needs 'source' and 'n'")
+    raw["dataset"] = raw.pop("source")
+    try:
+        raw["n"] = parse_size(raw["n"])
+    except DataError as exc:
+        raise ConfigError(f"{where}: key 'datasets.{name}.n': {exc}") from None
+    data = _from_dict(DataConfig, raw, where, prefix=f"datasets.{name}.")
+    _check_data(data, where, prefix=f"datasets.{name}.")
+    return data

@@ -1,11 +1,12 @@
 """Experiment planning for the Snakemake workflow: workflow config -> subsets, runs, figure inputs.
 
-The workflow config (``config/*.yaml``, schema ``workflow/schemas/config.schema.yaml``) describes
-experiments per figure; :func:`plan` expands it into
+The workflow config (``config/*.yaml``, schema ``workflow/schemas/config.schema.yaml``, defaults and
+value rules in :mod:`lssr.config`) describes experiments per figure; :func:`plan` expands it into
 
 - ``subsets``: subset name -> ``lssr subset`` arguments,
 - ``runs``: run id -> a complete, validated run config (dict form of :class:`lssr.config.RunConfig`),
-- ``figures``: figure name -> the run ids its table needs.
+- ``figures``: figure name -> the run ids its table needs,
+- ``settings``: the top-level settings (:class:`lssr.config.WorkflowSettings`: resources, batch_runs, ...).
 
 A run id is readable and stable, built from (data set, model, loss, b, η, seed, sampling), e.g.
 ``digits-1k_digits_cnn_ce_b32_lr0.1_s0_wor``. A run requested by two figures is planned once; the
@@ -16,25 +17,46 @@ out which runs exist.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
 from . import LssrError
-from .config import ConfigError, config_from_dict
-from .data import K, SubsetSpec, parse_size
-
-FIGURES = ("fig1", "fig2", "fig3", "fig4", "fig5", "figC5")
-RUN_KEYS = ("seed", "device", "eval_every", "log_every", "chunk_size", "bn_mode", "checkpoint_every")
+from .config import (
+    MIN_BATCH_SIZE,
+    RUN_KEYS,
+    STOP_KEYS,
+    ConfigError,
+    ModelConfig,
+    Resources,
+    WorkflowSettings,
+    config_from_dict,
+    dataset_config,
+    default_of,
+    workflow_settings,
+)
+from .data import K, SubsetSpec
+from .registry import FIGURES
 
 
 @dataclass
 class Plan:
+    settings: WorkflowSettings = field(default_factory=WorkflowSettings)
     subsets: dict[str, dict] = field(default_factory=dict)
     runs: dict[str, dict] = field(default_factory=dict)
     run_subset: dict[str, str] = field(default_factory=dict)
     figures: dict[str, list[str]] = field(default_factory=dict)
     # Figure 5 runs grouped by (data set, model, b): candidates for batched training over η
     groups: dict[str, list[str]] = field(default_factory=dict)
+
+    @property
+    def resources(self) -> Resources:
+        return self.settings.resources
+
+    @property
+    def grouped_runs(self) -> set[str]:
+        """Runs trained by a batched group job (``batch_runs: true``), not by the single-run rule."""
+        return {r for g in self.groups.values() for r in g} if self.settings.batch_runs else set()
 
 
 def _fmt_lr(lr: float) -> str:
@@ -53,7 +75,8 @@ def run_id(cfg: dict) -> str:
     model = m["name"] + ("-bn" if m.get("batch_norm") else "")
     samp = "wr" if o.get("replacement") else "wor"
     res = f"-r{d['resize']}" if d.get("resize") else ""
-    return f"{d['dataset']}-{_size_name(d['n'])}{res}_{model}_{cfg['loss']}_b{b_txt}_lr{_fmt_lr(o['lr'])}_s{cfg['seed']}_{samp}"
+    data = f"{d['dataset']}-{_size_name(d['n'])}{res}"
+    return f"{data}_{model}_{cfg['loss']}_b{b_txt}_lr{_fmt_lr(o['lr'])}_s{cfg['seed']}_{samp}"
 
 
 def _merge_probe(a: dict | None, b: dict | None) -> dict | None:
@@ -74,72 +97,99 @@ def _merge_probe(a: dict | None, b: dict | None) -> dict | None:
         elif k == "eig_tol":
             out[k] = min(out[k], v)
         elif out[k] != v:
-            raise LssrError(f"probe setting '{k}' differs between two figures that share a run: {out[k]!r} vs {v!r}")
+            raise LssrError(
+                f"probe setting '{k}' differs between two figures that share a run: {out[k]!r} vs {v!r}"
+            )
     return out
 
 
 class Planner:
     def __init__(self, wf: dict):
         self.wf = wf
-        self.plan = Plan()
+        self.plan = Plan(settings=workflow_settings(wf))
 
     def subset(self, name: str) -> tuple[str, dict]:
         datasets = self.wf.get("datasets", {})
         if name not in datasets:
-            raise ConfigError(f"workflow config: data set '{name}' is used by an experiment but not defined under 'datasets:'; defined: {', '.join(sorted(datasets))}")
-        d = dict(datasets[name])
-        n = parse_size(d["n"])
-        spec = SubsetSpec(d["source"], n, d.get("seed", 0), d.get("root"), d.get("download", False), d.get("resize"), d.get("num_classes"))
+            raise ConfigError(
+                f"workflow config: data set '{name}' is used by an experiment but not defined under 'datasets:'; "
+                f"defined: {', '.join(sorted(datasets))}"
+            )
+        d = dataset_config(name, datasets[name])
+        spec = SubsetSpec(d.dataset, d.n, d.seed, d.root, d.download, d.resize, d.num_classes)
         prev = self.plan.subsets.get(spec.name)
         if prev is not None and (prev["root"], prev["num_classes"]) != (spec.root, spec.num_classes):
             raise ConfigError(
-                f"workflow config: data sets '{prev['key']}' and '{name}' would share the subset folder results/data/{spec.name} "
-                f"(same source '{spec.dataset}', n, seed and resize) but read different data (root {prev['root']!r} vs {spec.root!r}); "
-                "give one of them another seed or n"
+                f"workflow config: data sets '{prev['key']}' and '{name}' would share the subset folder "
+                f"results/data/{spec.name} (same source '{spec.dataset}', n, seed and resize) but read different "
+                f"data (root {prev['root']!r} vs {spec.root!r}); give one of them another seed or n"
             )
         self.plan.subsets[spec.name] = {
             "key": prev["key"] if prev else name,
-            "spec": f"{spec.dataset}-{n}",
+            "spec": f"{spec.dataset}-{spec.n}",
             "seed": spec.seed,
             "root": spec.root,
             "download": spec.download,
             "resize": spec.resize,
             "num_classes": spec.num_classes,
         }
-        data = {"dataset": spec.dataset, "n": n, "seed": spec.seed, "root": spec.root, "download": spec.download, "resize": spec.resize, "num_classes": spec.num_classes}
-        return spec.name, data
+        return spec.name, dataclasses.asdict(d)
 
-    def add_run(self, figure: str, exp: dict, *, dataset: str, loss: str, lr: float, batch_size: Any, replacement: bool = False, batch_norm: bool | None = None, probe: dict | None = None, stop: dict | None = None, seed: int | None = None) -> str:
+    def add_run(
+        self,
+        figure: str,
+        exp: dict,
+        *,
+        dataset: str,
+        loss: str,
+        lr: float,
+        batch_size: Any,
+        replacement: bool = False,
+        batch_norm: bool | None = None,
+        probe: dict | None = None,
+        stop: dict | None = None,
+        seed: int | None = None,
+    ) -> str:
         subset_name, data = self.subset(dataset)
-        raw: dict = {k: self.wf[k] for k in RUN_KEYS if k in self.wf}
+        # the top-level seed and device always (as the schema's defaults did), other run keys when given
+        raw: dict = {"seed": self.plan.settings.seed, "device": self.plan.settings.device}
+        raw.update({k: self.wf[k] for k in RUN_KEYS if k in self.wf})
         raw.update({k: exp[k] for k in RUN_KEYS if k in exp})
         if seed is not None:
             raw["seed"] = seed
-        raw.setdefault("seed", 0)
         raw["data"] = data
-        raw["model"] = {"name": exp["model"], "batch_norm": bool(exp.get("batch_norm", False) if batch_norm is None else batch_norm)}
+        if batch_norm is None:
+            batch_norm = exp.get("batch_norm", default_of(ModelConfig, "batch_norm"))
+        raw["model"] = {"name": exp["model"], "batch_norm": bool(batch_norm)}
         raw["loss"] = loss
         raw["optim"] = {"lr": float(lr), "batch_size": batch_size, "replacement": bool(replacement)}
-        raw["stop"] = stop or {k: exp[k] for k in ("steps", "epochs", "train_loss_goal", "train_acc_goal", "divergence_bound") if k in exp}
+        raw["stop"] = stop or {k: exp[k] for k in STOP_KEYS if k in exp}
         if probe is not None:
             raw["probe"] = dict(probe)
         rid = run_id(raw)
         if rid in self.plan.runs:
-            prev = self.plan.runs[rid]
-            merged_probe = _merge_probe(prev.get("probe"), raw.get("probe"))
-            if merged_probe is not None:
-                prev["probe"] = merged_probe
-            for key in ("steps", "epochs"):
-                if raw["stop"].get(key) is not None and prev["stop"].get(key) is not None:
-                    prev["stop"][key] = max(prev["stop"][key], raw["stop"][key])
-            raw = prev
+            raw = self._merge(self.plan.runs[rid], raw)
         config_from_dict(raw, where=f"workflow config, experiment '{figure}', run {rid}")
         self.plan.runs[rid] = raw
         self.plan.run_subset[rid] = subset_name
-        self.plan.figures.setdefault(figure, [])
-        if rid not in self.plan.figures[figure]:
-            self.plan.figures[figure].append(rid)
+        self.add_to_figure(figure, rid)
         return rid
+
+    @staticmethod
+    def _merge(prev: dict, raw: dict) -> dict:
+        """A run asked for twice: merged probe settings, the longer of the two stop rules."""
+        merged_probe = _merge_probe(prev.get("probe"), raw.get("probe"))
+        if merged_probe is not None:
+            prev["probe"] = merged_probe
+        for key in ("steps", "epochs"):
+            if raw["stop"].get(key) is not None and prev["stop"].get(key) is not None:
+                prev["stop"][key] = max(prev["stop"][key], raw["stop"][key])
+        return prev
+
+    def add_to_figure(self, figure: str, rid: str) -> None:
+        runs = self.plan.figures.setdefault(figure, [])
+        if rid not in runs:
+            runs.append(rid)
 
 
 def _probe(exp: dict, **extra) -> dict:
@@ -148,57 +198,76 @@ def _probe(exp: dict, **extra) -> dict:
     return p
 
 
+def _plan_fig1(P: Planner, e: dict) -> None:
+    """Figures 1 and 2: SGD (top) and GD (bottom), CE and MSE, one η."""
+    for loss in e["losses"]:
+        for b in (e["sgd_batch_size"], "full"):
+            rid = P.add_run("fig1", e, dataset=e["dataset"], loss=loss, lr=e["lr"], batch_size=b, probe=_probe(e))
+            P.add_to_figure("fig2", rid)
+
+
+def _plan_fig3(P: Planner, e: dict) -> None:
+    """Figure 3: one GD run with the valley probes."""
+    P.add_run(
+        "fig3", e, dataset=e["dataset"], loss=e["loss"], lr=e["lr"], batch_size="full", probe=_probe(e, valley=True)
+    )
+
+
+def _plan_fig4(P: Planner, e: dict) -> None:
+    """Figure 4 (a)-(c) GD runs, (d) SGD over b; the SGD runs also feed Figure C.5."""
+    for g in e["gd"]:
+        P.add_run("fig4", e, dataset=e["dataset"], loss=g["loss"], lr=g["lr"], batch_size="full", probe=_probe(e))
+    s = e["sgd"]
+    bs = sorted(s["batch_sizes"])
+    for b in bs:
+        rid = P.add_run(
+            "fig4", e, dataset=e["dataset"], loss=s["loss"], lr=s["lr"], batch_size=b, probe=_probe(e, batch_sizes=bs)
+        )
+        P.add_to_figure("figC5", rid)
+
+
+def _fig5_batch_sizes(e: dict, n: int) -> list[int]:
+    sizes = e["batch_sizes"]
+    if sizes == "powers_of_two":  # b = 2^k from min_batch_size up to n
+        sizes, b = [], e.get("min_batch_size", MIN_BATCH_SIZE)
+        while b <= n:
+            sizes.append(b)
+            b *= 2
+    return sizes
+
+
+def _plan_fig5(P: Planner, e: dict) -> None:
+    """Figure 5: the (b, η) grid per data set; one group of runs per (data set, b)."""
+    for ds in e["datasets"]:
+        if ds not in P.wf.get("datasets", {}):
+            P.subset(ds)  # raises the error naming the undefined data set
+        n = dataset_config(ds, P.wf["datasets"][ds]).n
+        for b in _fig5_batch_sizes(e, n):
+            group = []
+            if b > n:
+                raise ConfigError(
+                    f"workflow config: experiments.fig5.batch_sizes has b = {b} > n = {n} of data set '{ds}'; "
+                    "drop it or use 'full'"
+                )
+            for lr in e["lrs"]:
+                for seed in e.get("seeds", [P.plan.settings.seed]):
+                    group.append(P.add_run("fig5", e, dataset=ds, loss=e["loss"], lr=lr, batch_size=b, seed=seed))
+            P.plan.groups[f"{ds}_b{b}"] = group
+
+
+# experiment name -> its planner, in the order the runs are planned
+EXPERIMENTS = {"fig1": _plan_fig1, "fig3": _plan_fig3, "fig4": _plan_fig4, "fig5": _plan_fig5}
+
+
 def plan(wf: dict) -> Plan:
     """Expand a (schema-validated) workflow config into subsets, runs and figure inputs."""
     P = Planner(wf)
+    wanted = P.plan.settings.figures
+    needed = {FIGURES[f].experiment for f in wanted}
     exps = wf.get("experiments", {})
-    wanted = wf.get("figures", list(FIGURES))
-    for fig in wanted:
-        if fig not in FIGURES:
-            raise ConfigError(f"workflow config: unknown figure '{fig}' in 'figures'; known: {', '.join(FIGURES)}")
-    # Figures 1 and 2: SGD (top) and GD (bottom), CE and MSE, one η.
-    if "fig1" in wanted or "fig2" in wanted:
-        e = exps["fig1"]
-        for loss in e["losses"]:
-            for b in (e["sgd_batch_size"], "full"):
-                rid = P.add_run("fig1", e, dataset=e["dataset"], loss=loss, lr=e["lr"], batch_size=b, probe=_probe(e))
-                P.plan.figures.setdefault("fig2", [])
-                if rid not in P.plan.figures["fig2"]:
-                    P.plan.figures["fig2"].append(rid)
-    if "fig3" in wanted:
-        e = exps["fig3"]
-        P.add_run("fig3", e, dataset=e["dataset"], loss=e["loss"], lr=e["lr"], batch_size="full", probe=_probe(e, valley=True))
-    if "fig4" in wanted or "figC5" in wanted:
-        e = exps["fig4"]
-        for g in e["gd"]:
-            P.add_run("fig4", e, dataset=e["dataset"], loss=g["loss"], lr=g["lr"], batch_size="full", probe=_probe(e))
-        s = e["sgd"]
-        bs = sorted(s["batch_sizes"])
-        for b in bs:
-            rid = P.add_run("fig4", e, dataset=e["dataset"], loss=s["loss"], lr=s["lr"], batch_size=b, probe=_probe(e, batch_sizes=bs))
-            P.plan.figures.setdefault("figC5", [])
-            if rid not in P.plan.figures["figC5"]:
-                P.plan.figures["figC5"].append(rid)
-    if "fig5" in wanted:
-        e = exps["fig5"]
-        for ds in e["datasets"]:
-            if ds not in wf.get("datasets", {}):
-                P.subset(ds)  # raises the error naming the undefined data set
-            n = parse_size(wf["datasets"][ds]["n"])
-            sizes = e["batch_sizes"]
-            if sizes == "powers_of_two":  # b = 2^k from min_batch_size up to n
-                sizes, b = [], e.get("min_batch_size", 8)
-                while b <= n:
-                    sizes.append(b)
-                    b *= 2
-            for b in sizes:
-                group = []
-                if b > n:
-                    raise ConfigError(f"workflow config: experiments.fig5.batch_sizes has b = {b} > n = {n} of data set '{ds}'; drop it or use 'full'")
-                for lr in e["lrs"]:
-                    for seed in e.get("seeds", [wf.get("seed", 0)]):
-                        group.append(P.add_run("fig5", e, dataset=ds, loss=e["loss"], lr=lr, batch_size=b, seed=seed))
-                P.plan.groups[f"{ds}_b{b}"] = group
+    for name, plan_experiment in EXPERIMENTS.items():
+        if name in needed:
+            plan_experiment(P, exps[name])
     # keep only the figures asked for
     P.plan.figures = {f: r for f, r in P.plan.figures.items() if f in wanted}
     return P.plan
@@ -212,13 +281,9 @@ def write_run_config(json_text: str, out: str) -> None:
 
     from .io import write_text
 
-    raw = json.loads(json_text)
+    try:
+        raw = json.loads(json_text)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{out}: --json is not valid JSON ({exc})") from None
     config_from_dict(raw, where=out)
     write_text(out, yaml.safe_dump(raw, sort_keys=False))
-
-
-def register_cli(sub) -> None:
-    p = sub.add_parser("write-config", help="validate a run config given as JSON and write it as YAML")
-    p.add_argument("--json", required=True, dest="json_text")
-    p.add_argument("--out", required=True)
-    p.set_defaults(func=lambda a: write_run_config(a.json_text, a.out))

@@ -4,20 +4,20 @@ import json
 import os
 import re
 
+from lssr.registry import claim_tables
 from lssr.workflow import plan
 
+# Defaults (resources, batch_runs, run keys) come from lssr.config through the plan.
 PLAN = plan(config)
 RUNS = PLAN.runs
-RES = config.get("resources", {})
-GPU = 1 if str(config.get("device", "auto")).startswith("cuda") else 0
+# threads, mem_mb, runtime and gpu_model of each training job; as job resources: mem_mb,
+# runtime, gpu (1 with device: cuda) and gpu_model when set (read by the slurm executor)
+RESOURCES = PLAN.resources
+JOB_RESOURCES = PLAN.settings.job_resources()
 
 
 # Runs trained by a batched group job (batch_runs: true) are excluded from the single-run rule.
-GROUPED = (
-    {r for g in PLAN.groups.values() for r in g}
-    if config.get("batch_runs", False)
-    else set()
-)
+GROUPED = PLAN.grouped_runs
 SINGLE_RUN = (
     "(?!(?:" + "|".join(re.escape(r) for r in sorted(GROUPED)) + ")$)[^/]+"
     if GROUPED

@@ -35,11 +35,7 @@ rule figure:
 
 rule claims:
     input:
-        [
-            f"results/tables/{f}.csv"
-            for f in PLAN.figures
-            if f in ("fig1", "fig4", "fig5", "figC5")
-        ],
+        [f"results/tables/{f}.csv" for f in PLAN.figures if f in claim_tables()],
     output:
         report("results/claims.csv", caption="../report/claims.rst", category="Claims"),
     log:

@@ -24,11 +24,9 @@ rule train:
         run=SINGLE_RUN,
     conda:
         "../../environment.yml"
-    threads: RES.get("threads", 1)
+    threads: RESOURCES.threads
     resources:
-        mem_mb=RES.get("mem_mb", 4000),
-        runtime=RES.get("runtime", 60),
-        gpu=GPU,
+        **JOB_RESOURCES,
     params:
         data=lambda w: f"results/data/{PLAN.run_subset[w.run]}",
     shell:
@@ -36,8 +34,8 @@ rule train:
 
 
 # With `batch_runs: true`, the Figure-5 runs of one (data set, b) that differ only in η are trained
-# together by one `lssr train-batch` job (one stacked model, see lssr.batched).
-if config.get("batch_runs", False):
+# together by one `lssr train-batch` job (one stacked model, see lssr.training).
+if PLAN.settings.batch_runs:
     for _group, _members in PLAN.groups.items():
 
         rule:
@@ -53,11 +51,9 @@ if config.get("batch_runs", False):
                 f"results/logs/train_group/{_group}.log",
             conda:
                 "../../environment.yml"
-            threads: RES.get("threads", 1)
+            threads: RESOURCES.threads
             resources:
-                mem_mb=RES.get("mem_mb", 4000),
-                runtime=RES.get("runtime", 60),
-                gpu=GPU,
+                **JOB_RESOURCES,
             params:
                 args=" ".join(
                     f"--config results/runs/{r}/config.yaml --out results/runs/{r}"

@@ -1,0 +1,362 @@
+"""Batched training: many runs that differ only in η (and optionally the seed) as one stacked model.
+
+A Figure-5 grid trains, for each (data set, b), about ten runs that differ only in the learning rate.
+:func:`train_batched` trains such a group in one process as one *stacked* model: every parameter and
+buffer gets a leading member axis (``torch.func.stack_module_state`` layout) and the forward pass is
+``torch.func.vmap`` over ``torch.func.functional_call`` of one template module. A convolution whose
+weight carries the member axis becomes one grouped convolution, so M small runs cost about one run
+with M times the width: much better use of a GPU (and of the CPU for small models) than M processes.
+
+Equivalence with :func:`~lssr.training.train` (tested member by member in float64, within float64 round-off;
+see tests/test_batched.py for why float32 runs may part at a max-pooling near-tie):
+
+- the same initialisation: :func:`~lssr.training.core.init_model` per member, as ``train()``;
+- the same batches: one :class:`~lssr.training.BatchSampler` with the same seed (members with different
+  seeds get one sampler each, and the data are gathered per member);
+- the same chunking over memory (``cfg.chunk_size`` samples per forward/backward, chunk losses summed
+  and divided by b once), so batch-norm statistics are computed over the same chunks;
+- the same evaluation schedule (every ``eval_every`` steps and at the last step), the same stop rule
+  (:func:`~lssr.training.core.stop_verdict`: divergence of the training loss, loss / accuracy goals, step
+  budget; :func:`~lssr.training.core.record_batch_loss`: divergence of the batch loss),
+  the same ``metrics.csv`` columns and rows, ``run.json`` fields (plus a ``batched`` entry) and
+  ``model.pt`` keys, written atomically through :mod:`lssr.io` into each member's own folder as soon as
+  that member stops.
+
+Batch norm: ``running_mean`` / ``running_var`` / ``num_batches_tracked`` are stacked per member and
+passed to ``functional_call`` as vmapped (batched) tensors, so the in-place running-statistics update
+inside ``F.batch_norm`` is a batched-into-batched in-place update, which vmap supports (the
+``replace_all_batch_norm_modules_`` patch of the torch.func docs is only needed when the running
+stats are *not* batched, and it drops them, which would break evaluation in eval mode).
+
+Masking instead of stopping: a member whose batch loss is non-finite or above its
+``stop.divergence_bound`` gets a zero update (its gradient is masked to 0, so NaN never leaks
+into its parameters) and its running statistics frozen after that step's forward pass (as ``train()``,
+which breaks after the forward pass that diverged). The check runs on the device; the host reads the
+batch losses only at evaluation steps (every ``eval_every`` steps), where it replays ``train()``'s
+stopping logic per member, writes the finished members' outputs and drops them from the stack (so a
+diverged or finished member costs nothing afterwards). Between evaluations the step loop makes no
+device-to-host transfer; the batch indices of a whole evaluation interval are drawn up front and copied
+to the device in one transfer.
+
+Requirements (checked by :func:`check_batchable`, which names the first differing key): members may
+differ only in ``optim.lr``, ``seed``, ``name`` and the per-member stopping thresholds
+``stop.train_loss_goal``, ``stop.train_acc_goal``, ``stop.divergence_bound``; no ``probe`` section
+(use ``lssr train`` for runs with diagnostics).
+
+Not done here: checkpoint / resume (``checkpoint_every`` is accepted but ignored, with a warning; a
+killed group restarts from step 0, while members that had already stopped keep their outputs).
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+import warnings
+from pathlib import Path
+from typing import Sequence
+
+import pandas as pd
+import torch
+
+from .. import LssrError
+from ..config import RunConfig
+from ..data import Subset
+from ..losses import per_sample_loss
+from .core import (
+    METRIC_COLUMNS,
+    RunResult,
+    evaluate_members,
+    has_values,
+    init_model,
+    metrics_row,
+    progress_bar,
+    record_batch_loss,
+    set_up,
+    status_of,
+    stop_verdict,
+    total_steps,
+)
+from .outputs import write_metrics, write_run_outputs
+from .sampler import BatchSampler, steps_per_epoch
+from .stack import Member, Stack
+
+#: Config keys (dotted) that may differ between the members of one batched group.
+MAY_DIFFER = frozenset(
+    {"optim.lr", "seed", "name", "stop.train_loss_goal", "stop.train_acc_goal", "stop.divergence_bound"}
+)
+
+
+class BatchConfigError(LssrError):
+    """Configs that cannot be trained as one batched group; the message names the differing key."""
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(_flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def check_batchable(cfgs: Sequence[RunConfig], names: Sequence[str] | None = None) -> None:
+    """Raise :class:`BatchConfigError` unless ``cfgs`` differ only in the keys of :data:`MAY_DIFFER`."""
+    if not cfgs:
+        raise BatchConfigError("train-batch needs at least one run config")
+    names = list(names) if names is not None else [f"config #{i}" for i in range(len(cfgs))]
+    for name, cfg in zip(names, cfgs):
+        if cfg.probe is not None:
+            raise BatchConfigError(
+                f"{name}: key 'probe' is set, but batched training runs no probes; remove the probe section "
+                f"or train this run alone with `lssr train`"
+            )
+    ref = _flatten(cfgs[0].to_dict())
+    for name, cfg in zip(names[1:], cfgs[1:]):
+        other = _flatten(cfg.to_dict())
+        for key in sorted(set(ref) | set(other)):
+            if key in MAY_DIFFER:
+                continue
+            if ref.get(key) != other.get(key):
+                raise BatchConfigError(
+                    f"{name}: key '{key}' = {other.get(key)!r} differs from {names[0]}'s {ref.get(key)!r}; the members "
+                    f"of one batched group may differ only in {', '.join(sorted(MAY_DIFFER))}. Train them in "
+                    f"separate groups."
+                )
+
+
+# ---------------------------------------------------------------------------------------------
+# The batched run
+# ---------------------------------------------------------------------------------------------
+
+
+def train_batched(
+    cfgs: list[RunConfig],
+    data: Subset,
+    out_dirs: Sequence[str | Path | None] | None = None,
+    progress: bool = True,
+    members_per_pass: int | None = None,
+) -> list[RunResult]:
+    """Train the runs ``cfgs`` (differing only in η, seed, name, stop thresholds) as one stacked model.
+
+    Returns one :class:`~lssr.training.RunResult` per config, in order; writes ``metrics.csv``,
+    ``run.json`` and ``model.pt`` into ``out_dirs[i]`` (skipped where it is ``None``).
+    ``members_per_pass`` bounds memory: the group is split into passes of at most that many members,
+    trained one after another (activation memory grows with members x ``chunk_size``).
+    """
+    cfgs = list(cfgs)
+    out_dirs = list(out_dirs) if out_dirs is not None else [None] * len(cfgs)
+    if len(out_dirs) != len(cfgs):
+        raise BatchConfigError(
+            f"got {len(cfgs)} configs but {len(out_dirs)} output folders; give one --out per --config"
+        )
+    given = [str(Path(d).resolve()) for d in out_dirs if d is not None]
+    if len(set(given)) != len(given):
+        raise BatchConfigError("two members write to the same output folder; give each --config its own --out")
+    check_batchable(cfgs, [c.name or f"config #{i}" for i, c in enumerate(cfgs)])
+    if members_per_pass is not None:
+        if members_per_pass < 1:
+            raise BatchConfigError(f"members_per_pass = {members_per_pass} must be >= 1")
+        if len(cfgs) > members_per_pass:
+            results: list[RunResult] = []
+            for s in range(0, len(cfgs), members_per_pass):
+                part = slice(s, s + members_per_pass)
+                results += _train_group(cfgs[part], data, out_dirs[part], progress)
+            return results
+    return _train_group(cfgs, data, out_dirs, progress)
+
+
+def _train_group(cfgs: list[RunConfig], data: Subset, out_dirs: list, progress: bool) -> list[RunResult]:
+    cfg0 = cfgs[0]
+    if cfg0.checkpoint_every:
+        warnings.warn(
+            "checkpoint_every is set but train-batch writes no checkpoints (a killed group restarts from step 0); "
+            "use `lssr train` per run for resumable runs",
+            stacklevel=3,
+        )
+    group = _Group(cfgs, data, out_dirs)
+    lrs = ",".join(f"{c.optim.lr:g}" for c in cfgs)
+    bar = progress_bar(progress, group.T, f"train-batch {cfg0.model.name} b={cfg0.batch_size} η={lrs}")
+    results = group.run(bar)
+    if bar is not None:
+        bar.close()
+    return results
+
+
+class _Group:
+    """One pass of a batched group: the stack of the active members and their per-member device tensors
+    (η_m, divergence bound, alive flag), stepped on the device between evaluation steps."""
+
+    def __init__(self, cfgs: list[RunConfig], data: Subset, out_dirs: list):
+        cfg0 = self.cfg0 = cfgs[0]
+        self.cfgs = cfgs
+        self.device, self.data = set_up(cfg0, data)
+        self.start = time.time()
+        n = len(self.data.y_train)
+        models = [init_model(cfg, self.data) for cfg in cfgs]  # exactly train()'s initialisation, member by member
+        self.template = copy.deepcopy(models[0])
+        self.stack = Stack(self.template, models)
+        del models
+        self.loss_ps = per_sample_loss(cfg0.loss)
+        self.b, self.chunk = cfg0.batch_size, cfg0.chunk_size
+        shared_seed = len({c.seed for c in cfgs}) == 1
+        self.shared_sampler = BatchSampler(n, self.b, cfg0.optim.replacement, cfg0.seed) if shared_seed else None
+        self.members = [
+            Member(i, c, Path(d) if d is not None else None,
+                   None if shared_seed else BatchSampler(n, self.b, c.optim.replacement, c.seed))
+            for i, (c, d) in enumerate(zip(cfgs, out_dirs))
+        ]
+        self.spe = steps_per_epoch(n, self.b)
+        self.T = total_steps(cfg0, self.spe)
+        self.gd_slices = cfg0.is_gd  # GD: idx = arange(n), slice instead of gathering
+        self.active = list(self.members)  # members still training, in stack order
+        device = self.device
+        # η_m in the parameters' dtype (float32 for float32 data, so float32 runs keep their numbers)
+        self.lr_k = torch.tensor([c.optim.lr for c in cfgs], device=device, dtype=self.stack.dtype)
+        self.bound_k = torch.tensor([c.stop.divergence_bound for c in cfgs], device=device, dtype=torch.float64)
+        self.alive_k = torch.ones(len(cfgs), dtype=torch.bool, device=device)
+        self.results: dict[int, RunResult] = {}
+
+    # -- the loop: evaluate (host sync) every eval_every steps, device-only steps in between ------
+
+    def run(self, bar) -> list[RunResult]:
+        self.template.train()
+        step = 0
+        pending: torch.Tensor | None = None  # batch losses since the last sync (steps x members), on the device
+        pending_from = 0
+        while self.active:
+            stopped = self.replay_batch_losses(pending_from, None if pending is None else pending.cpu())
+            pending = None
+            if stopped:
+                self.drop_finished()
+                continue
+            self.evaluate_and_stop(step)  # θ_step of every active member is here: an evaluation step
+            self.drop_finished()
+            if not self.active:
+                break
+            next_sync = min((step // self.cfg0.eval_every + 1) * self.cfg0.eval_every, self.T)
+            pending, pending_from = self.steps(next_sync - step, bar), step
+            step = next_sync
+        return [self.results[i] for i in range(len(self.cfgs))]
+
+    def evaluate_and_stop(self, step: int) -> None:
+        """Evaluate every active member at ``step``; finish those the stop rule stops."""
+        forward = lambda x: self.stack.forward(x, x_batched=False)  # noqa: E731
+        evals = evaluate_members(self.template, forward, len(self.active), self.data, self.loss_ps, self.chunk)
+        for m, e in zip(self.active, evals):
+            row = {**metrics_row(step, self.spe), **e}
+            verdict = stop_verdict(m.cfg, row, step, self.T)
+            if verdict is None:
+                m.open_row = row
+                continue
+            m.status, m.stopped_by = status_of(verdict), verdict
+            m.rows.append(row)
+            self.finish(m, step)
+
+    def steps(self, nsteps: int, bar) -> torch.Tensor:
+        """``nsteps`` SGD steps of every active member; their batch losses (steps x members), on the device."""
+        idx_all = None if self.gd_slices else self.draw_indices(nsteps)
+        losses = []
+        for s in range(nsteps):
+            losses.append(self.sgd_step(None if idx_all is None else idx_all[s]))
+            if bar is not None:
+                bar.update(1)
+        return torch.stack(losses)
+
+    def replay_batch_losses(self, first_step: int, losses: torch.Tensor | None) -> list[Member]:
+        """Rows for steps first_step.. from the batch losses (steps x members, on the host), with ``train()``'s
+        batch-loss rule; returns the members that diverged."""
+        stopped: list[Member] = []
+        if losses is None:
+            return stopped
+        for k, m in enumerate(self.active):
+            for s in range(losses.shape[0]):
+                step = first_step + s
+                row = m.open_row if (s == 0 and m.open_row is not None) else metrics_row(step, self.spe)
+                if record_batch_loss(m.cfg, row, step, float(losses[s, k])):
+                    m.rows.append(row)
+                    m.status, m.stopped_by = "diverged", "divergence"
+                    self.finish(m, step)
+                    stopped.append(m)
+                    break
+                if has_values(row):
+                    m.rows.append(row)
+            m.open_row = None
+        return stopped
+
+    def draw_indices(self, steps: int) -> torch.Tensor:
+        """Batch indices of the next ``steps`` steps: (steps, b) shared or (steps, members, b) per member."""
+        if self.shared_sampler is not None:
+            idx = torch.stack([self.shared_sampler.next() for _ in range(steps)])
+        else:
+            idx = torch.stack([torch.stack([m.sampler.next() for m in self.active]) for _ in range(steps)])
+        if self.device.type == "cuda":
+            return idx.pin_memory().to(self.device, non_blocking=True)
+        return idx.to(self.device)
+
+    def sgd_step(self, idx: torch.Tensor | None) -> torch.Tensor:
+        """θ_m ← θ_m − η_m ∇L_B(θ_m) for every active member m; the batch losses (members,), on the device."""
+        stack, x_tr, y_tr, b, chunk = self.stack, self.data.x_train, self.data.y_train, self.b, self.chunk
+        K = len(self.active)
+        total = torch.zeros(K, device=self.device, dtype=x_tr.dtype)
+        old_buffers = {k: v.clone() for k, v in stack.buffers.items()}
+        for s in range(0, b, chunk):
+            if self.gd_slices:
+                xc, yc, batched = x_tr[s : s + chunk], y_tr[s : s + chunk], False
+            elif idx.dim() == 1:
+                j = idx[s : s + chunk]
+                xc, yc, batched = x_tr[j], y_tr[j], False
+            else:
+                j = idx[:, s : s + chunk]
+                xc, yc, batched = x_tr[j], y_tr[j], True
+            out = stack.forward(xc, batched)
+            c = out.shape[1]
+            yk = yc.reshape(-1) if batched else yc.repeat(K)
+            loss = self.loss_ps(out.reshape(K * c, out.shape[-1]), yk).view(K, c).sum(1) / b
+            loss.sum().backward()
+            total += loss.detach()
+        alive_before = self.alive_k.clone()
+        bad = ~torch.isfinite(total) | (total.double() > self.bound_k)
+        self.alive_k.logical_and_(~bad)
+        with torch.no_grad():
+            for p in stack.params.values():
+                if p.grad is None:  # a parameter the loss does not use: SGD leaves it alone
+                    continue
+                shape = (K,) + (1,) * (p.dim() - 1)
+                g = p.grad.masked_fill_(~self.alive_k.view(shape), 0.0)  # a stopped member: zero update (and no NaN)
+                p.addcmul_(g, self.lr_k.view(shape), value=-1.0)  # θ ← θ − η_m g_m
+                p.grad = None
+            for key, v in stack.buffers.items():
+                shape = (K,) + (1,) * (v.dim() - 1)
+                v.copy_(torch.where(alive_before.view(shape), v, old_buffers[key]))
+        return total
+
+    def drop_finished(self) -> None:
+        """Remove the members that stopped from the stack (and from the per-member device tensors)."""
+        keep = [k for k, m in enumerate(self.active) if not m.done]
+        if len(keep) == len(self.active):
+            return
+        self.active = [m for m in self.active if not m.done]
+        if self.active:
+            rows_t = torch.tensor(keep, device=self.device)
+            self.stack.keep(rows_t)
+            self.lr_k, self.bound_k, self.alive_k = self.lr_k[rows_t], self.bound_k[rows_t], self.alive_k[rows_t]
+
+    def finish(self, m: Member, step: int) -> None:
+        """Member ``m`` (at stack row ``active.index(m)``) stopped at ``step``: build its result, write outputs."""
+        m.done, m.steps = True, step
+        state = self.stack.state_dict(self.active.index(m))
+        model = copy.deepcopy(self.template)
+        model.load_state_dict(state)
+        wall = time.time() - self.start
+        if m.out_dir is not None:
+            # the same three files as train(), the same run.json fields plus ``batched``
+            metrics = write_metrics(m.out_dir / "metrics.csv", m.rows)
+            write_run_outputs(
+                m.out_dir, m.cfg, state, metrics, self.data, self.device, wall, status=m.status, steps=m.steps,
+                stopped_by=m.stopped_by, extra={"batched": {"group_size": len(self.cfgs), "member": m.index}},
+            )
+        else:
+            metrics = pd.DataFrame(m.rows, columns=METRIC_COLUMNS)
+        self.results[m.index] = RunResult(m.status, step, metrics, model, wall)

@@ -1,0 +1,183 @@
+"""The training core shared by :func:`~lssr.training.train` (one run) and
+:func:`~lssr.training.train_batched` (a group of runs as one stacked model).
+
+Both engines take from here, so that each of these exists once: the device set-up (with cuDNN
+determinism), the n check, the seeded initialisation θ_0, the step budget and the stop rule
+(divergence, loss / accuracy goals, budget), the evaluation of L(θ) and accuracy on the training and
+test sets, the rows of ``metrics.csv`` and the progress bar. Device and dtype flow from the data: the
+model is built on the data's device and in its floating dtype (float32 from :func:`~lssr.data.load_subset`).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import pandas as pd
+import torch
+from torch import nn
+
+from ..config import RunConfig
+from ..data import Subset
+from ..models import build_model
+
+METRIC_COLUMNS = ["step", "epoch", "batch_loss", "train_loss", "train_acc", "test_loss", "test_acc"]
+
+
+@dataclass
+class RunResult:
+    status: str  # completed | diverged
+    steps: int
+    metrics: pd.DataFrame
+    model: nn.Module
+    wall_time: float
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> cuda when available, else cpu."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        from .. import LssrError
+
+        raise LssrError(f"device: {name} was asked for but no CUDA device is available; use device: auto or cpu")
+    return torch.device(name)
+
+
+def set_up(cfg: RunConfig, data: Subset) -> tuple[torch.device, Subset]:
+    """Resolve ``cfg.device`` (deterministic cuDNN on CUDA), check that the subset holds ``cfg.data.n``
+    samples, and move the data there, keeping their floating dtype."""
+    device = resolve_device(cfg.device)
+    if device.type == "cuda":
+        torch.backends.cudnn.deterministic = True
+        torch.backends.cudnn.benchmark = False
+    n = len(data.y_train)
+    if n != cfg.data.n:
+        from .. import LssrError
+
+        raise LssrError(f"the subset holds {n} samples but the config says data.n: {cfg.data.n}")
+    x = data.x_train
+    return device, data.to(device, x.dtype if x.is_floating_point() else None)
+
+
+def init_model(cfg: RunConfig, data: Subset) -> nn.Module:
+    """θ_0: ``torch.manual_seed(cfg.seed)`` then ``build_model``, on the data's device and in their dtype."""
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg.model.name, data.image_shape[0], data.num_classes, cfg.model.batch_norm)
+    return model.to(device=data.x_train.device, dtype=data.x_train.dtype)
+
+
+# ---------------------------------------------------------------------------------------------
+# Step budget and the stop rule
+# ---------------------------------------------------------------------------------------------
+
+
+def total_steps(cfg: RunConfig, steps_per_epoch: int) -> int:
+    """The step budget T: the smaller of ``stop.steps`` and ⌈``stop.epochs`` x steps per epoch⌉."""
+    limits = []
+    if cfg.stop.steps is not None:
+        limits.append(cfg.stop.steps)
+    if cfg.stop.epochs is not None:
+        limits.append(math.ceil(cfg.stop.epochs * steps_per_epoch))
+    return min(limits)
+
+
+def is_bad(value: float, bound: float) -> bool:
+    """Divergence: a loss that is not finite or above ``stop.divergence_bound``."""
+    return not math.isfinite(value) or value > bound
+
+
+def stop_verdict(cfg: RunConfig, row: dict, step: int, last_step: int) -> str | None:
+    """The stop rule at an evaluation step t: ``divergence`` (L(θ_t) bad), ``goal`` (loss or accuracy
+    goal met), ``budget`` (t = T), in that order of precedence; None to go on."""
+    s = cfg.stop
+    if is_bad(row["train_loss"], s.divergence_bound):
+        return "divergence"
+    if (s.train_loss_goal is not None and row["train_loss"] <= s.train_loss_goal) or (
+        s.train_acc_goal is not None and row["train_acc"] >= s.train_acc_goal
+    ):
+        return "goal"
+    if step >= last_step:
+        return "budget"
+    return None
+
+
+def status_of(stopped_by: str) -> str:
+    return "diverged" if stopped_by == "divergence" else "completed"
+
+
+def is_eval_step(cfg: RunConfig, step: int, last_step: int) -> bool:
+    return step % cfg.eval_every == 0 or step == last_step
+
+
+# ---------------------------------------------------------------------------------------------
+# Rows of metrics.csv
+# ---------------------------------------------------------------------------------------------
+
+
+def metrics_row(step: int, steps_per_epoch: int) -> dict:
+    """A new row of ``metrics.csv`` for step t (the other columns are filled as they are measured)."""
+    return {"step": step, "epoch": step / steps_per_epoch}
+
+
+def has_values(row: dict) -> bool:
+    """A row is logged only when something beyond step and epoch was measured."""
+    return len(row) > 2
+
+
+def record_batch_loss(cfg: RunConfig, row: dict, step: int, batch_loss: float) -> bool:
+    """Put the batch loss L_B(θ_t) in ``row`` (every ``log_every`` steps, and always when it diverged);
+    return True when it diverged."""
+    if step % cfg.log_every == 0:
+        row["batch_loss"] = batch_loss
+    if is_bad(batch_loss, cfg.stop.divergence_bound):
+        row["batch_loss"] = batch_loss
+        return True
+    return False
+
+
+# ---------------------------------------------------------------------------------------------
+# Evaluation
+# ---------------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def evaluate(
+    forward: Callable, members: int, x: torch.Tensor, y: torch.Tensor, loss_per_sample: Callable, chunk_size: int
+) -> tuple[list[float], list[float]]:
+    """Mean loss L(θ) = (1/n) Σ ℓ_i and accuracy of each of ``members`` models on (x, y), in chunks.
+
+    ``forward(x)`` returns the outputs of every member, shape (members, len(x), classes). Chunk sums are
+    accumulated in float64."""
+    loss_sum = torch.zeros(members, dtype=torch.float64, device=x.device)
+    correct = torch.zeros(members, dtype=torch.int64, device=x.device)
+    for s in range(0, len(x), chunk_size):
+        out = forward(x[s : s + chunk_size])
+        yc = y[s : s + chunk_size]
+        c = len(yc)
+        per = loss_per_sample(out.reshape(members * c, out.shape[-1]), yc.repeat(members)).view(members, c)
+        loss_sum += per.sum(1).double()
+        correct += (out.argmax(-1) == yc).sum(1)
+    m = max(len(x), 1)
+    return (loss_sum / m).tolist(), (correct.double() / m).tolist()
+
+
+def evaluate_members(module: nn.Module, forward: Callable, members: int, data: Subset, loss_per_sample: Callable,
+                     chunk_size: int) -> list[dict]:
+    """Training and test loss and accuracy of each member, with ``module`` in eval mode (batch norm
+    normalises with its running statistics); ``module`` is back in train mode afterwards."""
+    module.eval()
+    tl, ta = evaluate(forward, members, data.x_train, data.y_train, loss_per_sample, chunk_size)
+    vl, va = evaluate(forward, members, data.x_test, data.y_test, loss_per_sample, chunk_size)
+    module.train()
+    return [{"train_loss": tl[k], "train_acc": ta[k], "test_loss": vl[k], "test_acc": va[k]} for k in range(members)]
+
+
+def progress_bar(enabled: bool, total: int, desc: str, initial: int = 0):
+    """A tqdm bar over the steps (None when ``enabled`` is false)."""
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, desc=desc, unit="step", mininterval=1.0)

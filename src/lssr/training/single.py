@@ -1,0 +1,277 @@
+"""One run: vanilla SGD / GD, θ ← θ − η g_b, constant η, no momentum, no weight decay.
+
+- b from 1 to n (b = n is full-batch GD); batches are computed in memory chunks of ``chunk_size``
+  samples (chunk losses summed, divided by b once), so memory stays bounded for any b.
+- Sampling without replacement (a fresh permutation each epoch, n // b steps an epoch; default)
+  or with replacement (b indices drawn uniformly each step).
+- One seed drives the initialisation (global RNG at model build) and the batch sampler (its own
+  ``torch.Generator``); the same config gives bit-identical metrics on the CPU.
+- Probes (:class:`Probe`) observe θ_t, the batch indices of step t and the full training loss before
+  and after the step, at the steps they ask for, without changing the trajectory (their RNG is their
+  own; batch-norm buffers are restored after each probe call).
+- Outputs in ``out_dir``: ``metrics.csv``, ``run.json`` (config, seeds, versions, device, wall time,
+  status ``completed`` | ``diverged``) and ``model.pt`` (final weights), each written atomically.
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Protocol
+
+import pandas as pd
+import torch
+from torch import nn
+
+from ..config import RunConfig
+from ..data import Subset
+from ..io import CsvLog
+from ..losses import per_sample_loss
+from .core import (
+    METRIC_COLUMNS,
+    RunResult,
+    evaluate_members,
+    has_values,
+    init_model,
+    is_eval_step,
+    metrics_row,
+    progress_bar,
+    record_batch_loss,
+    set_up,
+    status_of,
+    stop_verdict,
+    total_steps,
+)
+from .outputs import CHECKPOINT, load_checkpoint, save_checkpoint, write_run_outputs
+from .sampler import BatchSampler
+
+
+def chunked_loss_and_grad(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor, loss_per_sample: Callable, chunk_size: int
+) -> torch.Tensor:
+    """Accumulate ∇ L_B = ∇ (1/b) Σ_{i∈B} ℓ_i into ``p.grad`` in chunks; return L_B (detached)."""
+    total = torch.zeros((), device=x.device, dtype=x.dtype)
+    b = len(idx)
+    for s in range(0, b, chunk_size):
+        j = idx[s : s + chunk_size]
+        loss = loss_per_sample(model(x[j]), y[j]).sum() / b
+        loss.backward()
+        total += loss.detach()
+    return total
+
+
+# ---------------------------------------------------------------------------------------------
+# Probes
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class StepContext:
+    """What a probe sees at step t. ``model`` holds θ_t in ``before_step`` and θ_{t+1} in ``after_step``."""
+
+    step: int
+    model: nn.Module
+    batch_idx: torch.Tensor
+    lr: float
+    data: Subset
+    loss_per_sample: Callable
+    train_loss_before: float = math.nan  # L(θ_t), full training set
+    train_loss_after: float = math.nan  # L(θ_{t+1})
+
+
+class Probe(Protocol):
+    def wants(self, step: int) -> bool: ...
+
+    def before_step(self, ctx: StepContext) -> None: ...
+
+    def after_step(self, ctx: StepContext) -> None: ...
+
+    def close(self) -> None: ...
+
+
+def _buffers_snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in model.named_buffers()}
+
+
+def _restore_buffers(model: nn.Module, snap: dict[str, torch.Tensor]) -> None:
+    with torch.no_grad():
+        for k, v in model.named_buffers():
+            v.copy_(snap[k])
+
+
+# ---------------------------------------------------------------------------------------------
+# The run
+# ---------------------------------------------------------------------------------------------
+
+
+class _Run:
+    """The state of one run between steps: θ_t (model, optimizer), sampler, step t, metrics log."""
+
+    def __init__(self, cfg: RunConfig, data: Subset, out_dir: str | Path | None, probes: list[Probe]):
+        self.cfg, self.probes, self.out_dir = cfg, probes, out_dir
+        self.device, self.data = set_up(cfg, data)
+        self.start = time.time()
+        self.n = len(self.data.y_train)
+        self.model = init_model(cfg, self.data)
+        self.loss_ps = per_sample_loss(cfg.loss)
+        self.sampler = BatchSampler(self.n, cfg.batch_size, cfg.optim.replacement, cfg.seed)
+        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=cfg.optim.lr, momentum=0.0, weight_decay=0.0)
+        self.T = total_steps(cfg, self.sampler.steps_per_epoch)
+        self.out = Path(out_dir) if out_dir is not None else Path(tempfile.mkdtemp(prefix="lssr-run-"))
+        self.log = CsvLog(self.out / "metrics.csv", METRIC_COLUMNS)
+        self.ckpt_path = self.out / CHECKPOINT
+        self.step, self.elapsed_before, self.resumed_at = 0, 0.0, 0
+        self.stopped_by = "budget"
+        self.checkpointing = out_dir is not None and bool(cfg.checkpoint_every)
+
+    def resume_or_reset(self) -> None:
+        """Resume from ``checkpoint.pt`` when it belongs to this config; else start the metrics log afresh."""
+        if not (self.checkpointing and self.ckpt_path.exists()):
+            self.log.reset()
+            return
+        state = load_checkpoint(self.ckpt_path)
+        if state.get("config_hash") != self.cfg.hash():
+            self.ckpt_path.unlink()
+            self.log.reset()
+            return
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.sampler.load_state_dict(state["sampler"])
+        torch.set_rng_state(state["torch_rng"])
+        for p, ps in zip(self.probes, state.get("probes", [])):
+            if ps is not None and hasattr(p, "load_state_dict"):
+                p.load_state_dict(ps)
+        self.log.truncate(state["metrics_offset"])
+        self.step, self.elapsed_before = state["step"], state["elapsed"]
+        self.resumed_at = self.step
+
+    def checkpoint(self) -> None:
+        state = {
+            "config_hash": self.cfg.hash(),
+            "step": self.step,
+            "elapsed": self.elapsed_before + time.time() - self.start,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "sampler": self.sampler.state_dict(),
+            "torch_rng": torch.get_rng_state(),
+            "probes": [p.state_dict() if hasattr(p, "state_dict") else None for p in self.probes],
+            "metrics_offset": self.log.flush(),
+        }
+        save_checkpoint(self.ckpt_path, state)
+
+    def full_train_loss(self) -> float:
+        """L(θ) on the whole training set, batch norm in ``bn_mode``, running statistics left untouched."""
+        model, data, chunk, n = self.model, self.data, self.cfg.chunk_size, self.n
+        was = model.training
+        model.train(self.cfg.bn_mode == "train")
+        snap = _buffers_snapshot(model)
+        with torch.no_grad():
+            x, y = data.x_train, data.y_train
+            ps = self.loss_ps
+            loss = sum(float(ps(model(x[s : s + chunk]), y[s : s + chunk]).sum()) for s in range(0, n, chunk)) / n
+        _restore_buffers(model, snap)
+        model.train(was)
+        return loss
+
+    def _observe(self, active: list[Probe], ctx: StepContext, hook: str) -> None:
+        """Call the probes' ``hook`` (``before_step`` / ``after_step``); batch-norm buffers are restored afterwards."""
+        snap = _buffers_snapshot(self.model)
+        for p in active:
+            getattr(p, hook)(ctx)
+        _restore_buffers(self.model, snap)
+
+    def sgd_step(self, row: dict) -> float | None:
+        """θ_{t+1} = θ_t − η ∇L_B(θ_t) with the probes around it; the batch loss, None if it diverged."""
+        idx = self.sampler.next().to(self.device)
+        active = [p for p in self.probes if p.wants(self.step)]
+        ctx = None
+        if active:
+            ctx = StepContext(self.step, self.model, idx, self.cfg.optim.lr, self.data, self.loss_ps)
+            ctx.train_loss_before = self.full_train_loss()
+            self._observe(active, ctx, "before_step")
+        self.optimizer.zero_grad(set_to_none=True)
+        data = self.data
+        loss = chunked_loss_and_grad(self.model, data.x_train, data.y_train, idx, self.loss_ps, self.cfg.chunk_size)
+        batch_loss = float(loss)
+        if record_batch_loss(self.cfg, row, self.step, batch_loss):
+            return None
+        self.optimizer.step()
+        if ctx is not None:
+            ctx.train_loss_after = self.full_train_loss()
+            self._observe(active, ctx, "after_step")
+        return batch_loss
+
+    def loop(self, bar) -> None:
+        """Steps until the stop rule says stop: checkpoint, evaluate, stop or step, log the row."""
+        cfg, model = self.cfg, self.model
+        model.train()
+        while True:
+            if self.checkpointing and self.step % cfg.checkpoint_every == 0 and self.step > self.resumed_at:
+                self.checkpoint()
+            row = metrics_row(self.step, self.sampler.steps_per_epoch)
+            if is_eval_step(cfg, self.step, self.T):
+                forward = lambda x: model(x).unsqueeze(0)  # noqa: E731 - one member
+                row.update(evaluate_members(model, forward, 1, self.data, self.loss_ps, cfg.chunk_size)[0])
+                verdict = stop_verdict(cfg, row, self.step, self.T)
+                if verdict is not None:
+                    self.stopped_by = verdict
+                    self.log.append(row)
+                    return
+            batch_loss = self.sgd_step(row)
+            if batch_loss is None:
+                self.stopped_by = "divergence"
+                self.log.append(row)
+                return
+            if has_values(row):
+                self.log.append(row)
+            self.step += 1
+            if bar is not None:
+                bar.update(1)
+                if self.step % 50 == 0:
+                    bar.set_postfix(loss=f"{batch_loss:.4g}")
+
+    def finish(self) -> RunResult:
+        """Close the probes, finalize ``metrics.csv`` and write ``model.pt`` and ``run.json``."""
+        for p in self.probes:
+            p.close()
+        wall = self.elapsed_before + time.time() - self.start
+        metrics = pd.read_csv(self.log.finalize())
+        status = status_of(self.stopped_by)
+        if self.out_dir is None:
+            shutil.rmtree(self.out, ignore_errors=True)
+        else:
+            write_run_outputs(
+                self.out, self.cfg, self.model.state_dict(), metrics, self.data, self.device, wall,
+                status=status, steps=self.step, stopped_by=self.stopped_by, resumed=self.resumed_at > 0,
+            )
+            if self.ckpt_path.exists():
+                self.ckpt_path.unlink()
+        return RunResult(status, self.step, metrics, self.model, wall)
+
+
+def train(
+    cfg: RunConfig,
+    data: Subset,
+    out_dir: str | Path | None = None,
+    probes: list[Probe] | None = None,
+    progress: bool = True,
+) -> RunResult:
+    """Train ``cfg.model`` on ``data`` with vanilla SGD / GD as configured; write outputs to ``out_dir``.
+
+    With ``cfg.checkpoint_every`` and an ``out_dir``, a resumable ``checkpoint.pt`` (weights, sampler
+    and RNG states, step counter, probe states, byte offset of the metrics log) is written every
+    that many steps; a run restarted on the same folder and config resumes from it, and its final
+    tables are byte-identical to an uninterrupted run's.
+    """
+    run = _Run(cfg, data, out_dir, list(probes or []))
+    run.resume_or_reset()
+    desc = f"train {cfg.name or cfg.model.name} b={cfg.batch_size} η={cfg.optim.lr:g}"
+    bar = progress_bar(progress, run.T, desc, initial=run.step)
+    run.loop(bar)
+    if bar is not None:
+        bar.close()
+    return run.finish()

@@ -1,0 +1,69 @@
+"""The stacked model of a batched group: every parameter and buffer with a leading member axis
+(``torch.func.stack_module_state`` layout), one forward pass ``vmap`` over ``functional_call``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.func import functional_call, vmap
+
+from ..config import RunConfig
+from .sampler import BatchSampler
+
+
+@dataclass
+class Member:
+    """One run of a batched group: its config, output folder, rows so far and how it stopped."""
+
+    index: int  # position in the caller's list
+    cfg: RunConfig
+    out_dir: Path | None
+    sampler: BatchSampler | None  # own sampler when seeds differ, else None (the shared one is used)
+    rows: list = field(default_factory=list)
+    open_row: dict | None = None  # the row of the current step, waiting for its batch loss
+    status: str = "completed"
+    stopped_by: str = "budget"
+    steps: int = 0
+    done: bool = False
+
+
+class Stack:
+    """The stacked parameters / buffers of the active members and the vmapped forward pass."""
+
+    def __init__(self, template: nn.Module, models: list[nn.Module]):
+        self.template = template
+        self.param_names = [k for k, _ in template.named_parameters()]
+        self.buffer_names = [k for k, _ in template.named_buffers()]
+        self.params = {
+            k: torch.stack([dict(m.named_parameters())[k].detach() for m in models]).requires_grad_(True)
+            for k in self.param_names
+        }
+        self.buffers = {
+            k: torch.stack([dict(m.named_buffers())[k].detach() for m in models]).clone() for k in self.buffer_names
+        }
+
+        def f(p: dict, b: dict, x: torch.Tensor) -> torch.Tensor:
+            return functional_call(self.template, (p, b), (x,))
+
+        self._f = f
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The floating dtype of the parameters (that of the data)."""
+        return next(iter(self.params.values())).dtype
+
+    def forward(self, x: torch.Tensor, x_batched: bool) -> torch.Tensor:
+        """Outputs of every member, shape (M, len(x), classes); ``x`` is (M, c, ...) when batched."""
+        return vmap(self._f, in_dims=(0, 0, 0 if x_batched else None))(self.params, self.buffers, x)
+
+    def keep(self, rows: torch.Tensor) -> None:
+        """Keep only the members at ``rows`` (a 1-D index tensor on the device)."""
+        self.params = {k: v.detach().index_select(0, rows).requires_grad_(True) for k, v in self.params.items()}
+        self.buffers = {k: v.index_select(0, rows) for k, v in self.buffers.items()}
+
+    def state_dict(self, i: int) -> dict[str, torch.Tensor]:
+        flat = {**{k: v.detach()[i] for k, v in self.params.items()}, **{k: v[i] for k, v in self.buffers.items()}}
+        return {k: flat[k].clone() for k in self.template.state_dict().keys()}
