@@ -216,3 +216,21 @@ def test_two_table_sets_in_one_tree(tmp_path):
     assert set(res["claim"]) == {"C1"} and res["subject"].str.endswith("config-b-run").all()
     with pytest.raises(Exception, match="no claim reads"):
         claims.read_tables([("runs", tmp_path / "x.csv")])
+
+
+def test_cli_claims_reads_only_the_given_tables(tmp_path):
+    """`lssr claims --table NAME=CSV`: config B's claims.csv, in the tree where config A wrote every table, has no
+    row of A (only B's Figure-1 table is given)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    tables = tmp_path / "results" / "tables"
+    for name, t in all_tables().items():
+        write_csv(tables / f"{name}.csv", t)  # config A
+    write_csv(tables / "b-fig1.csv", loss_table(1.0, 8, "early", run="config-b-run"))  # config B
+    lssr = Path(sys.executable).with_name("lssr")
+    out = tmp_path / "results" / "claims-b.csv"
+    subprocess.run([str(lssr), "claims", "--table", f"fig1={tables / 'b-fig1.csv'}", "--out", str(out)], check=True)
+    res = pd.read_csv(out)
+    assert set(res["claim"]) == {"C1"} and res["subject"].str.endswith("config-b-run").all()
