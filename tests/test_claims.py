@@ -22,7 +22,7 @@ def verdict_of(rows, statistic_start: str = "", subject: str = "") -> list[str]:
 
 
 # --- C1 / C6: lines of the normalised loss change ------------------------------------------------------------
-def loss_table(slope_factor: float, n: int, phase: str, x0: float = 5.0, x1: float = 35.0, run: str = "r") -> pd.DataFrame:
+def loss_table(slope_factor: float, n: int, phase: str, x0: float = 5.0, x1: float = 35.0, run: str = "r"):
     x = np.linspace(x0, x1, n)
     return pd.DataFrame({"run": run, "loss": "mse", "optimizer": "GD", "b": 64, "lr": ETA, "step": np.arange(n),
                          "instability_ratio": x, "norm_change": slope_factor * ETA**2 / 2 * (x - TWO),

@@ -202,7 +202,7 @@ def _add_result_commands(sub) -> None:
 
     c = sub.add_parser("claims", help="check the paper's claims against the figure tables")
     c.add_argument("--table", action="append", default=[], required=True, metavar="NAME=CSV",
-                   help="a figure table to check (repeat): only the claims of the given tables are checked")  # fmt: skip
+                   help="a figure table to check (repeat); only the given tables' claims are checked")  # fmt: skip
     c.add_argument("--out", required=True, help="output CSV, e.g. results/claims.csv")
     c.set_defaults(func=cmd_claims)
 
