@@ -22,6 +22,7 @@ def table_dir(tmp_path_factory):
     tables.write_table("fig4", runs["gd"] + runs["sgd_bs"], out / "fig4.csv")
     tables.write_table("fig5", runs["heat"], out / "fig5.csv")
     tables.write_table("figC5", runs["sgd_bs"], out / "figC5.csv")
+    tables.write_table("figS1", runs["gd"] + runs["sgd_bs"], out / "figS1.csv")
     return out
 
 

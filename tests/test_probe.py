@@ -67,7 +67,7 @@ def test_probe_columns_written_out():
         "tr_S_n", "tr_S_1", "tr_S_1_se", "tr_HS_n", "tr_HS_1", "tr_HS_1_se", "ias_n",
         "top_eig", "top_eig_hvps", "cos_q1_grad", "expected_change", "expected_change_se", "cos_consecutive",
         "tr_S_b_8", "tr_HS_b_8", "tr_HS_b_8_se", "rho_b_8", "ias_b_8", "instability_b_8", "resultant_b_8",
-        "tr_S_b_mc_8", "tr_S_b_mc_8_se", "rho_b_mc_8",
+        "tr_S_b_mc_8", "tr_S_b_mc_8_se", "rho_b_mc_8", "norm_g_b_mc_8",
         "valley_ratio_a0.25", "valley_ratio_a1",
         "valley_dL_s-0.5", "valley_quad_s-0.5", "valley_dL_s0", "valley_quad_s0", "valley_dL_s1.5", "valley_quad_s1.5",
     ]  # fmt: skip

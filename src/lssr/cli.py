@@ -103,10 +103,16 @@ def cmd_figure(args: argparse.Namespace) -> None:
 
 
 def cmd_claims(args: argparse.Namespace) -> None:
-    from .claims import check_claims, load_tables
+    from .claims import check_claims, read_tables
     from .io import write_csv
 
-    result = check_claims(load_tables(args.tables_dir))
+    pairs = []
+    for item in args.table:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            raise LssrError(f"--table {item!r}: expected NAME=CSV, e.g. fig4=results/tables/fig4.csv")
+        pairs.append((name, path))
+    result = check_claims(read_tables(pairs))
     write_csv(args.out, result)
     counts = result["verdict"].value_counts().to_dict()
     print(f"wrote {len(result)} claim rows to {args.out}: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
@@ -195,7 +201,8 @@ def _add_result_commands(sub) -> None:
     f.set_defaults(func=cmd_figure)
 
     c = sub.add_parser("claims", help="check the paper's claims against the figure tables")
-    c.add_argument("--tables-dir", required=True, help="folder holding fig1.csv, fig4.csv, figC5.csv, fig5.csv")
+    c.add_argument("--table", action="append", default=[], required=True, metavar="NAME=CSV",
+                   help="a figure table to check (repeat); only the given tables' claims are checked")  # fmt: skip
     c.add_argument("--out", required=True, help="output CSV, e.g. results/claims.csv")
     c.set_defaults(func=cmd_claims)
 

@@ -19,8 +19,12 @@ STEP_COLUMNS = [
 
 #: Per-b quantities from identity (1) (``tr_S_b`` = tr(S_b), ``tr_HS_b`` = tr(H S_b), ``rho_b`` = ρ_b,
 #: ``ias_b`` = ‖H‖_{S_b}, ``instability_b`` = tr(H S_b)/tr(S_n)), then the sampled-batch ones
-#: (``resultant_b`` = R̄_b², ``tr_S_b_mc`` / ``rho_b_mc`` = Monte-Carlo tr(S_b) and ρ_b).
-PER_B = ("tr_S_b", "tr_HS_b", "tr_HS_b_se", "rho_b", "ias_b", "instability_b", "resultant_b", "tr_S_b_mc", "tr_S_b_mc_se", "rho_b_mc")
+#: (``resultant_b`` = R̄_b², ``tr_S_b_mc`` / ``rho_b_mc`` = Monte-Carlo tr(S_b) and ρ_b, ``norm_g_b_mc`` = the mean
+#: of ‖g_{B_k}‖ over the sampled batches, so that std‖g_b‖/E‖g_b‖ = sqrt(tr_S_b_mc/norm_g_b_mc² − 1)).
+PER_B = (
+    "tr_S_b", "tr_HS_b", "tr_HS_b_se", "rho_b", "ias_b", "instability_b", "resultant_b", "tr_S_b_mc", "tr_S_b_mc_se",
+    "rho_b_mc", "norm_g_b_mc",
+)  # fmt: skip
 
 
 def fmt_value(x: float) -> str:

@@ -22,11 +22,12 @@ FIGURES: dict[str, Figure] = {
     f.name: f
     for f in (
         Figure("fig1", "fig1", "loss change vs instability ratio, early phase (eqs. 6, 9)", ("C1",)),
-        Figure("fig2", "fig1", "loss change vs instability ratio, whole run (after the edge)"),
-        Figure("fig3", "fig3", "asymmetric valleys along -∇L (GD)"),
+        Figure("fig2", "fig1", "loss change vs instability ratio, whole run (after the edge)", ("C6",)),
+        Figure("fig3", "fig3", "asymmetric valleys along -∇L (GD)", ("C7",)),
         Figure("fig4", "fig4", "‖H‖_{S_b} against 2ρ_b/η over training (GD and SGD)", ("C2", "C3")),
         Figure("fig5", "fig5", "LSSR: test-accuracy heatmaps over (b, η) and the best η per b", ("C5",)),
-        Figure("figC5", "fig4", "ρ_b against R̄_b² and eq. (12) (Appendix C.5)", ("C4",)),
+        Figure("figC5", "fig4", "ρ_b against R̄_b² and eq. (12) (Appendix C.5)", ("C4", "K1")),
+        Figure("figS1", "fig4", "cos(q_1, ∇L) and cos(g_t, g_{t+1}) over training, 2/η crossings marked", ("C8", "C9")),
     )
 }
 

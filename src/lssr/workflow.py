@@ -214,9 +214,10 @@ def _plan_fig3(P: Planner, e: dict) -> None:
 
 
 def _plan_fig4(P: Planner, e: dict) -> None:
-    """Figure 4 (a)-(c) GD runs, (d) SGD over b; the SGD runs also feed Figure C.5."""
+    """Figure 4 (a)-(c) GD runs, (d) SGD over b; the SGD runs also feed Figure C.5, all of them Figure S1."""
     for g in e["gd"]:
-        P.add_run("fig4", e, dataset=e["dataset"], loss=g["loss"], lr=g["lr"], batch_size="full", probe=_probe(e))
+        rid = P.add_run("fig4", e, dataset=e["dataset"], loss=g["loss"], lr=g["lr"], batch_size="full", probe=_probe(e))
+        P.add_to_figure("figS1", rid)
     s = e["sgd"]
     bs = sorted(s["batch_sizes"])
     for b in bs:
@@ -224,6 +225,7 @@ def _plan_fig4(P: Planner, e: dict) -> None:
             "fig4", e, dataset=e["dataset"], loss=s["loss"], lr=s["lr"], batch_size=b, probe=_probe(e, batch_sizes=bs)
         )
         P.add_to_figure("figC5", rid)
+        P.add_to_figure("figS1", rid)
 
 
 def _fig5_batch_sizes(e: dict, n: int) -> list[int]:

@@ -38,9 +38,11 @@ rule claims:
         [f"results/tables/{f}.csv" for f in PLAN.figures if f in claim_tables()],
     output:
         report("results/claims.csv", caption="../report/claims.rst", category="Claims"),
+    params:
+        tables=" ".join(f"--table {f}=results/tables/{f}.csv" for f in PLAN.figures if f in claim_tables()),
     log:
         "results/logs/claims.log",
     conda:
         "../../environment.yml"
     shell:
-        "lssr claims --tables-dir results/tables --out {output} > {log} 2>&1"
+        "lssr claims {params.tables} --out {output} > {log} 2>&1"

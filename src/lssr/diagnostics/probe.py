@@ -258,13 +258,14 @@ class DiagnosticsProbe:
                     row[columns.per_b("tr_S_b_mc", b)] = mom.tr_S_n
                     row[columns.per_b("tr_S_b_mc_se", b)] = 0.0
                     row[columns.per_b("rho_b_mc", b)] = 1.0
+                    row[columns.per_b("norm_g_b_mc", b)] = math.sqrt(mom.tr_S_n)
             elif b in res_cols and Kr >= 2:
                 self._sampled_b(row, mom, mom.weighted_grads[res_cols[b]], b)
 
     @staticmethod
     def _sampled_b(row: dict, mom: Moments, GB: Tensor, b: int) -> None:
         """From K sampled batch gradients g_{B_k} (rows of GB): R̄_b² = (‖Σ_k u_k‖² − K)/(K(K−1)) of the unit
-        vectors u_k, tr(S_b) ≈ mean_k ‖g_{B_k}‖² (unbiased, ± se) and ρ_b = tr S_n / that."""
+        vectors u_k, tr(S_b) ≈ mean_k ‖g_{B_k}‖² (unbiased, ± se), ρ_b = tr S_n / that and E‖g_b‖ ≈ mean_k ‖g_{B_k}‖."""
         Kr = GB.shape[0]
         nrm = GB.norm(dim=1)
         U = GB / nrm.clamp_min(torch.finfo(GB.dtype).tiny)[:, None]
@@ -275,6 +276,7 @@ class DiagnosticsProbe:
         row[columns.per_b("tr_S_b_mc", b)] = tr_mc
         row[columns.per_b("tr_S_b_mc_se", b)] = float(sq_b.std(ddof=1) / math.sqrt(Kr))
         row[columns.per_b("rho_b_mc", b)] = mom.tr_S_n / tr_mc if tr_mc > 0 else math.nan
+        row[columns.per_b("norm_g_b_mc", b)] = float(nrm.double().mean())
 
     def _expected_change(self, row: dict, op: LossOperator, mom: Moments, exp_cols: list[int], L0: float) -> None:
         """E_B[L(θ − η g_B)] − L(θ) over the sampled batches (± se); GD: L(θ − η∇L) − L(θ) exactly."""

@@ -2,7 +2,8 @@
 
 GD panels: ‖H‖ (blue) and ‖H‖_{S_n} (red) per probed step with 2/η dashed (the shaded span is the
 window the claims use). SGD panel: ‖H‖_{S_b} per b (rolling median from the table), each b's level
-2ρ_b/η (median over its window) as a dashed line of the same colour.
+2ρ_b/η (median over its window) as a dashed line of the same colour, and 2/η (the level's saturation for
+large b) as a dotted black line.
 """
 
 from __future__ import annotations
@@ -57,12 +58,14 @@ def _sgd(ax, sub: pd.DataFrame) -> None:
         lvl = r["level_median"].iloc[0]
         if np.isfinite(lvl):
             ax.axhline(lvl, color=pal[b], ls="--", lw=0.6)
+    ax.axhline(sub["two_over_eta"].iloc[0], color=style.BLACK, ls=":", lw=0.9)
     vals = sub["value_smooth"].to_numpy(float)
     if len(vals) and np.nanmin(vals) > 0:
         style.log2_axis(ax, "y")
     ax.set_ylabel(style.LABELS["ias_b"])
     handles = [Line2D([], [], color=pal[b], label=f"b={b}") for b in bs]
     handles.append(Line2D([], [], color=style.GREY, ls="--", label=style.LABELS["level"]))
+    handles.append(Line2D([], [], color=style.BLACK, ls=":", label=style.LABELS["two_over_eta"]))
     ax.legend(handles=handles, frameon=False, ncols=2 if len(bs) > 4 else 1, loc="best", fontsize=style.FONT_SIZE - 2)
 
 

@@ -1,9 +1,10 @@
 """Figure 5: the Linear and Saturation Scaling Rule.
 
 Left: the analytic LSSR (eq. 12), LSR and SRSR curves (n = 8192, ρ = 2^-7), log-log. Right: one
-heatmap of final test accuracy over (log2 b, log2 η) per data set, diverged cells marked '×', the
-best η per b circled, and the LSSR (f(b) = c·ρ_b), LSR and SRSR fits from the table. The heatmap is
-drawn with matplotlib's pcolormesh on log2 coordinates so the fitted curves share its axes.
+heatmap of the mean final test accuracy over seeds over (log2 b, log2 η) per data set, diverged cells
+marked '×', the best η per b circled with its bootstrap interval over seeds as an error bar,
+and the LSSR (f(b) = c·ρ_b), LSR and SRSR fits from the table. The heatmap is drawn with matplotlib's
+pcolormesh on log2 coordinates so the fitted curves share its axes.
 """
 
 from __future__ import annotations
@@ -78,6 +79,10 @@ def _heatmap(fig, ax, cells: pd.DataFrame, fits: pd.DataFrame, ds: str) -> None:
     if len(div):
         ax.scatter(div["log2_b"], div["log2_lr"], marker="x", color=style.BLACK, s=14, lw=0.8, zorder=4)
     best = cells[cells["is_best"].astype(bool)]
+    if len(best) and "lr_lo" in best.columns:
+        lo, hi = np.log2(best["lr_lo"].astype(float)), np.log2(best["lr_hi"].astype(float))
+        ax.errorbar(best["log2_b"], best["log2_lr"], yerr=[best["log2_lr"] - lo, hi - best["log2_lr"]], fmt="none",
+                    ecolor=style.BLACK, elinewidth=0.8, capsize=2, zorder=5)  # fmt: skip
     if len(best):
         ax.scatter(
             best["log2_b"],

@@ -4,8 +4,8 @@ Windows (read by claims C2 and C3):
 - GD: from the first step with ‖H‖_{S_n} ≥ 2/η; for CE runs the window ends at the first later step
   where the training loss falls below 1e-2 × its first probed value or the training accuracy reaches
   100% (the CE sharpness decays once the loss goes to 0), for MSE at the end of the run.
-- SGD: from the first step whose instability ratio tr(H S_b)/tr(S_n) reaches 2/η (the midpoint step
-  if never) to the end of the run.
+- SGD: from the first step whose instability ratio tr(H S_b)/tr(S_n) reaches 2/η to the end of the
+  run; no window (all ``in_window`` False, ``level_median`` NaN) when it never does.
 
 Each b's level 2ρ_b/η is reported per step and as its median over the window (``level_median``).
 ``value_smooth`` is a centred rolling median over ``smooth_window`` probed steps (default 5,
@@ -135,11 +135,11 @@ def sgd_panel(run: Run, panel: str, smooth_window: int) -> pd.DataFrame:
     inst = q["instability"].to_numpy(float)
     start = first_index(np.isfinite(inst) & (inst >= two))
     rule = "from the first step whose instability ratio tr(HS_b)/tr(S_n) reaches 2/η to the end of the run"
-    if start is None:
-        start = len(steps) // 2
-        rule = "instability ratio never reached 2/η: second half of the run"
     in_win = np.zeros(len(steps), dtype=bool)
-    in_win[start:] = True
+    if start is None:
+        rule = "the instability ratio tr(HS_b)/tr(S_n) never reached 2/η: no window"
+    else:
+        in_win[start:] = True
     lvl_med = float(np.nanmedian(level[in_win])) if np.isfinite(level[in_win]).any() else np.nan
     return pd.DataFrame(
         {
@@ -157,8 +157,8 @@ def sgd_panel(run: Run, panel: str, smooth_window: int) -> pd.DataFrame:
             "train_loss": run.col("loss").to_numpy(float),
             "train_acc": train_acc(run, steps),
             "in_window": in_win,
-            "window_start": steps[start] if len(steps) else np.nan,
-            "window_end": steps[-1] if len(steps) else np.nan,
+            "window_start": steps[start] if start is not None else np.nan,
+            "window_end": steps[-1] if start is not None else np.nan,
             "window_rule": rule,
         }
     )

@@ -7,6 +7,12 @@ least-squares fits of best η vs b: LSSR η*(b) = c·ρ_b(ρ) (eq. 12, c and ρ 
 SRSR η* = c·√b (c fitted); ``rmse_log2`` is the fit error in log2 η units. The left panel's analytic
 curves (n = 8192, ρ = 2^-7) are normalised to ρ at b = 1. γ, ρ_b(ρ) and the fits come from
 :mod:`lssr.scaling`.
+
+Rows of kind ``seed`` keep every run's final test accuracy with its ``seed``, so that the claims can
+resample seeds. Each best cell carries a percentile bootstrap interval over seeds of its η
+(``lr_lo``, ``lr_hi``: :data:`BOOT_LEVEL` of :data:`N_BOOT` resamples of the seeds with replacement, a
+NumPy generator seeded with ``boot_seed`` = :data:`BOOT_SEED`); a resample's best η per b is the argmax
+of its cell means, computed exactly as for the heatmap (:func:`best_lr_index`).
 """
 
 from __future__ import annotations
@@ -23,6 +29,10 @@ from .runs import Run, RunLike, load_runs
 # Figure 5 left panel (the paper's values)
 ANALYTIC_N = 8192
 ANALYTIC_RHO = 2.0**-7
+#: The bootstrap over seeds of the best η per b: resamples, the generator's seed and the interval's level.
+N_BOOT = 200
+BOOT_SEED = 20230501
+BOOT_LEVEL = 0.95
 
 COLUMNS = [
     "kind",
@@ -38,7 +48,12 @@ COLUMNS = [
     "status",
     "diverged",
     "n_seeds",
+    "seed",
     "is_best",
+    "lr_lo",
+    "lr_hi",
+    "boot_seed",
+    "n_boot",
     "value",
     "rho",
     "log2_c",
@@ -93,25 +108,94 @@ def _cell(ds: str, b, lr, g: pd.DataFrame) -> dict:
     }
 
 
-def cells(runs: list[Run]) -> pd.DataFrame:
-    """Heatmap cells over (data set, b, η): mean final test accuracy over seeds, diverged flag, best η per b."""
+def seed_rows(runs: list[Run]) -> pd.DataFrame:
+    """One row per run: (data set, b, η, seed), final test accuracy and whether it diverged."""
     recs = []
     for r in runs:
         acc = (r.meta.get("final") or {}).get("test_acc")
         acc = float(acc) if acc is not None else np.nan
         div = r.status == "diverged" or not math.isfinite(acc)
         recs.append(
-            {"dataset": r.dataset, "n": r.n, "replacement": r.replacement, "b": r.b, "lr": r.lr, "acc": acc, "div": div}
-        )
-    if not recs:
+            {"dataset": r.dataset, "n": r.n, "replacement": r.replacement, "b": r.b, "lr": r.lr,
+             "seed": int(r.config.get("seed", 0)), "acc": acc, "div": div}
+        )  # fmt: skip
+    return pd.DataFrame(recs)
+
+
+def cells(runs: list[Run]) -> pd.DataFrame:
+    """Heatmap cells over (data set, b, η): mean final test accuracy over seeds, diverged flag, best η per b."""
+    raw = seed_rows(runs)
+    if raw.empty:
         return pd.DataFrame()
-    raw = pd.DataFrame(recs)
     out = pd.DataFrame([_cell(ds, b, lr, g) for (ds, b, lr), g in raw.groupby(["dataset", "b", "lr"], sort=True)])
     out["is_best"] = False
     for _, g in out[~out["diverged"] & out["test_acc"].notna()].groupby(["dataset", "b"]):
         g = g.sort_values("lr", kind="stable")
         out.loc[g["test_acc"].idxmax(), "is_best"] = True
     return out
+
+
+def seed_cube(seeds: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """One data set's seed rows (columns b, lr, seed, test_acc, diverged) as arrays over (seed, b, η):
+    (bs, lrs, acc, diverged, present), bs and lrs ascending."""
+    bs, lrs, ss = (np.sort(pd.unique(seeds[c])) for c in ("b", "lr", "seed"))
+    shape = (len(ss), len(bs), len(lrs))
+    acc, div, present = np.full(shape, np.nan), np.zeros(shape, bool), np.zeros(shape, bool)
+    i, j, k = (np.searchsorted(v, seeds[c].to_numpy()) for v, c in ((ss, "seed"), (bs, "b"), (lrs, "lr")))
+    acc[i, j, k] = seeds["test_acc"].to_numpy(float)
+    div[i, j, k] = seeds["diverged"].to_numpy(bool)
+    present[i, j, k] = True
+    return bs, lrs, acc, div, present
+
+
+def best_lr_index(acc: np.ndarray, div: np.ndarray, present: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """Per b, the index of the best η (−1 if none) for seeds weighted by ``weights`` (a resample's counts):
+    the cell mean over non-diverged seeds, a cell diverged when most of its seeds diverged, ties to the smaller η."""
+    w = weights[:, None, None] * present
+    ok = w * (~div & np.isfinite(acc))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = np.nansum(ok * np.nan_to_num(acc), axis=0) / ok.sum(axis=0)
+        frac_div = (w * div).sum(axis=0) / w.sum(axis=0)
+    usable = (ok.sum(axis=0) > 0) & ~(frac_div > 0.5)
+    score = np.where(usable, mean, -np.inf)
+    best = np.argmax(score, axis=1)
+    return np.where(np.isfinite(score.max(axis=1)), best, -1)
+
+
+def bootstrap_best(seeds: pd.DataFrame, n_boot: int = N_BOOT, seed: int = BOOT_SEED) -> tuple[np.ndarray, np.ndarray]:
+    """(bs, idx) with idx[k, j] the best-η index of b = bs[j] in bootstrap resample k of the seeds."""
+    bs, _, acc, div, present = seed_cube(seeds)
+    rng = np.random.default_rng(seed)
+    n_s = acc.shape[0]
+    idx = np.empty((n_boot, len(bs)), dtype=int)
+    for k in range(n_boot):
+        idx[k] = best_lr_index(acc, div, present, np.bincount(rng.integers(0, n_s, n_s), minlength=n_s).astype(float))
+    return bs, idx
+
+
+def _seed_table(raw: pd.DataFrame) -> pd.DataFrame:
+    return pd.DataFrame(
+        {"kind": "seed", "dataset": raw["dataset"], "n": raw["n"], "replacement": raw["replacement"], "b": raw["b"],
+         "lr": raw["lr"], "seed": raw["seed"], "test_acc": raw["acc"].where(~raw["div"]),
+         "status": np.where(raw["div"], "diverged", "completed"), "diverged": raw["div"]}
+    )  # fmt: skip
+
+
+def _intervals(c: pd.DataFrame, seeds: pd.DataFrame) -> pd.DataFrame:
+    """The best cells' bootstrap interval of η over seeds (``lr_lo``, ``lr_hi``, ``boot_seed``, ``n_boot``)."""
+    c = c.copy()
+    c[["lr_lo", "lr_hi", "boot_seed", "n_boot"]] = np.nan
+    for ds, s in seeds.groupby("dataset", sort=True):
+        bs, idx = bootstrap_best(s)
+        lrs = np.sort(pd.unique(s["lr"]))
+        q = (1 - BOOT_LEVEL) / 2
+        for j, b in enumerate(bs):
+            got = np.log2(lrs[idx[:, j][idx[:, j] >= 0]])
+            sel = (c["dataset"] == ds) & (c["b"] == b) & c["is_best"]
+            if len(got) and sel.any():
+                c.loc[sel, ["lr_lo", "lr_hi"]] = 2.0 ** np.quantile(got, [q, 1 - q])
+                c.loc[sel, ["boot_seed", "n_boot"]] = [BOOT_SEED, N_BOOT]
+    return c
 
 
 def best_lr_per_b(table: pd.DataFrame, dataset: str) -> pd.DataFrame:
@@ -184,14 +268,17 @@ def build(
     """Figure 5: analytic LSSR/LSR/SRSR curves (left) and, per data set, heatmap cells over (b, η)
     with the best η per b and the fitted LSSR/LSR/SRSR curves (right)."""
     parts = _analytic(n_analytic, rho_analytic)
-    c = cells(load_runs(runs))
+    loaded = load_runs(runs)
+    c = cells(loaded)
     if len(c):
-        parts.append(c)
+        seeds = _seed_table(seed_rows(loaded))
+        parts.append(_intervals(c, seeds))
+        parts.append(seeds)
         for ds, g in c.groupby("dataset", sort=True):
             parts += _fits(ds, g)
     out = pd.concat(parts, ignore_index=True).reindex(columns=COLUMNS)
     out["log2_b"] = np.log2(out["b"].astype(float))
     out["log2_lr"] = np.log2(out["lr"].astype(float))
-    out["is_best"] = out["is_best"].fillna(False).astype(bool)
-    out["diverged"] = out["diverged"].fillna(False).astype(bool)
+    out["is_best"] = out["is_best"].eq(True)
+    out["diverged"] = out["diverged"].eq(True)
     return out

@@ -1,5 +1,6 @@
-"""Figure C.5 table: per probed step and b, measured ρ_b against R̄_b², and against eq. (12)
-evaluated at the measured ρ_1 = tr(S_n)/tr(S_1) (``rel_err`` = (ρ_b − eq12) / eq12)."""
+"""Figure C.5 table: per probed step and b, measured ρ_b against R̄_b² (with std‖g_b‖/E‖g_b‖, ``norm_cv``, the
+paper's condition for ρ_b ≈ R̄_b²), and against eq. (12) evaluated at the measured ρ_1 = tr(S_n)/tr(S_1)
+(``rel_err`` = (ρ_b − eq12) / eq12)."""
 
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ COLUMNS = [
     "rho_b",
     "rho_b_se",
     "resultant",
+    "norm_cv",
     "rho_1",
     "rho_b_eq12",
     "rel_err",
@@ -36,6 +38,9 @@ def _rows(run: Run, b: int, rho_1: np.ndarray) -> pd.DataFrame:
     rho = run.col(per_b("rho_b_mc", b)).to_numpy(float)
     tr_mc = run.col(per_b("tr_S_b_mc", b)).to_numpy(float)
     rho_se = rho * run.col(per_b("tr_S_b_mc_se", b)).to_numpy(float) / tr_mc
+    mean_norm = run.col(per_b("norm_g_b_mc", b)).to_numpy(float)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        cv = np.sqrt(np.maximum(tr_mc / mean_norm**2 - 1.0, 0.0))
     pred = scaling.rho_b(np.where(rho_1 > 0, rho_1, np.nan), run.n, b, run.replacement)
     return pd.DataFrame(
         {
@@ -51,6 +56,7 @@ def _rows(run: Run, b: int, rho_1: np.ndarray) -> pd.DataFrame:
             "rho_b": rho,
             "rho_b_se": rho_se,
             "resultant": run.col(per_b("resultant_b", b)).to_numpy(float),
+            "norm_cv": cv,
             "rho_1": rho_1,
             "rho_b_eq12": pred,
             "rel_err": (rho - pred) / pred,
@@ -64,7 +70,8 @@ def build(runs: Iterable[RunLike], **_options) -> pd.DataFrame:
     "Measured" ρ_b is the Monte-Carlo one, tr(S_n) / mean_k ‖g_{B_k}‖² over the probe's sampled batches
     (``rho_b_mc_<b>``), not the ``rho_b_<b>`` column, which identity (1) computes from ρ_1 and so agrees with
     eq. (12) by construction. ``rho_b_se`` is its delta-method standard error ρ_b · se(tr S_b)/tr S_b;
-    ``rel_err`` is signed, (ρ_b − eq12)/eq12. Steps without Monte-Carlo batches are left out."""
+    ``rel_err`` is signed, (ρ_b − eq12)/eq12. ``norm_cv`` = sqrt(mean_k ‖g_{B_k}‖² / (mean_k ‖g_{B_k}‖)² − 1)
+    (NaN when the probe did not record ``norm_g_b_mc``). Steps without Monte-Carlo batches are left out."""
     parts = []
     for run in diag_runs(runs):
         rho_1 = (run.col("tr_S_n") / run.col("tr_S_1")).to_numpy(float)
