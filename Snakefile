@@ -8,6 +8,10 @@ from snakemake.utils import min_version, validate
 min_version("8.0")
 
 
+# report.html opens with the verdict table (rule verdicts).
+report: "workflow/report/workflow.rst"
+
+
 # The demo config only when no --configfile is given: a config given on the command line is used
 # alone (never merged into the demo's); defaults come from lssr.config.
 if not workflow.overwrite_configfiles:
@@ -31,4 +35,5 @@ rule all:
     input:
         figure_targets(),
         "results/claims.csv",
+        "results/verdicts.csv",
         "results/tables/runs.csv",

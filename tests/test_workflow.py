@@ -126,7 +126,7 @@ def test_paper_dag_dry_run(tmp_path):
     runs, groups, used = _paper_expectation(paper)
     n_figs = len(FIGURES)
     expected = {"subset": len(used), "run_config": len(runs), "train": len(runs) - sum(map(len, groups.values())),
-                "table": n_figs, "figure": n_figs, "claims": 1, "runs_table": 1, "all": 1}
+                "table": n_figs, "figure": n_figs, "claims": 1, "verdicts": 1, "runs_table": 1, "all": 1}
     expected.update({f"train_group_{ds.replace('-', '_')}_b{b}": 1 for ds, b in groups})
     assert _job_counts(out) == expected
     assert (len(runs), len(groups), expected["train"]) == (556, 45, 16)  # as docs/CONFIGS.md reads paper.yaml

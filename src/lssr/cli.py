@@ -125,6 +125,23 @@ def cmd_runs_table(args: argparse.Namespace) -> None:
     write_csv(args.out, runs_table(args.runs))
 
 
+def cmd_verdicts(args: argparse.Namespace) -> None:
+    from .io import write_csv
+    from .report import verdict_table
+
+    table = _read_csv_arg(args.claims, "`lssr claims`")
+    write_csv(args.out, verdict_table(table))
+    print(f"wrote {len(table)} verdict rows to {args.out}")
+
+
+def _read_csv_arg(path: str, made_by: str):
+    import pandas as pd
+
+    if not Path(path).is_file():
+        raise LssrError(f"{path}: no such file (it is written by {made_by})")
+    return pd.read_csv(path)
+
+
 # -- the parser -----------------------------------------------------------------------------------
 
 
@@ -210,6 +227,11 @@ def _add_result_commands(sub) -> None:
     r.add_argument("--runs", nargs="+", required=True)
     r.add_argument("--out", required=True)
     r.set_defaults(func=cmd_runs_table)
+
+    v = sub.add_parser("verdicts", help="the verdict table that opens report.html, from results/claims.csv")
+    v.add_argument("--claims", required=True, help="results/claims.csv from `lssr claims`")
+    v.add_argument("--out", required=True, help="output CSV (reStructuredText-escaped), e.g. results/verdicts.csv")
+    v.set_defaults(func=cmd_verdicts)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,9 +1,12 @@
-"""The run table for the report: one row per training run (status, final accuracies, wall time,
-provenance: device, git commit, config hash, library versions)."""
+"""What the report shows besides figures: the run table (one row per training run: status, final
+accuracies, wall time, provenance) and the verdict table that opens report.html (one row per claim row of
+``results/claims.csv``, its text escaped for reStructuredText)."""
 
 from __future__ import annotations
 
 import json
+import math
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -40,3 +43,25 @@ def runs_table(run_dirs: list[str | Path]) -> pd.DataFrame:
             "config_hash": r.get("config_hash"), "torch": r.get("versions", {}).get("torch"),
         })
     return pd.DataFrame(rows, columns=RUN_COLUMNS)
+
+
+VERDICT_COLUMNS = ["claim", "kind", "source", "subject", "statistic", "value", "comparison", "threshold", "verdict"]
+_RST_SPECIAL = re.compile(r"([\\|*`_])")
+
+
+def rst_text(value) -> str:
+    """``value`` as reStructuredText literal text: ``\\ | * ` _`` escaped, NaN as an empty cell."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    if isinstance(value, float):
+        value = f"{value:.4g}"
+    return _RST_SPECIAL.sub(r"\\\1", str(value))
+
+
+def verdict_table(claims: pd.DataFrame) -> pd.DataFrame:
+    """The columns of ``claims.csv`` a reader needs first (claim, kind, source, subject, statistic, value,
+    comparison, threshold, verdict), in claim order, as escaped text for the report's csv-table."""
+    missing = [c for c in VERDICT_COLUMNS if c not in claims.columns]
+    if missing:
+        raise LssrError(f"claims table lacks the column(s) {', '.join(missing)}: rebuild it with `lssr claims`")
+    return claims[VERDICT_COLUMNS].apply(lambda col: col.map(rst_text))

@@ -11,3 +11,17 @@ rule runs_table:
         runs=" ".join(run_dirs(RUNS)),
     shell:
         "lssr runs-table --runs {params.runs} --out {output} > {log} 2>&1"
+
+
+# The verdict table that opens report.html (workflow/report/workflow.rst includes it).
+rule verdicts:
+    input:
+        "results/claims.csv",
+    output:
+        "results/verdicts.csv",
+    log:
+        "results/logs/verdicts.log",
+    conda:
+        "../../environment.yml"
+    shell:
+        "lssr verdicts --claims {input} --out {output} > {log} 2>&1"
