@@ -172,3 +172,20 @@ def test_monte_carlo_tr_S_b_agrees_with_identity(data, tmp_path):
         np.testing.assert_allclose(df[f"rho_b_mc_{b}"], df["tr_S_n"] / mc, rtol=1e-12)
     np.testing.assert_allclose(df[f"rho_b_mc_{N}"], 1.0)
     assert (df[f"tr_S_b_mc_{N}_se"] == 0).all()
+
+
+@pytest.mark.parametrize("batch_size", [4, "full"], ids=["sgd", "gd"])
+def test_consecutive_steps_give_the_cosine_of_consecutive_batch_gradients(data, tmp_path, batch_size):
+    # probe every 2 steps with `consecutive: true` observes steps 0,1, 2,3 (rows 0, 2): its cos(g_t, g_{t+1})
+    # (the direct batch-mean gradient of step t+1) must equal that of a probe at every step
+    # (g_{t+1} from the per-sample gradients weighted by the batch), on the same trajectory.
+    base = {"optim": {"lr": 0.05, "batch_size": batch_size}, "stop": {"steps": 4}, "model": {"name": "digits_cnn"}}
+    light = cfg_for(**base, probe={"every": 2, "consecutive": True, "top_eigenvalue": False})
+    dense = cfg_for(**base, probe={"every": 1, "top_eigenvalue": False})
+    a, b = tmp_path / "light", tmp_path / "dense"
+    assert run(light, data, a, True) == run(dense, data, b, True), "the probes changed the trajectory"
+    got = pd.read_csv(a / "diagnostics.csv").set_index("step")
+    want = pd.read_csv(b / "diagnostics.csv").set_index("step")
+    assert list(got.index) == [0, 2], "the step after a probed step adds no row"
+    np.testing.assert_allclose(got["cos_consecutive"], want.loc[[0, 2], "cos_consecutive"], atol=2e-5)
+    assert got["cos_consecutive"].notna().all()

@@ -93,6 +93,7 @@ class ProbeConfig:
     expected_change_batches: int = 0  # K sampled batches for E_B[L(θ − η g_B)] − L(θ); 0 = off
     resultant_batches: int = 0  # sampled batches for the mean resultant length R̄_b²; 0 = off
     valley: bool = False  # Figure-3 asymmetric-valley probes (GD)
+    consecutive: bool = False  # also observe step t+1 after each probed step t: cos(g_t, g_{t+1}) (§5.2)
     valley_alphas: tuple[float, ...] = (0.25, 0.5, 0.75, 1.0, 1.25)
     valley_s: tuple[float, ...] = (-0.5, -0.25, 0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0, 2.25, 2.5)
     seed: int = 12345

@@ -92,7 +92,7 @@ def _merge_probe(a: dict | None, b: dict | None) -> dict | None:
             out[k] = sorted(set(out[k]) | set(v))
         elif k in ("expected_change_batches", "resultant_batches", "probes"):
             out[k] = max(out[k], v)
-        elif k == "valley" or k == "top_eigenvalue":
+        elif k in ("valley", "top_eigenvalue", "consecutive"):
             out[k] = bool(out[k] or v)
         elif k == "eig_tol":
             out[k] = min(out[k], v)

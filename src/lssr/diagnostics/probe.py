@@ -80,12 +80,16 @@ class DiagnosticsProbe:
         self._current: dict | None = None
 
     # -- protocol ------------------------------------------------------------------------------
-    def wants(self, step: int) -> bool:
+    def scheduled(self, step: int) -> bool:
         """Probe steps start, start + every, ... before ``stop`` (exclusive, like ``range``)."""
         p = self.p
         if step < p.start or (p.stop is not None and step >= p.stop):
             return False
         return (step - p.start) % p.every == 0
+
+    def wants(self, step: int) -> bool:
+        """The scheduled steps, and with ``probe.consecutive`` the step after each (its batch gradient only)."""
+        return self.scheduled(step) or (self.p.consecutive and step > 0 and self.scheduled(step - 1))
 
     def before_step(self, ctx) -> None:
         model = ctx.model
@@ -93,7 +97,11 @@ class DiagnosticsProbe:
         try:
             if self.cfg.bn_mode == "eval":
                 model.eval()
-            self._current = self._measure(ctx)
+            if self.scheduled(ctx.step):
+                self._current = self._measure(ctx)
+            else:
+                self._current = None
+                self._step_gradient_only(ctx)
         finally:
             model.train(was)
 
@@ -289,6 +297,14 @@ class DiagnosticsProbe:
             d = np.array([op.at(theta - eta * WG[c]).loss() - L0 for c in exp_cols])
             row["expected_change"] = float(d.mean())
             row["expected_change_se"] = float(d.std(ddof=1) / math.sqrt(d.size)) if d.size > 1 else math.nan
+
+    def _step_gradient_only(self, ctx) -> None:
+        """Step t+1 after a probed step t: g_{t+1} (the batch's mean gradient; ∇L for GD) for cos(g_t, g_{t+1})."""
+        op = self._operator(ctx)
+        if not self.cfg.is_gd:
+            idx = ctx.batch_idx.to(op.x.device)
+            op = LossOperator(ctx.model, op.loss_fn, op.x[idx], op.y[idx], chunk_size=self.cfg.chunk_size, where="DiagnosticsProbe")
+        self._consecutive_cosine(ctx, op.gradient())
 
     def _consecutive_cosine(self, ctx, g_step: Tensor) -> None:
         """cos(g_{t−1}, g_t) of the step gradients of consecutive probed steps, written into row t − 1."""
