@@ -170,6 +170,12 @@ def test_monte_carlo_tr_S_b_agrees_with_identity(data, tmp_path):
         assert (se > 0).all() and (se < 0.2 * exact).all()
         assert ((mc - exact).abs() <= 4 * se).all(), (b, list(mc), list(exact), list(se))
         np.testing.assert_allclose(df[f"rho_b_mc_{b}"], df["tr_S_n"] / mc, rtol=1e-12)
+        # E‖g_b‖ from the same batches: mean_k ‖g_k‖ <= sqrt(mean_k ‖g_k‖²) on the sample (Jensen), and
+        # E‖g_b‖ >= ‖E g_b‖ = ‖∇L‖ (Jensen, unbiased batches), up to Monte-Carlo error
+        norm = df[f"norm_g_b_mc_{b}"]
+        assert (norm <= np.sqrt(mc) * (1 + 1e-12)).all()
+        assert (norm >= 0.9 * np.sqrt(df["tr_S_n"])).all()
+    np.testing.assert_allclose(df[f"norm_g_b_mc_{N}"], np.sqrt(df["tr_S_n"]), rtol=1e-12)
     np.testing.assert_allclose(df[f"rho_b_mc_{N}"], 1.0)
     assert (df[f"tr_S_b_mc_{N}_se"] == 0).all()
 
