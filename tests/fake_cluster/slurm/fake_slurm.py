@@ -5,7 +5,8 @@ wrapper around ``fake_slurm.py <command> ARGS``. State lives in ``$FAKE_SLURM_DI
 every sbatch call is appended, argv and all, as one JSON line to ``$FAKE_SLURM_LOG``.
 
 Knobs for the tests (environment variables):
-- FAKE_SLURM_RECORD_ONLY=1: sbatch records the call, runs nothing and the job ends as FAILED at once.
+- FAKE_SLURM_HOLD_GPU_JOBS=1: a job that requests a GPU (--gpus) is recorded and stays PENDING, as on a cluster
+  whose GPUs are all busy (this machine may have none); other jobs run.
 - FAKE_SLURM_KILL_MATCH=<text>, FAKE_SLURM_KILL_WHEN=<glob>: the first job whose command or comment contains
   <text> is killed (SIGKILL to its process group) as soon as a file matching <glob> (relative to the job's
   working directory) exists, and reported as TIMEOUT, as if it had hit its time limit.
@@ -90,8 +91,7 @@ def sbatch(argv):
            "workdir": opts.get("-D") or opts.get("--chdir") or os.getcwd(), "gpus": opts.get("--gpus"),
            "output": (opts.get("--output") or opts.get("-o") or f"slurm-{jobid}.out").replace("%j", jobid),
            "cpus": opts.get("--cpus-per-task") or opts.get("-c") or "1"}
-    if os.environ.get("FAKE_SLURM_RECORD_ONLY") == "1":
-        job["state"] = "FAILED"
+    if os.environ.get("FAKE_SLURM_HOLD_GPU_JOBS") == "1" and job["gpus"]:
         _save(job)
     else:
         _save(job)
@@ -102,7 +102,7 @@ def sbatch(argv):
 
 def _kill_requested(job):
     match = os.environ.get("FAKE_SLURM_KILL_MATCH")
-    if not match or (match not in job["command"] and match not in job["comment"]):
+    if not match or not any(match in job[k] for k in ("command", "comment", "name")):
         return False
     try:  # only the first matching job: an atomic marker
         os.close(os.open(STATE / "killed_once", os.O_CREAT | os.O_EXCL))
