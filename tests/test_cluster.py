@@ -19,7 +19,7 @@ FAKE = ROOT / "tests" / "fake_cluster" / "slurm"
 BIN = Path(sys.executable).parent
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
 TRAINING = ("train", "train_group_")
-BOOKKEEPING = ("run_config", "runs_table")  # `lssr write-config`, `lssr runs-table`: milliseconds each
+BOOKKEEPING = ("run_config", "runs_table", "verdicts")  # lssr write-config, runs-table, verdicts: milliseconds each
 
 sys.path.insert(0, str(FAKE))
 from fake_slurm import parse_options  # noqa: E402

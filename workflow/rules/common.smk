@@ -16,6 +16,20 @@ RESOURCES = PLAN.resources
 JOB_RESOURCES = PLAN.settings.job_resources()
 
 
+# With --sdm conda every job runs in the named environment "lssr" that environment.yml creates
+# (then `pip install --no-deps -e .`): a named environment works wherever Snakemake runs the job, while
+# an env file with `pip: -e .` breaks once Snakemake copies it elsewhere. One package, one environment.
+CONDA_ENV = "lssr"
+
+
+# Bookkeeping (milliseconds each): run on the submitting host, never as cluster jobs.
+localrules:
+    all,
+    run_config,
+    runs_table,
+    verdicts,
+
+
 # Runs trained by a batched group job (batch_runs: true) are excluded from the single-run rule.
 GROUPED = PLAN.grouped_runs
 SINGLE_RUN = (

@@ -5,7 +5,7 @@ rule subset:
     log:
         "results/logs/subset/{subset}.log",
     conda:
-        "../../environment.yml"
+        CONDA_ENV
     params:
         spec=lambda w: PLAN.subsets[w.subset]["spec"],
         seed=lambda w: PLAN.subsets[w.subset]["seed"],

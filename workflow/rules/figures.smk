@@ -9,7 +9,7 @@ rule table:
     log:
         "results/logs/table/{fig}.log",
     conda:
-        "../../environment.yml"
+        CONDA_ENV
     params:
         runs=lambda w: " ".join(run_dirs(PLAN.figures.get(w.fig, []))),
     shell:
@@ -28,7 +28,7 @@ rule figure:
     log:
         "results/logs/figure/{fig}.log",
     conda:
-        "../../environment.yml"
+        CONDA_ENV
     shell:
         "lssr figure {wildcards.fig} --table {input} --out {output.pdf} > {log} 2>&1"
 
@@ -38,11 +38,15 @@ rule claims:
         [f"results/tables/{f}.csv" for f in PLAN.figures if f in claim_tables()],
     output:
         report("results/claims.csv", caption="../report/claims.rst", category="Claims"),
-    params:
-        tables=" ".join(f"--table {f}=results/tables/{f}.csv" for f in PLAN.figures if f in claim_tables()),
     log:
         "results/logs/claims.log",
     conda:
-        "../../environment.yml"
+        CONDA_ENV
+    params:
+        tables=" ".join(
+            f"--table {f}=results/tables/{f}.csv"
+            for f in PLAN.figures
+            if f in claim_tables()
+        ),
     shell:
         "lssr claims {params.tables} --out {output} > {log} 2>&1"

@@ -6,7 +6,7 @@ rule runs_table:
     log:
         "results/logs/runs_table.log",
     conda:
-        "../../environment.yml"
+        CONDA_ENV
     params:
         runs=" ".join(run_dirs(RUNS)),
     shell:
@@ -22,6 +22,6 @@ rule verdicts:
     log:
         "results/logs/verdicts.log",
     conda:
-        "../../environment.yml"
+        CONDA_ENV
     shell:
         "lssr verdicts --claims {input} --out {output} > {log} 2>&1"

@@ -4,7 +4,7 @@ rule run_config:
     log:
         "results/logs/config/{run}.log",
     conda:
-        "../../environment.yml"
+        CONDA_ENV
     params:
         cfg=lambda w: json.dumps(RUNS[w.run], sort_keys=True),
     shell:
@@ -23,7 +23,7 @@ rule train:
     wildcard_constraints:
         run=SINGLE_RUN,
     conda:
-        "../../environment.yml"
+        CONDA_ENV
     threads: RESOURCES.threads
     resources:
         **JOB_RESOURCES,
@@ -50,7 +50,7 @@ if PLAN.settings.batch_runs:
             log:
                 f"results/logs/train_group/{_group}.log",
             conda:
-                "../../environment.yml"
+                CONDA_ENV
             threads: RESOURCES.threads
             resources:
                 **JOB_RESOURCES,
