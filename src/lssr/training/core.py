@@ -35,13 +35,18 @@ class RunResult:
 
 
 def resolve_device(name: str) -> torch.device:
-    """``auto`` -> cuda when available, else cpu."""
+    """``auto`` -> cuda when available, else cpu. Plain ``cuda`` (or ``auto``) with several visible GPUs ->
+    the GPU this process claimed (:mod:`lssr.gpus`: one job per GPU locally); ``cuda:N`` is taken as given."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
     if name.startswith("cuda") and not torch.cuda.is_available():
         from .. import LssrError
 
         raise LssrError(f"device: {name} was asked for but no CUDA device is available; use device: auto or cpu")
+    if name == "cuda" and torch.cuda.device_count() > 1:
+        from ..gpus import process_gpu
+
+        name = f"cuda:{process_gpu(torch.cuda.device_count())}"
     return torch.device(name)
 
 

@@ -1,0 +1,67 @@
+"""One GPU per local job: a training process asked for ``device: cuda`` (or ``auto``) on a machine with several
+visible GPUs claims the first free one, so that Snakemake's local ``gpu`` resource (as many jobs at once as
+the machine has GPUs, profiles/default) puts one job on each GPU instead of all of them on cuda:0.
+
+A claim is an exclusive, non-blocking ``flock`` on ``<lock_dir>/lssr-gpu-<i>.lock``, held until the process
+exits (the kernel releases it even after SIGKILL). On a cluster node that shows the job one GPU, nothing is
+claimed. Pure standard library: the caller passes the visible-GPU count.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import tempfile
+import warnings
+from pathlib import Path
+
+_HELD: list = []  # open lock files of this process's claims (closing one would release it)
+
+
+def lock_dir() -> Path:
+    """Where the GPU locks live: ``$LSSR_GPU_LOCK_DIR`` or the system's temporary folder."""
+    return Path(os.environ.get("LSSR_GPU_LOCK_DIR") or tempfile.gettempdir())
+
+
+def claim_gpu(count: int, folder: str | os.PathLike | None = None) -> int:
+    """Index of the first of ``count`` GPUs no other lssr process holds, now held by this one.
+
+    With one GPU (or none) returns 0 without locking. When every GPU is held (more jobs than GPUs, e.g.
+    ``--resources gpu=`` set above the count) it warns and returns 0: the job still runs, sharing cuda:0.
+    """
+    if count <= 1:
+        return 0
+    folder = Path(folder) if folder is not None else lock_dir()
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(count):
+        fh = open(folder / f"lssr-gpu-{i}.lock", "a")  # noqa: SIM115 - held open for the process's life
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            fh.close()
+            continue
+        _HELD.append(fh)
+        return i
+    warnings.warn(
+        f"all {count} GPUs are claimed by other lssr processes (locks in {folder}); using cuda:0. "
+        "Run at most one training job per GPU (profiles/default sets the local gpu resource to the GPU count).",
+        stacklevel=2,
+    )
+    return 0
+
+
+_CLAIMED: dict[str, int] = {}
+
+
+def process_gpu(count: int) -> int:
+    """This process's GPU: claimed once (:func:`claim_gpu`), the same index on every later call."""
+    if "index" not in _CLAIMED:
+        _CLAIMED["index"] = claim_gpu(count)
+    return _CLAIMED["index"]
+
+
+def release_all() -> None:
+    """Drop this process's claims (tests; a process's claims also end when it exits)."""
+    while _HELD:
+        _HELD.pop().close()
+    _CLAIMED.clear()
