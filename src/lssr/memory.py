@@ -14,9 +14,10 @@ a batched group: ``members`` stacked runs) from
   segment's input is kept, and one segment's saved tensors are recomputed at a time in the backward pass.
 
 The estimate (:class:`Estimate`) is resident bytes (weights, their gradients, buffers, the training and
-test data on the device) plus the step's activations: saved tensors (or, with checkpointing, the
-segment inputs plus the largest segment's saved tensors) plus a transient of two copies of the largest
-layer output (the gradient flowing in and out of a layer), times samples per pass times members.
+test data on the device) plus the step's activations: the peak over the backward pass of the saved
+tensors still live (each is freed once its layer's backward has run; with checkpointing, the kept
+segment inputs plus the saved tensors of the segment being recomputed) plus the gradients of the
+current layer's output and input, times samples per pass times members.
 Evaluation runs without autograd in ``chunk_size`` chunks and is counted when it is larger.
 
 Checked against measured peaks on the CPU in tests/test_memory.py (peak RSS of a subprocess, within
@@ -133,16 +134,32 @@ def _segment_input(p: Profile, start: int) -> int:
     return p.input if start == 0 else p.out[start - 1]
 
 
+def _backward_peak(p: Profile, segs: list[tuple[int, int]]) -> int:
+    """Per-sample peak of forward + backward along the chain cut into ``segs`` (one segment: no checkpointing).
+
+    The backward pass runs the segments last to first; while segment s runs, the inputs of segments 1..s
+    are still kept (later ones are freed) and its layers' saved tensors are freed as their backward runs,
+    so at layer l the live bytes are the saved tensors of the segment's layers up to l plus the gradients
+    of l's output and input. The batch's own input (gathered from the training set) is counted once."""
+    peak, kept = 0, 0
+    for i, (a, b) in enumerate(segs):
+        if i > 0:
+            kept += _segment_input(p, a)
+        saved = 0
+        for k in range(a, b):
+            saved += p.saved[k]
+            peak = max(peak, kept + saved + p.out[k] + _segment_input(p, k))
+    return p.input + peak
+
+
 def checkpointed_bytes(p: Profile, segs: list[tuple[int, int]]) -> int:
     """Per-sample activation bytes of a step with checkpointed segments (the last segment is not checkpointed)."""
-    kept = sum(_segment_input(p, a) for a, _ in segs[1:])
-    largest = max(sum(p.saved[a:b]) for a, b in segs)
-    return kept + largest + 2 * max(p.out)
+    return _backward_peak(p, segs)
 
 
 def plain_bytes(p: Profile) -> int:
-    """Per-sample activation bytes of a plain step: every saved tensor, plus the gradient transient."""
-    return sum(p.saved) + 2 * max(p.out)
+    """Per-sample activation bytes of a plain step (every saved tensor kept until its backward runs)."""
+    return _backward_peak(p, [(0, len(p.saved))])
 
 
 def eval_bytes(p: Profile) -> int:
