@@ -17,7 +17,9 @@ import torch
 
 from lssr.config import ConfigError, config_from_dict
 from lssr.data import Subset, SubsetSpec, build_subset, load_subset
+from lssr.figures import fig5 as fig5_figure
 from lssr.report import runs_table
+from lssr.tables import fig5
 from lssr.training import train, train_batched
 
 N = 128
@@ -99,7 +101,8 @@ def test_activation_checkpointing_changes_nothing(digits, b):
 def test_ghost_batch_recorded_in_run_json_and_run_table(digits, tmp_path):
     cfg = make_cfg(32, bn_ghost_batch=16, stop={"steps": 2})
     train(cfg, digits, tmp_path / "ghost", progress=False)
-    train(make_cfg(32, stop={"steps": 2}), digits, tmp_path / "batch", progress=False)
+    train(make_cfg(32, stop={"steps": 2}, optim={"lr": 0.05, "batch_size": 32}), digits, tmp_path / "batch",
+          progress=False)  # fmt: skip
     rec = json.loads((tmp_path / "ghost" / "run.json").read_text())
     assert rec["config"]["bn_ghost_batch"] == 16
     assert rec["training_forward"]["bn_statistics"] == "ghost"
@@ -108,6 +111,13 @@ def test_ghost_batch_recorded_in_run_json_and_run_table(digits, tmp_path):
     assert rec["training_forward"]["bn_statistics"] == "batch" and rec["training_forward"]["samples_per_pass"] == 32
     table = runs_table([tmp_path / "ghost", tmp_path / "batch"])
     assert list(table["bn_ghost_batch"].fillna(0).astype(int)) == [16, 0]
+    # Figure 5: the ghost-batch cell carries its size, the other none; the figure marks it (and draws)
+    t = fig5.build([tmp_path / "ghost", tmp_path / "batch"])
+    cells = t[t["kind"] == "cell"].set_index("lr")
+    assert cells.loc[0.1, "bn_ghost_batch"] == 16 and np.isnan(cells.loc[0.05, "bn_ghost_batch"])
+    fig, _ = fig5_figure.plot(t)
+    labels = [h.get_label() for h in fig.legends[0].legend_handles]
+    assert "ghost-batch BN (16)" in labels
 
 
 def test_ghost_batch_needs_batch_norm():
