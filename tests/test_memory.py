@@ -60,7 +60,11 @@ def test_estimate_within_25_percent_of_measured_peak(model, px, b, ckpt):
     env["PYTHONPATH"] = os.pathsep.join([str(HERE.parent / "src"), env.get("PYTHONPATH", "")])
     out = subprocess.run(
         [sys.executable, str(HERE / "memory_peak.py"), model, str(px), str(b), "1" if ckpt else "0"],
-        capture_output=True, text=True, env=env, timeout=600, check=True,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+        check=True,
     )
     measured = json.loads(out.stdout.strip().splitlines()[-1])["measured"]
     cfg = cfg_for(model, n=b, b=b)

@@ -118,6 +118,7 @@ class RunConfig:
     bn_mode: str = "train"
     # Training: batch norm normalises with the statistics of the whole mini-batch of b samples. An explicit
     # N trains with "ghost batches" instead: statistics (and forward passes) over chunks of N samples.
+    # A model without batch norm ignores it (its gradient does not depend on how the batch is chunked).
     bn_ghost_batch: int | None = None
     # Recompute activations in the backward pass (torch.utils.checkpoint) to fit a whole-batch forward:
     # auto = only when the pre-flight memory estimate says the plain step does not fit (lssr.memory).
@@ -276,11 +277,8 @@ def _check_run(cfg: RunConfig, where: str) -> None:
         raise bad("checkpoint_every", cfg.checkpoint_every, "must be >= 1 or null")
     if cfg.activation_checkpointing not in ACTIVATION_CHECKPOINTING:
         raise bad("activation_checkpointing", cfg.activation_checkpointing, "use auto, always or never")
-    if cfg.bn_ghost_batch is not None:
-        if cfg.bn_ghost_batch < 1:
-            raise bad("bn_ghost_batch", cfg.bn_ghost_batch, "a ghost-batch size >= 1, or null (the whole batch)")
-        if not cfg.model.batch_norm:
-            raise bad("bn_ghost_batch", cfg.bn_ghost_batch, "needs model.batch_norm: true; remove it (or set null)")
+    if cfg.bn_ghost_batch is not None and cfg.bn_ghost_batch < 1:
+        raise bad("bn_ghost_batch", cfg.bn_ghost_batch, "a ghost-batch size >= 1, or null (the whole batch)")
 
 
 def _check_stop(s: StopConfig, where: str) -> None:

@@ -199,8 +199,15 @@ def samples_per_pass(cfg) -> int:
     return min(b, cfg.chunk_size)
 
 
-def estimate(cfg, image_shape: tuple[int, ...], classes: int, n_test: int, members: int, dtype: torch.dtype,
-             checkpointing: bool = False) -> Estimate:
+def estimate(
+    cfg,
+    image_shape: tuple[int, ...],
+    classes: int,
+    n_test: int,
+    members: int,
+    dtype: torch.dtype,
+    checkpointing: bool = False,
+) -> Estimate:
     """The :class:`Estimate` of a job training ``members`` runs of ``cfg`` on images of ``image_shape``."""
     c, h = image_shape[0], image_shape[-1]
     p = profile(cfg.model.name, cfg.model.batch_norm, c, h, classes, dtype)
@@ -232,8 +239,17 @@ def _gib(x: float) -> str:
     return f"{x / GIB:.2f} GiB"
 
 
-def preflight(cfg, image_shape: tuple[int, ...], classes: int, n_test: int, members: int, dtype: torch.dtype,
-              device: torch.device, run: str, available: int | None = None) -> Estimate:
+def preflight(
+    cfg,
+    image_shape: tuple[int, ...],
+    classes: int,
+    n_test: int,
+    members: int,
+    dtype: torch.dtype,
+    device: torch.device,
+    run: str,
+    available: int | None = None,
+) -> Estimate:
     """Decide on activation checkpointing and refuse a job that will not fit.
 
     ``activation_checkpointing``: ``never`` / ``always`` as told; ``auto`` checkpoints only a batch-norm model

@@ -114,6 +114,12 @@ def _cell(ds: str, b, lr, g: pd.DataFrame) -> dict:
     }
 
 
+def _ghost(config: dict) -> float:
+    """The run's ghost-batch size when batch norm was trained in ghost batches, else NaN."""
+    g = config.get("bn_ghost_batch")
+    return float(g) if g and config.get("model", {}).get("batch_norm") else np.nan
+
+
 def seed_rows(runs: list[Run]) -> pd.DataFrame:
     """One row per run: (data set, b, η, seed), final test accuracy and whether it diverged."""
     recs = []
@@ -124,7 +130,7 @@ def seed_rows(runs: list[Run]) -> pd.DataFrame:
         recs.append(
             {"dataset": r.dataset, "n": r.n, "replacement": r.replacement, "b": r.b, "lr": r.lr,
              "seed": int(r.config.get("seed", 0)), "acc": acc, "div": div,
-             "ghost": float(r.config["bn_ghost_batch"]) if r.config.get("bn_ghost_batch") else np.nan}
+             "ghost": _ghost(r.config)}
         )  # fmt: skip
     return pd.DataFrame(recs)
 
