@@ -20,8 +20,13 @@ and from them an estimate of the GPU-hours of the full Figure-5 grid. GPU number
 assumed effective throughput (``--gpu-tflops``) until ``--gpu-json`` points at the output of
 ``benchmarks/gpu.sh`` (then the measured per-sample costs and per-step times replace the assumptions).
 
+Part 3 (``--no-checkpointing`` skips it): the step time of activation checkpointing (batch norm over the
+whole batch, lssr.training.forward) against a plain step, interleaved repetitions side by side, with the
+estimated activation-memory ratio (lssr.memory); the target is at most 1.4x.
+
 Usage: python benchmarks/bench_grid.py [--steps 300] [--threads 1] [--out results/bench/grid]
-       [--no-cost-model] [--gpu-json results/bench/gpu/gpu_bench.json] [--gpu-tflops 25]
+       [--no-cost-model] [--no-grid] [--no-checkpointing] [--ckpt-reps 6]
+       [--gpu-json results/bench/gpu/gpu_bench.json] [--gpu-tflops 25]
 """
 
 from __future__ import annotations
@@ -293,6 +298,61 @@ def part2(args) -> dict:
     return res
 
 
+def checkpointing_cost(args) -> dict:
+    """Part 3: step time with activation checkpointing against a plain step, side by side (interleaved
+    repetitions, medians), batch norm in train mode over the whole batch: one model (lssr.training.single's
+    step) and a stacked group of 4 members (lssr.training.forward's vmapped checkpointed forward)."""
+    from lssr.losses import per_sample_loss
+    from lssr.memory import checkpointed_bytes, plain_bytes, profile, segments_for
+    from lssr.models import build_model
+    from lssr.training.forward import backward_keeping_buffers, checkpointed_forward, stacked_checkpointed_forward
+    from lssr.training.single import chunked_loss_and_grad
+    from lssr.training.stack import Stack
+
+    loss_ps = per_sample_loss("ce")
+    out = {}
+    print("\n## Activation checkpointing: step time against a plain step (side by side, medians)\n")
+    print("| model | px | b | members | plain s/step | checkpointed s/step | ratio | act. memory ckpt/plain (est.) |")
+    print("|---|---|---|---|---|---|---|---|")
+    for name, px, b, members in (("cnn6", 32, 128, 1), ("resnet9", 32, 64, 1), ("cnn6", 32, 32, 4)):
+        torch.manual_seed(0)
+        prof = profile(name, True, 3, px, 10, torch.float32)
+        segs = segments_for(prof)
+        x, y = torch.randn(b, 3, px, px), torch.randint(10, (b,))
+        idx = torch.arange(b)
+        if members == 1:
+            model = build_model(name, 3, 10, True).train()
+            ck = checkpointed_forward(model, segs)
+
+            def step(checkpointed: bool) -> None:
+                chunked_loss_and_grad(model, x, y, idx, loss_ps, b, ck if checkpointed else None)
+                model.zero_grad(set_to_none=True)
+        else:
+            models = [build_model(name, 3, 10, True).train() for _ in range(members)]
+            stack = Stack(models[0], models)
+            ck_stack = stacked_checkpointed_forward(stack, segs)
+
+            def step(checkpointed: bool) -> None:
+                out_ = ck_stack(x, False) if checkpointed else stack.forward(x, False)
+                loss = loss_ps(out_.reshape(-1, out_.shape[-1]), y.repeat(members)).sum() / b
+                backward_keeping_buffers(loss, list(stack.buffers.values()) if checkpointed else None)
+                for p in stack.params.values():
+                    p.grad = None
+        times = {False: [], True: []}
+        for rep in range(args.ckpt_reps + 1):
+            for mode in (False, True) if rep % 2 == 0 else (True, False):
+                t = time.perf_counter()
+                step(mode)
+                if rep:  # the first round warms up
+                    times[mode].append(time.perf_counter() - t)
+        plain, ckpt = float(np.median(times[False])), float(np.median(times[True]))
+        mem = checkpointed_bytes(prof, segs) / plain_bytes(prof)
+        key = f"{name}_{px}px_b{b}_m{members}"
+        out[key] = {"plain_s": plain, "checkpointed_s": ckpt, "ratio": ckpt / plain, "memory_ratio_est": mem}
+        print(f"| {name} | {px} | {b} | {members} | {plain:.3f} | {ckpt:.3f} | {ckpt / plain:.2f}x | {mem:.2f} |")
+    return out
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--steps", type=int, default=300)
@@ -300,6 +360,8 @@ def main() -> int:
     ap.add_argument("--out", default=str(ROOT / "results" / "bench" / "grid"))
     ap.add_argument("--no-cost-model", action="store_true")
     ap.add_argument("--no-grid", action="store_true")
+    ap.add_argument("--no-checkpointing", action="store_true", help="skip part 3 (activation checkpointing cost)")
+    ap.add_argument("--ckpt-reps", type=int, default=6, help="interleaved repetitions per mode in part 3")
     ap.add_argument("--gpu-json", default=str(ROOT / "results" / "bench" / "gpu" / "gpu_bench.json"))
     ap.add_argument("--gpu-tflops", type=float, default=25.0, help="assumed effective GPU throughput when no gpu.sh output exists")
     args = ap.parse_args()
@@ -311,6 +373,8 @@ def main() -> int:
             result["grid"] = part1(args, Path(work))
     if not args.no_cost_model:
         result["cost_model"] = part2(args)
+    if not args.no_checkpointing:
+        result["checkpointing"] = checkpointing_cost(args)
     (out_dir / "bench_grid.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
     print(f"\nwrote {out_dir / 'bench_grid.json'}")
     return 0

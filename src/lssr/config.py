@@ -16,6 +16,8 @@ A run config is a YAML mapping with the sections below (every key optional excep
     eval_every: 10
     chunk_size: 512          # memory chunk for full-batch passes, separate from batch_size
     bn_mode: train           # train | eval: batch-norm mode used by the Hessian probes
+    bn_ghost_batch: null     # N: batch-norm statistics over chunks of N samples (opt-in); null: the whole batch
+    activation_checkpointing: auto   # auto (only when the pre-flight estimate needs it) | always | never
     probe: {every: 10, batch_sizes: [8, 32], ...}          # see ProbeConfig
 """
 
@@ -39,6 +41,7 @@ MODEL_NAMES = ("cnn6", "digits_cnn", "resnet9", "wrn28_2")
 LOSS_NAMES = ("ce", "mse")
 ESTIMATORS = ("exact", "sketch", "auto")
 BN_MODES = ("train", "eval")
+ACTIVATION_CHECKPOINTING = ("auto", "always", "never")
 
 
 class ConfigError(LssrError):
@@ -114,6 +117,13 @@ class RunConfig:
     log_every: int = 1
     chunk_size: int = 512
     bn_mode: str = "train"
+    # Training: batch norm normalises with the statistics of the whole mini-batch of b samples. An explicit
+    # N trains with "ghost batches" instead: statistics (and forward passes) over chunks of N samples.
+    # A model without batch norm ignores it (its gradient does not depend on how the batch is chunked).
+    bn_ghost_batch: int | None = None
+    # Recompute activations in the backward pass (torch.utils.checkpoint) to fit a whole-batch forward:
+    # auto = only when the pre-flight memory estimate says the plain step does not fit (lssr.memory).
+    activation_checkpointing: str = "auto"
     probe: ProbeConfig | None = None
     checkpoint_every: int | None = None
     name: str | None = None
@@ -266,6 +276,10 @@ def _check_run(cfg: RunConfig, where: str) -> None:
             raise bad(key, getattr(cfg, key), "must be >= 1")
     if cfg.checkpoint_every is not None and cfg.checkpoint_every < 1:
         raise bad("checkpoint_every", cfg.checkpoint_every, "must be >= 1 or null")
+    if cfg.activation_checkpointing not in ACTIVATION_CHECKPOINTING:
+        raise bad("activation_checkpointing", cfg.activation_checkpointing, "use auto, always or never")
+    if cfg.bn_ghost_batch is not None and cfg.bn_ghost_batch < 1:
+        raise bad("bn_ghost_batch", cfg.bn_ghost_batch, "a ghost-batch size >= 1, or null (the whole batch)")
 
 
 def _check_stop(s: StopConfig, where: str) -> None:
@@ -387,7 +401,10 @@ def deep_update(base: dict, upd: dict) -> dict:
 # ---------------------------------------------------------------------------------------------
 
 # Run-level keys a workflow config may set at the top level or per experiment (defaults: RunConfig's).
-RUN_KEYS = ("seed", "device", "eval_every", "log_every", "chunk_size", "bn_mode", "checkpoint_every")
+RUN_KEYS = (
+    "seed", "device", "eval_every", "log_every", "chunk_size", "bn_mode", "bn_ghost_batch", "activation_checkpointing",
+    "checkpoint_every",
+)
 # Stop keys an experiment may set (defaults: StopConfig's).
 STOP_KEYS = ("steps", "epochs", "train_loss_goal", "train_acc_goal", "divergence_bound")
 # Figure 5 with ``batch_sizes: powers_of_two``: b = 2^k from this value up to n (the paper: from 2^3).

@@ -30,6 +30,8 @@ class CNN6(nn.Module):
     layers 2, 4 and 6, global average pool, one linear classifier. 0.51M parameters without batch norm
     (3 input channels, 10 classes), as the paper's 6CNN (m = 0.51M)."""
 
+    LAYERS = ("features", "classifier")
+
     WIDTHS = (32, 64, 64, 128, 128, 200)
 
     def __init__(self, in_channels: int = 3, num_classes: int = 10, batch_norm: bool = False):
@@ -64,6 +66,8 @@ class ResNet9(nn.Module):
     [conv, pool, residual(2 convs)], conv+pool, [conv, pool, residual], global pool, linear.
     Widths (w, 2w, 4w, 8w) with w = 38 give 2.32M parameters, the paper's m = 2.3M (the usual
     w = 64 gives 6.6M)."""
+
+    LAYERS = ("net", "classifier")
 
     def __init__(self, in_channels: int = 3, num_classes: int = 10, batch_norm: bool = False, width: int = 38):
         super().__init__()
@@ -113,6 +117,8 @@ class WideResNet(nn.Module):
     WRN-28-2 has 1.47M parameters with batch norm (the paper's text says 36M, which is WRN-28-10's
     count; we follow the name)."""
 
+    LAYERS = ("features", "classifier")
+
     def __init__(
         self, in_channels: int = 3, num_classes: int = 10, batch_norm: bool = False, depth: int = 28, widen: int = 2
     ):
@@ -138,6 +144,8 @@ class WideResNet(nn.Module):
 class DigitsCNN(nn.Module):
     """The demo's small CNN for 8x8 digits (conv16-conv16-pool-fc64-fc10, 19.6k parameters on
     1x8x8 inputs). Its fully connected part sees a 4x4 map (adaptive average pool), so larger inputs work too."""
+
+    LAYERS = ("features", "classifier")
 
     def __init__(self, in_channels: int = 1, num_classes: int = 10, batch_norm: bool = False):
         super().__init__()
@@ -179,3 +187,20 @@ def count_parameters(model: nn.Module) -> int:
 
 def has_batch_norm(model: nn.Module) -> bool:
     return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+
+
+def forward_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """The model as a chain of layers (qualified name, module) whose composition is ``model.forward``:
+    the children of the attributes named in the class's ``LAYERS``, in order (a ``Sequential`` is
+    expanded, a residual block stays one layer). Activation checkpointing cuts this chain into segments."""
+    names = getattr(type(model), "LAYERS", None)
+    if names is None:
+        raise LssrError(f"{type(model).__name__} has no LAYERS attribute, so it cannot be split for checkpointing")
+    out: list[tuple[str, nn.Module]] = []
+    for attr in names:
+        mod = getattr(model, attr)
+        if isinstance(mod, nn.Sequential):
+            out += [(f"{attr}.{k}", m) for k, m in mod.named_children()]
+        else:
+            out.append((attr, mod))
+    return out

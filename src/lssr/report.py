@@ -1,6 +1,7 @@
-"""What the report shows besides figures: the run table (one row per training run: status, final
-accuracies, wall time, provenance) and the verdict table that opens report.html (one row per claim row of
-``results/claims.csv``, its text escaped for reStructuredText)."""
+"""What the report shows besides figures: the run table (one row per training run: status, final accuracies,
+wall time, provenance: device, git commit, config hash, library versions; ``bn_ghost_batch`` when batch norm
+was trained in ghost batches, and whether activation checkpointing was used) and the verdict table that opens
+report.html (one row per claim row of ``results/claims.csv``, its text escaped for reStructuredText)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,8 @@ import pandas as pd
 from . import LssrError
 
 RUN_COLUMNS = [
-    "run", "status", "steps", "dataset", "n", "model", "batch_norm", "loss", "b", "lr", "seed", "replacement",
+    "run", "status", "steps", "dataset", "n", "model", "batch_norm", "bn_ghost_batch", "activation_checkpointing", "loss",
+    "b", "lr", "seed", "replacement",
     "final_train_loss", "final_train_acc", "final_test_loss", "final_test_acc", "wall_time_s", "device",
     "git_commit", "config_hash", "torch",
 ]
@@ -35,7 +37,10 @@ def runs_table(run_dirs: list[str | Path]) -> pd.DataFrame:
         fin = r.get("final", {}) or {}
         rows.append({
             "run": d.name, "status": r["status"], "steps": r["steps"], "dataset": c["data"]["dataset"], "n": c["data"]["n"],
-            "model": c["model"]["name"], "batch_norm": c["model"]["batch_norm"], "loss": c["loss"],
+            "model": c["model"]["name"], "batch_norm": c["model"]["batch_norm"],
+            "bn_ghost_batch": c.get("bn_ghost_batch"),
+            "activation_checkpointing": (r.get("training_forward") or {}).get("activation_checkpointing"),
+            "loss": c["loss"],
             "b": c["optim"]["batch_size"], "lr": c["optim"]["lr"], "seed": c["seed"], "replacement": c["optim"]["replacement"],
             "final_train_loss": fin.get("train_loss"), "final_train_acc": fin.get("train_acc"),
             "final_test_loss": fin.get("test_loss"), "final_test_acc": fin.get("test_acc"),

@@ -2,7 +2,7 @@
 
 Left: the analytic LSSR (eq. 12), LSR and SRSR curves (n = 8192, ρ = 2^-7), log-log. Right: one
 heatmap of the mean final test accuracy over seeds over (log2 b, log2 η) per data set, diverged cells
-marked '×', the best η per b circled with its bootstrap interval over seeds as an error bar,
+marked '×', cells trained with ghost-batch batch norm (``bn_ghost_batch``) framed by a square, the best η per b circled with its bootstrap interval over seeds as an error bar,
 and the LSSR (f(b) = c·ρ_b), LSR and SRSR fits from the table. The heatmap is drawn with matplotlib's
 pcolormesh on log2 coordinates so the fitted curves share its axes.
 """
@@ -43,6 +43,15 @@ def _rule_handles() -> list[Line2D]:
     ]
 
 
+def _ghost_handle(cells: pd.DataFrame) -> list[Line2D]:
+    """The legend entry of the ghost-batch marker, when some cell was trained with ``bn_ghost_batch``."""
+    if "bn_ghost_batch" not in cells.columns or cells["bn_ghost_batch"].isna().all():
+        return []
+    sizes = ", ".join(f"{int(v)}" for v in sorted(pd.unique(cells["bn_ghost_batch"].dropna())))
+    return [Line2D([], [], ls="", marker="s", markerfacecolor="none", markeredgecolor=style.BLACK,
+                   label=f"ghost-batch BN ({sizes})")]  # fmt: skip
+
+
 def _analytic(ax, sub: pd.DataFrame) -> None:
     if sub.empty:
         style.empty_panel(ax, "no analytic curves")
@@ -78,6 +87,11 @@ def _heatmap(fig, ax, cells: pd.DataFrame, fits: pd.DataFrame, ds: str) -> None:
     div = cells[cells["diverged"].astype(bool)]
     if len(div):
         ax.scatter(div["log2_b"], div["log2_lr"], marker="x", color=style.BLACK, s=14, lw=0.8, zorder=4)
+    if "bn_ghost_batch" in cells.columns:
+        ghost = cells[cells["bn_ghost_batch"].notna()]
+        if len(ghost):
+            ax.scatter(ghost["log2_b"], ghost["log2_lr"], marker="s", facecolor="none", edgecolor=style.BLACK,
+                       s=30, lw=0.5, ls=":", zorder=4)  # fmt: skip
     best = cells[cells["is_best"].astype(bool)]
     if len(best) and "lr_lo" in best.columns:
         lo, hi = np.log2(best["lr_lo"].astype(float)), np.log2(best["lr_hi"].astype(float))
@@ -153,7 +167,8 @@ def plot(table: pd.DataFrame):
                     label=r"best $\eta$",
                 ),
                 Line2D([], [], ls="", marker="x", color=style.BLACK, label="diverged"),
-            ],
+            ]
+            + _ghost_handle(cells_all),
             loc="outside lower center",
             ncols=5,
             frameon=False,

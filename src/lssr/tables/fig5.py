@@ -8,6 +8,10 @@ SRSR η* = c·√b (c fitted); ``rmse_log2`` is the fit error in log2 η units. 
 curves (n = 8192, ρ = 2^-7) are normalised to ρ at b = 1. γ, ρ_b(ρ) and the fits come from
 :mod:`lssr.scaling`.
 
+A cell whose runs trained batch norm in ghost batches (the opt-in ``bn_ghost_batch``, statistics over
+chunks of that many samples instead of the whole mini-batch) carries that size in ``bn_ghost_batch``
+(NaN otherwise); the figure marks such cells.
+
 Rows of kind ``seed`` keep every run's final test accuracy with its ``seed``, so that the claims can
 resample seeds. Each best cell carries a percentile bootstrap interval over seeds of its η
 (``lr_lo``, ``lr_hi``: :data:`BOOT_LEVEL` of :data:`N_BOOT` resamples of the seeds with replacement, a
@@ -48,6 +52,7 @@ COLUMNS = [
     "status",
     "diverged",
     "n_seeds",
+    "bn_ghost_batch",
     "seed",
     "is_best",
     "lr_lo",
@@ -105,7 +110,14 @@ def _cell(ds: str, b, lr, g: pd.DataFrame) -> dict:
         "status": "diverged" if diverged else "completed",
         "diverged": diverged,
         "n_seeds": len(g),
+        "bn_ghost_batch": g["ghost"].max(),  # NaN unless batch norm was trained in ghost batches (opt-in)
     }
+
+
+def _ghost(config: dict) -> float:
+    """The run's ghost-batch size when batch norm was trained in ghost batches, else NaN."""
+    g = config.get("bn_ghost_batch")
+    return float(g) if g and config.get("model", {}).get("batch_norm") else np.nan
 
 
 def seed_rows(runs: list[Run]) -> pd.DataFrame:
@@ -117,7 +129,8 @@ def seed_rows(runs: list[Run]) -> pd.DataFrame:
         div = r.status == "diverged" or not math.isfinite(acc)
         recs.append(
             {"dataset": r.dataset, "n": r.n, "replacement": r.replacement, "b": r.b, "lr": r.lr,
-             "seed": int(r.config.get("seed", 0)), "acc": acc, "div": div}
+             "seed": int(r.config.get("seed", 0)), "acc": acc, "div": div,
+             "ghost": _ghost(r.config)}
         )  # fmt: skip
     return pd.DataFrame(recs)
 

@@ -13,8 +13,9 @@ see tests/test_batched.py for why float32 runs may part at a max-pooling near-ti
 - the same initialisation: :func:`~lssr.training.core.init_model` per member, as ``train()``;
 - the same batches: one :class:`~lssr.training.BatchSampler` with the same seed (members with different
   seeds get one sampler each, and the data are gathered per member);
-- the same chunking over memory (``cfg.chunk_size`` samples per forward/backward, chunk losses summed
-  and divided by b once), so batch-norm statistics are computed over the same chunks;
+- the same training forward pass (:mod:`lssr.training.forward`): the whole mini-batch for a batch-norm model
+  (its statistics over the b samples; ghost batches of ``bn_ghost_batch`` only when set), ``chunk_size``
+  chunks for a model without batch norm, activation checkpointing where the pre-flight estimate needs it;
 - the same evaluation schedule (every ``eval_every`` steps and at the last step), the same stop rule
   (:func:`~lssr.training.core.stop_verdict`: divergence of the training loss, loss / accuracy goals, step
   budget; :func:`~lssr.training.core.record_batch_loss`: divergence of the batch loss),
@@ -71,11 +72,13 @@ from .core import (
     metrics_row,
     progress_bar,
     record_batch_loss,
+    resolve_device,
     set_up,
     status_of,
     stop_verdict,
     total_steps,
 )
+from .forward import StepPlan, backward_keeping_buffers, plan_step, stacked_checkpointed_forward
 from .outputs import write_metrics, write_run_outputs
 from .sampler import BatchSampler, steps_per_epoch
 from .stack import Member, Stack
@@ -167,8 +170,15 @@ def train_batched(
     return _train_group(cfgs, data, out_dirs, progress)
 
 
+def _group_name(cfgs: list[RunConfig]) -> str:
+    """How the pre-flight message names a group: its first run and its size."""
+    first = cfgs[0].name or f"{cfgs[0].model.name} b={cfgs[0].batch_size}"
+    return f"batched group of {len(cfgs)} runs ({first}, ...)" if len(cfgs) > 1 else first
+
+
 def _train_group(cfgs: list[RunConfig], data: Subset, out_dirs: list, progress: bool) -> list[RunResult]:
     cfg0 = cfgs[0]
+    plan = plan_step(cfg0, data, len(cfgs), resolve_device(cfg0.device), _group_name(cfgs))  # before any step
     if cfg0.checkpoint_every:
         warnings.warn(
             "checkpoint_every is set but train-batch writes no checkpoints (a killed group restarts from step 0); "
@@ -176,6 +186,7 @@ def _train_group(cfgs: list[RunConfig], data: Subset, out_dirs: list, progress: 
             stacklevel=3,
         )
     group = _Group(cfgs, data, out_dirs)
+    group.step_plan = plan
     lrs = ",".join(f"{c.optim.lr:g}" for c in cfgs)
     bar = progress_bar(progress, group.T, f"train-batch {cfg0.model.name} b={cfg0.batch_size} η={lrs}")
     results = group.run(bar)
@@ -295,10 +306,26 @@ class _Group:
             return idx.pin_memory().to(self.device, non_blocking=True)
         return idx.to(self.device)
 
+    step_plan: StepPlan | None = None  # set by _train_group from the pre-flight check
+    _ckpt_forward = None
+
+    def _train_forward(self, K: int) -> tuple[int, object, list | None]:
+        """Samples per forward pass (b for batch norm: whole-batch statistics), the forward function
+        (checkpointed where the plan says so) and the buffers to keep through a checkpointed backward."""
+        plan = self.step_plan
+        if plan is None:
+            plan = self.step_plan = plan_step(self.cfg0, self.data, K, self.device, _group_name(self.cfgs))
+        if not plan.checkpointing:
+            return plan.per_pass, self.stack.forward, None
+        if self._ckpt_forward is None:
+            self._ckpt_forward = stacked_checkpointed_forward(self.stack, plan.segments)
+        return plan.per_pass, self._ckpt_forward, list(self.stack.buffers.values())
+
     def sgd_step(self, idx: torch.Tensor | None) -> torch.Tensor:
         """θ_m ← θ_m − η_m ∇L_B(θ_m) for every active member m; the batch losses (members,), on the device."""
-        stack, x_tr, y_tr, b, chunk = self.stack, self.data.x_train, self.data.y_train, self.b, self.chunk
+        stack, x_tr, y_tr, b = self.stack, self.data.x_train, self.data.y_train, self.b
         K = len(self.active)
+        chunk, forward, keep = self._train_forward(K)
         total = torch.zeros(K, device=self.device, dtype=x_tr.dtype)
         old_buffers = {k: v.clone() for k, v in stack.buffers.items()}
         for s in range(0, b, chunk):
@@ -310,11 +337,11 @@ class _Group:
             else:
                 j = idx[:, s : s + chunk]
                 xc, yc, batched = x_tr[j], y_tr[j], True
-            out = stack.forward(xc, batched)
+            out = forward(xc, batched)
             c = out.shape[1]
             yk = yc.reshape(-1) if batched else yc.repeat(K)
             loss = self.loss_ps(out.reshape(K * c, out.shape[-1]), yk).view(K, c).sum(1) / b
-            loss.sum().backward()
+            backward_keeping_buffers(loss.sum(), keep)
             total += loss.detach()
         alive_before = self.alive_k.clone()
         bad = ~torch.isfinite(total) | (total.double() > self.bound_k)
@@ -355,7 +382,8 @@ class _Group:
             metrics = write_metrics(m.out_dir / "metrics.csv", m.rows)
             write_run_outputs(
                 m.out_dir, m.cfg, state, metrics, self.data, self.device, wall, status=m.status, steps=m.steps,
-                stopped_by=m.stopped_by, extra={"batched": {"group_size": len(self.cfgs), "member": m.index}},
+                stopped_by=m.stopped_by,
+                extra={"batched": {"group_size": len(self.cfgs), "member": m.index}, **self.step_plan.record()},
             )
         else:
             metrics = pd.DataFrame(m.rows, columns=METRIC_COLUMNS)

@@ -1,7 +1,10 @@
 """One run: vanilla SGD / GD, θ ← θ − η g_b, constant η, no momentum, no weight decay.
 
-- b from 1 to n (b = n is full-batch GD); batches are computed in memory chunks of ``chunk_size``
-  samples (chunk losses summed, divided by b once), so memory stays bounded for any b.
+- b from 1 to n (b = n is full-batch GD). A model with batch norm runs the forward pass over the whole
+  mini-batch, so its statistics are those of the b samples (``bn_ghost_batch: N`` opts into ghost batches
+  of N); activation checkpointing keeps that within memory where the pre-flight estimate says it is
+  needed (:mod:`lssr.memory`, :mod:`lssr.training.forward`). A model without batch norm is computed in
+  memory chunks of ``chunk_size`` samples (chunk losses summed, divided by b once).
 - Sampling without replacement (a fresh permutation each epoch, n // b steps an epoch; default)
   or with replacement (b indices drawn uniformly each step).
 - One seed drives the initialisation (global RNG at model build) and the batch sampler (its own
@@ -46,20 +49,33 @@ from .core import (
     stop_verdict,
     total_steps,
 )
+from .forward import backward_keeping_buffers, checkpointed_forward, plan_step
 from .outputs import CHECKPOINT, load_checkpoint, save_checkpoint, write_run_outputs
 from .sampler import BatchSampler
 
 
 def chunked_loss_and_grad(
-    model: nn.Module, x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor, loss_per_sample: Callable, chunk_size: int
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    idx: torch.Tensor,
+    loss_per_sample: Callable,
+    chunk_size: int,
+    forward: Callable | None = None,
 ) -> torch.Tensor:
-    """Accumulate ∇ L_B = ∇ (1/b) Σ_{i∈B} ℓ_i into ``p.grad`` in chunks; return L_B (detached)."""
+    """Accumulate ∇ L_B = ∇ (1/b) Σ_{i∈B} ℓ_i into ``p.grad`` in forward passes of ``chunk_size`` samples;
+    return L_B (detached). ``forward`` (default ``model``) may be checkpointed
+    (:func:`~lssr.training.forward.checkpointed_forward`): then the batch-norm buffers are kept as the
+    forward pass left them. For a batch-norm model in train mode the training step passes chunk_size = b
+    (statistics over the whole mini-batch) or ``bn_ghost_batch``."""
     total = torch.zeros((), device=x.device, dtype=x.dtype)
     b = len(idx)
+    buffers = None if forward is None else list(model.buffers())
+    forward = model if forward is None else forward
     for s in range(0, b, chunk_size):
         j = idx[s : s + chunk_size]
-        loss = loss_per_sample(model(x[j]), y[j]).sum() / b
-        loss.backward()
+        loss = loss_per_sample(forward(x[j]), y[j]).sum() / b
+        backward_keeping_buffers(loss, buffers)
         total += loss.detach()
     return total
 
@@ -127,6 +143,10 @@ class _Run:
         self.step, self.elapsed_before, self.resumed_at = 0, 0.0, 0
         self.stopped_by = "budget"
         self.checkpointing = out_dir is not None and bool(cfg.checkpoint_every)
+        # the pre-flight memory check, before any step: samples per forward pass, activation checkpointing
+        self.plan = plan_step(cfg, self.data, 1, self.device, cfg.name or str(out_dir or cfg.model.name))
+        segs = self.plan.segments
+        self.train_forward = None if segs is None else checkpointed_forward(self.model, segs)
 
     def resume_or_reset(self) -> None:
         """Resume from ``checkpoint.pt`` when it belongs to this config; else start the metrics log afresh."""
@@ -195,7 +215,9 @@ class _Run:
             self._observe(active, ctx, "before_step")
         self.optimizer.zero_grad(set_to_none=True)
         data = self.data
-        loss = chunked_loss_and_grad(self.model, data.x_train, data.y_train, idx, self.loss_ps, self.cfg.chunk_size)
+        loss = chunked_loss_and_grad(
+            self.model, data.x_train, data.y_train, idx, self.loss_ps, self.plan.per_pass, self.train_forward
+        )
         batch_loss = float(loss)
         if record_batch_loss(self.cfg, row, self.step, batch_loss):
             return None
@@ -247,6 +269,7 @@ class _Run:
             write_run_outputs(
                 self.out, self.cfg, self.model.state_dict(), metrics, self.data, self.device, wall,
                 status=status, steps=self.step, stopped_by=self.stopped_by, resumed=self.resumed_at > 0,
+                extra=self.plan.record(),
             )
             if self.ckpt_path.exists():
                 self.ckpt_path.unlink()
