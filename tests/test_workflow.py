@@ -64,10 +64,11 @@ def _paper_expectation(paper: dict) -> tuple[dict, dict, set]:
     top = {k: paper[k] for k in RUN_KEYS if k in paper}
     exps, runs = paper["experiments"], {}
 
-    def want(e, ds, loss, lr, b, bn=False, probe=None, stop=None):
-        key = (ds, loss, float(lr), b, bn)
+    def want(e, ds, loss, lr, b, bn=False, probe=None, stop=None, seed=None):
+        seed = paper.get("seed", 0) if seed is None else seed
+        key = (ds, loss, float(lr), b, bn, seed)
         entry = paper["datasets"][ds]
-        raw = runs.setdefault(key, {**top, **{k: e[k] for k in RUN_KEYS if k in e}})
+        raw = runs.setdefault(key, {**top, **{k: e[k] for k in RUN_KEYS if k in e}, "seed": seed})
         raw["data"] = {"dataset": entry["source"], "n": parse_size(entry["n"]),
                        **{k: v for k, v in entry.items() if k not in ("source", "n")}}
         raw.update(model={"name": e["model"], "batch_norm": bn}, loss=loss,
@@ -102,7 +103,11 @@ def _paper_expectation(paper: dict) -> tuple[dict, dict, set]:
             b = e["min_batch_size"] * 2**k
             if b > n:
                 break
-            groups[(ds, b)] = [want(e, ds, e["loss"], lr, b, bn=True, stop={"epochs": e["epochs"]}) for lr in e["lrs"]]
+            groups[(ds, b)] = [
+                want(e, ds, e["loss"], lr, b, bn=True, stop={"epochs": e["epochs"]}, seed=seed)
+                for lr in e["lrs"]
+                for seed in e.get("seeds", [paper.get("seed", 0)])
+            ]
     used = {e["dataset"] for e in (exps["fig1"], exps["fig3"], exps["fig4"])} | set(exps["fig5"]["datasets"])
     return runs, groups, used
 
@@ -129,14 +134,15 @@ def test_paper_dag_dry_run(tmp_path):
                 "table": n_figs, "figure": n_figs, "claims": 1, "verdicts": 1, "runs_table": 1, "all": 1}
     expected.update({f"train_group_{ds.replace('-', '_')}_b{b}": 1 for ds, b in groups})
     assert _job_counts(out) == expected
-    assert (len(runs), len(groups), expected["train"]) == (556, 45, 16)  # as docs/CONFIGS.md reads paper.yaml
+    # as docs/CONFIGS.md reads paper.yaml: 16 probed runs, 45 Figure-5 groups of 12 η x 3 seeds
+    assert (len(runs), len(groups), expected["train"]) == (16 + 45 * 12 * 3, 45, 16)
 
     planned = [json.loads(c) for c in re.findall(r"lssr write-config --json '(.*?)' --out", out)]
     assert len(planned) == len(runs)
     for raw in planned:
         d, o = raw["data"], raw["optim"]
         ds = next(k for k, v in paper["datasets"].items() if v["source"] == d["dataset"])
-        key = (ds, raw["loss"], o["lr"], o["batch_size"], raw["model"]["batch_norm"])
+        key = (ds, raw["loss"], o["lr"], o["batch_size"], raw["model"]["batch_norm"], raw["seed"])
         got, want = _flat(config_from_dict(raw).to_dict()), _flat(config_from_dict(runs[key]).to_dict())
         assert got.keys() == want.keys()
         for k in want:
