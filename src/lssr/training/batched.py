@@ -177,8 +177,9 @@ def train_batched(
     return results
 
 
-def _train_group(cfgs: list[RunConfig], data: Subset, out_dirs: list, progress: bool, keep_checkpoint: bool
-                 ) -> list[RunResult]:
+def _train_group(
+    cfgs: list[RunConfig], data: Subset, out_dirs: list, progress: bool, keep_checkpoint: bool
+) -> list[RunResult]:
     cfg0 = cfgs[0]
     group = _Group(cfgs, data, out_dirs)
     group.resume()
@@ -265,10 +266,10 @@ class _Group:
         self.stack.load_state(state["stack"], self.device)
         rows = state["per_row"]
         self.lr_k, self.bound_k, self.alive_k = (rows[k].to(self.device) for k in ("lr", "bound", "alive"))
+        outputs = ("metrics.csv", "run.json", "model.pt")
         for m in self.members:
-            if m.done:
-                lost = m.out_dir is not None and not all(
-                    (m.out_dir / f).exists() for f in ("metrics.csv", "run.json", "model.pt"))
+            if m.done:  # stopped before the checkpoint: its outputs again if the scheduler deleted them
+                lost = m.out_dir is not None and not all((m.out_dir / f).exists() for f in outputs)
                 self.conclude(m, write=lost, resumed=False)
 
     # -- the loop: evaluate (host sync) every eval_every steps, device-only steps in between ------
