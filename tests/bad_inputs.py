@@ -253,20 +253,6 @@ def case_subset_out_is_a_file(tmp):
     _cli(["subset", "digits-64", "--out", str(tmp / "some_file" / "subset")])
 
 
-def case_corrupt_checkpoint(tmp):
-    import yaml
-
-    from lssr.config import config_from_dict
-    from lssr.training import run_from_config
-
-    folder = _digits_subset(tmp)
-    cfg = config_from_dict(_run(checkpoint_every=2))
-    (tmp / "run").mkdir()
-    (tmp / "run" / "checkpoint.pt").write_bytes(b"not a checkpoint")
-    run_from_config(cfg, tmp / "run", data_dir=folder, progress=False)
-    assert yaml
-
-
 CASES = [
     ("run config: misspelled key (optim.lrr)", case_config_misspelled),
     ("run config: negative learning rate", case_config_negative_lr),
@@ -286,7 +272,6 @@ CASES = [
     ("read-only output folder (EACCES on create)", case_read_only_output),
     ("full disk (ENOSPC on rename)", case_disk_full),
     ("malformed --set override", case_bad_set_override),
-    ("corrupt checkpoint.pt", case_corrupt_checkpoint),
     ("run config not UTF-8 text", case_config_not_utf8),
     ("lssr train --out naming an existing file", case_train_out_is_a_file),
     ("lssr subset --out inside an existing file", case_subset_out_is_a_file),

@@ -27,7 +27,6 @@ EXPECT = {
     "case_read_only_output": r"cannot write .*claims\.csv: Permission denied.*nothing at .* was changed",
     "case_disk_full": r"cannot write .*runs\.csv: No space left on device",
     "case_bad_set_override": r"expected KEY=VALUE",
-    "case_corrupt_checkpoint": r"checkpoint .*checkpoint\.pt cannot be read.*delete it",
     "case_config_not_utf8": r"run\.yaml is not UTF-8 text",
     "case_train_out_is_a_file": r"--out <tmp>/some_file is a file, not a folder",
     "case_subset_out_is_a_file": r"--out <tmp>/some_file/subset: <tmp>/some_file is a file, not a folder",

@@ -423,7 +423,9 @@ class Resources:
 
     threads: int = 1
     mem_mb: int = 4000
-    runtime: int = 60  # minutes per training job
+    # at most this many minutes per training job; each job's own runtime is estimated from its config
+    # (lssr.cost: steps x per-step cost, with margin); null = no cap
+    runtime: int | None = None
     gpu_model: str | None = None  # passed on as the job resource gpu_model (read by the slurm executor)
 
 
@@ -444,9 +446,10 @@ class WorkflowSettings:
         return 1 if self.device.startswith("cuda") else 0
 
     def job_resources(self) -> dict:
-        """The ``resources`` of a training job: mem_mb, runtime, gpu and (when set) gpu_model."""
+        """The ``resources`` of a training job but its ``runtime`` (per job, from the plan): mem_mb, gpu and
+        (when set) gpu_model."""
         r = self.resources
-        out = {"mem_mb": r.mem_mb, "runtime": r.runtime, "gpu": self.gpu}
+        out = {"mem_mb": r.mem_mb, "gpu": self.gpu}
         if r.gpu_model is not None:
             out["gpu_model"] = r.gpu_model
         return out
@@ -465,7 +468,7 @@ def workflow_settings(wf: dict, where: str = "workflow config") -> WorkflowSetti
     if not _valid_device(settings.device):
         raise bad("device", settings.device, "use auto, cpu, cuda or cuda:N")
     for key in ("threads", "mem_mb", "runtime"):
-        if getattr(settings.resources, key) < 1:
+        if getattr(settings.resources, key) is not None and getattr(settings.resources, key) < 1:
             raise bad(f"resources.{key}", getattr(settings.resources, key), "must be >= 1")
     return settings
 

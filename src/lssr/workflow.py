@@ -48,6 +48,9 @@ class Plan:
     figures: dict[str, list[str]] = field(default_factory=dict)
     # Figure 5 runs grouped by (data set, model, b): candidates for batched training over η
     groups: dict[str, list[str]] = field(default_factory=dict)
+    # the ``runtime`` resource (minutes) of each training job: run id / group name -> lssr.cost estimate
+    runtime: dict[str, int] = field(default_factory=dict)
+    group_runtime: dict[str, int] = field(default_factory=dict)
 
     @property
     def resources(self) -> Resources:
@@ -272,7 +275,22 @@ def plan(wf: dict) -> Plan:
             plan_experiment(P, exps[name])
     # keep only the figures asked for
     P.plan.figures = {f: r for f, r in P.plan.figures.items() if f in wanted}
+    _plan_runtimes(P.plan)
     return P.plan
+
+
+def _plan_runtimes(p: Plan) -> None:
+    """Each training job's ``runtime`` (minutes) from its config (:mod:`lssr.cost`), capped by
+    ``resources.runtime`` when set."""
+    from .cost import job_seconds, runtime_minutes
+
+    r = p.resources
+    cfgs = {rid: config_from_dict(raw) for rid, raw in p.runs.items()}
+    p.runtime = {rid: runtime_minutes(job_seconds([c], r.threads), r.runtime) for rid, c in cfgs.items()}
+    p.group_runtime = {
+        g: runtime_minutes(job_seconds([cfgs[rid] for rid in members], r.threads), r.runtime)
+        for g, members in p.groups.items()
+    }
 
 
 def write_run_config(json_text: str, out: str) -> None:

@@ -10,8 +10,9 @@ from lssr.workflow import plan
 # Defaults (resources, batch_runs, run keys) come from lssr.config through the plan.
 PLAN = plan(config)
 RUNS = PLAN.runs
-# threads, mem_mb, runtime and gpu_model of each training job; as job resources: mem_mb,
-# runtime, gpu (1 with device: cuda) and gpu_model when set (read by the slurm executor)
+# threads, mem_mb, runtime cap and gpu_model of each training job; as job resources: mem_mb,
+# gpu (1 with device: cuda) and gpu_model when set (read by the slurm executor); each training
+# rule adds its job's runtime (minutes, PLAN.runtime / PLAN.group_runtime, from lssr.cost)
 RESOURCES = PLAN.resources
 JOB_RESOURCES = PLAN.settings.job_resources()
 

@@ -20,6 +20,8 @@ rule train:
         run="results/runs/{run}/run.json",
     log:
         "results/logs/train/{run}.log",
+    benchmark:
+        "results/benchmarks/train/{run}.tsv"
     wildcard_constraints:
         run=SINGLE_RUN,
     conda:
@@ -27,6 +29,7 @@ rule train:
     threads: RESOURCES.threads
     resources:
         **JOB_RESOURCES,
+        runtime=lambda w: PLAN.runtime[w.run],
     params:
         data=lambda w: f"results/data/{PLAN.run_subset[w.run]}",
     shell:
@@ -49,11 +52,14 @@ if PLAN.settings.batch_runs:
                 run=[f"results/runs/{r}/run.json" for r in _members],
             log:
                 f"results/logs/train_group/{_group}.log",
+            benchmark:
+                f"results/benchmarks/train_group/{_group}.tsv"
             conda:
                 CONDA_ENV
             threads: RESOURCES.threads
             resources:
                 **JOB_RESOURCES,
+                runtime=PLAN.group_runtime[_group],
             params:
                 args=" ".join(
                     f"--config results/runs/{r}/config.yaml --out results/runs/{r}"

@@ -10,6 +10,7 @@ torch, torchvision, PIL and scikit-learn are imported inside the loaders, so pla
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -63,8 +64,12 @@ def _decode_image(path: Path, channels: int = 3) -> np.ndarray:
 def _stack_images(paths: list[Path], what: str) -> np.ndarray:
     from tqdm.auto import tqdm
 
+    bar = len(paths) >= 2000 and sys.stderr.isatty()  # a job's log (not a terminal) gets one plain line instead
+    if len(paths) >= 2000 and not bar:
+        print(f"decode {what}: {len(paths)} images", file=sys.stderr, flush=True)
     arrays = [
-        _decode_image(p) for p in tqdm(paths, desc=f"decode {what}", unit="img", leave=False, disable=len(paths) < 2000)
+        _decode_image(p)
+        for p in tqdm(paths, desc=f"decode {what}", unit="img", leave=False, disable=not bar, file=sys.stderr)
     ]
     shapes = {a.shape for a in arrays}
     if len(shapes) > 1:

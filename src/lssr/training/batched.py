@@ -44,15 +44,23 @@ differ only in ``optim.lr``, ``seed``, ``name`` and the per-member stopping thre
 ``stop.train_loss_goal``, ``stop.train_acc_goal``, ``stop.divergence_bound``; no ``probe`` section
 (use ``lssr train`` for runs with diagnostics).
 
-Not done here: checkpoint / resume (``checkpoint_every`` is accepted but ignored, with a warning; a
-killed group restarts from step 0, while members that had already stopped keep their outputs).
+Checkpoints: with ``checkpoint_every`` (and an output folder for every member), every that many steps
+the group writes one ``checkpoint.pt`` into its first member's folder: the stacked weights and buffers of
+the members still in the stack, η / bound / alive per member, the sampler states, every member's rows so
+far and, for the members that have stopped, their final weights, status and wall time. The step loop
+syncs with the host at checkpoint steps as at evaluation steps (reading the batch losses), but members are
+dropped from the stack only at evaluation steps, as without checkpoints, so the stack (and with it the
+numbers) is the same with or without checkpointing. A group restarted on the same folders and configs
+resumes from it (rewriting the outputs of stopped members that a scheduler deleted), and each member's
+``metrics.csv`` and ``run.json`` (apart from wall time and ``resumed``) are byte-identical to an
+uninterrupted run's. With ``members_per_pass``, each pass keeps its own checkpoint (in its first member's
+folder) until the whole group is done.
 """
 
 from __future__ import annotations
 
 import copy
 import time
-import warnings
 from pathlib import Path
 from typing import Sequence
 
@@ -69,6 +77,7 @@ from .core import (
     evaluate_members,
     has_values,
     init_model,
+    is_eval_step,
     metrics_row,
     progress_bar,
     record_batch_loss,
@@ -79,7 +88,7 @@ from .core import (
     total_steps,
 )
 from .forward import StepPlan, backward_keeping_buffers, plan_step, stacked_checkpointed_forward
-from .outputs import write_metrics, write_run_outputs
+from .outputs import CHECKPOINT, load_checkpoint, save_checkpoint, write_metrics, write_run_outputs
 from .sampler import BatchSampler, steps_per_epoch
 from .stack import Member, Stack
 
@@ -158,16 +167,17 @@ def train_batched(
     if len(set(given)) != len(given):
         raise BatchConfigError("two members write to the same output folder; give each --config its own --out")
     check_batchable(cfgs, [c.name or f"config #{i}" for i, c in enumerate(cfgs)])
-    if members_per_pass is not None:
-        if members_per_pass < 1:
-            raise BatchConfigError(f"members_per_pass = {members_per_pass} must be >= 1")
-        if len(cfgs) > members_per_pass:
-            results: list[RunResult] = []
-            for s in range(0, len(cfgs), members_per_pass):
-                part = slice(s, s + members_per_pass)
-                results += _train_group(cfgs[part], data, out_dirs[part], progress)
-            return results
-    return _train_group(cfgs, data, out_dirs, progress)
+    if members_per_pass is not None and members_per_pass < 1:
+        raise BatchConfigError(f"members_per_pass = {members_per_pass} must be >= 1")
+    per_pass = members_per_pass or len(cfgs)
+    passes = [slice(s, s + per_pass) for s in range(0, len(cfgs), per_pass)]
+    results: list[RunResult] = []
+    for part in passes:
+        results += _train_group(cfgs[part], data, out_dirs[part], progress, keep_checkpoint=len(passes) > 1)
+    for part in passes:  # the whole group is done: no pass needs its checkpoint any more
+        if out_dirs[part][0] is not None:
+            (Path(out_dirs[part][0]) / CHECKPOINT).unlink(missing_ok=True)
+    return results
 
 
 def _group_name(cfgs: list[RunConfig]) -> str:
@@ -176,22 +186,21 @@ def _group_name(cfgs: list[RunConfig]) -> str:
     return f"batched group of {len(cfgs)} runs ({first}, ...)" if len(cfgs) > 1 else first
 
 
-def _train_group(cfgs: list[RunConfig], data: Subset, out_dirs: list, progress: bool) -> list[RunResult]:
+def _train_group(
+    cfgs: list[RunConfig], data: Subset, out_dirs: list, progress: bool, keep_checkpoint: bool
+) -> list[RunResult]:
     cfg0 = cfgs[0]
     plan = plan_step(cfg0, data, len(cfgs), resolve_device(cfg0.device), _group_name(cfgs))  # before any step
-    if cfg0.checkpoint_every:
-        warnings.warn(
-            "checkpoint_every is set but train-batch writes no checkpoints (a killed group restarts from step 0); "
-            "use `lssr train` per run for resumable runs",
-            stacklevel=3,
-        )
     group = _Group(cfgs, data, out_dirs)
     group.step_plan = plan
+    group.resume()
     lrs = ",".join(f"{c.optim.lr:g}" for c in cfgs)
-    bar = progress_bar(progress, group.T, f"train-batch {cfg0.model.name} b={cfg0.batch_size} η={lrs}")
+    bar = progress_bar(progress, group.T, f"train-batch {cfg0.model.name} b={cfg0.batch_size} η={lrs}", group.step)
     results = group.run(bar)
     if bar is not None:
         bar.close()
+    if keep_checkpoint and group.checkpointing:
+        group.checkpoint()  # a finished pass: a restart of a later pass rewrites its outputs if they are gone
     return results
 
 
@@ -228,27 +237,79 @@ class _Group:
         self.bound_k = torch.tensor([c.stop.divergence_bound for c in cfgs], device=device, dtype=torch.float64)
         self.alive_k = torch.ones(len(cfgs), dtype=torch.bool, device=device)
         self.results: dict[int, RunResult] = {}
+        self.step, self.elapsed_before, self.resumed_at = 0, 0.0, 0
+        self.pending: torch.Tensor | None = None  # batch losses since the last sync (steps x stack rows), on device
+        self.pending_from = 0
+        self.checkpointing = bool(cfg0.checkpoint_every) and all(d is not None for d in out_dirs)
+        self.ckpt_path = Path(out_dirs[0]) / CHECKPOINT if self.checkpointing else None
+
+    # -- checkpoint / resume ----------------------------------------------------------------------
+
+    def identity(self) -> dict:
+        return {"kind": "group", "config_hashes": [c.hash() for c in self.cfgs]}
+
+    def checkpoint(self) -> None:
+        """Write the group's state at ``self.step`` (a sync point: no pending batch losses)."""
+        state = {
+            "step": self.step,
+            "elapsed": self.elapsed_before + time.time() - self.start,
+            "active": [m.index for m in self.active],
+            "stack": self.stack.state(),
+            "per_row": {"lr": self.lr_k.cpu(), "bound": self.bound_k.cpu(), "alive": self.alive_k.cpu()},
+            "sampler": None if self.shared_sampler is None else self.shared_sampler.state_dict(),
+            "members": [m.state_dict() for m in self.members],
+        }
+        save_checkpoint(self.ckpt_path, self.identity(), state)
+
+    def resume(self) -> None:
+        """Continue from the group's checkpoint when there is a usable one (else, after a one-line warning
+        for an unusable one, from step 0); rewrite the outputs of stopped members that have gone missing."""
+        keys = ("step", "elapsed", "active", "stack", "per_row", "sampler", "members")
+        state = load_checkpoint(self.ckpt_path, self.identity(), keys) if self.checkpointing else None
+        if state is None:
+            return
+        self.step, self.elapsed_before, self.resumed_at = state["step"], state["elapsed"], state["step"]
+        if self.shared_sampler is not None:
+            self.shared_sampler.load_state_dict(state["sampler"])
+        for m, ms in zip(self.members, state["members"]):
+            m.load_state_dict(ms)
+        self.active = [self.members[i] for i in state["active"]]
+        self.stack.load_state(state["stack"], self.device)
+        rows = state["per_row"]
+        self.lr_k, self.bound_k, self.alive_k = (rows[k].to(self.device) for k in ("lr", "bound", "alive"))
+        outputs = ("metrics.csv", "run.json", "model.pt")
+        for m in self.members:
+            if m.done:  # stopped before the checkpoint: its outputs again if the scheduler deleted them
+                lost = m.out_dir is not None and not all((m.out_dir / f).exists() for f in outputs)
+                self.conclude(m, write=lost, resumed=False)
 
     # -- the loop: evaluate (host sync) every eval_every steps, device-only steps in between ------
 
     def run(self, bar) -> list[RunResult]:
+        """Sync with the host at every evaluation and checkpoint step: replay the batch losses, then
+        (at evaluation steps) drop the stopped members, checkpoint when due, evaluate; step on the device."""
         self.template.train()
-        step = 0
-        pending: torch.Tensor | None = None  # batch losses since the last sync (steps x members), on the device
-        pending_from = 0
+        cfg0 = self.cfg0
         while self.active:
-            stopped = self.replay_batch_losses(pending_from, None if pending is None else pending.cpu())
-            pending = None
-            if stopped:
+            at_eval = is_eval_step(cfg0, self.step, self.T)
+            self.replay_batch_losses(self.pending_from, None if self.pending is None else self.pending.cpu())
+            self.pending = None
+            if at_eval:
                 self.drop_finished()
-                continue
-            self.evaluate_and_stop(step)  # θ_step of every active member is here: an evaluation step
-            self.drop_finished()
-            if not self.active:
+            if all(m.done for m in self.active):
                 break
-            next_sync = min((step // self.cfg0.eval_every + 1) * self.cfg0.eval_every, self.T)
-            pending, pending_from = self.steps(next_sync - step, bar), step
-            step = next_sync
+            if self.checkpointing and self.step % cfg0.checkpoint_every == 0 and self.step > self.resumed_at:
+                self.checkpoint()
+            if at_eval:
+                self.evaluate_and_stop(self.step)  # θ_step of every active member is here
+                self.drop_finished()
+                if not self.active:
+                    break
+            next_sync = min((self.step // cfg0.eval_every + 1) * cfg0.eval_every, self.T)
+            if self.checkpointing:
+                next_sync = min(next_sync, (self.step // cfg0.checkpoint_every + 1) * cfg0.checkpoint_every)
+            self.pending, self.pending_from = self.steps(next_sync - self.step, bar), self.step
+            self.step = next_sync
         return [self.results[i] for i in range(len(self.cfgs))]
 
     def evaluate_and_stop(self, step: int) -> None:
@@ -282,6 +343,8 @@ class _Group:
         if losses is None:
             return stopped
         for k, m in enumerate(self.active):
+            if m.done:  # stopped since the last evaluation step, still in the stack (masked) until the next
+                continue
             for s in range(losses.shape[0]):
                 step = first_step + s
                 row = m.open_row if (s == 0 and m.open_row is not None) else metrics_row(step, self.spe)
@@ -371,20 +434,24 @@ class _Group:
             self.lr_k, self.bound_k, self.alive_k = self.lr_k[rows_t], self.bound_k[rows_t], self.alive_k[rows_t]
 
     def finish(self, m: Member, step: int) -> None:
-        """Member ``m`` (at stack row ``active.index(m)``) stopped at ``step``: build its result, write outputs."""
+        """Member ``m`` (at stack row ``active.index(m)``) stopped at ``step``: keep its weights, write outputs."""
         m.done, m.steps = True, step
-        state = self.stack.state_dict(self.active.index(m))
+        m.final_state = self.stack.state_dict(self.active.index(m))
+        m.wall = self.elapsed_before + time.time() - self.start
+        self.conclude(m, write=True, resumed=self.resumed_at > 0)
+
+    def conclude(self, m: Member, write: bool, resumed: bool) -> None:
+        """The result of the stopped member ``m``; with ``write``, its outputs in its folder."""
         model = copy.deepcopy(self.template)
-        model.load_state_dict(state)
-        wall = time.time() - self.start
-        if m.out_dir is not None:
+        model.load_state_dict(m.final_state)
+        if m.out_dir is not None and write:
             # the same three files as train(), the same run.json fields plus ``batched``
             metrics = write_metrics(m.out_dir / "metrics.csv", m.rows)
             write_run_outputs(
-                m.out_dir, m.cfg, state, metrics, self.data, self.device, wall, status=m.status, steps=m.steps,
-                stopped_by=m.stopped_by,
+                m.out_dir, m.cfg, m.final_state, metrics, self.data, self.device, m.wall, status=m.status,
+                steps=m.steps, stopped_by=m.stopped_by, resumed=resumed,
                 extra={"batched": {"group_size": len(self.cfgs), "member": m.index}, **self.step_plan.record()},
             )
         else:
             metrics = pd.DataFrame(m.rows, columns=METRIC_COLUMNS)
-        self.results[m.index] = RunResult(m.status, step, metrics, model, wall)
+        self.results[m.index] = RunResult(m.status, m.steps, metrics, model, m.wall)

@@ -11,6 +11,8 @@ model is built on the data's device and in its floating dtype (float32 from :fun
 from __future__ import annotations
 
 import math
+import sys
+import time
 from dataclasses import dataclass
 from typing import Callable
 
@@ -180,9 +182,57 @@ def evaluate_members(module: nn.Module, forward: Callable, members: int, data: S
 
 
 def progress_bar(enabled: bool, total: int, desc: str, initial: int = 0):
-    """A tqdm bar over the steps (None when ``enabled`` is false)."""
+    """Progress over the steps (None when ``enabled`` is false): a tqdm bar on stderr when stderr is a
+    terminal, else (a job's log file) :class:`PlainProgress`, plain lines without carriage returns."""
     if not enabled:
         return None
+    if not sys.stderr.isatty():
+        return PlainProgress(total, desc, initial)
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, initial=initial, desc=desc, unit="step", mininterval=1.0)
+    return tqdm(total=total, initial=initial, desc=desc, unit="step", mininterval=1.0, file=sys.stderr)
+
+
+def _duration(seconds: float) -> str:
+    s = int(seconds)
+    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
+
+
+class PlainProgress:
+    """Progress for logs: one plain line at the start, at every tenth of the steps, at least every ``every_s``
+    seconds in between, and at the end (the tqdm methods used here: ``update``, ``set_postfix``, ``close``)."""
+
+    def __init__(self, total: int, desc: str, initial: int = 0, every_s: float = 60.0, stream=None):
+        self.total, self.desc, self.n, self.initial, self.every_s = max(total, 1), desc, initial, initial, every_s
+        self.stream = stream
+        self.start = self.last = time.monotonic()
+        self.tenth = self._tenth(initial)
+        self.postfix = ""
+        self._line("started" if initial == 0 else f"resumed at step {initial}")
+
+    def _tenth(self, n: int) -> int:
+        return 10 * n // self.total
+
+    def _line(self, what: str | None = None) -> None:
+        now = time.monotonic()
+        self.last = now
+        if what is None:
+            rate = (self.n - self.initial) / max(now - self.start, 1e-9)
+            left = f", ~{_duration((self.total - self.n) / rate)} left" if rate > 0 else ""
+            what = f"{100 * self.n / self.total:.0f}%, {rate:.3g} steps/s, {_duration(now - self.start)} elapsed{left}"
+        post = f", {self.postfix}" if self.postfix else ""
+        print(f"{self.desc}: step {self.n}/{self.total} ({what}{post})", file=self.stream or sys.stderr, flush=True)
+
+    def update(self, k: int = 1) -> None:
+        self.n += k
+        tenth = self._tenth(self.n)
+        if tenth > self.tenth or time.monotonic() - self.last >= self.every_s:
+            self.tenth = tenth
+            self._line()
+
+    def set_postfix(self, **values) -> None:
+        self.postfix = ", ".join(f"{k}={v}" for k, v in values.items())
+
+    def close(self) -> None:
+        if self.n < self.total:  # stopped early (goal or divergence): say where
+            self._line()

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import platform
 import subprocess
+import sys
 from pathlib import Path
+from typing import Sequence
 
 import pandas as pd
 import torch
@@ -80,15 +82,43 @@ def write_run_outputs(
     write_json(out / "run.json", record)
 
 
-def save_checkpoint(path: Path, state: dict) -> None:
-    torch_save(path, state)
+#: Written into every checkpoint; a file without it (or with another value) is not one of ours.
+CHECKPOINT_FORMAT = "lssr-checkpoint-1"
 
 
-def load_checkpoint(path: Path) -> dict:
-    """The checkpoint at ``path`` (written by :func:`save_checkpoint`, so rarely unreadable)."""
+def save_checkpoint(path: Path, identity: dict, state: dict) -> None:
+    """Write ``state`` (tensors, dicts, lists, numbers, strings only: read back with ``weights_only=True``)
+    atomically, with the format tag and ``identity`` (what :func:`load_checkpoint` checks it against)."""
+    torch_save(path, {"format": CHECKPOINT_FORMAT, "identity": identity, **state})
+
+
+def fresh_start_warning(path: Path, reason: str) -> None:
+    """One line on stderr: the checkpoint at ``path`` is not used, the run starts from step 0."""
+    print(f"lssr: warning: ignoring checkpoint {path}: {reason}; starting from step 0", file=sys.stderr, flush=True)
+
+
+def load_checkpoint(path: Path, identity: dict, required: Sequence[str] = ()) -> dict | None:
+    """The checkpoint at ``path`` when it is readable with ``torch.load(..., weights_only=True)``, carries
+    :data:`CHECKPOINT_FORMAT`, the same ``identity`` (e.g. the config hash) and the keys ``required``.
+
+    None when there is no file; None after a one-line warning (and the file removed) when it is truncated,
+    foreign (random bytes, a zip of something else, a pickle of arbitrary objects) or another config's, so
+    that the caller starts afresh instead of crashing."""
+    if not path.exists():
+        return None
     try:
-        return torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:  # a checkpoint is only ever renamed into place, so this is rare
-        from .. import LssrError
-
-        raise LssrError(f"checkpoint {path} cannot be read ({exc}); delete it to restart the run from step 0") from exc
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # truncated zip, random bytes, a foreign archive, a pickle of non-tensor objects
+        reason = f"not a readable checkpoint (truncated or foreign file; torch.load raised {type(exc).__name__})"
+    else:
+        if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+            reason = "not an lssr checkpoint (no format tag)"
+        elif state.get("identity") != identity:
+            reason = "written for another config (or another group of runs)"
+        elif missing := [k for k in required if k not in state]:
+            reason = f"incomplete (no {', '.join(missing)})"
+        else:
+            return state
+    fresh_start_warning(path, reason)
+    path.unlink(missing_ok=True)
+    return None

@@ -50,7 +50,7 @@ from .core import (
     total_steps,
 )
 from .forward import backward_keeping_buffers, checkpointed_forward, plan_step
-from .outputs import CHECKPOINT, load_checkpoint, save_checkpoint, write_run_outputs
+from .outputs import CHECKPOINT, fresh_start_warning, load_checkpoint, save_checkpoint, write_run_outputs
 from .sampler import BatchSampler
 
 
@@ -124,6 +124,10 @@ def _restore_buffers(model: nn.Module, snap: dict[str, torch.Tensor]) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
+#: What a single run's checkpoint must hold (besides the format tag and identity).
+_RUN_STATE = ("step", "elapsed", "model", "optimizer", "sampler", "torch_rng", "metrics_offset")
+
+
 class _Run:
     """The state of one run between steps: θ_t (model, optimizer), sampler, step t, metrics log."""
 
@@ -148,14 +152,19 @@ class _Run:
         segs = self.plan.segments
         self.train_forward = None if segs is None else checkpointed_forward(self.model, segs)
 
+    def identity(self) -> dict:
+        return {"kind": "run", "config_hash": self.cfg.hash()}
+
     def resume_or_reset(self) -> None:
-        """Resume from ``checkpoint.pt`` when it belongs to this config; else start the metrics log afresh."""
-        if not (self.checkpointing and self.ckpt_path.exists()):
-            self.log.reset()
-            return
-        state = load_checkpoint(self.ckpt_path)
-        if state.get("config_hash") != self.cfg.hash():
+        """Resume from ``checkpoint.pt`` when it is this config's; else (none, or an unusable one: a one-line
+        warning) start the metrics log afresh."""
+        state = load_checkpoint(self.ckpt_path, self.identity(), _RUN_STATE) if self.checkpointing else None
+        partial = self.log.partial
+        if state is not None and (not partial.exists() or partial.stat().st_size < state["metrics_offset"]):
+            fresh_start_warning(self.ckpt_path, f"{partial} is missing or shorter than the checkpoint says")
             self.ckpt_path.unlink()
+            state = None
+        if state is None:
             self.log.reset()
             return
         self.model.load_state_dict(state["model"])
@@ -171,7 +180,6 @@ class _Run:
 
     def checkpoint(self) -> None:
         state = {
-            "config_hash": self.cfg.hash(),
             "step": self.step,
             "elapsed": self.elapsed_before + time.time() - self.start,
             "model": self.model.state_dict(),
@@ -181,7 +189,7 @@ class _Run:
             "probes": [p.state_dict() if hasattr(p, "state_dict") else None for p in self.probes],
             "metrics_offset": self.log.flush(),
         }
-        save_checkpoint(self.ckpt_path, state)
+        save_checkpoint(self.ckpt_path, self.identity(), state)
 
     def full_train_loss(self) -> float:
         """L(θ) on the whole training set, batch norm in ``bn_mode``, running statistics left untouched."""

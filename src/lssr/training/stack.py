@@ -28,6 +28,22 @@ class Member:
     stopped_by: str = "budget"
     steps: int = 0
     done: bool = False
+    wall: float = 0.0  # seconds from the group's start to this member's stop (across restarts)
+    final_state: dict | None = None  # its weights when it stopped (kept for the group checkpoint)
+
+    def state_dict(self) -> dict:
+        """What a group checkpoint keeps of this member (``weights_only``-loadable: tensors, lists, numbers)."""
+        state = {k: getattr(self, k) for k in ("rows", "status", "stopped_by", "steps", "done", "wall")}
+        state["final_state"] = None if self.final_state is None else {k: v.cpu() for k, v in self.final_state.items()}
+        state["sampler"] = None if self.sampler is None else self.sampler.state_dict()
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        for k in ("rows", "status", "stopped_by", "steps", "done", "wall", "final_state"):
+            setattr(self, k, state[k])
+        self.open_row = None
+        if self.sampler is not None:
+            self.sampler.load_state_dict(state["sampler"])
 
 
 class Stack:
@@ -63,6 +79,16 @@ class Stack:
         """Keep only the members at ``rows`` (a 1-D index tensor on the device)."""
         self.params = {k: v.detach().index_select(0, rows).requires_grad_(True) for k, v in self.params.items()}
         self.buffers = {k: v.index_select(0, rows) for k, v in self.buffers.items()}
+
+    def state(self) -> dict:
+        """The stacked parameters and buffers (on the CPU), for a group checkpoint."""
+        return {"params": {k: v.detach().cpu() for k, v in self.params.items()},
+                "buffers": {k: v.cpu() for k, v in self.buffers.items()}}
+
+    def load_state(self, state: dict, device: torch.device) -> None:
+        """Put back what :meth:`state` returned (the rows of the members still in the stack)."""
+        self.params = {k: state["params"][k].to(device).requires_grad_(True) for k in self.param_names}
+        self.buffers = {k: state["buffers"][k].to(device) for k in self.buffer_names}
 
     def state_dict(self, i: int) -> dict[str, torch.Tensor]:
         flat = {**{k: v.detach()[i] for k, v in self.params.items()}, **{k: v[i] for k, v in self.buffers.items()}}

@@ -1,0 +1,111 @@
+"""The runtime of a training job (lssr.cost) against numbers worked out by hand, and its FLOP table
+against torch's own FLOP counter."""
+
+import pytest
+import torch
+
+from lssr.config import config_from_dict
+from lssr.cost import FWD_BWD_GFLOPS, flops_per_sample, job_seconds, runtime_minutes, total_steps
+from lssr.models import build_model
+from lssr.workflow import plan
+
+
+def run(
+    device="cuda",
+    dataset="cifar10",
+    n=1024,
+    b=32,
+    steps=1000,
+    epochs=None,
+    model="cnn6",
+    lr=0.1,
+    probe=None,
+    eval_every=100,
+):
+    raw = {
+        "seed": 0,
+        "device": device,
+        "data": {"dataset": dataset, "n": n},
+        "model": {"name": model},
+        "loss": "ce",
+        "optim": {"lr": lr, "batch_size": b},
+        "stop": {"steps": steps, "epochs": epochs},
+        "eval_every": eval_every,
+    }
+    if probe:
+        raw["probe"] = probe
+    return config_from_dict(raw)
+
+
+def test_one_gpu_run_by_hand():
+    # cnn6 at 32 px: F = 0.4318 GFLOP. Per step 0.0138 s + 32 x 0.4318e9 / 25e12 = 0.0138 + 5.52704e-4 s;
+    # 1000 steps = 14.352704 s. Evaluations at 0, 100, ..., 1000: 11 x (1024 + 10000) x 0.4318e9 / 3 / 25e12
+    # = 11 x 11024 x 5.757333e-6 = 0.698159 s. Total 15.050863 s -> ceil(2 x 15.05 / 60) + 10 = 1 + 10 = 11 min.
+    s = job_seconds([run()])
+    assert s == pytest.approx(15.050863, rel=1e-6)
+    assert runtime_minutes(s) == 11
+
+
+def test_a_figure5_group_on_the_gpu_by_hand():
+    # Tiny-ImageNet-32k (64 px: F = 4 x 0.4318 = 1.7272 GFLOP), b = 8, 800 epochs = 800 x 4096 = 3,276,800
+    # steps, 10 members, evaluation every 10 epochs (40,960 steps). Per step 0.0138 + 10 x 8 x 1.7272e9 / 25e12
+    # = 0.0138 + 5.52704e-3 = 0.01932704 s, so 63,330.84 s of steps; evaluations (81 of them) 81 x 10 x
+    # (32768 + 10000) x 1.7272e9 / 3 / 25e12 = 81 x 9.849185 = 797.78 s. 64,128.63 s
+    # -> ceil(2 x 64128.63 / 60) + 10 = 2138 + 10 = 2148 min (36 h); with the paper config's cap 1440.
+    cfgs = [
+        run(dataset="tinyimagenet", n=32768, b=8, steps=None, epochs=800, lr=lr, eval_every=40960)
+        for lr in range(1, 11)
+    ]
+    assert total_steps(cfgs[0]) == 3_276_800
+    s = job_seconds(cfgs)
+    assert s == pytest.approx(64_128.63, rel=1e-6)
+    assert runtime_minutes(s) == 2148 and runtime_minutes(s, cap=1440) == 1440
+
+
+def test_cpu_runs_use_the_threads_and_probes_add_their_gradients():
+    # digits_cnn at 8 px: F = 1.0237e6. CPU rate 30e9 per thread, 2 threads: 60e9.
+    # steps: 100 x (0.0138 + 16 x 1.0237e6 / 60e9) = 100 x (0.0138 + 2.72987e-4) = 1.4072987 s
+    # evaluations: 2 x (256 + 773) x 1.0237e6 / 3 / 60e9 = 1.17043e-2 s
+    # probes every 10 steps: 11 x (100 x 256 + 2 x (4 + 0) x 16) x 1.0237e6 / 60e9 = 11 x 25728 x 1.706167e-5
+    # = 4.828588 s. Total 6.247591 s.
+    probe = {"every": 10, "batch_sizes": [4], "expected_change_batches": 4}
+    cfg = run(device="cpu", dataset="digits", n=256, b=16, steps=100, model="digits_cnn", probe=probe)
+    assert job_seconds([cfg], threads=2) == pytest.approx(6.247591, rel=1e-6)
+
+
+@pytest.mark.parametrize("model", sorted(FWD_BWD_GFLOPS))
+def test_flop_table_matches_torch_flop_counter(model):
+    from torch.utils.flop_counter import FlopCounterMode
+
+    px, channels, _ = FWD_BWD_GFLOPS[model]
+    sizes = [px] if model == "digits_cnn" else [px, 2 * px]  # conv nets: FLOPs grow with the pixel count
+    for side in sizes:
+        m = build_model(model, channels, 10, True)
+        with FlopCounterMode(display=False) as fc:
+            m(torch.randn(2, channels, side, side)).sum().backward()
+        assert flops_per_sample(model, side) == pytest.approx(fc.get_total_flops() / 2, rel=2e-3)
+
+
+def test_plan_gives_each_job_its_own_runtime_capped_by_resources():
+    wf = {
+        "figures": ["fig5"],
+        "device": "cuda",
+        "batch_runs": True,
+        "datasets": {"d": {"source": "digits", "n": 256}},
+        "experiments": {
+            "fig5": {
+                "datasets": ["d"],
+                "model": "digits_cnn",
+                "loss": "ce",
+                "lrs": [0.1, 0.2],
+                "batch_sizes": [8, 64],
+                "epochs": 100,
+            }
+        },
+    }
+    p = plan(wf)
+    # b = 8: 3200 steps, b = 64: 400 steps; the small-b group takes longer
+    assert set(p.group_runtime) == {"d_b8", "d_b64"} and p.group_runtime["d_b8"] > p.group_runtime["d_b64"]
+    assert set(p.runtime) == set(p.runs)
+    capped = plan({**wf, "resources": {"runtime": 10}})
+    assert max(capped.group_runtime.values()) == 10
