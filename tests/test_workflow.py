@@ -58,16 +58,17 @@ def _job_counts(out: str) -> dict[str, int]:
 
 def _paper_expectation(paper: dict) -> tuple[dict, dict, set]:
     """From config/paper.yaml alone (not through lssr.workflow): run key -> the raw config each run must get,
-    Figure-5 groups, and the data sets used. A run key is (data set, loss, η, b, batch norm)."""
+    Figure-5 groups, and the data sets used. A run key is (data set, loss, η, b, batch norm, seed)."""
     from lssr.data import parse_size
 
     top = {k: paper[k] for k in RUN_KEYS if k in paper}
     exps, runs = paper["experiments"], {}
 
-    def want(e, ds, loss, lr, b, bn=False, probe=None, stop=None):
-        key = (ds, loss, float(lr), b, bn)
+    def want(e, ds, loss, lr, b, bn=False, probe=None, stop=None, seed=None):
+        seed = paper["seed"] if seed is None else seed
+        key = (ds, loss, float(lr), b, bn, seed)
         entry = paper["datasets"][ds]
-        raw = runs.setdefault(key, {**top, **{k: e[k] for k in RUN_KEYS if k in e}})
+        raw = runs.setdefault(key, {**top, **{k: e[k] for k in RUN_KEYS if k in e}, "seed": seed})
         raw["data"] = {"dataset": entry["source"], "n": parse_size(entry["n"]),
                        **{k: v for k, v in entry.items() if k not in ("source", "n")}}
         raw.update(model={"name": e["model"], "batch_norm": bn}, loss=loss,
@@ -102,7 +103,8 @@ def _paper_expectation(paper: dict) -> tuple[dict, dict, set]:
             b = e["min_batch_size"] * 2**k
             if b > n:
                 break
-            groups[(ds, b)] = [want(e, ds, e["loss"], lr, b, bn=True, stop={"epochs": e["epochs"]}) for lr in e["lrs"]]
+            groups[(ds, b)] = [want(e, ds, e["loss"], lr, b, bn=True, stop={"epochs": e["epochs"]}, seed=s)
+                               for lr in e["lrs"] for s in e.get("seeds", [paper["seed"]])]
     used = {e["dataset"] for e in (exps["fig1"], exps["fig3"], exps["fig4"])} | set(exps["fig5"]["datasets"])
     return runs, groups, used
 
@@ -121,7 +123,9 @@ def test_paper_dag_dry_run(tmp_path):
     from lssr.data import parse_size
 
     paper = yaml.safe_load((ROOT / "config" / "paper.yaml").read_text())
-    proc = smk(workdir(tmp_path), "-n", "-p", "--cores", "1", "--configfile", "config/paper.yaml")
+    # --resources gpu=2: the workflow profile's local GPU cap (profiles/default: the visible GPUs, at least 1)
+    # would clamp the data-parallel cell's gpu=2 to 1 on this machine; the check is of what the rule requests
+    proc = smk(workdir(tmp_path), "-n", "-p", "--cores", "1", "--configfile", "config/paper.yaml", "--resources", "gpu=2")
     out = proc.stdout + proc.stderr
     runs, groups, used = _paper_expectation(paper)
     n_figs = len(FIGURES)
@@ -129,14 +133,14 @@ def test_paper_dag_dry_run(tmp_path):
                 "table": n_figs, "figure": n_figs, "claims": 1, "verdicts": 1, "runs_table": 1, "all": 1}
     expected.update({f"train_group_{ds.replace('-', '_')}_b{b}": 1 for ds, b in groups})
     assert _job_counts(out) == expected
-    assert (len(runs), len(groups), expected["train"]) == (556, 45, 16)  # as docs/CONFIGS.md reads paper.yaml
+    assert (len(runs), len(groups), expected["train"]) == (1636, 45, 16)  # 45 cells x 12 η x 3 seeds + 16
 
     planned = [json.loads(c) for c in re.findall(r"lssr write-config --json '(.*?)' --out", out)]
     assert len(planned) == len(runs)
     for raw in planned:
         d, o = raw["data"], raw["optim"]
         ds = next(k for k, v in paper["datasets"].items() if v["source"] == d["dataset"])
-        key = (ds, raw["loss"], o["lr"], o["batch_size"], raw["model"]["batch_norm"])
+        key = (ds, raw["loss"], o["lr"], o["batch_size"], raw["model"]["batch_norm"], raw["seed"])
         got, want = _flat(config_from_dict(raw).to_dict()), _flat(config_from_dict(runs[key]).to_dict())
         assert got.keys() == want.keys()
         for k in want:
@@ -147,15 +151,24 @@ def test_paper_dag_dry_run(tmp_path):
     specs = {f"{paper['datasets'][ds]['source']}-{parse_size(paper['datasets'][ds]['n'])}" for ds in used}
     assert sorted(re.findall(r"lssr subset (\S+)", out)) == sorted(specs)
     assert "digits" not in out
-    # the training jobs ask for resources.* of paper.yaml, gpu_model included (read by the slurm executor)
+    # the training jobs ask for resources.* of paper.yaml, gpu_model included (read by the slurm executor);
+    # a data-parallel cell (experiments.fig5.data_parallel: {data set: {b: GPUs}}) asks for its GPUs and
+    # runs `lssr train-batch` under torchrun over that many processes
     r = paper["resources"]
+    dp = {f"train_group_{ds.replace('-', '_')}_b{b}": g for ds, c in paper["experiments"]["fig5"]["data_parallel"].items()
+          for b, g in c.items()}  # fmt: skip
+    assert dp == {"train_group_tinyimagenet_32k_b32768": 2}
     train_jobs = [b for b in out.split("\nrule ")[1:] if b.startswith("train")]
     assert len(train_jobs) == expected["train"] + len(groups)
     for block in train_jobs:
         res = dict(kv.split("=", 1) for kv in re.search(r"resources: (.*)", block)[1].split(", "))
+        gpus = dp.get(block.split(":", 1)[0], 1)
         assert (res["mem_mb"], res["runtime"], res["gpu"], res["gpu_model"]) == (
-            str(r["mem_mb"]), str(r["runtime"]), "1", r["gpu_model"]
+            str(r["mem_mb"]), str(r["runtime"]), str(gpus), r["gpu_model"]
         )
+        if block.startswith("train_group"):
+            launch = f"Shell command: torchrun --standalone --nproc-per-node {gpus} -m lssr train-batch --data-parallel {gpus} "
+            assert (launch in block) == (gpus > 1) and ("Shell command: lssr train-batch " in block) == (gpus == 1)
 
 
 def test_demo_config_only_without_configfile(tmp_path):

@@ -194,7 +194,10 @@ def _add_train_commands(sub) -> None:
         "--members-per-pass", type=int, default=None, help="train at most this many members at once (memory bound)"
     )
     b.add_argument(
-        "--data-parallel", type=int, default=None, metavar="R",
+        "--data-parallel",
+        type=int,
+        default=None,
+        metavar="R",
         help="train each member data-parallel over R processes started by torchrun (SyncBatchNorm; "
         "`torchrun --standalone --nproc-per-node R -m lssr train-batch --data-parallel R ...`)",
     )

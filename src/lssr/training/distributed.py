@@ -353,8 +353,17 @@ class _Member:
             out.mkdir(parents=True, exist_ok=True)
             metrics = write_metrics(out / "metrics.csv", self.rows)
             write_run_outputs(
-                out, self.cfg, self.model.state_dict(), metrics, self.data, self.device, wall, status=status,
-                steps=self.step, stopped_by=self.stopped_by, extra={**self.plan.record(), **self.world.record()},
+                out,
+                self.cfg,
+                self.model.state_dict(),
+                metrics,
+                self.data,
+                self.device,
+                wall,
+                status=status,
+                steps=self.step,
+                stopped_by=self.stopped_by,
+                extra={**self.plan.record(), **self.world.record()},
             )
         else:
             metrics = pd.DataFrame(self.rows, columns=METRIC_COLUMNS)
@@ -396,8 +405,8 @@ def run_data_parallel_from_configs(
 ) -> list[RunResult]:
     """The ``lssr train-batch --data-parallel R`` entry point (under torchrun): join the process group, load and
     check the subset, train; the results on rank 0 (an empty list on the others)."""
-    from .entry import check_subset_matches, subset_for
     from ..data import load_subset
+    from .entry import check_subset_matches, subset_for
 
     check_batchable(cfgs, where)
     world = init_world(cfgs[0], world_size)
