@@ -2,6 +2,7 @@
 lssr.config (types, defaults, value rules)."""
 
 import dataclasses
+import re
 import types
 import typing
 from pathlib import Path
@@ -241,3 +242,50 @@ def test_schema_value_rules_match_config(section):
     disagree = [(k, v) for k, node in props.items() for v in CANDIDATES
                 if _schema_accepts(node, v) != _config_accepts(lambda: build(k, v))]
     assert not disagree
+
+
+# -- experiments.fig5.data_parallel: {data set: {b: GPUs}} ------------------------------------------
+
+
+def test_fig5_data_parallel_schema_and_config_agree():
+    """GPUs: the schema and lssr.config accept the same values; data set and b against the grid: lssr.config
+    (the schema cannot see the grid), each refusal naming the key."""
+    from lssr.config import data_parallel_config
+
+    node = SCHEMA["properties"]["experiments"]["properties"]["fig5"]["properties"]["data_parallel"]
+    grids = {"tinyimagenet-32k": [8, 16, 32768], "cifar10-8k": [8, 8192]}
+    for v in CANDIDATES:
+        raw = {"tinyimagenet-32k": {32768: v}}
+        assert _schema_accepts(node, raw) == _config_accepts(lambda: data_parallel_config(raw, grids, True)), v
+    assert data_parallel_config({"tinyimagenet-32k": {32768: 2, "16": 4}}, grids, True) == {
+        ("tinyimagenet-32k", 32768): 2, ("tinyimagenet-32k", 16): 4}  # fmt: skip
+    assert data_parallel_config(None, grids, False) == {} and data_parallel_config({}, grids, False) == {}
+    bad = [
+        ({"stl10-4k": {4096: 2}}, True, "data_parallel.stl10-4k' = {4096: 2} is invalid: b must be a Figure-5 cell"),
+        ({"tinyimagenet-32k": {1000: 2}}, True, "data_parallel.tinyimagenet-32k' = {1000: 2} is invalid"),
+        ({"tinyimagenet-32k": {32768: 1}}, True, "data_parallel.tinyimagenet-32k' = {32768: 1} is invalid"),
+        ({"tinyimagenet-32k": [2]}, True, "map data sets to {b: GPUs}"),
+        ({"tinyimagenet-32k": {32768: 2}}, False, "needs batch_runs: true"),
+    ]
+    for raw, batch_runs, needle in bad:
+        with pytest.raises(ConfigError, match=re.escape(needle)):
+            data_parallel_config(raw, grids, batch_runs)
+
+
+def test_fig5_data_parallel_planned_per_group():
+    """The planner records the GPUs per Figure-5 group; the group job asks for them and launches torchrun."""
+    from lssr.workflow import plan
+
+    wf = yaml.safe_load((Path(__file__).resolve().parents[1] / "config" / "test.yaml").read_text())
+    e = wf["experiments"]["fig5"]
+    ds, b = e["datasets"][0], 64
+    e.update(batch_sizes=[16, b], data_parallel={ds: {b: 2}})
+    wf.update(batch_runs=True, device="cuda")
+    p = plan(wf)
+    assert p.data_parallel == {f"{ds}_b{b}": 2}
+    assert p.group_resources(f"{ds}_b{b}")["gpu"] == 2 and p.group_resources(f"{ds}_b16")["gpu"] == 1
+    assert p.group_command(f"{ds}_b{b}") == "torchrun --standalone --nproc-per-node 2 -m lssr train-batch --data-parallel 2"
+    assert p.group_command(f"{ds}_b16") == "lssr train-batch"
+    e["data_parallel"] = {ds: {32: 2}}
+    with pytest.raises(ConfigError, match="b must be a Figure-5 cell"):
+        plan(wf)

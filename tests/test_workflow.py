@@ -58,7 +58,7 @@ def _job_counts(out: str) -> dict[str, int]:
 
 def _paper_expectation(paper: dict) -> tuple[dict, dict, set]:
     """From config/paper.yaml alone (not through lssr.workflow): run key -> the raw config each run must get,
-    Figure-5 groups, and the data sets used. A run key is (data set, loss, η, b, batch norm)."""
+    Figure-5 groups, and the data sets used. A run key is (data set, loss, η, b, batch norm, seed)."""
     from lssr.data import parse_size
 
     top = {k: paper[k] for k in RUN_KEYS if k in paper}
@@ -126,6 +126,8 @@ def test_paper_dag_dry_run(tmp_path):
     from lssr.data import parse_size
 
     paper = yaml.safe_load((ROOT / "config" / "paper.yaml").read_text())
+    # no --resources: on this machine without GPUs the workflow profile caps nothing, so the data-parallel
+    # cell keeps its gpu=2 (profiles/default)
     proc = smk(workdir(tmp_path), "-n", "-p", "--cores", "1", "--configfile", "config/paper.yaml")
     out = proc.stdout + proc.stderr
     runs, groups, used = _paper_expectation(paper)
@@ -153,17 +155,26 @@ def test_paper_dag_dry_run(tmp_path):
     specs = {f"{paper['datasets'][ds]['source']}-{parse_size(paper['datasets'][ds]['n'])}" for ds in used}
     assert sorted(re.findall(r"lssr subset (\S+)", out)) == sorted(specs)
     assert "digits" not in out
-    # the training jobs ask for resources.* of paper.yaml, gpu_model included (read by the slurm executor)
+    # the training jobs ask for resources.* of paper.yaml, gpu_model included (read by the slurm executor);
+    # a data-parallel cell (experiments.fig5.data_parallel: {data set: {b: GPUs}}) asks for its GPUs and
+    # runs `lssr train-batch` under torchrun over that many processes
     r = paper["resources"]
+    dp = {f"train_group_{ds.replace('-', '_')}_b{b}": g for ds, c in paper["experiments"]["fig5"]["data_parallel"].items()
+          for b, g in c.items()}  # fmt: skip
+    assert dp == {"train_group_tinyimagenet_32k_b32768": 2}
     train_jobs = [b for b in out.split("\nrule ")[1:] if b.startswith("train")]
     assert len(train_jobs) == expected["train"] + len(groups)
     runtimes = set()
     for block in train_jobs:
         res = dict(kv.split("=", 1) for kv in re.search(r"resources: (.*)", block)[1].split(", "))
-        assert (res["mem_mb"], res["gpu"], res["gpu_model"]) == (str(r["mem_mb"]), "1", r["gpu_model"])
+        gpus = dp.get(block.split(":", 1)[0], 1)
+        assert (res["mem_mb"], res["gpu"], res["gpu_model"]) == (str(r["mem_mb"]), str(gpus), r["gpu_model"])
         # each job's own estimate (lssr.cost), capped by resources.runtime
         assert 10 < int(res["runtime"]) <= r["runtime"]
         runtimes.add(int(res["runtime"]))
+        if block.startswith("train_group"):
+            launch = f"Shell command: torchrun --standalone --nproc-per-node {gpus} -m lssr train-batch --data-parallel {gpus} "
+            assert (launch in block) == (gpus > 1) and ("Shell command: lssr train-batch " in block) == (gpus == 1)
     assert len(runtimes) > 3 and r["runtime"] in runtimes  # not one constant; the longest jobs hit the cap
 
 

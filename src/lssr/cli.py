@@ -66,14 +66,23 @@ def cmd_train_batch(args: argparse.Namespace) -> None:
     cfgs = [load_config(c, overrides=overrides) for c in args.config]
     for out in args.out:
         _out_folder(out)
-    res = run_batched_from_configs(
-        cfgs,
-        args.out,
-        data_dir=args.data,
-        progress=not args.no_progress,
-        members_per_pass=args.members_per_pass,
-        where=args.config,
-    )
+    if args.data_parallel is not None:  # under torchrun: one process per GPU; results (printed) on rank 0 only
+        if args.members_per_pass is not None:
+            raise BatchConfigError("--members-per-pass does not apply with --data-parallel (one member at a time)")
+        from .training.distributed import run_data_parallel_from_configs
+
+        res = run_data_parallel_from_configs(
+            cfgs, args.out, args.data_parallel, data_dir=args.data, progress=not args.no_progress, where=args.config
+        )
+    else:
+        res = run_batched_from_configs(
+            cfgs,
+            args.out,
+            data_dir=args.data,
+            progress=not args.no_progress,
+            members_per_pass=args.members_per_pass,
+            where=args.config,
+        )
     for c, r, out in zip(cfgs, res, args.out):
         print(f"run η={c.optim.lr:g} {r.status} after {r.steps} steps in {r.wall_time:.1f}s -> {out}")
 
@@ -183,6 +192,14 @@ def _add_train_commands(sub) -> None:
     b.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a key in every config")
     b.add_argument(
         "--members-per-pass", type=int, default=None, help="train at most this many members at once (memory bound)"
+    )
+    b.add_argument(
+        "--data-parallel",
+        type=int,
+        default=None,
+        metavar="R",
+        help="train each member data-parallel over R processes started by torchrun (SyncBatchNorm; "
+        "`torchrun --standalone --nproc-per-node R -m lssr train-batch --data-parallel R ...`)",
     )
     b.add_argument("--no-progress", action="store_true")
     b.set_defaults(func=cmd_train_batch)

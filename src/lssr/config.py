@@ -473,6 +473,19 @@ def workflow_settings(wf: dict, where: str = "workflow config") -> WorkflowSetti
     return settings
 
 
+def data_parallel_config(raw, grids: dict[str, list[int]], batch_runs: bool, where: str = "workflow config") -> dict:
+    """``experiments.fig5.data_parallel`` {data set: {b: GPUs}} (Figure-5 cells, GPUs >= 2) -> {(data set, b): GPUs}."""
+    key, bad, raw = "experiments.fig5.data_parallel", _bad(where), {} if raw is None else raw
+    if not isinstance(raw, dict) or not all(isinstance(c, dict) for c in raw.values()):
+        raise bad(key, raw, "map data sets to {b: GPUs}, e.g. {tinyimagenet-32k: {32768: 2}}")
+    for ds, b, gpus in [(ds, b, g) for ds, cells in raw.items() for b, g in cells.items()]:
+        if ds not in grids or not str(b).isdigit() or int(b) not in grids[ds] or type(gpus) is not int or gpus < 2:
+            raise bad(f"{key}.{ds}", {b: gpus}, f"b must be a Figure-5 cell {grids} and GPUs an integer >= 2")
+        if not batch_runs:
+            raise bad(key, raw, "it needs batch_runs: true (the group job launches torchrun)")
+    return {(ds, int(b)): g for ds, cells in raw.items() for b, g in cells.items()}
+
+
 def dataset_config(name: str, entry: dict, where: str = "workflow config") -> DataConfig:
     """A ``datasets:`` entry ({source, n, seed, root, ...}) as the :class:`DataConfig` of its runs."""
     from .data import DataError, parse_size

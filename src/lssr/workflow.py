@@ -31,6 +31,7 @@ from .config import (
     Resources,
     WorkflowSettings,
     config_from_dict,
+    data_parallel_config,
     dataset_config,
     default_of,
     workflow_settings,
@@ -51,10 +52,29 @@ class Plan:
     # the ``runtime`` resource (minutes) of each training job: run id / group name -> lssr.cost estimate
     runtime: dict[str, int] = field(default_factory=dict)
     group_runtime: dict[str, int] = field(default_factory=dict)
+    # Figure-5 groups trained data-parallel (experiments.fig5.data_parallel): group -> number of GPUs
+    data_parallel: dict[str, int] = field(default_factory=dict)
 
     @property
     def resources(self) -> Resources:
         return self.settings.resources
+
+    def group_resources(self, group: str) -> dict:
+        """The ``resources`` of a group job: a training job's with its own ``runtime`` (lssr.cost), and
+        ``gpu`` = R for a data-parallel group."""
+        out = self.settings.job_resources()
+        if group in self.group_runtime:
+            out["runtime"] = self.group_runtime[group]
+        if group in self.data_parallel and out["gpu"]:
+            out["gpu"] = self.data_parallel[group]
+        return out
+
+    def group_command(self, group: str) -> str:
+        """``lssr train-batch``, or its torchrun launch over R processes for a data-parallel group."""
+        r = self.data_parallel.get(group)
+        if r is None:
+            return "lssr train-batch"
+        return f"torchrun --standalone --nproc-per-node {r} -m lssr train-batch --data-parallel {r}"
 
     @property
     def grouped_runs(self) -> set[str]:
@@ -242,12 +262,15 @@ def _fig5_batch_sizes(e: dict, n: int) -> list[int]:
 
 
 def _plan_fig5(P: Planner, e: dict) -> None:
-    """Figure 5: the (b, η) grid per data set; one group of runs per (data set, b)."""
+    """Figure 5: the (b, η) grid per data set; one group of runs per (data set, b); the groups of
+    ``data_parallel`` cells are trained over several GPUs."""
+    grids: dict[str, list[int]] = {}
     for ds in e["datasets"]:
         if ds not in P.wf.get("datasets", {}):
             P.subset(ds)  # raises the error naming the undefined data set
         n = dataset_config(ds, P.wf["datasets"][ds]).n
-        for b in _fig5_batch_sizes(e, n):
+        grids[ds] = _fig5_batch_sizes(e, n)
+        for b in grids[ds]:
             group = []
             if b > n:
                 raise ConfigError(
@@ -258,6 +281,8 @@ def _plan_fig5(P: Planner, e: dict) -> None:
                 for seed in e.get("seeds", [P.plan.settings.seed]):
                     group.append(P.add_run("fig5", e, dataset=ds, loss=e["loss"], lr=lr, batch_size=b, seed=seed))
             P.plan.groups[f"{ds}_b{b}"] = group
+    dp = data_parallel_config(e.get("data_parallel"), grids, P.plan.settings.batch_runs)
+    P.plan.data_parallel = {f"{ds}_b{b}": gpus for (ds, b), gpus in dp.items()}
 
 
 # experiment name -> its planner, in the order the runs are planned

@@ -37,7 +37,8 @@ rule train:
 
 
 # With `batch_runs: true`, the Figure-5 runs of one (data set, b) that differ only in η are trained
-# together by one `lssr train-batch` job (one stacked model, see lssr.training).
+# together by one `lssr train-batch` job (one stacked model, see lssr.training); a cell listed in
+# experiments.fig5.data_parallel runs it under torchrun over that many GPUs (lssr.training.distributed).
 if PLAN.settings.batch_runs:
     for _group, _members in PLAN.groups.items():
 
@@ -58,13 +59,13 @@ if PLAN.settings.batch_runs:
                 CONDA_ENV
             threads: RESOURCES.threads
             resources:
-                **JOB_RESOURCES,
-                runtime=PLAN.group_runtime[_group],
+                **PLAN.group_resources(_group),  # gpu = R for a data-parallel cell
             params:
+                launch=PLAN.group_command(_group),  # torchrun over R GPUs for a data-parallel cell
                 args=" ".join(
                     f"--config results/runs/{r}/config.yaml --out results/runs/{r}"
                     for r in _members
                 ),
                 data=lambda w, input: os.path.dirname(input.data),
             shell:
-                "lssr train-batch {params.args} --data {params.data} > {log} 2>&1"
+                "{params.launch} {params.args} --data {params.data} > {log} 2>&1"
