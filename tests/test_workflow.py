@@ -366,3 +366,12 @@ def test_snakemake_interrupted_and_restarted_gives_identical_outputs(tmp_path):
     assert not diff, f"outputs differ after interruptions: {diff}"
     resumed = [json.loads((wd / "results" / "runs" / r / "run.json").read_text())["resumed"] for r in resumed_from]
     assert all(resumed), "the killed run did not resume from its checkpoint"
+
+
+def test_snakemake_lint_finds_nothing_but_the_per_rule_conda_suggestion(tmp_path):
+    """`snakemake --lint` on the workflow: the only lint is its suggestion of a conda environment per rule,
+    which this workflow declines on purpose (one package, one environment: see workflow/rules/common.smk)."""
+    proc = smk(workdir(tmp_path), "--lint", "--cores", "1", check=False)
+    out = proc.stdout + proc.stderr
+    titles = set(re.findall(r"^\s*\* (.+?):$", out, flags=re.M))
+    assert titles == {"Specify a conda environment or container for each rule."}, out[-3000:]

@@ -17,10 +17,11 @@ RESOURCES = PLAN.resources
 JOB_RESOURCES = PLAN.settings.job_resources()
 
 
-# With --sdm conda every job runs in the named environment "lssr" that environment.yml creates
-# (then `pip install --no-deps -e .`): a named environment works wherever Snakemake runs the job, while
-# an env file with `pip: -e .` breaks once Snakemake copies it elsewhere. One package, one environment.
-CONDA_ENV = "lssr"
+# No conda directive per rule. The project is one Python package used by every rule, so the user's one environment
+# (environment.yml + `pip install --no-deps -e .`, or requirements-lock.txt) is the unit. An env file with
+# `pip: -e .` breaks once Snakemake copies it elsewhere (--sdm conda), and a named environment makes every
+# job call `conda env export`, which fails where conda is absent. (`snakemake --lint` suggests conda per
+# rule: tests/test_workflow.py accepts that one lint and no other.)
 
 
 # Bookkeeping (milliseconds each): run on the submitting host, never as cluster jobs.

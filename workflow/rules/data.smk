@@ -4,8 +4,6 @@ rule subset:
         data="results/data/{subset}/data.pt",
     log:
         "results/logs/subset/{subset}.log",
-    conda:
-        CONDA_ENV
     params:
         spec=lambda w: PLAN.subsets[w.subset]["spec"],
         seed=lambda w: PLAN.subsets[w.subset]["seed"],

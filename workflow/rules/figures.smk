@@ -8,8 +8,6 @@ rule table:
         "results/tables/{fig}.csv",
     log:
         "results/logs/table/{fig}.log",
-    conda:
-        CONDA_ENV
     params:
         runs=lambda w: " ".join(run_dirs(PLAN.figures.get(w.fig, []))),
     shell:
@@ -27,8 +25,6 @@ rule figure:
         data="figures/data/{fig}.csv",
     log:
         "results/logs/figure/{fig}.log",
-    conda:
-        CONDA_ENV
     shell:
         "lssr figure {wildcards.fig} --table {input} --out {output.pdf} > {log} 2>&1"
 
@@ -40,8 +36,6 @@ rule claims:
         report("results/claims.csv", caption="../report/claims.rst", category="Claims"),
     log:
         "results/logs/claims.log",
-    conda:
-        CONDA_ENV
     params:
         tables=" ".join(
             f"--table {f}=results/tables/{f}.csv"

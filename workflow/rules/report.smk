@@ -5,8 +5,6 @@ rule runs_table:
         report("results/tables/runs.csv", caption="../report/runs.rst", category="Runs"),
     log:
         "results/logs/runs_table.log",
-    conda:
-        CONDA_ENV
     params:
         runs=" ".join(run_dirs(RUNS)),
     shell:
@@ -21,7 +19,5 @@ rule verdicts:
         "results/verdicts.csv",
     log:
         "results/logs/verdicts.log",
-    conda:
-        CONDA_ENV
     shell:
         "lssr verdicts --claims {input} --out {output} > {log} 2>&1"

@@ -3,8 +3,6 @@ rule run_config:
         "results/runs/{run}/config.yaml",
     log:
         "results/logs/config/{run}.log",
-    conda:
-        CONDA_ENV
     params:
         cfg=lambda w: json.dumps(RUNS[w.run], sort_keys=True),
     shell:
@@ -24,8 +22,6 @@ rule train:
         "results/benchmarks/train/{run}.tsv"
     wildcard_constraints:
         run=SINGLE_RUN,
-    conda:
-        CONDA_ENV
     threads: RESOURCES.threads
     resources:
         **JOB_RESOURCES,
@@ -55,8 +51,6 @@ if PLAN.settings.batch_runs:
                 f"results/logs/train_group/{_group}.log",
             benchmark:
                 f"results/benchmarks/train_group/{_group}.tsv"
-            conda:
-                CONDA_ENV
             threads: RESOURCES.threads
             resources:
                 **PLAN.group_resources(_group),  # gpu = R for a data-parallel cell
