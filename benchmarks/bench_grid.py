@@ -94,18 +94,41 @@ def part1(args, work: Path) -> dict:
         p.write_text(yaml.safe_dump(raw))
         paths.append(p)
     cfgs = [config_from_dict(r) for r in raws]
-    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads),
-           "PYTHONPATH": str(ROOT / "src") + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": str(args.threads),
+        "MKL_NUM_THREADS": str(args.threads),
+        "PYTHONPATH": str(ROOT / "src") + os.pathsep + os.environ.get("PYTHONPATH", ""),
+    }
     py = sys.executable
     out: dict = {"runs": len(cfgs), "lrs": lrs, "steps": args.steps, "threads": args.threads, "load_before": load_avg()}
-    print(f"demo grid: digits-1k, digits_cnn+BN, b=32, {len(lrs)} learning rates 2^-6..2^1, {args.steps} steps, "
-          f"{args.threads} thread(s); load average {out['load_before']}", flush=True)
+    print(
+        f"demo grid: digits-1k, digits_cnn+BN, b=32, {len(lrs)} learning rates 2^-6..2^1, {args.steps} steps, "
+        f"{args.threads} thread(s); load average {out['load_before']}",
+        flush=True,
+    )
 
     # A. one process per run
     t = time.perf_counter()
     for i, p in enumerate(paths):
-        subprocess.run([py, "-m", "lssr.cli", "train", str(p), "--out", str(work / f"A{i}"), "--data", str(data_dir), "--no-progress"],
-                       env=env, check=True, capture_output=True, cwd=work)
+        subprocess.run(
+            [
+                py,
+                "-m",
+                "lssr.cli",
+                "train",
+                str(p),
+                "--out",
+                str(work / f"A{i}"),
+                "--data",
+                str(data_dir),
+                "--no-progress",
+            ],
+            env=env,
+            check=True,
+            capture_output=True,
+            cwd=work,
+        )
     out["A_processes_s"] = time.perf_counter() - t
     print(f"A  one process per run     : {out['A_processes_s']:7.1f} s", flush=True)
 
@@ -144,8 +167,15 @@ def part1(args, work: Path) -> dict:
     out["metric_diff_per_run"] = diffs
     out["max_metric_diff_completed"] = max(diffs) if diffs else 0.0
     k = 3600.0 * len(cfgs)
-    out["runs_per_hour"] = {m: k / out[key] for m, key in (("A", "A_processes_s"), ("B", "B_inprocess_sequential_s"),
-                                                          ("C", "C_inprocess_batched_s"), ("D", "D_batched_process_s"))}
+    out["runs_per_hour"] = {
+        m: k / out[key]
+        for m, key in (
+            ("A", "A_processes_s"),
+            ("B", "B_inprocess_sequential_s"),
+            ("C", "C_inprocess_batched_s"),
+            ("D", "D_batched_process_s"),
+        )
+    }
     out["ratio_D_over_A"] = out["A_processes_s"] / out["D_batched_process_s"]
     out["ratio_C_over_B"] = out["B_inprocess_sequential_s"] / out["C_inprocess_batched_s"]
     out["ratio_C_over_A"] = out["A_processes_s"] / out["C_inprocess_batched_s"]
@@ -153,9 +183,12 @@ def part1(args, work: Path) -> dict:
     print(f"runs per hour: A {rph['A']:.0f} | B {rph['B']:.0f} | C {rph['C']:.0f} | D {rph['D']:.0f}")
     print(f"ratio batched process / one process per run (D/A): {out['ratio_D_over_A']:.2f}x  (target >= 2x)")
     print(f"ratio batched / sequential, in process (C/B)      : {out['ratio_C_over_B']:.2f}x")
-    print(f"statuses {out['statuses']}; largest metric difference batched vs one by one per completed run: "
-          f"{', '.join(f'{d:.1e}' for d in diffs)} (float32 round-off, amplified at the large η); "
-          f"load average after {out['load_after']}", flush=True)
+    print(
+        f"statuses {out['statuses']}; largest metric difference batched vs one by one per completed run: "
+        f"{', '.join(f'{d:.1e}' for d in diffs)} (float32 round-off, amplified at the large η); "
+        f"load average after {out['load_after']}",
+        flush=True,
+    )
     return out
 
 
@@ -202,8 +235,18 @@ def host_step_overhead(members: int, steps: int = 40) -> float:
     data = Subset(x(), y(), x(), y(), {"num_classes": 10, "image_shape": [3, 2, 2], "sha256": {}})
 
     def cfg(lr, s):
-        return config_from_dict({"seed": 0, "device": "cpu", "data": {"dataset": "cifar10", "n": 8}, "model": {"name": "cnn6", "batch_norm": True},
-                                 "loss": "ce", "optim": {"lr": lr, "batch_size": 2}, "stop": {"steps": s}, "eval_every": 10**9})
+        return config_from_dict(
+            {
+                "seed": 0,
+                "device": "cpu",
+                "data": {"dataset": "cifar10", "n": 8},
+                "model": {"name": "cnn6", "batch_norm": True},
+                "loss": "ce",
+                "optim": {"lr": lr, "batch_size": 2},
+                "stop": {"steps": s},
+                "eval_every": 10**9,
+            }
+        )
 
     def run(s):
         t = time.perf_counter()
@@ -217,8 +260,13 @@ def host_step_overhead(members: int, steps: int = 40) -> float:
     return (run(steps + 5) - run(5)) / steps
 
 
-def figure5_estimate(per_sample_single_s: dict, per_sample_batched_s: dict, overhead_single_s: float, overhead_batched_s: float,
-                     models=("cnn6", "resnet9")) -> dict:
+def figure5_estimate(
+    per_sample_single_s: dict,
+    per_sample_batched_s: dict,
+    overhead_single_s: float,
+    overhead_batched_s: float,
+    models=("cnn6", "resnet9"),
+) -> dict:
     """GPU-seconds of the Figure-5 grid: per (data set, b) one job batched over N_LR learning rates.
 
     A step of a job costs max(host overhead of a batched step, N_LR * b * per-sample cost); evaluation
@@ -239,11 +287,17 @@ def figure5_estimate(per_sample_single_s: dict, per_sample_batched_s: dict, over
                 evals = EPOCHS / EVAL_EVERY_EPOCHS * (n + n_test) * c / 3
                 job = steps * step_batched + N_LR * evals
                 unbatched = N_LR * (steps * step_single + evals)
-                jobs.append({"dataset": ds, "b": b, "steps": steps, "job_h": job / 3600, "unbatched_h": unbatched / 3600})
+                jobs.append(
+                    {"dataset": ds, "b": b, "steps": steps, "job_h": job / 3600, "unbatched_h": unbatched / 3600}
+                )
                 total_b += job
                 total_u += unbatched
-        est[model] = {"batched_gpu_h": total_b / 3600, "unbatched_gpu_h": total_u / 3600, "jobs": jobs,
-                      "longest_job": max(jobs, key=lambda j: j["job_h"])}
+        est[model] = {
+            "batched_gpu_h": total_b / 3600,
+            "unbatched_gpu_h": total_u / 3600,
+            "jobs": jobs,
+            "longest_job": max(jobs, key=lambda j: j["job_h"]),
+        }
     return est
 
 
@@ -263,13 +317,21 @@ def part2(args) -> dict:
     res["host_overhead_single_s"] = host_step_overhead(0)
     res["host_overhead_batched_s"] = host_step_overhead(1)
     res["tiny_step_batched10_s"] = host_step_overhead(N_LR)
-    print(f"per-step host overhead (cnn6+BN, b=2, 2x2 px, CPU): train() {1e3 * res['host_overhead_single_s']:.1f} ms, "
-          f"train_batched with 1 member {1e3 * res['host_overhead_batched_s']:.1f} ms "
-          f"(with {N_LR} members {1e3 * res['tiny_step_batched10_s']:.1f} ms: on the CPU the members' weight-gradient "
-          f"and update arithmetic is no longer negligible)", flush=True)
+    print(
+        f"per-step host overhead (cnn6+BN, b=2, 2x2 px, CPU): train() {1e3 * res['host_overhead_single_s']:.1f} ms, "
+        f"train_batched with 1 member {1e3 * res['host_overhead_batched_s']:.1f} ms "
+        f"(with {N_LR} members {1e3 * res['tiny_step_batched10_s']:.1f} ms: on the CPU the members' weight-gradient "
+        f"and update arithmetic is no longer negligible)",
+        flush=True,
+    )
 
-    source = f"ESTIMATE: FLOPs / {args.gpu_tflops:g} TFLOP/s effective (assumed), per-step host overhead measured on this CPU"
-    per_sample_gpu = {(m, px): res["flops_per_sample_fwd_bwd"][f"{m}@{px}"] / (args.gpu_tflops * 1e12) for m, px in sizes}
+    source = (
+        f"ESTIMATE: FLOPs / {args.gpu_tflops:g} TFLOP/s effective (assumed), "
+        "per-step host overhead measured on this CPU"
+    )
+    per_sample_gpu = {
+        (m, px): res["flops_per_sample_fwd_bwd"][f"{m}@{px}"] / (args.gpu_tflops * 1e12) for m, px in sizes
+    }
     per_sample_gpu_batched = dict(per_sample_gpu)
     ov_single, ov_batched = res["host_overhead_single_s"], res["host_overhead_batched_s"]
     if args.gpu_json and Path(args.gpu_json).exists():
@@ -282,15 +344,24 @@ def part2(args) -> dict:
             ov_single, ov_batched = small[0]["single_step_s"], small[0]["batched_step_s"]
         source = f"MEASURED by benchmarks/gpu.sh on {g.get('device')} ({args.gpu_json})"
     est = figure5_estimate(per_sample_gpu, per_sample_gpu_batched, ov_single, ov_batched)
-    res["figure5"] = {"source": source, "gpu_tflops_assumed": args.gpu_tflops, "per_step_overhead_single_s": ov_single,
-                      "per_step_overhead_batched_s": ov_batched,
-                      "estimate": {m: {k: v for k, v in e.items() if k != "jobs"} for m, e in est.items()},
-                      "jobs": {m: e["jobs"] for m, e in est.items()}}
-    print(f"\nFigure-5 grid ({len(FIG5)} data sets, b = 2^3..n, {N_LR} η, {EPOCHS} epochs, eval every {EVAL_EVERY_EPOCHS} epochs), {source}:")
+    res["figure5"] = {
+        "source": source,
+        "gpu_tflops_assumed": args.gpu_tflops,
+        "per_step_overhead_single_s": ov_single,
+        "per_step_overhead_batched_s": ov_batched,
+        "estimate": {m: {k: v for k, v in e.items() if k != "jobs"} for m, e in est.items()},
+        "jobs": {m: e["jobs"] for m, e in est.items()},
+    }
+    print(
+        f"\nFigure-5 grid ({len(FIG5)} data sets, b = 2^3..n, {N_LR} η, {EPOCHS} epochs, "
+        f"eval every {EVAL_EVERY_EPOCHS} epochs), {source}:"
+    )
     for m, e in est.items():
         lj = e["longest_job"]
-        print(f"  {m}: batched (one job per (data set, b)) {e['batched_gpu_h']:.0f} GPU-h, one run per job "
-              f"{e['unbatched_gpu_h']:.0f} GPU-h; longest job {lj['dataset']} b={lj['b']} {lj['job_h']:.1f} h")
+        print(
+            f"  {m}: batched (one job per (data set, b)) {e['batched_gpu_h']:.0f} GPU-h, one run per job "
+            f"{e['unbatched_gpu_h']:.0f} GPU-h; longest job {lj['dataset']} b={lj['b']} {lj['job_h']:.1f} h"
+        )
         per_ds = {}
         for j in e["jobs"]:
             per_ds[j["dataset"]] = per_ds.get(j["dataset"], 0.0) + j["job_h"]
@@ -338,6 +409,7 @@ def checkpointing_cost(args) -> dict:
                 backward_keeping_buffers(loss, list(stack.buffers.values()) if checkpointed else None)
                 for p in stack.params.values():
                     p.grad = None
+
         times = {False: [], True: []}
         for rep in range(args.ckpt_reps + 1):
             for mode in (False, True) if rep % 2 == 0 else (True, False):
@@ -363,7 +435,9 @@ def main() -> int:
     ap.add_argument("--no-checkpointing", action="store_true", help="skip part 3 (activation checkpointing cost)")
     ap.add_argument("--ckpt-reps", type=int, default=6, help="interleaved repetitions per mode in part 3")
     ap.add_argument("--gpu-json", default=str(ROOT / "results" / "bench" / "gpu" / "gpu_bench.json"))
-    ap.add_argument("--gpu-tflops", type=float, default=25.0, help="assumed effective GPU throughput when no gpu.sh output exists")
+    ap.add_argument(
+        "--gpu-tflops", type=float, default=25.0, help="assumed effective GPU throughput when no gpu.sh output exists"
+    )
     args = ap.parse_args()
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -203,8 +203,9 @@ def case_read_only_output(tmp):
 
 
 def case_disk_full(tmp):
-    from lssr.io import write_csv
     import pandas as pd
+
+    from lssr.io import write_csv
 
     target = tmp / "results" / "tables" / "runs.csv"
     real_replace = os.replace

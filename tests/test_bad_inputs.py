@@ -4,7 +4,6 @@ leaves earlier outputs intact (checked inside provoke())."""
 import re
 
 import pytest
-
 from bad_inputs import CASES, provoke
 
 # what each message must name (the key, value, file or fix)
@@ -58,8 +57,17 @@ def test_cli_error_is_one_line(tmp_path, capsys, case):
         cfg.write_bytes(b"seed: 0\nname: \xff\xfe\n")
         argv, cmd = ["train", str(cfg), "--out", str(tmp_path / "run")], "train"
     elif case == "train-out-file":
-        cfg.write_text(yaml.safe_dump({"data": {"dataset": "digits", "n": 64}, "model": {"name": "digits_cnn"},
-                                       "loss": "mse", "optim": {"lr": 0.1}, "stop": {"steps": 1}}))
+        cfg.write_text(
+            yaml.safe_dump(
+                {
+                    "data": {"dataset": "digits", "n": 64},
+                    "model": {"name": "digits_cnn"},
+                    "loss": "mse",
+                    "optim": {"lr": 0.1},
+                    "stop": {"steps": 1},
+                }
+            )
+        )
         argv, cmd = ["train", str(cfg), "--out", str(some_file)], "train"
     else:
         argv, cmd = ["subset", "digits-64", "--out", str(some_file)], "subset"

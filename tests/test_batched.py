@@ -183,8 +183,9 @@ def test_members_per_pass_gives_the_same_results(digits):
     a = train_batched(cfgs, digits, None, progress=False)
     b = train_batched(cfgs, digits, None, progress=False, members_per_pass=2)
     for x, y in zip(a, b):
-        np.testing.assert_allclose(x.metrics.values.astype(float), y.metrics.values.astype(float), atol=ATOL,
-                                   equal_nan=True)
+        np.testing.assert_allclose(
+            x.metrics.values.astype(float), y.metrics.values.astype(float), atol=ATOL, equal_nan=True
+        )
 
 
 @pytest.mark.parametrize(
@@ -240,8 +241,18 @@ def test_dtype_follows_the_data(digits32, digits):
 def check_gpu_bench_json(result: dict) -> None:
     """The JSON that ``benchmarks/gpu.sh --cpu`` writes (LSSR_GPU_BENCH_SKIP_DIAGNOSTICS set), field by field."""
     members = 2  # MEMBERS in CPU mode
-    assert set(result) == {"mode", "device", "torch", "members", "lrs", "throughput", "per_sample", "diagnostics",
-                           "skipped", "wall_s"}  # no "tf32" off the GPU
+    assert set(result) == {
+        "mode",
+        "device",
+        "torch",
+        "members",
+        "lrs",
+        "throughput",
+        "per_sample",
+        "diagnostics",
+        "skipped",
+        "wall_s",
+    }  # no "tf32" off the GPU
     assert result["mode"] == "cpu-tiny" and result["device"] == "cpu (1 thread)"
     assert result["torch"] == torch.__version__
     assert result["members"] == members
@@ -252,8 +263,19 @@ def check_gpu_bench_json(result: dict) -> None:
     assert isinstance(wall, float) and wall > 0
     (row,) = result["throughput"]  # the CPU plan: one (b = 32, 2 and 6 steps) measurement
     assert {k: row[k] for k in ("model", "px", "n", "b")} == {"model": "cnn6", "px": 8, "n": 256, "b": 32}
-    assert set(row) == {"model", "px", "n", "b", "single_step_s", "single_steps_per_s", "batched_step_s",
-                        "batched_member_steps_per_s", "speedup", "single_per_sample_ms", "batched_per_member_sample_ms"}
+    assert set(row) == {
+        "model",
+        "px",
+        "n",
+        "b",
+        "single_step_s",
+        "single_steps_per_s",
+        "batched_step_s",
+        "batched_member_steps_per_s",
+        "speedup",
+        "single_per_sample_ms",
+        "batched_per_member_sample_ms",
+    }
     single, batched, b = row["single_step_s"], row["batched_step_s"], row["b"]
     # Timings are the benchmark's output, not this test's subject: under load a step time (a difference of
     # two timed runs) can come out tiny or even negative, so only types, finiteness and consistency are checked.

@@ -151,7 +151,14 @@ def fig3_table(ratio_below: float, ratio_above: float, xmin_below: float, xmin_a
     rows = []
     for t in range(steps):
         for regime, ratio, xmin in (("below", ratio_below, xmin_below), ("above", ratio_above, xmin_above)):
-            base = {"run": "g", "loss": "mse", "lr": ETA, "step": f"{regime}{t}", "regime": regime, "curve": f"{regime}{t}"}
+            base = {
+                "run": "g",
+                "loss": "mse",
+                "lr": ETA,
+                "step": f"{regime}{t}",
+                "regime": regime,
+                "curve": f"{regime}{t}",
+            }
             rows += [{**base, "panel": "ratio", "alpha": a, "x": a, "y": ratio} for a in (0.25, 0.5)]
             x = np.linspace(0, 2, 21)
             y = np.where(x < xmin, -x / xmin, -(2 - x) / (2 - xmin))
@@ -187,9 +194,15 @@ def test_c8_alignment_and_c9_consecutive_cosine():
 
 # --- all together --------------------------------------------------------------------------------------------
 def all_tables() -> dict[str, pd.DataFrame]:
-    return {"fig1": loss_table(1.0, 8, "early"), "fig2": loss_table(0.5, 10, "eos"), "fig3": fig3_table(1.1, 0.9, 1.3, 0.7),
-            "fig4": pd.concat([gd_fig4(1.0, 1.3, 10), sgd_fig4({8: 1.0, 64: 1.0, 512: 1.0})]),
-            "fig5": heat_seeds(LSSR_BEST, 3), "figC5": c5_table(1.0, 0.0), "figS1": s1_table(0.9, -0.5)}  # fmt: skip
+    return {
+        "fig1": loss_table(1.0, 8, "early"),
+        "fig2": loss_table(0.5, 10, "eos"),
+        "fig3": fig3_table(1.1, 0.9, 1.3, 0.7),
+        "fig4": pd.concat([gd_fig4(1.0, 1.3, 10), sgd_fig4({8: 1.0, 64: 1.0, 512: 1.0})]),
+        "fig5": heat_seeds(LSSR_BEST, 3),
+        "figC5": c5_table(1.0, 0.0),
+        "figS1": s1_table(0.9, -0.5),
+    }
 
 
 def test_columns_kinds_sources_and_only_given_tables():

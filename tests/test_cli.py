@@ -13,8 +13,13 @@ import lssr
 
 SRC = Path(lssr.__file__).resolve().parents[1]
 COMMANDS = ("subset", "train", "train-batch", "write-config", "table", "figure", "claims", "runs-table", "verdicts")
-RUN = {"data": {"dataset": "digits", "n": 64}, "model": {"name": "digits_cnn"}, "loss": "mse", "optim": {"lr": 0.1},
-       "stop": {"steps": 1}}
+RUN = {
+    "data": {"dataset": "digits", "n": 64},
+    "model": {"name": "digits_cnn"},
+    "loss": "mse",
+    "optim": {"lr": 0.1},
+    "stop": {"steps": 1},
+}
 
 
 def py(*args: str) -> subprocess.CompletedProcess:

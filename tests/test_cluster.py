@@ -47,15 +47,21 @@ def local_env() -> dict:
 
 
 def smk(wd, *args, env=None, timeout=1200):
-    proc = subprocess.run([*SNAKEMAKE, *args], cwd=wd, env=env or cluster_env(wd), capture_output=True, text=True,
-                          timeout=timeout)
+    proc = subprocess.run(
+        [*SNAKEMAKE, *args], cwd=wd, env=env or cluster_env(wd), capture_output=True, text=True, timeout=timeout
+    )
     assert proc.returncode == 0, f"snakemake {' '.join(args)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
     return proc
 
 
 def outputs(wd: Path) -> dict:
-    pats = ("results/runs/*/metrics.csv", "results/runs/*/diagnostics.csv", "figures/data/*.csv",
-            "results/tables/fig*.csv", "results/claims.csv")  # runs.csv: wall times
+    pats = (
+        "results/runs/*/metrics.csv",
+        "results/runs/*/diagnostics.csv",
+        "figures/data/*.csv",
+        "results/tables/fig*.csv",
+        "results/claims.csv",
+    )  # runs.csv: wall times
     return {str(f.relative_to(wd)): f.read_bytes() for p in pats for f in sorted(wd.glob(p))}
 
 
@@ -120,8 +126,14 @@ def test_slurm_profile_end_to_end_and_cuda_submissions(tmp_path):
     (wd / "cuda.yaml").write_text(yaml.safe_dump(cfg))
     (wd / ".fake_slurm" / "sbatch.jsonl").unlink()
     env = cluster_env(wd, FAKE_SLURM_HOLD_GPU_JOBS="1")
-    proc = subprocess.Popen([*SNAKEMAKE, "--profile", "profiles/slurm", "--configfile", "cuda.yaml", *fast], cwd=wd,
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen(
+        [*SNAKEMAKE, "--profile", "profiles/slurm", "--configfile", "cuda.yaml", *fast],
+        cwd=wd,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     try:
         t0 = time.monotonic()
         while sum(is_training(s["rule"]) for s in submissions(wd)) < n_training:

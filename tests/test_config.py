@@ -109,8 +109,31 @@ def test_name_lists_match_registries():
 SCHEMA_FILE = Path(__file__).resolve().parents[1] / "workflow" / "schemas" / "config.schema.yaml"
 SCHEMA = yaml.safe_load(SCHEMA_FILE.read_text())
 JSON_TYPE = {int: "integer", float: "number", bool: "boolean", str: "string", type(None): "null"}
-CANDIDATES = [-1, 0, 1, 2, 3, 0.5, 1.5, 1e-3, None, True, False, "x", "auto", "cuda", "cuda:0", "cuda:x", "eval",
-              "sketch", [], [8, 32], [0], [0.5], ["x"]]
+CANDIDATES = [
+    -1,
+    0,
+    1,
+    2,
+    3,
+    0.5,
+    1.5,
+    1e-3,
+    None,
+    True,
+    False,
+    "x",
+    "auto",
+    "cuda",
+    "cuda:0",
+    "cuda:x",
+    "eval",
+    "sketch",
+    [],
+    [8, 32],
+    [0],
+    [0.5],
+    ["x"],
+]
 
 
 def _node(node: dict) -> dict:
@@ -168,7 +191,7 @@ def _defaults_in(node, path: str = "") -> set:
 
 
 def test_schema_types_and_defaults_match_config():
-    from lssr.config import ESTIMATORS, BN_MODES, MIN_BATCH_SIZE, ModelConfig, Resources, StopConfig
+    from lssr.config import BN_MODES, ESTIMATORS, MIN_BATCH_SIZE, ModelConfig, Resources, StopConfig
     from lssr.data import SOURCES
     from lssr.registry import FIGURES
 
@@ -176,8 +199,13 @@ def test_schema_types_and_defaults_match_config():
     top = SCHEMA["properties"]
     _check_fields(ProbeConfig, SCHEMA["definitions"]["probe"], "definitions.probe", checked)
     _check_fields(Resources, top["resources"], "resources", checked)
-    _check_fields(DataConfig, top["datasets"]["additionalProperties"], "datasets.additionalProperties", checked,
-                  rename={"dataset": "source"})
+    _check_fields(
+        DataConfig,
+        top["datasets"]["additionalProperties"],
+        "datasets.additionalProperties",
+        checked,
+        rename={"dataset": "source"},
+    )
     run_hints = typing.get_type_hints(RunConfig)
     for key in RUN_KEYS:  # run keys at the top level: RunConfig's types and defaults
         assert _schema_types(top[key]) == _python_types(run_hints[key]) and top[key]["default"] == default_of(
@@ -239,8 +267,12 @@ def test_schema_value_rules_match_config(section):
     else:
         props = top["resources"]["properties"]
         build = lambda k, v: workflow_settings({"resources": {k: v}})  # noqa: E731
-    disagree = [(k, v) for k, node in props.items() for v in CANDIDATES
-                if _schema_accepts(node, v) != _config_accepts(lambda: build(k, v))]
+    disagree = [
+        (k, v)
+        for k, node in props.items()
+        for v in CANDIDATES
+        if _schema_accepts(node, v) != _config_accepts(lambda: build(k, v))
+    ]
     assert not disagree
 
 
@@ -284,7 +316,10 @@ def test_fig5_data_parallel_planned_per_group():
     p = plan(wf)
     assert p.data_parallel == {f"{ds}_b{b}": 2}
     assert p.group_resources(f"{ds}_b{b}")["gpu"] == 2 and p.group_resources(f"{ds}_b16")["gpu"] == 1
-    assert p.group_command(f"{ds}_b{b}") == "torchrun --standalone --nproc-per-node 2 -m lssr train-batch --data-parallel 2"
+    assert (
+        p.group_command(f"{ds}_b{b}")
+        == "torchrun --standalone --nproc-per-node 2 -m lssr train-batch --data-parallel 2"
+    )
     assert p.group_command(f"{ds}_b16") == "lssr train-batch"
     e["data_parallel"] = {ds: {32: 2}}
     with pytest.raises(ConfigError, match="b must be a Figure-5 cell"):

@@ -79,8 +79,14 @@ def test_probe_columns_written_out():
 
 def test_gd_probe_columns_invariants_and_trajectory(data, tmp_path):
     probe = {
-        "every": 1, "batch_sizes": [1, 4], "estimator": "auto", "probes": 16, "eig_tol": 1e-3,
-        "valley": True, "valley_alphas": [0.5, 1.0], "valley_s": [0.0, 0.5, 1.0],
+        "every": 1,
+        "batch_sizes": [1, 4],
+        "estimator": "auto",
+        "probes": 16,
+        "eig_tol": 1e-3,
+        "valley": True,
+        "valley_alphas": [0.5, 1.0],
+        "valley_s": [0.0, 0.5, 1.0],
     }
     cfg = cfg_for(probe=probe)
     plain = run(cfg_for(), data, tmp_path / "plain", probed=False)
@@ -89,7 +95,14 @@ def test_gd_probe_columns_invariants_and_trajectory(data, tmp_path):
     df = pd.read_csv(tmp_path / "probed" / "diagnostics.csv")
     expected = probe_columns([1, 4, N], True, [0.5, 1.0], [0.0, 0.5, 1.0])
     assert list(df.columns) == expected
-    for col in ("valley_ratio_a0.5", "valley_ratio_a1", "valley_dL_s0.5", "valley_quad_s1", "tr_HS_b_16_se", "resultant_b_4"):
+    for col in (
+        "valley_ratio_a0.5",
+        "valley_ratio_a1",
+        "valley_dL_s0.5",
+        "valley_quad_s1",
+        "tr_HS_b_16_se",
+        "resultant_b_4",
+    ):
         assert col in df.columns
     assert list(df["step"]) == [0, 1, 2]
     assert (df["b_run"] == N).all() and np.allclose(df["two_over_eta"], 2 / 0.05)
@@ -121,8 +134,15 @@ def test_gd_probe_columns_invariants_and_trajectory(data, tmp_path):
 def test_sgd_probe_sketch_resultant_and_trajectory(data, tmp_path):
     optim = {"lr": 0.05, "batch_size": 4, "replacement": True}
     probe = {
-        "every": 2, "batch_sizes": [2, 8], "estimator": "sketch", "probes": 6, "stage1": 3, "rel_se": None,
-        "expected_change_batches": 3, "resultant_batches": 4, "seed": 7,
+        "every": 2,
+        "batch_sizes": [2, 8],
+        "estimator": "sketch",
+        "probes": 6,
+        "stage1": 3,
+        "rel_se": None,
+        "expected_change_batches": 3,
+        "resultant_batches": 4,
+        "seed": 7,
     }
     cfg = cfg_for(optim=optim, probe=probe, stop={"steps": 4})
     plain = run(cfg_for(optim=optim, stop={"steps": 4}), data, tmp_path / "plain", probed=False)

@@ -35,7 +35,14 @@ def write_cfg(path, probe):
         "checkpoint_every": 5,
     }
     if probe:
-        raw["probe"] = {"every": 3, "batch_sizes": [4], "estimator": "sketch", "probes": 4, "expected_change_batches": 2, "resultant_batches": 2}
+        raw["probe"] = {
+            "every": 3,
+            "batch_sizes": [4],
+            "estimator": "sketch",
+            "probes": 4,
+            "expected_change_batches": 2,
+            "resultant_batches": 2,
+        }
     path.write_text(yaml.safe_dump(raw))
     return path
 
@@ -43,7 +50,9 @@ def write_cfg(path, probe):
 def run(cfg, data, out, kill_step=0, where="none"):
     return subprocess.run(
         [sys.executable, str(HERE / "killable_run.py"), str(cfg), str(data), str(out), str(kill_step), where],
-        capture_output=True, text=True, timeout=600,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
 
 
@@ -110,17 +119,28 @@ def test_changed_config_does_not_resume_from_stale_checkpoint(digits, tmp_path):
 # between the checkpoint at 3 and the one at 6, and is still (masked) in the stack at the checkpoint at 6;
 # "c" reaches its loss goal at the evaluation at 12, right after the checkpoint at 12; "a" and "d" run to 23.
 MEMBERS = {"a": (0.05, {}), "b": (3.0, {}), "e": (2.0, {}), "c": (0.2, {"train_loss_goal": 0.39}), "d": (0.1, {})}
-EXPECTED = {"a": ("completed", 23), "b": ("diverged", 3), "e": ("diverged", 5), "c": ("completed", 12),
-            "d": ("completed", 23)}
+EXPECTED = {
+    "a": ("completed", 23),
+    "b": ("diverged", 3),
+    "e": ("diverged", 5),
+    "c": ("completed", 12),
+    "d": ("completed", 23),
+}
 
 
 def write_group(folder, seeds):
     paths = []
     for i, (name, (lr, stop)) in enumerate(MEMBERS.items()):
         raw = {
-            "name": name, "seed": 5 + i if seeds else 5, "device": "cpu",
-            "data": {"dataset": "digits", "n": N, "seed": 1}, "model": {"name": "digits_cnn"}, "loss": "mse",
-            "optim": {"lr": lr, "batch_size": 16}, "stop": {"steps": 23, **stop}, "eval_every": 4,
+            "name": name,
+            "seed": 5 + i if seeds else 5,
+            "device": "cpu",
+            "data": {"dataset": "digits", "n": N, "seed": 1},
+            "model": {"name": "digits_cnn"},
+            "loss": "mse",
+            "optim": {"lr": lr, "batch_size": 16},
+            "stop": {"steps": 23, **stop},
+            "eval_every": 4,
             "checkpoint_every": 3,
         }
         path = folder / f"{name}.yaml"
@@ -133,7 +153,9 @@ def run_group(cfgs, data, out, kill_step=-1, per_pass=0):
     pairs = [str(a) for c in cfgs for a in (c, out / c.stem)]
     return subprocess.run(
         [sys.executable, str(HERE / "killable_batch.py"), str(data), str(kill_step), str(per_pass), *pairs],
-        capture_output=True, text=True, timeout=600,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
 
 

@@ -16,9 +16,9 @@ import pandas as pd
 import pytest
 
 from lssr import tables
-from lssr.tables import fig1, fig2, fig3, fig4, fig5, figC5
 from lssr.scaling import gamma as _gamma
 from lssr.scaling import rho_b as _rho_b
+from lssr.tables import fig1, fig2, fig3, fig4, fig5, figC5
 
 N = 1024
 RHO = 2.0**-5

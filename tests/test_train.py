@@ -83,8 +83,20 @@ def test_divergence_is_recorded_and_cli_exits_zero(digits, tmp_path):
     cfg_file = tmp_path / "div.yaml"
     cfg_file.write_text(yaml.safe_dump(json.loads(json.dumps(cfg.to_dict()))))
     proc = subprocess.run(
-        [sys.executable, "-m", "lssr.cli", "train", str(cfg_file), "--out", str(tmp_path / "cli"), "--data", str(digits), "--no-progress"],
-        capture_output=True, text=True,
+        [
+            sys.executable,
+            "-m",
+            "lssr.cli",
+            "train",
+            str(cfg_file),
+            "--out",
+            str(tmp_path / "cli"),
+            "--data",
+            str(digits),
+            "--no-progress",
+        ],
+        capture_output=True,
+        text=True,
     )
     assert proc.returncode == 0, proc.stderr
     assert json.loads((tmp_path / "cli" / "run.json").read_text())["status"] == "diverged"
@@ -141,19 +153,35 @@ class RecordingProbe:
 
     def after_step(self, ctx):
         params_after = torch.cat([p.detach().flatten() for p in ctx.model.parameters()])
-        self.seen.append((ctx.step, ctx.batch_idx.clone(), ctx.train_loss_before, ctx.train_loss_after, self.params_before, params_after.clone()))
+        self.seen.append(
+            (
+                ctx.step,
+                ctx.batch_idx.clone(),
+                ctx.train_loss_before,
+                ctx.train_loss_after,
+                self.params_before,
+                params_after.clone(),
+            )
+        )
 
     def close(self):
         pass
 
 
 def test_probe_observes_without_changing_trajectory(digits, tmp_path):
-    cfg = make_cfg(model={"name": "digits_cnn", "batch_norm": True}, optim={"lr": 0.05, "batch_size": 16}, stop={"steps": 12, "train_acc_goal": None}, eval_every=3)
+    cfg = make_cfg(
+        model={"name": "digits_cnn", "batch_norm": True},
+        optim={"lr": 0.05, "batch_size": 16},
+        stop={"steps": 12, "train_acc_goal": None},
+        eval_every=3,
+    )
     plain = train(cfg, load_subset(digits), tmp_path / "plain", progress=False)
     probe = RecordingProbe()
     probed = train(cfg, load_subset(digits), tmp_path / "probed", probes=[probe], progress=False)
     assert (tmp_path / "plain" / "metrics.csv").read_bytes() == (tmp_path / "probed" / "metrics.csv").read_bytes()
-    assert torch.equal(plain.model.state_dict()["features.1.running_mean"], probed.model.state_dict()["features.1.running_mean"])
+    assert torch.equal(
+        plain.model.state_dict()["features.1.running_mean"], probed.model.state_dict()["features.1.running_mean"]
+    )
     assert [s[0] for s in probe.seen] == [0, 3, 6, 9]
     for step, idx, before, after, p0, p1 in probe.seen:
         assert len(idx) == 16 and math.isfinite(before) and math.isfinite(after)
@@ -161,7 +189,9 @@ def test_probe_observes_without_changing_trajectory(digits, tmp_path):
 
 
 def test_gd_probe_losses_are_full_training_losses(digits):
-    cfg = make_cfg(loss="mse", optim={"lr": 0.1, "batch_size": "full"}, stop={"steps": 4, "train_acc_goal": None}, eval_every=1)
+    cfg = make_cfg(
+        loss="mse", optim={"lr": 0.1, "batch_size": "full"}, stop={"steps": 4, "train_acc_goal": None}, eval_every=1
+    )
     probe = RecordingProbe()
     probe.wants = lambda step: True
     res = train(cfg, load_subset(digits), probes=[probe], progress=False)

@@ -69,10 +69,16 @@ def _paper_expectation(paper: dict) -> tuple[dict, dict, set]:
         key = (ds, loss, float(lr), b, bn, seed)
         entry = paper["datasets"][ds]
         raw = runs.setdefault(key, {**top, **{k: e[k] for k in RUN_KEYS if k in e}, "seed": seed})
-        raw["data"] = {"dataset": entry["source"], "n": parse_size(entry["n"]),
-                       **{k: v for k, v in entry.items() if k not in ("source", "n")}}
-        raw.update(model={"name": e["model"], "batch_norm": bn}, loss=loss,
-                   optim={"lr": float(lr), "batch_size": b, "replacement": False})
+        raw["data"] = {
+            "dataset": entry["source"],
+            "n": parse_size(entry["n"]),
+            **{k: v for k, v in entry.items() if k not in ("source", "n")},
+        }
+        raw.update(
+            model={"name": e["model"], "batch_norm": bn},
+            loss=loss,
+            optim={"lr": float(lr), "batch_size": b, "replacement": False},
+        )
         old_stop = raw.get("stop", {})
         raw["stop"] = {k: max(v, old_stop.get(k, v)) for k, v in (stop or {"steps": e["steps"]}).items()}
         if probe is not None:
@@ -132,8 +138,17 @@ def test_paper_dag_dry_run(tmp_path):
     out = proc.stdout + proc.stderr
     runs, groups, used = _paper_expectation(paper)
     n_figs = len(FIGURES)
-    expected = {"subset": len(used), "run_config": len(runs), "train": len(runs) - sum(map(len, groups.values())),
-                "table": n_figs, "figure": n_figs, "claims": 1, "verdicts": 1, "runs_table": 1, "all": 1}
+    expected = {
+        "subset": len(used),
+        "run_config": len(runs),
+        "train": len(runs) - sum(map(len, groups.values())),
+        "table": n_figs,
+        "figure": n_figs,
+        "claims": 1,
+        "verdicts": 1,
+        "runs_table": 1,
+        "all": 1,
+    }
     expected.update({f"train_group_{ds.replace('-', '_')}_b{b}": 1 for ds, b in groups})
     assert _job_counts(out) == expected
     # as docs/CONFIGS.md reads paper.yaml: 16 probed runs, 45 Figure-5 groups of 12 η x 3 seeds
@@ -159,8 +174,8 @@ def test_paper_dag_dry_run(tmp_path):
     # a data-parallel cell (experiments.fig5.data_parallel: {data set: {b: GPUs}}) asks for its GPUs and
     # runs `lssr train-batch` under torchrun over that many processes
     r = paper["resources"]
-    dp = {f"train_group_{ds.replace('-', '_')}_b{b}": g for ds, c in paper["experiments"]["fig5"]["data_parallel"].items()
-          for b, g in c.items()}  # fmt: skip
+    dp_cfg = paper["experiments"]["fig5"]["data_parallel"]
+    dp = {f"train_group_{ds.replace('-', '_')}_b{b}": g for ds, c in dp_cfg.items() for b, g in c.items()}
     assert dp == {"train_group_tinyimagenet_32k_b32768": 2}
     train_jobs = [b for b in out.split("\nrule ")[1:] if b.startswith("train")]
     assert len(train_jobs) == expected["train"] + len(groups)
@@ -173,7 +188,10 @@ def test_paper_dag_dry_run(tmp_path):
         assert 10 < int(res["runtime"]) <= r["runtime"]
         runtimes.add(int(res["runtime"]))
         if block.startswith("train_group"):
-            launch = f"Shell command: torchrun --standalone --nproc-per-node {gpus} -m lssr train-batch --data-parallel {gpus} "
+            launch = (
+                f"Shell command: torchrun --standalone --nproc-per-node {gpus} "
+                f"-m lssr train-batch --data-parallel {gpus} "
+            )
             assert (launch in block) == (gpus > 1) and ("Shell command: lssr train-batch " in block) == (gpus == 1)
     assert len(runtimes) > 3 and r["runtime"] in runtimes  # not one constant; the longest jobs hit the cap
 
@@ -212,10 +230,22 @@ def _two_folders_one_subset(c):
         (lambda c: c["experiments"]["fig5"].update(batch_sizes=[16, 4096]), "b = 4096 > n = 256"),
         (lambda c: c["datasets"]["digits-256"].update(source="mnist"), "'mnist' is not one of"),
         (lambda c: c["experiments"]["fig1"].update(model="vgg"), "'vgg' is not one of"),
-        (lambda c: c["experiments"]["fig1"].update(dataset="cifar10-8k"), "data set 'cifar10-8k' is used by an experiment but not defined"),
+        (
+            lambda c: c["experiments"]["fig1"].update(dataset="cifar10-8k"),
+            "data set 'cifar10-8k' is used by an experiment but not defined",
+        ),
         (_two_folders_one_subset, "data sets 'folder-a' and 'folder-b' would share the subset folder"),
     ],
-    ids=["misspelled-key", "negative-lr", "b>n", "fig5-b>n", "unknown-dataset", "unknown-model", "undefined-dataset", "subset-collision"],
+    ids=[
+        "misspelled-key",
+        "negative-lr",
+        "b>n",
+        "fig5-b>n",
+        "unknown-dataset",
+        "unknown-model",
+        "undefined-dataset",
+        "subset-collision",
+    ],
 )
 def test_bad_config_fails_before_any_job(tmp_path, mutate, needle):
     wd = workdir(tmp_path)
@@ -228,7 +258,13 @@ def test_bad_config_fails_before_any_job(tmp_path, mutate, needle):
 
 def outputs(wd: Path) -> dict:
     files = {}
-    for pattern in ("results/runs/*/metrics.csv", "results/runs/*/diagnostics.csv", "figures/data/*.csv", "results/tables/fig*.csv", "results/claims.csv"):
+    for pattern in (
+        "results/runs/*/metrics.csv",
+        "results/runs/*/diagnostics.csv",
+        "figures/data/*.csv",
+        "results/tables/fig*.csv",
+        "results/claims.csv",
+    ):
         for f in sorted(wd.glob(pattern)):
             files[str(f.relative_to(wd))] = f.read_bytes()
     return files
@@ -261,8 +297,17 @@ def test_end_to_end_local_and_fake_cluster(tmp_path):
     cluster = workdir(tmp_path / "cluster")
     submit = ROOT / "tests" / "fake_cluster" / "submit.sh"
     smk(
-        cluster, "--executor", "cluster-generic", "--cluster-generic-submit-cmd", f"bash {submit}",
-        "--jobs", "4", "--latency-wait", "5", "--configfile", "config/test.yaml",
+        cluster,
+        "--executor",
+        "cluster-generic",
+        "--cluster-generic-submit-cmd",
+        f"bash {submit}",
+        "--jobs",
+        "4",
+        "--latency-wait",
+        "5",
+        "--configfile",
+        "config/test.yaml",
     )
     a, b = outputs(local), outputs(cluster)
     assert a.keys() == b.keys() and len(a) > 20
@@ -299,7 +344,14 @@ def _check_no_half_written(wd: Path) -> int:
 def _interrupt_when(wd: Path, args, ready, sig) -> None:
     """Start snakemake in its own process group, wait until ``ready(wd)``, then send ``sig`` to the group
     (SIGINT: a user's Ctrl-C; SIGKILL: a node that dies) and wait for it to end."""
-    proc = subprocess.Popen([*SNAKEMAKE, *args], cwd=wd, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen(
+        [*SNAKEMAKE, *args],
+        cwd=wd,
+        env=env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     try:
         t0 = time.monotonic()
         while not ready(wd):

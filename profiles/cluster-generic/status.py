@@ -15,14 +15,16 @@ RUNNING = {"PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "REQUEUED", "RESIZ
 
 def slurm_state(jobid: str) -> str:
     if shutil.which("sacct"):
-        out = subprocess.run(["sacct", "-j", jobid, "-X", "-n", "-P", "--format=JobIdRaw,State"],
-                             capture_output=True, text=True).stdout
+        out = subprocess.run(
+            ["sacct", "-j", jobid, "-X", "-n", "-P", "--format=JobIdRaw,State"], capture_output=True, text=True
+        ).stdout
         for line in out.splitlines():
             jid, _, state = line.partition("|")
             if jid.strip() == jobid:
                 return state.split()[0] if state.strip() else "UNKNOWN"
-    out = subprocess.run(["squeue", "-j", jobid, "-h", "-o", "%i|%T", "--states=all"], capture_output=True,
-                         text=True).stdout
+    out = subprocess.run(
+        ["squeue", "-j", jobid, "-h", "-o", "%i|%T", "--states=all"], capture_output=True, text=True
+    ).stdout
     for line in out.splitlines():
         jid, _, state = line.partition("|")
         if jid.strip() == jobid:

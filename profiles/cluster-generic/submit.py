@@ -31,8 +31,20 @@ def command(args, jobscript: str) -> list[str]:
     queue = os.environ.get("LSSR_GPU_QUEUE" if gpus else "LSSR_CPU_QUEUE")
     wall = walltime(args.runtime)
     if scheduler() == "slurm":
-        cmd = ["sbatch", "--parsable", "--job-name", args.name, "-t", wall, "--mem", str(args.mem_mb),
-               "--cpus-per-task", str(args.threads), "--output", str(LOGS / f"{args.name}-%j.log")]
+        cmd = [
+            "sbatch",
+            "--parsable",
+            "--job-name",
+            args.name,
+            "-t",
+            wall,
+            "--mem",
+            str(args.mem_mb),
+            "--cpus-per-task",
+            str(args.threads),
+            "--output",
+            str(LOGS / f"{args.name}-%j.log"),
+        ]
         cmd += [f"--gpus={gpus}"] if gpus else []
         cmd += ["-p", queue] if queue else []
         account = os.environ.get("LSSR_ACCOUNT")

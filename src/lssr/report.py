@@ -15,10 +15,29 @@ import pandas as pd
 from . import LssrError
 
 RUN_COLUMNS = [
-    "run", "status", "steps", "dataset", "n", "model", "batch_norm", "bn_ghost_batch", "activation_checkpointing", "loss",
-    "b", "lr", "seed", "replacement",
-    "final_train_loss", "final_train_acc", "final_test_loss", "final_test_acc", "wall_time_s", "device",
-    "git_commit", "config_hash", "torch",
+    "run",
+    "status",
+    "steps",
+    "dataset",
+    "n",
+    "model",
+    "batch_norm",
+    "bn_ghost_batch",
+    "activation_checkpointing",
+    "loss",
+    "b",
+    "lr",
+    "seed",
+    "replacement",
+    "final_train_loss",
+    "final_train_acc",
+    "final_test_loss",
+    "final_test_acc",
+    "wall_time_s",
+    "device",
+    "git_commit",
+    "config_hash",
+    "torch",
 ]
 
 
@@ -35,18 +54,33 @@ def runs_table(run_dirs: list[str | Path]) -> pd.DataFrame:
             raise LssrError(f"{f} is not valid JSON ({exc}); delete the run folder and rerun it") from exc
         c = r["config"]
         fin = r.get("final", {}) or {}
-        rows.append({
-            "run": d.name, "status": r["status"], "steps": r["steps"], "dataset": c["data"]["dataset"], "n": c["data"]["n"],
-            "model": c["model"]["name"], "batch_norm": c["model"]["batch_norm"],
-            "bn_ghost_batch": c.get("bn_ghost_batch"),
-            "activation_checkpointing": (r.get("training_forward") or {}).get("activation_checkpointing"),
-            "loss": c["loss"],
-            "b": c["optim"]["batch_size"], "lr": c["optim"]["lr"], "seed": c["seed"], "replacement": c["optim"]["replacement"],
-            "final_train_loss": fin.get("train_loss"), "final_train_acc": fin.get("train_acc"),
-            "final_test_loss": fin.get("test_loss"), "final_test_acc": fin.get("test_acc"),
-            "wall_time_s": r.get("wall_time_s"), "device": r.get("device"), "git_commit": r.get("git_commit", "unknown"),
-            "config_hash": r.get("config_hash"), "torch": r.get("versions", {}).get("torch"),
-        })
+        rows.append(
+            {
+                "run": d.name,
+                "status": r["status"],
+                "steps": r["steps"],
+                "dataset": c["data"]["dataset"],
+                "n": c["data"]["n"],
+                "model": c["model"]["name"],
+                "batch_norm": c["model"]["batch_norm"],
+                "bn_ghost_batch": c.get("bn_ghost_batch"),
+                "activation_checkpointing": (r.get("training_forward") or {}).get("activation_checkpointing"),
+                "loss": c["loss"],
+                "b": c["optim"]["batch_size"],
+                "lr": c["optim"]["lr"],
+                "seed": c["seed"],
+                "replacement": c["optim"]["replacement"],
+                "final_train_loss": fin.get("train_loss"),
+                "final_train_acc": fin.get("train_acc"),
+                "final_test_loss": fin.get("test_loss"),
+                "final_test_acc": fin.get("test_acc"),
+                "wall_time_s": r.get("wall_time_s"),
+                "device": r.get("device"),
+                "git_commit": r.get("git_commit", "unknown"),
+                "config_hash": r.get("config_hash"),
+                "torch": r.get("versions", {}).get("torch"),
+            }
+        )
     return pd.DataFrame(rows, columns=RUN_COLUMNS)
 
 

@@ -120,9 +120,7 @@ def _merge_probe(a: dict | None, b: dict | None) -> dict | None:
         elif k == "eig_tol":
             out[k] = min(out[k], v)
         elif out[k] != v:
-            raise LssrError(
-                f"probe setting '{k}' differs between two figures that share a run: {out[k]!r} vs {v!r}"
-            )
+            raise LssrError(f"probe setting '{k}' differs between two figures that share a run: {out[k]!r} vs {v!r}")
     return out
 
 

@@ -11,8 +11,7 @@ from .common import MIN_POINTS, finite, median, missing, row, slope, statement, 
 C1 = statement(
     "C1",
     "Fig. 1, eqs. (6)/(9)",
-    "in the early phase the normalised loss change is linear in tr(HS_b)/tr(S_n) with slope η²/2 and "
-    "x-intercept 2/η",
+    "in the early phase the normalised loss change is linear in tr(HS_b)/tr(S_n) with slope η²/2 and x-intercept 2/η",
 )
 C2 = statement(
     "C2",

@@ -18,8 +18,7 @@ C3 = statement(
 C4 = statement(
     "C4",
     "§4.2, App. C.5",
-    "ρ_b is close to the squared mean resultant length R̄_b² of the batch gradients, especially when "
-    "std‖g_b‖ ≪ E‖g_b‖",
+    "ρ_b is close to the squared mean resultant length R̄_b² of the batch gradients, especially when std‖g_b‖ ≪ E‖g_b‖",
 )
 K1 = statement(
     "K1",

@@ -132,7 +132,9 @@ class DiagnosticsProbe:
         """Write the rows so far to ``diagnostics.csv.partial`` (for watching a long run)."""
         from ..io import write_csv
 
-        write_csv(self.csv_path.with_name(self.csv_path.name + ".partial"), pd.DataFrame(self.rows, columns=self.columns))
+        write_csv(
+            self.csv_path.with_name(self.csv_path.name + ".partial"), pd.DataFrame(self.rows, columns=self.columns)
+        )
         self._unflushed = 0
 
     # -- checkpointing (lssr.training saves and restores this with the run) ---------------------------
@@ -189,7 +191,9 @@ class DiagnosticsProbe:
         """A row of NaN holding the step's own numbers: step, η, 2/η, b, L(θ_t)."""
         row: dict = {c: math.nan for c in self.columns}
         eta = float(ctx.lr)
-        row.update(step=int(ctx.step), lr=eta, two_over_eta=2.0 / eta, b_run=self.b_run, loss=float(ctx.train_loss_before))
+        row.update(
+            step=int(ctx.step), lr=eta, two_over_eta=2.0 / eta, b_run=self.b_run, loss=float(ctx.train_loss_before)
+        )
         return row
 
     def _operator(self, ctx) -> LossOperator:
@@ -237,14 +241,26 @@ class DiagnosticsProbe:
         p = self.p
         exact = p.estimator == "exact" or (p.estimator == "auto" and op.n <= p.probes)
         mom = gradient_moments(
-            op, exact=exact, probes=p.probes, stage1=getattr(p, "stage1", 8), generator=self.generator,
-            top=p.top_eigenvalue, eig_init=self._prev_vec, eig_tol=p.eig_tol, weights=weights,
+            op,
+            exact=exact,
+            probes=p.probes,
+            stage1=getattr(p, "stage1", 8),
+            generator=self.generator,
+            top=p.top_eigenvalue,
+            eig_init=self._prev_vec,
+            eig_tol=p.eig_tol,
+            weights=weights,
             rel_se=getattr(p, "rel_se", None),
         )
         grad, eig = mom.grad, mom.eig
         row.update(
-            tr_S_n=mom.tr_S_n, tr_S_1=mom.tr_S_1, tr_S_1_se=0.0, tr_HS_n=mom.tr_HS_n, tr_HS_1=mom.tr_HS_1,
-            tr_HS_1_se=mom.tr_HS_1_se, ias_n=mom.tr_HS_n / mom.tr_S_n if mom.tr_S_n > 0 else math.nan,
+            tr_S_n=mom.tr_S_n,
+            tr_S_1=mom.tr_S_1,
+            tr_S_1_se=0.0,
+            tr_HS_n=mom.tr_HS_n,
+            tr_HS_1=mom.tr_HS_1,
+            tr_HS_1_se=mom.tr_HS_1_se,
+            ias_n=mom.tr_HS_n / mom.tr_S_n if mom.tr_S_n > 0 else math.nan,
         )
         if eig is not None:
             q1 = eig.vector if float(eig.vector @ grad) >= 0 else -eig.vector
@@ -303,7 +319,9 @@ class DiagnosticsProbe:
         op = self._operator(ctx)
         if not self.cfg.is_gd:
             idx = ctx.batch_idx.to(op.x.device)
-            op = LossOperator(ctx.model, op.loss_fn, op.x[idx], op.y[idx], chunk_size=self.cfg.chunk_size, where="DiagnosticsProbe")
+            op = LossOperator(
+                ctx.model, op.loss_fn, op.x[idx], op.y[idx], chunk_size=self.cfg.chunk_size, where="DiagnosticsProbe"
+            )
         self._consecutive_cosine(ctx, op.gradient())
 
     def _consecutive_cosine(self, ctx, g_step: Tensor) -> None:

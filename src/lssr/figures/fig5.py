@@ -2,9 +2,10 @@
 
 Left: the analytic LSSR (eq. 12), LSR and SRSR curves (n = 8192, ρ = 2^-7), log-log. Right: one
 heatmap of the mean final test accuracy over seeds over (log2 b, log2 η) per data set, diverged cells
-marked '×', cells trained with ghost-batch batch norm (``bn_ghost_batch``) framed by a square, the best η per b circled with its bootstrap interval over seeds as an error bar,
-and the LSSR (f(b) = c·ρ_b), LSR and SRSR fits from the table. The heatmap is drawn with matplotlib's
-pcolormesh on log2 coordinates so the fitted curves share its axes.
+marked '×', cells trained with ghost-batch batch norm (``bn_ghost_batch``) framed by a square, the best
+η per b circled with its bootstrap interval over seeds as an error bar, and the LSSR (f(b) = c·ρ_b), LSR
+and SRSR fits from the table. The heatmap is drawn with matplotlib's pcolormesh on log2 coordinates so the
+fitted curves share its axes.
 """
 
 from __future__ import annotations

@@ -223,8 +223,12 @@ class _Group:
         shared_seed = len({c.seed for c in cfgs}) == 1
         self.shared_sampler = BatchSampler(n, self.b, cfg0.optim.replacement, cfg0.seed) if shared_seed else None
         self.members = [
-            Member(i, c, Path(d) if d is not None else None,
-                   None if shared_seed else BatchSampler(n, self.b, c.optim.replacement, c.seed))
+            Member(
+                i,
+                c,
+                Path(d) if d is not None else None,
+                None if shared_seed else BatchSampler(n, self.b, c.optim.replacement, c.seed),
+            )
             for i, (c, d) in enumerate(zip(cfgs, out_dirs))
         ]
         self.spe = steps_per_epoch(n, self.b)
@@ -448,8 +452,17 @@ class _Group:
             # the same three files as train(), the same run.json fields plus ``batched``
             metrics = write_metrics(m.out_dir / "metrics.csv", m.rows)
             write_run_outputs(
-                m.out_dir, m.cfg, m.final_state, metrics, self.data, self.device, m.wall, status=m.status,
-                steps=m.steps, stopped_by=m.stopped_by, resumed=resumed,
+                m.out_dir,
+                m.cfg,
+                m.final_state,
+                metrics,
+                self.data,
+                self.device,
+                m.wall,
+                status=m.status,
+                steps=m.steps,
+                stopped_by=m.stopped_by,
+                resumed=resumed,
                 extra={"batched": {"group_size": len(self.cfgs), "member": m.index}, **self.step_plan.record()},
             )
         else:

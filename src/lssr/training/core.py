@@ -170,8 +170,9 @@ def evaluate(
     return (loss_sum / m).tolist(), (correct.double() / m).tolist()
 
 
-def evaluate_members(module: nn.Module, forward: Callable, members: int, data: Subset, loss_per_sample: Callable,
-                     chunk_size: int) -> list[dict]:
+def evaluate_members(
+    module: nn.Module, forward: Callable, members: int, data: Subset, loss_per_sample: Callable, chunk_size: int
+) -> list[dict]:
     """Training and test loss and accuracy of each member, with ``module`` in eval mode (batch norm
     normalises with its running statistics); ``module`` is back in train mode afterwards."""
     module.eval()

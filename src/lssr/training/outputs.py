@@ -55,8 +55,19 @@ def write_metrics(path: Path, rows: list[dict]) -> pd.DataFrame:
 
 
 def write_run_outputs(
-    out: Path, cfg: RunConfig, state: dict, metrics: pd.DataFrame, data: Subset, device: torch.device, wall: float,
-    *, status: str, steps: int, stopped_by: str, resumed: bool = False, extra: dict | None = None,
+    out: Path,
+    cfg: RunConfig,
+    state: dict,
+    metrics: pd.DataFrame,
+    data: Subset,
+    device: torch.device,
+    wall: float,
+    *,
+    status: str,
+    steps: int,
+    stopped_by: str,
+    resumed: bool = False,
+    extra: dict | None = None,
 ) -> None:
     """Write ``model.pt`` (final weights) and ``run.json`` (status, config and hash, seeds, subset hashes,
     device, versions, git commit, wall time, final metrics) atomically, ``run.json`` last."""

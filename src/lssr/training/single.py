@@ -275,8 +275,17 @@ class _Run:
             shutil.rmtree(self.out, ignore_errors=True)
         else:
             write_run_outputs(
-                self.out, self.cfg, self.model.state_dict(), metrics, self.data, self.device, wall,
-                status=status, steps=self.step, stopped_by=self.stopped_by, resumed=self.resumed_at > 0,
+                self.out,
+                self.cfg,
+                self.model.state_dict(),
+                metrics,
+                self.data,
+                self.device,
+                wall,
+                status=status,
+                steps=self.step,
+                stopped_by=self.stopped_by,
+                resumed=self.resumed_at > 0,
                 extra=self.plan.record(),
             )
             if self.ckpt_path.exists():

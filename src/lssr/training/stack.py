@@ -82,8 +82,10 @@ class Stack:
 
     def state(self) -> dict:
         """The stacked parameters and buffers (on the CPU), for a group checkpoint."""
-        return {"params": {k: v.detach().cpu() for k, v in self.params.items()},
-                "buffers": {k: v.cpu() for k, v in self.buffers.items()}}
+        return {
+            "params": {k: v.detach().cpu() for k, v in self.params.items()},
+            "buffers": {k: v.cpu() for k, v in self.buffers.items()},
+        }
 
     def load_state(self, state: dict, device: torch.device) -> None:
         """Put back what :meth:`state` returned (the rows of the members still in the stack)."""

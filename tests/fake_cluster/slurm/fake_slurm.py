@@ -26,10 +26,49 @@ from pathlib import Path
 STATE = Path(os.environ.get("FAKE_SLURM_DIR", f"/tmp/fake_slurm_{os.getuid()}"))
 LOG = Path(os.environ.get("FAKE_SLURM_LOG", str(STATE / "sbatch.jsonl")))
 ACCOUNT = os.environ.get("FAKE_SLURM_ACCOUNT", "test_account")
-WITH_VALUE = {"-A", "--account", "-p", "--partition", "-t", "--time", "-J", "--job-name", "-o", "--output",
-              "-e", "--error", "-D", "--chdir", "--comment", "--mem", "-C", "--constraint", "-c", "--cpus-per-task",
-              "-n", "--ntasks", "-N", "--nodes", "--gpus", "-G", "--gres", "--qos", "--mem-per-cpu", "--starttime",
-              "--endtime", "-S", "-E", "--name", "--clusters", "-M", "--states", "-u", "--user", "-j", "--jobs"}
+WITH_VALUE = {
+    "-A",
+    "--account",
+    "-p",
+    "--partition",
+    "-t",
+    "--time",
+    "-J",
+    "--job-name",
+    "-o",
+    "--output",
+    "-e",
+    "--error",
+    "-D",
+    "--chdir",
+    "--comment",
+    "--mem",
+    "-C",
+    "--constraint",
+    "-c",
+    "--cpus-per-task",
+    "-n",
+    "--ntasks",
+    "-N",
+    "--nodes",
+    "--gpus",
+    "-G",
+    "--gres",
+    "--qos",
+    "--mem-per-cpu",
+    "--starttime",
+    "--endtime",
+    "-S",
+    "-E",
+    "--name",
+    "--clusters",
+    "-M",
+    "--states",
+    "-u",
+    "--user",
+    "-j",
+    "--jobs",
+}
 
 
 def parse_options(argv):
@@ -87,16 +126,28 @@ def sbatch(argv):
         fh.write(json.dumps({"jobid": jobid, "argv": argv}) + "\n")
     command = opts.get("--wrap") or shlex.join(["bash", *script])
     name = opts.get("--job-name") or opts.get("-J") or (Path(script[0]).name if script else "wrap")
-    job = {"id": jobid, "name": name, "comment": opts.get("--comment", ""), "command": command, "state": "PENDING",
-           "workdir": opts.get("-D") or opts.get("--chdir") or os.getcwd(), "gpus": opts.get("--gpus"),
-           "output": (opts.get("--output") or opts.get("-o") or f"slurm-{jobid}.out").replace("%j", jobid),
-           "cpus": opts.get("--cpus-per-task") or opts.get("-c") or "1"}
+    job = {
+        "id": jobid,
+        "name": name,
+        "comment": opts.get("--comment", ""),
+        "command": command,
+        "state": "PENDING",
+        "workdir": opts.get("-D") or opts.get("--chdir") or os.getcwd(),
+        "gpus": opts.get("--gpus"),
+        "output": (opts.get("--output") or opts.get("-o") or f"slurm-{jobid}.out").replace("%j", jobid),
+        "cpus": opts.get("--cpus-per-task") or opts.get("-c") or "1",
+    }
     if os.environ.get("FAKE_SLURM_HOLD_GPU_JOBS") == "1" and job["gpus"]:
         _save(job)
     else:
         _save(job)
-        subprocess.Popen([sys.executable, __file__, "_run", jobid], start_new_session=True,
-                         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        subprocess.Popen(
+            [sys.executable, __file__, "_run", jobid],
+            start_new_session=True,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
     print(jobid if "--parsable" in opts else f"Submitted batch job {jobid}")
 
 
@@ -115,14 +166,25 @@ def _run(jobid):
     """The job's life: run the command in its own process group, then record the final state."""
     job = _load(jobid)
     env = {k: v for k, v in os.environ.items() if not k.startswith("FAKE_SLURM_KILL")}
-    env.update(SLURM_JOB_ID=jobid, SLURM_JOBID=jobid, SLURM_JOB_NAME=job["name"], SLURM_CPUS_PER_TASK=job["cpus"],
-               SLURM_SUBMIT_DIR=job["workdir"])
+    env.update(
+        SLURM_JOB_ID=jobid,
+        SLURM_JOBID=jobid,
+        SLURM_JOB_NAME=job["name"],
+        SLURM_CPUS_PER_TASK=job["cpus"],
+        SLURM_SUBMIT_DIR=job["workdir"],
+    )
     if job["gpus"]:
         env["SLURM_GPUS"] = job["gpus"].split(":")[-1]
     Path(job["output"]).parent.mkdir(parents=True, exist_ok=True)
     with open(job["output"], "ab") as out:
-        proc = subprocess.Popen(["bash", "-c", job["command"]], cwd=job["workdir"], env=env, stdout=out,
-                                stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(
+            ["bash", "-c", job["command"]],
+            cwd=job["workdir"],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     job.update(state="RUNNING", pid=proc.pid)
     _save(job)
     kill_when = os.environ.get("FAKE_SLURM_KILL_WHEN") if _kill_requested(job) else None
@@ -218,8 +280,16 @@ def main():
     cmd, argv = sys.argv[1], sys.argv[2:]
     if cmd == "_run":
         return _run(argv[0])
-    result = {"sbatch": sbatch, "sacct": sacct, "squeue": squeue, "scancel": scancel, "scontrol": scontrol,
-              "sacctmgr": sacctmgr, "sinfo": sinfo, "srun": srun}[cmd](argv)
+    result = {
+        "sbatch": sbatch,
+        "sacct": sacct,
+        "squeue": squeue,
+        "scancel": scancel,
+        "scontrol": scontrol,
+        "sacctmgr": sacctmgr,
+        "sinfo": sinfo,
+        "srun": srun,
+    }[cmd](argv)
     return result or 0
 
 
