@@ -59,12 +59,22 @@ def oracle(model, loss_fn, x, y, b, replacement):
     H = torch.autograd.functional.hessian(loss_at(model, loss_fn, x, y), theta)
     if replacement:
         # every ordered draw of b indices; batch gradient = mean of the drawn per-sample gradients
-        G = torch.stack([torch.autograd.functional.jacobian(loss_at(model, loss_fn, x[i : i + 1], y[i : i + 1]), theta) for i in range(n)])
+        G = torch.stack(
+            [
+                torch.autograd.functional.jacobian(loss_at(model, loss_fn, x[i : i + 1], y[i : i + 1]), theta)
+                for i in range(n)
+            ]
+        )
         draws = torch.tensor(list(itertools.product(range(n), repeat=b)))
         gb = G[draws].mean(1)  # (n^b, m)
     else:
         batches = list(itertools.combinations(range(n), b))
-        gb = torch.stack([torch.autograd.functional.jacobian(loss_at(model, loss_fn, x[list(B)], y[list(B)]), theta) for B in batches])
+        gb = torch.stack(
+            [
+                torch.autograd.functional.jacobian(loss_at(model, loss_fn, x[list(B)], y[list(B)]), theta)
+                for B in batches
+            ]
+        )
     S_b = gb.T @ gb / gb.shape[0]
     return float(torch.trace(S_b)), float(torch.trace(H @ S_b))
 
@@ -75,7 +85,9 @@ def test_exact_matches_brute_force(replacement, loss):
     n = 5
     model, loss_fn, x, y = make_problem(n, seed=1, loss=loss)
     bs = [1, 2, 3, n]
-    df = interaction_stats(model, loss_fn, x, y, bs, replacement=replacement, exact=True, chunk_size=2, per_sample_chunk=2)
+    df = interaction_stats(
+        model, loss_fn, x, y, bs, replacement=replacement, exact=True, chunk_size=2, per_sample_chunk=2
+    )
     assert list(df["b"]) == bs
     for b in bs:
         tr_S_b, tr_HS_b = oracle(model, loss_fn, x, y, b, replacement)
@@ -126,7 +138,9 @@ def test_sketch_is_unbiased_and_se_is_honest():
     exact = gradient_moments(op, exact=True, top=False).tr_HS_1
     est, ses, resid = [], [], []
     for seed in range(30):
-        mom = gradient_moments(op, exact=False, probes=16, stage1=2, top=False, generator=torch.Generator().manual_seed(seed))
+        mom = gradient_moments(
+            op, exact=False, probes=16, stage1=2, top=False, generator=torch.Generator().manual_seed(seed)
+        )
         est.append(mom.tr_HS_1)
         ses.append(mom.tr_HS_1_se)
         resid.append(mom.tr_HS_1 - mom.exact_part)
@@ -142,7 +156,9 @@ def test_sketch_is_unbiased_and_se_is_honest():
 def test_sketch_adaptive_and_interaction_stats_estimated():
     model, loss_fn, x, y = make_problem(16, seed=4)
     exact = interaction_stats(model, loss_fn, x, y, [1, 4, 16], exact=True)
-    est = interaction_stats(model, loss_fn, x, y, [1, 4, 16], probes=32, stage1=4, rel_se=0.05, generator=torch.Generator().manual_seed(0))
+    est = interaction_stats(
+        model, loss_fn, x, y, [1, 4, 16], probes=32, stage1=4, rel_se=0.05, generator=torch.Generator().manual_seed(0)
+    )
     # exact quantities agree, estimated ones within 5 se (or tiny)
     for c in ("tr_S_b", "rho_b", "tr_S_1", "tr_S_n", "tr_HS_n"):
         np.testing.assert_allclose(est[c], exact[c], rtol=1e-10)
@@ -180,3 +196,28 @@ def test_control_variate_is_leave_one_out_unbiased():
         t = 3.0 * e + rng.normal(0, 1, size=4) + 1.0
         means.append(control_variate_values(t, e, 1.0).mean())
     assert np.mean(means) == pytest.approx(4.0, abs=4 * np.std(means) / np.sqrt(len(means)))
+
+
+def test_probe_schedule_dense_window_then_every(tmp_path):
+    """`dense_until`: every step in [start, dense_until), then start + k·every, before `stop` (by enumeration)."""
+    from lssr.config import config_from_dict
+    from lssr.diagnostics import DiagnosticsProbe
+
+    raw = {
+        "device": "cpu",
+        "data": {"dataset": "digits", "n": 16},
+        "model": {"name": "digits_cnn"},
+        "loss": "mse",
+        "optim": {"lr": 0.05, "batch_size": "full"},
+        "stop": {"steps": 40},
+        "probe": {"every": 10, "dense_until": 5, "start": 2, "stop": 33},
+    }
+    probe = DiagnosticsProbe(config_from_dict(raw), tmp_path / "d.csv")
+    assert [s for s in range(40) if probe.wants(s)] == [2, 3, 4, 12, 22, 32]
+    raw["probe"] = {"every": 10}
+    assert [s for s in range(40) if DiagnosticsProbe(config_from_dict(raw), tmp_path / "e.csv").wants(s)] == [
+        0,
+        10,
+        20,
+        30,
+    ]

@@ -85,7 +85,8 @@ class StopConfig:
 class ProbeConfig:
     """Per-step diagnostics (issue 'diagnostics'): which quantities, how often, how precise."""
 
-    every: int = 10
+    every: int = 10  # probe steps start, start + every, ... (after the dense window)
+    dense_until: int = 0  # probe every step in [start, dense_until), then every `every` (the edge is reached early)
     batch_sizes: tuple[int, ...] = ()
     estimator: str = "exact"  # exact | sketch | auto
     probes: int = 64  # random-sign sketch probes for tr(H S_1) in sketch mode (the most; see rel_se)
@@ -314,7 +315,7 @@ def _check_probe(p: ProbeConfig, n: int, where: str) -> None:
         raise bad("probe.rel_se", p.rel_se, "use a positive relative standard error (e.g. 0.05) or null")
     if not 0 < p.eig_tol < 1:
         raise bad("probe.eig_tol", p.eig_tol, "a relative tolerance in (0, 1)")
-    for key in ("expected_change_batches", "resultant_batches", "start"):
+    for key in ("expected_change_batches", "resultant_batches", "start", "dense_until"):
         if getattr(p, key) < 0:
             raise bad(f"probe.{key}", getattr(p, key), "must be >= 0")
 

@@ -81,11 +81,11 @@ class DiagnosticsProbe:
 
     # -- protocol ------------------------------------------------------------------------------
     def scheduled(self, step: int) -> bool:
-        """Probe steps start, start + every, ... before ``stop`` (exclusive, like ``range``)."""
+        """Every step in [start, dense_until), then start, start + every, ... before ``stop`` (exclusive)."""
         p = self.p
         if step < p.start or (p.stop is not None and step >= p.stop):
             return False
-        return (step - p.start) % p.every == 0
+        return step < p.dense_until or (step - p.start) % p.every == 0
 
     def wants(self, step: int) -> bool:
         """The scheduled steps, and with ``probe.consecutive`` the step after each (its batch gradient only)."""
