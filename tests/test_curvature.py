@@ -56,7 +56,12 @@ def test_hvp_gradient_and_per_sample_against_explicit(loss):
     torch.testing.assert_close(op.hvp_many(V, batch=2), V @ H, rtol=1e-10, atol=1e-13)
     assert op.loss() == pytest.approx(float(as_function(model, lf, x, y)(theta)), rel=1e-12)
     G = torch.cat([Gc for _, Gc in op.per_sample_grads()])
-    G_ref = torch.stack([torch.autograd.functional.jacobian(as_function(model, lf, x[i : i + 1], y[i : i + 1]), theta) for i in range(len(y))])
+    G_ref = torch.stack(
+        [
+            torch.autograd.functional.jacobian(as_function(model, lf, x[i : i + 1], y[i : i + 1]), theta)
+            for i in range(len(y))
+        ]
+    )
     torch.testing.assert_close(G, G_ref, rtol=1e-10, atol=1e-13)
     torch.testing.assert_close(op.per_sample_jvp(V), G_ref @ V.T, rtol=1e-10, atol=1e-13)
     # at other parameters
@@ -98,7 +103,9 @@ def test_lobpcg_on_explicit_matrices():
         A = torch.randn(60, 60, dtype=torch.float64)
         A = A + A.T
         lam = float(torch.linalg.eigvalsh(A)[-1])
-        r = lobpcg_top(lambda v: A @ v, torch.randn(60, dtype=torch.float64), tol=1e-9, max_matvecs=400, keep=keep, max_basis=60)
+        r = lobpcg_top(
+            lambda v: A @ v, torch.randn(60, dtype=torch.float64), tol=1e-9, max_matvecs=400, keep=keep, max_basis=60
+        )
         assert r.converged and r.value == pytest.approx(lam, rel=1e-9)
         assert float((A @ r.vector - r.value * r.vector).norm()) <= 1e-9 * abs(r.value)
     # started from a subspace with known images

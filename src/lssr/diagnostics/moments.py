@@ -149,7 +149,7 @@ def gradient_moments(
     matrix products. The residual probes use the leave-one-out control variate of
     :func:`control_variate_values`.
     """
-    n, dev, dt = op.n, op.device, op.dtype
+    dev, dt = op.device, op.dtype
     gen = generator if generator is not None else torch.Generator().manual_seed(0)
     hvps0 = op.counts["hvp"]
     W = None if weights is None else weights.to(dev, dt)
@@ -158,11 +158,29 @@ def gradient_moments(
     if probes < 2:
         raise LssrError(f"gradient_moments: the sketch needs at least 2 probes for a standard error, got {probes}")
     stage1 = max(int(stage1), 0)
+    eig_args = (top, eig_init, eig_tol, eig_max_hvps)
+    return _sketch_moments(op, W, gen, hvps0, stage1, probes, eig_args, rel_se, min_probes, hvp_batch, store_mb)
+
+
+def _sketch_moments(op: LossOperator, W, gen, hvps0, stage1, probes, eig_args, rel_se, min_probes, hvp_batch, store_mb):
+    """Sketch mode of :func:`gradient_moments` (its steps 1-4); ``eig_args``: top, eig_init, eig_tol, eig_max_hvps."""
+    n = op.n
+    top, eig_init, eig_tol, eig_max_hvps = eig_args
     sq, grad, GW, stored = _sketch_pass1(op, W, stage1, gen, store_mb)
     if not torch.isfinite(grad).all() or not torch.isfinite(sq).all():
         nan = math.nan
-        return Moments(n, float(sq.mean()), nan, nan, nan, nan, grad, torch.full_like(grad, nan), "sketch",
-                       weighted_grads=None if W is None else GW[stage1:])
+        return Moments(
+            n,
+            float(sq.mean()),
+            nan,
+            nan,
+            nan,
+            nan,
+            grad,
+            torch.full_like(grad, nan),
+            "sketch",
+            weighted_grads=None if W is None else GW[stage1:],
+        )
     Y = GW[:stage1]
     T, HT, hgrad, eig = _deflation_block(op, grad, Y, top, eig_init, eig_tol, eig_max_hvps, hvp_batch)
     plain_values = (Y * HT[T.shape[0] - stage1 :]).sum(1).cpu().double().numpy() if stage1 > 0 else np.zeros(0)
@@ -175,10 +193,24 @@ def gradient_moments(
     vals = _residual_probes(op, S, probes, min_probes, rel_se, hvp_batch, exact_part, resid_energy)
     se = float(vals.std(ddof=1) / math.sqrt(vals.size))
     return Moments(
-        n, float(sq.mean()), float(grad @ grad), exact_part + float(vals.mean()), se, float(grad @ hgrad), grad, hgrad,
-        "sketch", probes=int(vals.size), hvps=op.counts["hvp"] - hvps0,
-        weighted_grads=None if W is None else GW[stage1:], exact_part=exact_part, subspace_dim=Q.shape[0],
-        eig=eig, block_hvps=T.shape[0], plain_values=plain_values, residual_energy=resid_energy,
+        n,
+        float(sq.mean()),
+        float(grad @ grad),
+        exact_part + float(vals.mean()),
+        se,
+        float(grad @ hgrad),
+        grad,
+        hgrad,
+        "sketch",
+        probes=int(vals.size),
+        hvps=op.counts["hvp"] - hvps0,
+        weighted_grads=None if W is None else GW[stage1:],
+        exact_part=exact_part,
+        subspace_dim=Q.shape[0],
+        eig=eig,
+        block_hvps=T.shape[0],
+        plain_values=plain_values,
+        residual_energy=resid_energy,
     )
 
 
@@ -203,8 +235,19 @@ def _exact_moments(op: LossOperator, W, gen, top, eig_init, eig_tol, eig_max_hvp
         eig = top_eigenvalue_op(op, tol=eig_tol, init=eig_init, max_hvps=eig_max_hvps, generator=gen, with_grad=False)
     tr_HS_1 = float(quad.mean())
     return Moments(
-        n, float(sq.mean()), float(grad @ grad), tr_HS_1, 0.0, float(grad @ hgrad), grad, hgrad, "exact",
-        hvps=op.counts["hvp"] - hvps0, weighted_grads=GW, exact_part=tr_HS_1, eig=eig,
+        n,
+        float(sq.mean()),
+        float(grad @ grad),
+        tr_HS_1,
+        0.0,
+        float(grad @ hgrad),
+        grad,
+        hgrad,
+        "exact",
+        hvps=op.counts["hvp"] - hvps0,
+        weighted_grads=GW,
+        exact_part=tr_HS_1,
+        eig=eig,
     )
 
 
@@ -325,11 +368,19 @@ def moments_frame(mom: Moments, batch_sizes: Iterable[int], replacement: bool = 
     for b in batch_sizes:
         b = int(b)
         if b < 1 or (not replacement and b > mom.n):
-            raise LssrError(f"batch size {b} is out of range: need 1 <= b <= n = {mom.n} (without replacement) or b >= 1")
+            raise LssrError(
+                f"batch size {b} is out of range: need 1 <= b <= n = {mom.n} (without replacement) or b >= 1"
+            )
         row = per_b(mom, b, replacement)
         row.update(
-            tr_S_1=mom.tr_S_1, tr_S_1_se=0.0, tr_S_n=mom.tr_S_n, tr_S_n_se=0.0,
-            tr_HS_1=mom.tr_HS_1, tr_HS_1_se=mom.tr_HS_1_se, tr_HS_n=mom.tr_HS_n, tr_HS_n_se=0.0,
+            tr_S_1=mom.tr_S_1,
+            tr_S_1_se=0.0,
+            tr_S_n=mom.tr_S_n,
+            tr_S_n_se=0.0,
+            tr_HS_1=mom.tr_HS_1,
+            tr_HS_1_se=mom.tr_HS_1_se,
+            tr_HS_n=mom.tr_HS_n,
+            tr_HS_n_se=0.0,
         )
         rows.append(row)
     cols = []
@@ -362,6 +413,14 @@ def interaction_stats(
     directions, ``probes`` residual probes, or fewer with ``rel_se``). Results are in the model's dtype;
     ``*_se`` columns hold standard errors (0 for exact quantities). Randomness only from ``generator``.
     """
-    op = LossOperator(model, loss_fn, inputs, targets, chunk_size=chunk_size, per_sample_chunk=per_sample_chunk, where="interaction_stats")
+    op = LossOperator(
+        model,
+        loss_fn,
+        inputs,
+        targets,
+        chunk_size=chunk_size,
+        per_sample_chunk=per_sample_chunk,
+        where="interaction_stats",
+    )
     mom = gradient_moments(op, exact=exact, probes=probes, stage1=stage1, generator=generator, top=False, rel_se=rel_se)
     return moments_frame(mom, batch_sizes, replacement)

@@ -34,8 +34,7 @@ from typing import Any, Union
 
 import yaml
 
-from . import LssrError
-from .registry import FIGURES
+from .. import LssrError
 
 MODEL_NAMES = ("cnn6", "digits_cnn", "resnet9", "wrn28_2")
 LOSS_NAMES = ("ce", "mse")
@@ -234,7 +233,7 @@ def _bad(where: str):
 
 def _check_data(d: DataConfig, where: str, prefix: str = "data.") -> None:
     """The subset: a known source, n >= 1, and the bounds the workflow schema states."""
-    from .data import SOURCES
+    from ..data import SOURCES
 
     bad = _bad(where)
     if d.dataset not in SOURCES:
@@ -340,7 +339,7 @@ def config_from_dict(raw: dict, where: str = "config") -> RunConfig:
     raw = dict(raw)
     data = raw.get("data")
     if isinstance(data, dict) and isinstance(data.get("n"), str):
-        from .data import DataError, parse_size
+        from ..data import DataError, parse_size
 
         data = dict(data)
         try:
@@ -393,112 +392,3 @@ def deep_update(base: dict, upd: dict) -> dict:
     for k, v in upd.items():
         out[k] = deep_update(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
     return out
-
-
-# ---------------------------------------------------------------------------------------------
-# Workflow config (config/*.yaml): the top-level settings, their defaults and the data set entries.
-# The planner (lssr.workflow) and the .smk rules read these; the schema's defaults are checked
-# against them by tests/test_config.py.
-# ---------------------------------------------------------------------------------------------
-
-# Run-level keys a workflow config may set at the top level or per experiment (defaults: RunConfig's).
-RUN_KEYS = (
-    "seed", "device", "eval_every", "log_every", "chunk_size", "bn_mode", "bn_ghost_batch", "activation_checkpointing",
-    "checkpoint_every",
-)
-# Stop keys an experiment may set (defaults: StopConfig's).
-STOP_KEYS = ("steps", "epochs", "train_loss_goal", "train_acc_goal", "divergence_bound")
-# Figure 5 with ``batch_sizes: powers_of_two``: b = 2^k from this value up to n (the paper: from 2^3).
-MIN_BATCH_SIZE = 8
-
-
-def default_of(cls: type, name: str) -> Any:
-    """The default of field ``name`` of the config dataclass ``cls``."""
-    f = cls.__dataclass_fields__[name]
-    return f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
-
-
-@dataclass(frozen=True)
-class Resources:
-    """Snakemake ``threads`` and ``resources`` of each training job (rules train and train_group_*)."""
-
-    threads: int = 1
-    mem_mb: int = 4000
-    # at most this many minutes per training job; each job's own runtime is estimated from its config
-    # (lssr.cost: steps x per-step cost, with margin); null = no cap
-    runtime: int | None = None
-    gpu_model: str | None = None  # passed on as the job resource gpu_model (read by the slurm executor)
-
-
-@dataclass(frozen=True)
-class WorkflowSettings:
-    """The top level of a workflow config apart from ``datasets``, ``experiments`` and the run keys."""
-
-    name: str | None = None
-    figures: tuple[str, ...] = tuple(FIGURES)  # which figures to build (default: all)
-    seed: int = default_of(RunConfig, "seed")
-    device: str = default_of(RunConfig, "device")
-    batch_runs: bool = False  # train the Figure-5 runs of one (data set, b) together, batched over η
-    resources: Resources = field(default_factory=Resources)
-
-    @property
-    def gpu(self) -> int:
-        """GPUs per training job: 1 when the runs ask for cuda."""
-        return 1 if self.device.startswith("cuda") else 0
-
-    def job_resources(self) -> dict:
-        """The ``resources`` of a training job but its ``runtime`` (per job, from the plan): mem_mb, gpu and
-        (when set) gpu_model."""
-        r = self.resources
-        out = {"mem_mb": r.mem_mb, "gpu": self.gpu}
-        if r.gpu_model is not None:
-            out["gpu_model"] = r.gpu_model
-        return out
-
-
-def workflow_settings(wf: dict, where: str = "workflow config") -> WorkflowSettings:
-    """The validated top-level settings of a workflow config, defaults filled in from here."""
-    names = {f.name for f in dataclasses.fields(WorkflowSettings)}
-    settings = _from_dict(WorkflowSettings, {k: v for k, v in wf.items() if k in names}, where)
-    for fig in settings.figures:
-        if fig not in FIGURES:
-            raise ConfigError(f"{where}: unknown figure '{fig}' in 'figures'; known: {', '.join(FIGURES)}")
-    bad = _bad(where)
-    if settings.seed < 0:
-        raise bad("seed", settings.seed, "must be >= 0")
-    if not _valid_device(settings.device):
-        raise bad("device", settings.device, "use auto, cpu, cuda or cuda:N")
-    for key in ("threads", "mem_mb", "runtime"):
-        if getattr(settings.resources, key) is not None and getattr(settings.resources, key) < 1:
-            raise bad(f"resources.{key}", getattr(settings.resources, key), "must be >= 1")
-    return settings
-
-
-def data_parallel_config(raw, grids: dict[str, list[int]], batch_runs: bool, where: str = "workflow config") -> dict:
-    """``experiments.fig5.data_parallel`` {data set: {b: GPUs}} (Figure-5 cells, GPUs >= 2) -> {(data set, b): GPUs}."""
-    key, bad, raw = "experiments.fig5.data_parallel", _bad(where), {} if raw is None else raw
-    if not isinstance(raw, dict) or not all(isinstance(c, dict) for c in raw.values()):
-        raise bad(key, raw, "map data sets to {b: GPUs}, e.g. {tinyimagenet-32k: {32768: 2}}")
-    for ds, b, gpus in [(ds, b, g) for ds, cells in raw.items() for b, g in cells.items()]:
-        if ds not in grids or not str(b).isdigit() or int(b) not in grids[ds] or type(gpus) is not int or gpus < 2:
-            raise bad(f"{key}.{ds}", {b: gpus}, f"b must be a Figure-5 cell {grids} and GPUs an integer >= 2")
-        if not batch_runs:
-            raise bad(key, raw, "it needs batch_runs: true (the group job launches torchrun)")
-    return {(ds, int(b)): g for ds, cells in raw.items() for b, g in cells.items()}
-
-
-def dataset_config(name: str, entry: dict, where: str = "workflow config") -> DataConfig:
-    """A ``datasets:`` entry ({source, n, seed, root, ...}) as the :class:`DataConfig` of its runs."""
-    from .data import DataError, parse_size
-
-    raw = dict(entry)
-    if "source" not in raw or "n" not in raw:
-        raise ConfigError(f"{where}: data set '{name}' needs 'source' and 'n'")
-    raw["dataset"] = raw.pop("source")
-    try:
-        raw["n"] = parse_size(raw["n"])
-    except DataError as exc:
-        raise ConfigError(f"{where}: key 'datasets.{name}.n': {exc}") from None
-    data = _from_dict(DataConfig, raw, where, prefix=f"datasets.{name}.")
-    _check_data(data, where, prefix=f"datasets.{name}.")
-    return data
