@@ -275,11 +275,14 @@ def test_end_to_end_local_and_fake_cluster(tmp_path):
     local = workdir(tmp_path / "local")
     smk(local, "--cores", "2", "--configfile", "config/test.yaml")
     figs = sorted(p.name for p in (local / "figures").glob("*.pdf"))
-    assert figs == ["fig1.pdf", "fig2.pdf", "fig3.pdf", "fig4.pdf", "fig5.pdf", "figC5.pdf"]
+    assert figs == ["fig1.pdf", "fig2.pdf", "fig3.pdf", "fig4.pdf", "fig5.pdf", "figC5.pdf", "figS1.pdf"]
     runs = pd.read_csv(local / "results" / "tables" / "runs.csv")
     assert set(runs["status"]) <= {"completed", "diverged"} and (runs["status"] == "diverged").any()  # η = 64
     claims = pd.read_csv(local / "results" / "claims.csv")
-    assert set(claims["claim"]) >= {"C1", "C2", "C3", "C4", "C5"}
+    assert set(claims["claim"]) == {f"C{i}" for i in range(1, 10)} | {"K1"}
+    assert set(claims["kind"]) == {"claim", "check"}
+    verdicts = pd.read_csv(local / "results" / "verdicts.csv")
+    assert len(verdicts) == len(claims) and list(verdicts["verdict"]) == list(claims["verdict"])
 
     # rerun: nothing to be done
     proc = smk(local, "--cores", "1", "--configfile", "config/test.yaml")
