@@ -1,6 +1,8 @@
 import sys
 from pathlib import Path
 
+import pytest
+
 # let tests import helper modules that live next to them (bad_inputs, killable_run)
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -17,3 +19,16 @@ def pytest_collection_modifyitems(config, items):
         return len(_LONG)
 
     items.sort(key=rank)  # stable: the rest keep their order
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One intra-op torch thread for the module's tests: tiny models on a shared 2-core machine run many times
+    slower with OpenMP's two threads under load (cnn6 HVPs ~10x). Modules opt in with
+    ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

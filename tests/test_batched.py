@@ -34,18 +34,11 @@ from lssr.config import config_from_dict
 from lssr.data import Subset, SubsetSpec, build_subset, load_subset
 from lssr.training import METRIC_COLUMNS, BatchConfigError, check_batchable, train, train_batched
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 N = 128
 ROOT = Path(__file__).resolve().parents[1]
 ATOL = 1e-9  # float64 round-off (~1e-16) with a wide margin
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # Tiny models on a shared 2-core machine: OpenMP with 2 threads is many times slower under load.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

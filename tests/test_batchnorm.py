@@ -22,17 +22,11 @@ from lssr.report import runs_table
 from lssr.tables import fig5
 from lssr.training import train, train_batched
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 N = 128
 ATOL = 1e-9
 METRICS = ["batch_loss", "train_loss", "train_acc", "test_loss", "test_acc"]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

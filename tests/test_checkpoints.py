@@ -16,16 +16,10 @@ from lssr.config import config_from_dict
 from lssr.data import SubsetSpec, build_subset, load_subset
 from lssr.training import batched, train, train_batched
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 N = 64
 MARKER = Path(os.environ.get("TMPDIR", "/tmp")) / "lssr-test-unpickled-marker"
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

@@ -27,6 +27,8 @@ from lssr.data import Subset, SubsetSpec, build_subset, load_subset
 from lssr.training import train
 from lssr.training.distributed import DataParallelError, World, _Member, launch_command, shard
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 ROOT = Path(__file__).resolve().parents[1]
 N = 64
 N_TEST = 64
@@ -67,14 +69,6 @@ def torchrun(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
     return proc
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

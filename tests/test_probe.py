@@ -14,16 +14,9 @@ from lssr.data import Subset
 from lssr.diagnostics import DiagnosticsProbe
 from lssr.training import train
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 N, C = 16, 3
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One intra-op thread: on a shared 2-core machine OpenMP oversubscription slows cnn6 HVPs ~10x."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
