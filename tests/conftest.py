@@ -8,7 +8,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 # The longest tests (end-to-end workflow, interrupted runs) first, so that with `pytest -n 2 --dist worksteal`
 # (make test) they start at once on different workers and the quick tests fill in around them.
-_LONG = ("test_workflow.py::test_end_to_end", "test_workflow.py::test_snakemake_interrupted", "test_reliability.py::")
+_LONG = (
+    "test_cluster.py::test_slurm",
+    "test_workflow.py::test_end_to_end",
+    "test_workflow.py::test_snakemake_interrupted",
+    "test_cluster.py::",
+    "test_reliability.py::",
+)
 
 
 def pytest_collection_modifyitems(config, items):
