@@ -133,6 +133,39 @@ def has_values(row: dict) -> bool:
     return len(row) > 2
 
 
+def step_loop(run, bar) -> None:
+    """The step loop of one model (single runs and data-parallel members), until the stop rule says stop.
+
+    At each step t: ``run.at_step()`` (e.g. a checkpoint), at evaluation steps the metrics of θ_t and the
+    stop rule, then one SGD step ``run.sgd_step(row)`` (None: the batch loss diverged), and the row is
+    ``run.record``-ed when it holds a measurement. ``run`` also carries ``cfg``, ``step``, ``T``,
+    ``steps_per_epoch``, ``evaluate()`` and sets ``stopped_by``.
+    """
+    cfg = run.cfg
+    while True:
+        run.at_step()
+        row = metrics_row(run.step, run.steps_per_epoch)
+        if is_eval_step(cfg, run.step, run.T):
+            row.update(run.evaluate())
+            verdict = stop_verdict(cfg, row, run.step, run.T)
+            if verdict is not None:
+                run.stopped_by = verdict
+                run.record(row)
+                return
+        batch_loss = run.sgd_step(row)
+        if batch_loss is None:
+            run.stopped_by = "divergence"
+            run.record(row)
+            return
+        if has_values(row):
+            run.record(row)
+        run.step += 1
+        if bar is not None:
+            bar.update(1)
+            if run.step % 50 == 0:
+                bar.set_postfix(loss=f"{batch_loss:.4g}")
+
+
 def record_batch_loss(cfg: RunConfig, row: dict, step: int, batch_loss: float) -> bool:
     """Put the batch loss L_B(θ_t) in ``row`` (every ``log_every`` steps, and always when it diverged);
     return True when it diverged."""

@@ -58,16 +58,13 @@ from .batched import check_batchable
 from .core import (
     METRIC_COLUMNS,
     RunResult,
-    has_values,
     init_model,
-    is_eval_step,
-    metrics_row,
     progress_bar,
     record_batch_loss,
     resolve_device,
     set_up,
     status_of,
-    stop_verdict,
+    step_loop,
     total_steps,
 )
 from .forward import StepPlan, backward_keeping_buffers, checkpointed_forward, plan_step
@@ -319,30 +316,21 @@ class _Member:
         t = t.tolist()
         return {"train_loss": t[0] / m_tr, "train_acc": t[1] / m_tr, "test_loss": t[2] / m_te, "test_acc": t[3] / m_te}
 
+    # -- the hooks of core.step_loop (no checkpoints on this path) -----------------------------------
+    @property
+    def steps_per_epoch(self) -> int:
+        return self.sampler.steps_per_epoch
+
+    def at_step(self) -> None:
+        pass
+
+    def record(self, row: dict) -> None:
+        self.rows.append(row)
+
     def loop(self, bar) -> None:
-        """:func:`~lssr.training.train`'s loop: evaluate, stop or step, log the row."""
-        cfg = self.cfg
+        """:func:`~lssr.training.train`'s loop (:func:`~lssr.training.core.step_loop`) on this rank's shard."""
         self.model.train()
-        spe = self.sampler.steps_per_epoch
-        while True:
-            row = metrics_row(self.step, spe)
-            if is_eval_step(cfg, self.step, self.T):
-                row.update(self.evaluate())
-                verdict = stop_verdict(cfg, row, self.step, self.T)
-                if verdict is not None:
-                    self.stopped_by = verdict
-                    self.rows.append(row)
-                    return
-            batch_loss = self.sgd_step(row)
-            if batch_loss is None:
-                self.stopped_by = "divergence"
-                self.rows.append(row)
-                return
-            if has_values(row):
-                self.rows.append(row)
-            self.step += 1
-            if bar is not None:
-                bar.update(1)
+        step_loop(self, bar)
 
     def finish(self) -> RunResult:
         """Rank 0 writes ``metrics.csv``, ``model.pt`` and ``run.json``; every rank returns the result."""

@@ -38,15 +38,12 @@ from .core import (
     METRIC_COLUMNS,
     RunResult,
     evaluate_members,
-    has_values,
     init_model,
-    is_eval_step,
-    metrics_row,
     progress_bar,
     record_batch_loss,
     set_up,
     status_of,
-    stop_verdict,
+    step_loop,
     total_steps,
 )
 from .forward import backward_keeping_buffers, checkpointed_forward, plan_step
@@ -235,34 +232,29 @@ class _Run:
             self._observe(active, ctx, "after_step")
         return batch_loss
 
+    # -- the hooks of core.step_loop ----------------------------------------------------------------
+    @property
+    def steps_per_epoch(self) -> int:
+        return self.sampler.steps_per_epoch
+
+    def at_step(self) -> None:
+        """A checkpoint every ``checkpoint_every`` steps (not at the step the run resumed at)."""
+        if self.checkpointing and self.step % self.cfg.checkpoint_every == 0 and self.step > self.resumed_at:
+            self.checkpoint()
+
+    def evaluate(self) -> dict:
+        """L(θ) and accuracy on the training and test sets (eval mode)."""
+        model = self.model
+        forward = lambda x: model(x).unsqueeze(0)  # noqa: E731 - one member
+        return evaluate_members(model, forward, 1, self.data, self.loss_ps, self.cfg.chunk_size)[0]
+
+    def record(self, row: dict) -> None:
+        self.log.append(row)
+
     def loop(self, bar) -> None:
-        """Steps until the stop rule says stop: checkpoint, evaluate, stop or step, log the row."""
-        cfg, model = self.cfg, self.model
-        model.train()
-        while True:
-            if self.checkpointing and self.step % cfg.checkpoint_every == 0 and self.step > self.resumed_at:
-                self.checkpoint()
-            row = metrics_row(self.step, self.sampler.steps_per_epoch)
-            if is_eval_step(cfg, self.step, self.T):
-                forward = lambda x: model(x).unsqueeze(0)  # noqa: E731 - one member
-                row.update(evaluate_members(model, forward, 1, self.data, self.loss_ps, cfg.chunk_size)[0])
-                verdict = stop_verdict(cfg, row, self.step, self.T)
-                if verdict is not None:
-                    self.stopped_by = verdict
-                    self.log.append(row)
-                    return
-            batch_loss = self.sgd_step(row)
-            if batch_loss is None:
-                self.stopped_by = "divergence"
-                self.log.append(row)
-                return
-            if has_values(row):
-                self.log.append(row)
-            self.step += 1
-            if bar is not None:
-                bar.update(1)
-                if self.step % 50 == 0:
-                    bar.set_postfix(loss=f"{batch_loss:.4g}")
+        """Steps until the stop rule says stop (:func:`~lssr.training.core.step_loop`)."""
+        self.model.train()
+        step_loop(self, bar)
 
     def finish(self) -> RunResult:
         """Close the probes, finalize ``metrics.csv`` and write ``model.pt`` and ``run.json``."""
