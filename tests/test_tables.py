@@ -540,3 +540,12 @@ def test_image_folder_runs_are_labelled_by_their_folder(tmp_path):
     assert set(t["dataset"]) == {"cifar10-jpeg"}
     other = write_run(tmp_path / "s", dataset="stl10", diag=diag, metrics=metrics)
     assert set(tables.build_table("fig4", [other])["dataset"]) == {"stl10"}
+
+
+def test_base_columns_name_the_keys_of_base_columns(tmp_path):
+    from lssr.tables.runs import BASE_COLUMNS, base_columns
+
+    class FakeRun:
+        name, dataset, loss, optimizer, b, n, lr = "r", "d", "ce", "SGD", 8, 64, 0.1
+
+    assert list(base_columns(FakeRun())) == BASE_COLUMNS

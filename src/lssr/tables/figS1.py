@@ -13,16 +13,10 @@ from typing import Iterable
 import numpy as np
 import pandas as pd
 
-from .runs import Run, RunLike, base_columns, diag_runs, first_index, for_b
+from .runs import BASE_COLUMNS, Run, RunLike, base_columns, diag_runs, first_index, for_b
 
 COLUMNS = [
-    "run",
-    "dataset",
-    "loss",
-    "optimizer",
-    "b",
-    "n",
-    "lr",
+    *BASE_COLUMNS,
     "step",
     "top_eig",
     "two_over_eta",

@@ -155,8 +155,12 @@ def diag_runs(runs: Iterable[RunLike]) -> list[Run]:
     return [r for r in load_runs(runs) if r.diag is not None and len(r.diag)]
 
 
+#: The columns that say which run a row comes from (the keys of :func:`base_columns`, in order).
+BASE_COLUMNS = ["run", "dataset", "loss", "optimizer", "b", "n", "lr"]
+
+
 def base_columns(run: Run) -> dict:
-    """The columns that say which run a row comes from."""
+    """The columns that say which run a row comes from (:data:`BASE_COLUMNS`)."""
     return {
         "run": run.name,
         "dataset": run.dataset,
