@@ -133,8 +133,17 @@ def test_unsynchronised_batch_norm_would_differ(dp_runs, subset_dir):
 
 def test_command_line_float32(subset_dir, tmp_path):
     """`torchrun ... -m lssr train-batch --data-parallel 2`: float32 data as `lssr` loads them; the same
-    metrics as one process within float32 round-off; rank 0 alone prints and writes."""
-    cfgs = [raw_cfg(32, optim={"lr": lr, "batch_size": 32}) for lr in (0.1, 0.05)]
+    metrics as one process within float32 round-off; rank 0 alone prints and writes.
+
+    The float32 comparison covers one SGD step of wrn28_2 (batch norm, no max-pooling), the horizon on which
+    the two engines can differ by round-off alone. Over several steps they cannot be bounded by round-off:
+    with max-pooling one ulp can flip a near-tied argmax (see tests/test_batched.py), and even without it
+    this network at η = 0.1 amplifies round-off about 100x per step (measured: 3.0e-5 after 2 steps, 6.6e-3
+    after 5). The multi-step equality of the engines is tested in float64 above.
+    """
+    model = {"name": "wrn28_2", "batch_norm": True}
+    one_step = {"model": model, "stop": {"steps": 1}, "eval_every": 1}
+    cfgs = [raw_cfg(32, optim={"lr": lr, "batch_size": 32}, **one_step) for lr in (0.1, 0.05)]
     args = []
     for i, raw in enumerate(cfgs):
         (tmp_path / f"c{i}.yaml").write_text(yaml.safe_dump(raw))
@@ -142,7 +151,7 @@ def test_command_line_float32(subset_dir, tmp_path):
     cmd = launch_command(2).split()[4:]  # after `torchrun --standalone --nproc-per-node 2`
     assert cmd[:2] == ["-m", "lssr"]
     proc = torchrun(*cmd, *args, "--data", str(subset_dir), "--no-progress")
-    assert proc.stdout.count(" completed after 6 steps") == 2  # rank 0 only
+    assert proc.stdout.count(" completed after 1 steps") == 2  # rank 0 only
     data = load_subset(subset_dir)  # float32, the whole test set as `lssr` loads it
     for i, raw in enumerate(cfgs):
         assert_same_run(tmp_path / f"run{i}", train(config_from_dict(raw), data, progress=False), 1e-4)
