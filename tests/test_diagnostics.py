@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from lssr.curvature import LossOperator
-from lssr.diagnostics import FRAME_COLUMNS, control_variate_values, gradient_moments, interaction_stats
+from lssr.diagnostics import FRAME_COLUMNS, gradient_moments, interaction_stats
 from lssr.losses import get_loss
 
 
@@ -126,8 +126,8 @@ def test_frame_columns_and_dtype():
 
 
 def test_sketch_is_unbiased_and_se_is_honest():
-    """30 seeds: the mean estimate lies within 2 standard errors (of the mean) of the exact value,
-    and the mean reported se matches the observed spread within 30%."""
+    """30 seeds: the mean estimate lies within 2 standard errors (of the mean) of the exact value, and the
+    jackknife se is honest: not below the observed spread, not useless (≤ 4x), 2 se cover ≥ 80% of seeds."""
     n = 24
     torch.manual_seed(3)
     model = nn.Sequential(nn.Linear(4, 6), nn.Tanh(), nn.Linear(6, 4)).double()
@@ -139,7 +139,7 @@ def test_sketch_is_unbiased_and_se_is_honest():
     est, ses, resid = [], [], []
     for seed in range(30):
         mom = gradient_moments(
-            op, exact=False, probes=16, stage1=2, top=False, generator=torch.Generator().manual_seed(seed)
+            op, exact=False, probes=5, stage1=5, top=False, generator=torch.Generator().manual_seed(seed)
         )
         est.append(mom.tr_HS_1)
         ses.append(mom.tr_HS_1_se)
@@ -148,7 +148,8 @@ def test_sketch_is_unbiased_and_se_is_honest():
     assert np.mean(np.abs(resid)) > 0.05 * abs(exact)  # the sketched part is not negligible here
     sd = est.std(ddof=1)
     assert abs(est.mean() - exact) <= 2 * sd / math.sqrt(est.size)
-    assert ses.mean() == pytest.approx(sd, rel=0.3)
+    assert sd <= np.sqrt((ses**2).mean()) <= 4 * sd
+    assert np.mean(np.abs(est - exact) <= 2 * ses) >= 0.8
     # deflation pays: the sketch is far more precise than a plain random-sign sketch would be
     assert sd < 0.5 * abs(exact)
 
@@ -175,27 +176,13 @@ def test_weighted_gradients_and_no_global_rng():
     W[[1, 3], 0] = 0.5
     W[:, 1] = 1 / 8
     state = torch.get_rng_state()
-    mom = gradient_moments(op, probes=4, stage1=2, top=True, weights=W, generator=torch.Generator().manual_seed(1))
+    mom = gradient_moments(op, probes=4, stage1=3, top=True, weights=W, generator=torch.Generator().manual_seed(1))
     assert torch.equal(state, torch.get_rng_state())
     gB = torch.autograd.functional.jacobian(loss_at(model, loss_fn, x[[1, 3]], y[[1, 3]]), flat_params(model))
     torch.testing.assert_close(mom.weighted_grads[0], gB, rtol=1e-10, atol=1e-12)
     torch.testing.assert_close(mom.weighted_grads[1], mom.grad, rtol=1e-10, atol=1e-12)
     H = torch.autograd.functional.hessian(loss_at(model, loss_fn, x, y), flat_params(model))
     assert mom.eig.value == pytest.approx(float(torch.linalg.eigvalsh(H)[-1]), rel=1e-3)
-
-
-def test_control_variate_is_leave_one_out_unbiased():
-    rng = np.random.default_rng(0)
-    # t exactly proportional to e: every value equals c·E[e]
-    e = rng.exponential(size=6)
-    np.testing.assert_allclose(control_variate_values(2.5 * e, e, 1.0), 2.5)
-    # in general E[value] = E[t]: average over many independent sets of probes
-    means = []
-    for _ in range(4000):
-        e = rng.chisquare(1, size=4)
-        t = 3.0 * e + rng.normal(0, 1, size=4) + 1.0
-        means.append(control_variate_values(t, e, 1.0).mean())
-    assert np.mean(means) == pytest.approx(4.0, abs=4 * np.std(means) / np.sqrt(len(means)))
 
 
 def test_probe_schedule_dense_window_then_every(tmp_path):

@@ -160,7 +160,7 @@ def test_batch_norm_needs_bn_mode_eval(data, tmp_path):
     with pytest.raises(BatchNormModeError, match="bn_mode: eval"):
         DiagnosticsProbe(cfg, tmp_path / "d.csv")
     over = dict(model={"name": "cnn6", "batch_norm": True}, bn_mode="eval", stop={"steps": 2})
-    cfg = cfg_for(probe={"every": 1, "estimator": "sketch", "probes": 4, "stage1": 2}, **over)
+    cfg = cfg_for(probe={"every": 1, "estimator": "sketch", "probes": 4, "stage1": 3}, **over)
     plain = run(cfg_for(**over), data, tmp_path / "plain", probed=False)
     probed = run(cfg, data, tmp_path / "probed", probed=True)
     assert plain == probed

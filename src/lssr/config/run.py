@@ -88,9 +88,9 @@ class ProbeConfig:
     dense_until: int = 0  # probe every step in [start, dense_until), then every `every` (the edge is reached early)
     batch_sizes: tuple[int, ...] = ()
     estimator: str = "exact"  # exact | sketch | auto
-    probes: int = 64  # random-sign sketch probes for tr(H S_1) in sketch mode (the most; see rel_se)
-    stage1: int = 8  # sketch mode: range-finder directions of the per-sample gradients (about the class count)
-    rel_se: float | None = 0.05  # sketch mode: stop adding probes once se(tr H S_1) <= rel_se * estimate; null = all
+    probes: int = 16  # sketch mode: the most random-sign probes for tr(H S_1) (see rel_se)
+    stage1: int = 6  # sketch mode: the probes of the first block, before the se is first checked (>= 3)
+    rel_se: float | None = 0.05  # sketch mode: add probes until the jackknife se(tr H S_1) <= rel_se * estimate
     top_eigenvalue: bool = True
     eig_tol: float = 1e-3
     expected_change_batches: int = 0  # K sampled batches for E_B[L(θ − η g_B)] − L(θ); 0 = off
@@ -306,10 +306,10 @@ def _check_probe(p: ProbeConfig, n: int, where: str) -> None:
             raise bad("probe.batch_sizes", bb, f"each b must satisfy 1 <= b <= n = {n}")
     if p.estimator not in ESTIMATORS:
         raise bad("probe.estimator", p.estimator, "use exact, sketch or auto")
-    if p.probes < 2:
-        raise bad("probe.probes", p.probes, "at least 2 sketch probes are needed for a standard error")
-    if p.stage1 < 0:
-        raise bad("probe.stage1", p.stage1, "use 0 or more range-finder directions (about the class count)")
+    if p.probes < 3:
+        raise bad("probe.probes", p.probes, "at least 3 sketch probes are needed (jackknife se, control variate)")
+    if p.stage1 < 3:
+        raise bad("probe.stage1", p.stage1, "use 3 or more probes in the first block (at most probe.probes are used)")
     if p.rel_se is not None and not p.rel_se > 0:
         raise bad("probe.rel_se", p.rel_se, "use a positive relative standard error (e.g. 0.05) or null")
     if not 0 < p.eig_tol < 1:

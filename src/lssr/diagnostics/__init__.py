@@ -7,7 +7,6 @@ b from them by identity (1)); :mod:`.probe` the per-step probe that writes ``dia
 from .moments import (
     FRAME_COLUMNS,
     Moments,
-    control_variate_values,
     gradient_moments,
     interaction_stats,
     moments_frame,
@@ -20,7 +19,6 @@ __all__ = [
     "FRAME_COLUMNS",
     "DiagnosticsProbe",
     "Moments",
-    "control_variate_values",
     "gradient_moments",
     "interaction_stats",
     "moments_frame",

@@ -244,13 +244,13 @@ class DiagnosticsProbe:
             op,
             exact=exact,
             probes=p.probes,
-            stage1=getattr(p, "stage1", 8),
+            stage1=p.stage1,
             generator=self.generator,
             top=p.top_eigenvalue,
             eig_init=self._prev_vec,
             eig_tol=p.eig_tol,
             weights=weights,
-            rel_se=getattr(p, "rel_se", None),
+            rel_se=p.rel_se,
         )
         grad, eig = mom.grad, mom.eig
         row.update(
