@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 CORES ?= all
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: demo test test-fast lint lock bench-diagnostics bench-grid clean-results
+.PHONY: demo test test-fast lint lock bench-diagnostics bench-se bench-grid clean-results
 
 $(BIN)/lssr: pyproject.toml requirements-lock.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -33,6 +33,9 @@ test-fast: $(BIN)/lssr
 
 bench-diagnostics: $(BIN)/lssr
 	$(BIN)/python benchmarks/bench_diagnostics.py
+
+bench-se: $(BIN)/lssr
+	$(BIN)/python benchmarks/bench_se.py
 
 bench-grid: $(BIN)/lssr
 	$(BIN)/python benchmarks/bench_grid.py
