@@ -48,21 +48,22 @@ CIFAR = Path("/work/shared/data/cifar10-jpeg")
 def parse_args(argv=None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     a = ap.add_argument
-    a("--n", type=int, default=64, help="training images (default 64: n = 256 does not fit 15 minutes, see the docs)")
+    a("--n", type=int, default=256, help="training images (the exact reference costs n HVPs per point)")
     a("--losses", nargs="+", default=["mse", "ce"], choices=["mse", "ce"])
     a("--eta-factor", type=float, nargs="+", default=[0.5], help="η = f·2/‖H‖_0, one f or one per loss")
     a(
         "--eta",
         type=float,
         nargs="+",
-        default=[0.35, 0.5],
-        help="η, one or one per loss (default MSE 0.35, CE 0.5); 0: η from --eta-factor",
+        default=[0.25, 0.25],
+        help="η, one or one per loss (default 0.25 for both, see docs/PERFORMANCE.md); 0: η from --eta-factor",
     )
-    a("--max-steps", type=int, default=100, help="GD steps to look for the crossing")
+    a("--max-steps", type=int, default=160, help="GD steps to look for the crossing")
     a("--check-every", type=int, default=5, help="steps between ‖H‖ checks along the run")
-    a("--inside", type=int, default=20, help="steps after the crossing for the 'inside' point")
-    a("--stage1", type=int, default=8, help="bundle: range-finder directions")
-    a("--probes", type=int, default=32, help="bundle: the most residual probes")
+    a("--check-from", type=int, default=75, help="no ‖H‖ checks before this step (the plateau; checks are slow there)")
+    a("--inside", type=int, default=30, help="steps after the crossing for the 'inside' point")
+    a("--stage1", type=int, default=6, help="bundle: probes in the first block")
+    a("--probes", type=int, default=16, help="bundle: the most probes")
     a("--rel-se", type=float, default=0.05, help="bundle / Monte-Carlo target relative se of tr(H S_1)")
     a("--mc-b", type=int, nargs="*", default=[8, 32], help="batch sizes for the Monte-Carlo comparison")
     a("--mc-pilot", type=int, default=4, help="pilot batches per b for the Monte-Carlo comparison")
@@ -70,7 +71,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     a("--peers", nargs="*", default=["pyhessian", "curvlinops"], choices=["pyhessian", "curvlinops"])
     a("--peer-points", nargs="*", default=["crossing"], help="points where the peers run")
     a("--points", nargs="+", default=["before", "crossing", "inside"], choices=["before", "crossing", "inside"])
-    a("--threads", type=int, default=1, help="torch threads (1 avoids oversubscription on a shared CPU)")
+    a("--threads", type=int, default=1, help="torch threads per process")
+    a("--jobs", type=int, default=2, help="processes: with several losses, one per loss (each --threads)")
     a("--chunk", type=int, default=256, help="memory chunk for full-data passes")
     a("--ps-chunk", type=int, default=32, help="chunk for per-sample gradients")
     a("--seed", type=int, default=0)
@@ -114,7 +116,8 @@ def cost_ratios(op: LossOperator, reps: int = 2) -> dict:
 def trajectory(args, model, lf, x, y, factor: float, eta: float | None = None) -> tuple[float, dict]:
     """GD from the seeded initialisation; returns η and {point: state} with θ, step, loss, acc, η‖H‖/2, vector."""
     op = LossOperator(model, lf, x, y, chunk_size=args.chunk)
-    e0 = top_eigenvalue_op(op, tol=1e-3, generator=torch.Generator().manual_seed(args.seed + 2))
+    tol0 = 1e-3 if eta is None else 1e-2  # ‖H‖_0 sets η only with --eta-factor; otherwise it is the warm start
+    e0 = top_eigenvalue_op(op, tol=tol0, generator=torch.Generator().manual_seed(args.seed + 2))
     eta = factor * 2 / e0.value if eta is None else eta
     print(
         f"‖H‖_0 = {e0.value:.4g}; η = {eta:.4g} (2/η = {2 / eta:.4g}; η‖H‖_0/2 = {eta * e0.value / 2:.3f})", flush=True
@@ -134,7 +137,9 @@ def trajectory(args, model, lf, x, y, factor: float, eta: float | None = None) -
             print(f"  step {step}: L = {float(loss):.3g}: the run diverged; no later points", flush=True)
             pts.pop("inside", None)
             break
-        check = step % args.check_every == 0 or (cross is not None and step == cross + args.inside)
+        check = (step >= args.check_from and step % args.check_every == 0) or (
+            cross is not None and step == cross + args.inside
+        )
         if check:
             e = top_eigenvalue_op(LossOperator(model, lf, x, y, chunk_size=args.chunk), tol=1e-2, init=vec)
             vec, r = e.vector, eta * e.value / 2
@@ -288,8 +293,45 @@ def peer_row(name: str, res: dict, t_grad: float, ref_top: float, exact: dict | 
     return out
 
 
+def run_parallel(args, argv) -> int:
+    """One subprocess per loss (``--jobs`` at a time), then one merged JSON and report."""
+    import subprocess
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    procs, outs = [], []
+    for loss_name in args.losses:
+        out = args.out.with_name(f"{args.out.stem}-{loss_name}.json")
+        cmd = [sys.executable, __file__, *argv, "--losses", loss_name, "--jobs", "1", "--out", str(out)]
+        log = open(out.with_suffix(".log"), "w")
+        print(f"started {loss_name}: log {out.with_suffix('.log')}", flush=True)
+        procs.append((subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT), log, loss_name))
+        outs.append(out)
+        while sum(p.poll() is None for p, _, _ in procs) >= args.jobs:
+            time.sleep(5)
+    rc = 0
+    for p, log, loss_name in procs:
+        rc |= p.wait()
+        log.close()
+        print(f"{loss_name}: exit {p.returncode}", flush=True)
+    import json
+
+    parts = [json.loads(o.read_text()) for o in outs if o.exists()]
+    rows = [r for part in parts for r in part["points"]]
+    ratio = parts[0]["ratios"] if parts else {}
+    from bench_report import report
+
+    if rows:
+        report(rows, ratio, args)
+    merged = {"settings": vars_json(args), "ratios": {p["settings"]["losses"][0]: p["ratios"] for p in parts}}
+    write_json(args.out, {**merged, "points": rows, "wall_s": max((p.get("wall_s", 0) for p in parts), default=0)})
+    print(f"\nwrote {args.out}", flush=True)
+    return rc
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.jobs > 1 and len(args.losses) > 1:
+        return run_parallel(args, argv)
     torch.set_num_threads(args.threads)
     t_start = time.time()
     x, y, what = load_data(args)
@@ -327,6 +369,7 @@ def main(argv=None) -> int:
             )
             pts[name]["name"] = name
             row = {"point": name, **measure_point(args, model, lf, x, y, pts[name], ratio, eta, loss_name)}
+            row["ratios"] = ratio
             rows.append(row)
             write_json(args.out, {"settings": vars_json(args), "ratios": ratio, "points": rows})
     from bench_report import report

@@ -100,6 +100,7 @@ def goal_row(r: dict, ratio: dict, goal: float = 40.0) -> list:
     ok_err = None if err is None else abs(err) <= 2
     met = ops <= goal and wall <= goal and ok_err is not False
     c = r["bundle_counts"]
+    ratio = r.get("ratios", ratio)  # each loss's own ratios when the losses ran in separate processes
     bound = (
         f"{c['hvp']} HVPs × {ratio['hvp']:.2f} = {c['hvp'] * ratio['hvp']:.1f} + {c['per_sample_pass']} "
         f"per-sample pass(es) × {ratio['ps']:.2f}"
