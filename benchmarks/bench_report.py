@@ -198,7 +198,7 @@ def figures_1_4_gpu_hours(bundle: float, ratio: dict, every: int, dense_until: i
 
 def gpu_hours_table(bundle: float, ratio: dict, fig5_gpu_h: float = 109.0) -> str:
     rows = []
-    for every, dense in ((1, 0), (10, 0), (50, 200), (25, 200), (100, 300)):
+    for every, dense in ((1, 0), (10, 0), (50, 200), (25, 200), (20, 300), (10, 200)):
         p, t, k = figures_1_4_gpu_hours(bundle, ratio, every, dense)
         rows.append(
             [
