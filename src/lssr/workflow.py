@@ -137,7 +137,7 @@ class Planner:
                 f"defined: {', '.join(sorted(datasets))}"
             )
         d = dataset_config(name, datasets[name])
-        spec = SubsetSpec(d.dataset, d.n, d.seed, d.root, d.download, d.resize, d.num_classes)
+        spec = SubsetSpec.of(d)
         prev = self.plan.subsets.get(spec.name)
         if prev is not None and (prev["root"], prev["num_classes"]) != (spec.root, spec.num_classes):
             raise ConfigError(

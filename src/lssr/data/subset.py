@@ -8,6 +8,7 @@ int64 labels, for the training subset and the full official test split) plus ``m
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import re
@@ -17,6 +18,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from ..config import DataConfig
 from ..io import torch_save, write_json
 from .sources import SOURCES, DataError, K, RawSplits, get_source
 
@@ -96,17 +98,14 @@ def _resize(images: np.ndarray, size: int | None) -> np.ndarray:
     return out.round().clamp(0, 255).to(torch.uint8).numpy()
 
 
-@dataclass(frozen=True)
-class SubsetSpec:
-    """What identifies a subset: source name, n, seed, where the raw data are, optional resize."""
+class SubsetSpec(DataConfig):
+    """What identifies a subset: the fields of a run's ``data`` section (:class:`lssr.config.DataConfig`:
+    source name, n, seed, where the raw data are, optional resize), plus the subset's folder ``name``."""
 
-    dataset: str
-    n: int
-    seed: int = 0
-    root: str | None = None
-    download: bool = False
-    resize: int | None = None
-    num_classes: int | None = None
+    @classmethod
+    def of(cls, data: DataConfig) -> "SubsetSpec":
+        """The subset a run's validated ``data`` section names."""
+        return cls(**dataclasses.asdict(data))
 
     @property
     def name(self) -> str:

@@ -14,8 +14,7 @@ from .single import Probe, train
 
 def subset_for(cfg: RunConfig, cache_root: str | Path = "results/data") -> Subset:
     """Load (building once if needed) the subset that ``cfg.data`` names, under ``cache_root``."""
-    d = cfg.data
-    spec = SubsetSpec(d.dataset, d.n, d.seed, d.root, d.download, d.resize, d.num_classes)
+    spec = SubsetSpec.of(cfg.data)
     folder = Path(cache_root) / spec.name
     if not (folder / "manifest.json").exists():
         build_subset(spec, folder)
