@@ -26,7 +26,9 @@ Writes ``results/bench/diagnostics.json`` (one object per point) and prints mark
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -295,8 +297,6 @@ def peer_row(name: str, res: dict, t_grad: float, ref_top: float, exact: dict | 
 
 def run_parallel(args, argv) -> int:
     """One subprocess per loss (``--jobs`` at a time), then one merged JSON and report."""
-    import subprocess
-
     argv = list(sys.argv[1:] if argv is None else argv)
     procs, outs = [], []
     for loss_name in args.losses:
@@ -313,8 +313,6 @@ def run_parallel(args, argv) -> int:
         rc |= p.wait()
         log.close()
         print(f"{loss_name}: exit {p.returncode}", flush=True)
-    import json
-
     parts = [json.loads(o.read_text()) for o in outs if o.exists()]
     rows = [r for part in parts for r in part["points"]]
     ratio = parts[0]["ratios"] if parts else {}

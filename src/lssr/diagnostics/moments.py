@@ -250,15 +250,14 @@ def _first_block(op: LossOperator, grad, Y, top, eig_init, eig_tol, eig_max_hvps
 
 class _SampleProducts:
     """G Vᵀ for the rows V of [D; HD], from the stored per-sample gradients or one per-sample pass per call
-    (only the rows not seen before are computed)."""
+    (only the rows of D not seen by an earlier call are computed)."""
 
     def __init__(self, op: LossOperator, stored: list):
         self.op, self.stored = op, stored
-        self.D = self.HD = None
         self.G_D = self.G_HD = None
 
     def of(self, D: Tensor, HD: Tensor) -> tuple[Tensor, Tensor]:
-        old = 0 if self.D is None else self.D.shape[0]
+        old = 0 if self.G_D is None else self.G_D.shape[1]
         new = torch.cat([D[old:], HD[old:]])
         out = torch.zeros(self.op.n, new.shape[0], dtype=D.dtype, device=D.device)
         for sl, Gc in self.stored or self.op.per_sample_grads():
@@ -267,7 +266,6 @@ class _SampleProducts:
         a, b = out[:, :k], out[:, k:]
         self.G_D = a if self.G_D is None else torch.cat([self.G_D, a], 1)
         self.G_HD = b if self.G_HD is None else torch.cat([self.G_HD, b], 1)
-        self.D, self.HD = D, HD
         return self.G_D, self.G_HD
 
 
