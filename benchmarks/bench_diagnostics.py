@@ -1,13 +1,18 @@
 """Benchmark of the per-step probe bundle at an edge of stability that is learning (``make bench-diagnostics``).
 
 GD runs of cnn6 (0.51M parameters) on n real CIFAR-10 images (an ``imagefolder`` subset of
-``/work/shared/data/cifar10-jpeg`` built with lssr's own subset code, 32 px, standardised), MSE and CE, at
-η = ``eta_factor`` × 2/‖H‖_0 (below the edge at initialisation, so the crossing comes from progressive
-sharpening). ‖H‖ is checked every ``check_every`` steps (warm LOBPCG, tol 1e-2). Three points per run:
+``/work/shared/data/cifar10-jpeg`` built with lssr's own subset code, 32 px, standardised), MSE and CE, at the
+η of ``PER_LOSS`` (MSE 0.25, CE 0.1: far below the edge at initialisation; the run leaves its initial plateau,
+crosses 2/η, is thrown back by a catapult, sharpens again and goes on learning at the edge: docs/PERFORMANCE.md).
+``--eta 0`` takes η = ``eta_factor`` × 2/‖H‖_0 instead. ‖H‖ is checked every ``check_every`` steps from
+``check_from`` (warm LOBPCG, tol 1e-2). Three points per run:
 
-- ``before``: the last check before the crossing with η‖H‖/2 ≤ 0.9 (step 0 when there is none);
+- ``before``: the last check before the crossing with η‖H‖/2 ≤ 0.9 (missing when there is none);
 - ``crossing``: the first check with η‖H‖/2 ≥ 1 (the first crossing of 2/η, to within ``check_every`` steps);
-- ``inside``: ``inside`` steps after the crossing (well inside the edge of stability).
+- ``inside``: the first check at least ``inside`` steps after the crossing with η‖H‖/2 ≥ ``inside_level``:
+  the run has been through the crossing's catapult and is back at 2/η (well inside the edge of stability).
+
+The checks along each run (step, loss, train accuracy, η‖H‖/2) are printed and kept in the JSON (``runs``).
 
 At each point, side by side (costs as gradient-equivalents: op counts × the cost ratios measured at the start
 of the run, and wall time / the gradient time measured at that point):
@@ -45,6 +50,9 @@ from lssr.models import CNN6, count_parameters
 from lssr.scaling import trace_b
 
 CIFAR = Path("/work/shared/data/cifar10-jpeg")
+# per-loss defaults (docs/PERFORMANCE.md): η where the training accuracy rises through the edge, and the first
+# step worth checking ‖H‖ (before it, the run is on its initial plateau, far below 2/η)
+PER_LOSS = {"eta": {"mse": 0.25, "ce": 0.1}, "check_from": {"mse": 75, "ce": 180}, "inside": {"mse": 100, "ce": 150}}
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -52,18 +60,25 @@ def parse_args(argv=None) -> argparse.Namespace:
     a = ap.add_argument
     a("--n", type=int, default=256, help="training images (the exact reference costs n HVPs per point)")
     a("--losses", nargs="+", default=["mse", "ce"], choices=["mse", "ce"])
-    a("--eta-factor", type=float, nargs="+", default=[0.5], help="η = f·2/‖H‖_0, one f or one per loss")
-    a(
-        "--eta",
-        type=float,
-        nargs="+",
-        default=[0.25, 0.25],
-        help="η, one or one per loss (default 0.25 for both, see docs/PERFORMANCE.md); 0: η from --eta-factor",
-    )
-    a("--max-steps", type=int, default=160, help="GD steps to look for the crossing")
+    a("--eta-factor", type=float, nargs="+", default=[0.5], help="η = f·2/‖H‖_0 (with --eta 0), one f or one per loss")
+    a("--eta", type=float, nargs="+", help=f"η, one or one per loss (default {PER_LOSS['eta']}); 0: from --eta-factor")
+    a("--max-steps", type=int, default=400, help="GD steps to look for the points")
     a("--check-every", type=int, default=5, help="steps between ‖H‖ checks along the run")
-    a("--check-from", type=int, default=75, help="no ‖H‖ checks before this step (the plateau; checks are slow there)")
-    a("--inside", type=int, default=30, help="steps after the crossing for the 'inside' point")
+    a(
+        "--check-from",
+        type=int,
+        nargs="+",
+        help=f"no ‖H‖ checks before this step (the plateau; checks are slow there), one or one per loss (default "
+        f"{PER_LOSS['check_from']})",
+    )
+    a(
+        "--inside",
+        type=int,
+        nargs="+",
+        help=f"'inside': at least this many steps after the crossing, one or one per loss "
+        f"(default {PER_LOSS['inside']}), ...",
+    )
+    a("--inside-level", type=float, default=0.9, help="... at the first check with η‖H‖/2 ≥ this (back at the edge)")
     a("--stage1", type=int, default=6, help="bundle: probes in the first block")
     a("--probes", type=int, default=16, help="bundle: the most probes")
     a("--rel-se", type=float, default=0.05, help="bundle / Monte-Carlo target relative se of tr(H S_1)")
@@ -115,8 +130,11 @@ def cost_ratios(op: LossOperator, reps: int = 2) -> dict:
     return {"t_grad": t["grad"], "hvp": t["hvp"] / t["grad"], "ps": t["ps"] / t["grad"], "loss": t["loss"] / t["grad"]}
 
 
-def trajectory(args, model, lf, x, y, factor: float, eta: float | None = None) -> tuple[float, dict]:
-    """GD from the seeded initialisation; returns η and {point: state} with θ, step, loss, acc, η‖H‖/2, vector."""
+def trajectory(
+    args, model, lf, x, y, factor: float, eta: float | None, check_from: int, inside: int
+) -> tuple[float, dict, list]:
+    """GD from the seeded initialisation; returns η, {point: state} with θ, step, loss, acc, η‖H‖/2, vector, and
+    the checks along the run (step, loss, train acc, η‖H‖/2)."""
     op = LossOperator(model, lf, x, y, chunk_size=args.chunk)
     tol0 = 1e-3 if eta is None else 1e-2  # ‖H‖_0 sets η only with --eta-factor; otherwise it is the warm start
     e0 = top_eigenvalue_op(op, tol=tol0, generator=torch.Generator().manual_seed(args.seed + 2))
@@ -125,7 +143,7 @@ def trajectory(args, model, lf, x, y, factor: float, eta: float | None = None) -
         f"‖H‖_0 = {e0.value:.4g}; η = {eta:.4g} (2/η = {2 / eta:.4g}; η‖H‖_0/2 = {eta * e0.value / 2:.3f})", flush=True
     )
     params = [p for p in model.parameters()]
-    vec, pts, cross, l0 = e0.vector, {}, None, None
+    vec, pts, cross, l0, checks = e0.vector, {}, None, None, []
     t0 = time.time()
     for step in range(args.max_steps + 1):
         model.zero_grad()
@@ -137,12 +155,8 @@ def trajectory(args, model, lf, x, y, factor: float, eta: float | None = None) -
         l0 = float(loss) if l0 is None else l0
         if not torch.isfinite(loss) or float(loss) > 100 * l0:
             print(f"  step {step}: L = {float(loss):.3g}: the run diverged; no later points", flush=True)
-            pts.pop("inside", None)
             break
-        check = (step >= args.check_from and step % args.check_every == 0) or (
-            cross is not None and step == cross + args.inside
-        )
-        if check:
+        if step >= check_from and step % args.check_every == 0:
             e = top_eigenvalue_op(LossOperator(model, lf, x, y, chunk_size=args.chunk), tol=1e-2, init=vec)
             vec, r = e.vector, eta * e.value / 2
             st = {
@@ -154,6 +168,7 @@ def trajectory(args, model, lf, x, y, factor: float, eta: float | None = None) -
                 "vector": vec,
                 "theta": torch.nn.utils.parameters_to_vector(params).detach().clone(),
             }
+            checks.append({k: st[k] for k in ("step", "loss", "train_acc", "eta_sharp_half")})
             print(
                 f"  step {step}: L = {float(loss):.4f}, train acc = {acc:.3f}, η‖H‖/2 = {r:.3f} "
                 f"({time.time() - t0:.0f} s)",
@@ -163,7 +178,7 @@ def trajectory(args, model, lf, x, y, factor: float, eta: float | None = None) -
                 pts["before"] = st
             if cross is None and r >= 1.0:
                 pts["crossing"], cross = st, step
-            elif cross is not None and step == cross + args.inside:
+            elif cross is not None and step >= cross + inside and r >= args.inside_level:
                 pts["inside"] = st
                 break
         with torch.no_grad():
@@ -171,7 +186,7 @@ def trajectory(args, model, lf, x, y, factor: float, eta: float | None = None) -
                 p.sub_(eta * p.grad)
     if "before" not in pts and "crossing" in pts:
         print("  (no check below 0.9·2/η before the crossing: 'before' is missing)", flush=True)
-    return eta, pts
+    return eta, pts, checks
 
 
 def measure_point(args, model, lf, x, y, st: dict, ratio: dict, eta: float, loss_name: str) -> dict:
@@ -301,7 +316,11 @@ def run_parallel(args, argv) -> int:
     procs, outs = [], []
     for loss_name in args.losses:
         out = args.out.with_name(f"{args.out.stem}-{loss_name}.json")
-        cmd = [sys.executable, __file__, *argv, "--losses", loss_name, "--jobs", "1", "--out", str(out)]
+        knobs = [
+            f"--{k.replace('_', '-')}={per_loss(args, k)[loss_name]}"
+            for k in ("eta_factor", "eta", "check_from", "inside")
+        ]
+        cmd = [sys.executable, __file__, *argv, "--losses", loss_name, *knobs, "--jobs", "1", "--out", str(out)]
         log = open(out.with_suffix(".log"), "w")
         print(f"started {loss_name}: log {out.with_suffix('.log')}", flush=True)
         procs.append((subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT), log, loss_name))
@@ -318,9 +337,13 @@ def run_parallel(args, argv) -> int:
     ratio = parts[0]["ratios"] if parts else {}
     from bench_report import report
 
+    merged = {
+        "settings": vars_json(args),
+        "ratios": {p["settings"]["losses"][0]: p["ratios"] for p in parts},
+        "runs": {k: v for p in parts for k, v in p.get("runs", {}).items()},
+    }
     if rows:
-        report(rows, ratio, args)
-    merged = {"settings": vars_json(args), "ratios": {p["settings"]["losses"][0]: p["ratios"] for p in parts}}
+        report(rows, ratio, args, merged["runs"])
     write_json(args.out, {**merged, "points": rows, "wall_s": max((p.get("wall_s", 0) for p in parts), default=0)})
     print(f"\nwrote {args.out}", flush=True)
     return rc
@@ -333,14 +356,12 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     t_start = time.time()
     x, y, what = load_data(args)
-    factors = dict(
-        zip(args.losses, args.eta_factor * len(args.losses) if len(args.eta_factor) == 1 else args.eta_factor)
-    )
+    factors, etas, starts, insides = (per_loss(args, k) for k in ("eta_factor", "eta", "check_from", "inside"))
     print(
         f"# bench_diagnostics: cnn6, {what}, n = {len(y)}, torch {torch.__version__}, {args.threads} thread(s)\n",
         flush=True,
     )
-    rows, ratio = [], None
+    rows, ratio, runs = [], None, {}
     for loss_name in args.losses:
         torch.manual_seed(args.seed)
         model, lf = CNN6(3, 10), get_loss(loss_name)
@@ -352,10 +373,10 @@ def main(argv=None) -> int:
                 flush=True,
             )
         print(f"## {loss_name.upper()}: GD trajectory", flush=True)
-        etas = (
-            dict(zip(args.losses, args.eta * len(args.losses) if len(args.eta) == 1 else args.eta)) if args.eta else {}
+        eta, pts, checks = trajectory(
+            args, model, lf, x, y, factors[loss_name], etas[loss_name] or None, starts[loss_name], insides[loss_name]
         )
-        eta, pts = trajectory(args, model, lf, x, y, factors[loss_name], etas.get(loss_name) or None)
+        runs[loss_name] = {"eta": eta, "check_from": starts[loss_name], "inside": insides[loss_name], "checks": checks}
         for name in args.points:
             if name not in pts:
                 rows.append({"point": name, "loss_fn": loss_name, "eta": eta, "missing": "not reached in the run"})
@@ -369,15 +390,26 @@ def main(argv=None) -> int:
             row = {"point": name, **measure_point(args, model, lf, x, y, pts[name], ratio, eta, loss_name)}
             row["ratios"] = ratio
             rows.append(row)
-            write_json(args.out, {"settings": vars_json(args), "ratios": ratio, "points": rows})
+            write_json(args.out, {"settings": vars_json(args), "ratios": ratio, "points": rows, "runs": runs})
     from bench_report import report
 
-    report(rows, ratio, args)
+    report(rows, ratio, args, runs)
     write_json(
-        args.out, {"settings": vars_json(args), "ratios": ratio, "points": rows, "wall_s": time.time() - t_start}
+        args.out,
+        {"settings": vars_json(args), "ratios": ratio, "points": rows, "runs": runs, "wall_s": time.time() - t_start},
     )
     print(f"\nwrote {args.out}; total wall time {time.time() - t_start:.0f} s", flush=True)
     return 0
+
+
+def per_loss(args, knob: str) -> dict:
+    """{loss: value} of a knob given once (for every loss), once per loss, or not at all (``PER_LOSS``)."""
+    values = getattr(args, knob)
+    if values is None:
+        return {loss: PER_LOSS[knob][loss] for loss in args.losses}
+    if len(values) not in (1, len(args.losses)):
+        sys.exit(f"bench_diagnostics: --{knob.replace('_', '-')}: one value or one per loss, got {values}")
+    return dict(zip(args.losses, values * len(args.losses) if len(values) == 1 else values))
 
 
 def vars_json(args) -> dict:

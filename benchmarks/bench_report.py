@@ -118,8 +118,22 @@ def goal_row(r: dict, ratio: dict, goal: float = 40.0) -> list:
     ]
 
 
-def report(rows: list[dict], ratio: dict, args) -> None:
+def run_table(runs: dict, rows: list[dict]) -> str:
+    """The ‖H‖ checks along each GD run (step, loss, train accuracy, η‖H‖/2) with the measured points marked."""
+    at = {(r["loss_fn"], r["step"]): r["point"] for r in rows if "missing" not in r}
+    body = [
+        [loss, run["eta"], c["step"], c["loss"], c["train_acc"], c["eta_sharp_half"], at.get((loss, c["step"]), "")]
+        for loss, run in runs.items()
+        for c in run["checks"]
+    ]
+    return md_table(["loss", "η", "step", "training loss", "train acc", "η‖H‖/2", "point"], body)
+
+
+def report(rows: list[dict], ratio: dict, args, runs: dict | None = None) -> None:
     done = [r for r in rows if "missing" not in r]
+    if runs:
+        print("\n## The GD runs: ‖H‖ checks (warm LOBPCG, tol 1e-2) and the points measured\n")
+        print(run_table(runs, rows))
     print("\n## Side by side at each point\n")
     body = [row for r in done for row in method_rows(r)]
     print(md_table(["point", "method", "HVPs", "gradients (op counts)", "gradients (wall)", "error vs exact"], body))

@@ -169,6 +169,32 @@ def test_sketch_adaptive_and_interaction_stats_estimated():
     assert est.loc[est["b"] == 16, "tr_HS_b_se"].iloc[0] == 0.0  # b = n: S_n only, exact
 
 
+def test_sketch_adds_probes_one_at_a_time_when_gradients_are_stored(monkeypatch):
+    """With the per-sample gradients kept (store_mb) each extra probe costs one HVP; without them each round also
+    costs a per-sample pass, so probes come two at a time. Same signs, same probes used: the same estimate."""
+    import lssr.diagnostics.moments as moments
+
+    model, loss_fn, x, y = make_problem(12, seed=6)
+    runs, rounds, real = {}, [], moments.exchangeable_trace
+    monkeypatch.setattr(moments, "exchangeable_trace", lambda D, *a: rounds.append(D.shape[0]) or real(D, *a))
+    for store_mb in (1024, 0):
+        rounds.clear()
+        op = LossOperator(model, loss_fn, x, y)
+        kw = dict(probes=6, stage1=3, top=False, rel_se=1e-12, store_mb=store_mb)
+        mom = gradient_moments(op, generator=torch.Generator().manual_seed(2), **kw)
+        runs[store_mb] = (mom, dict(op.counts), [d - 1 for d in rounds])  # minus the base [∇L]
+    (kept, c_kept, r_kept), (passes, c_pass, r_pass) = runs[1024], runs[0]
+    assert r_kept == [3, 4, 5, 6] and r_pass == [3, 5, 6]
+    assert kept.probes == passes.probes == 6
+    assert c_kept["hvp"] == c_pass["hvp"] == 1 + 6  # H∇L and one HVP per probe
+    assert c_kept["per_sample_pass"] == 1  # rounds at 3, 4, 5, 6 probes read the kept G
+    assert c_pass["per_sample_pass"] == 1 + 3  # the first pass, then rounds at 3, 5, 6 probes
+    assert kept.tr_HS_1 == pytest.approx(passes.tr_HS_1, rel=1e-10)
+    op = LossOperator(model, loss_fn, x, y)
+    loose = gradient_moments(op, probes=6, stage1=3, top=False, rel_se=1e9, generator=torch.Generator().manual_seed(2))
+    assert loose.probes == 3 and op.counts["hvp"] == 1 + 3
+
+
 def test_weighted_gradients_and_no_global_rng():
     model, loss_fn, x, y = make_problem(8, seed=5)
     op = LossOperator(model, loss_fn, x, y)

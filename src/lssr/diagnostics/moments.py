@@ -104,8 +104,8 @@ def gradient_moments(
        direction in its Rayleigh–Ritz basis (:func:`lobpcg_top` with ``subspace``/``keep``);
     4. the per-sample products G[D; HD]ᵀ (free when the per-sample gradients fit in ``store_mb`` MiB and were
        kept from step 1, else one more per-sample pass) and :func:`.exchangeable.exchangeable_trace`; with
-       ``rel_se``, two more probes at a time until se ≤ rel_se·|estimate| or ``probes`` are used (all of
-       them when ``rel_se`` is None).
+       ``rel_se``, more probes until se ≤ rel_se·|estimate| or ``probes`` are used (all of them when
+       ``rel_se`` is None): one at a time when G is stored, two when each round costs a per-sample pass.
 
     ``weights`` (n, k) asks for Σ_i W_ik g_i (e.g. batch gradients), accumulated in step 1 and returned in
     ``weighted_grads``.
@@ -147,7 +147,7 @@ def _sketch_moments(op: LossOperator, W, gen, hvps0, stage1, probes, eig_args, r
         done = used >= probes or (rel_se is not None and est.se <= rel_se * abs(est.value))
         if done or not math.isfinite(est.value):
             break
-        k = min(2, probes - used)
+        k = min(1 if stored else 2, probes - used)  # unstored G: each round costs a per-sample pass too
         HY = torch.cat([HY, op.hvp_many(Y[used : used + k], batch=hvp_batch)])
         used += k
     return Moments(
