@@ -50,8 +50,9 @@ from lssr.models import CNN6, count_parameters
 from lssr.scaling import trace_b
 
 CIFAR = Path("/work/shared/data/cifar10-jpeg")
-# per-loss defaults (docs/PERFORMANCE.md): η where the training accuracy rises through the edge, and the first
-# step worth checking ‖H‖ (before it, the run is on its initial plateau, far below 2/η)
+# per-loss defaults (docs/PERFORMANCE.md): η where the run goes on learning at the edge after the first
+# crossing's catapult, the first step worth checking ‖H‖ (before it the run is on its initial plateau, far
+# below 2/η), and the steps after the crossing for `inside`
 PER_LOSS = {"eta": {"mse": 0.25, "ce": 0.1}, "check_from": {"mse": 75, "ce": 180}, "inside": {"mse": 100, "ce": 150}}
 
 
