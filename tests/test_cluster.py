@@ -23,6 +23,7 @@ BOOKKEEPING = ("run_config", "runs_table", "verdicts")  # lssr write-config, run
 
 sys.path.insert(0, str(FAKE))
 from fake_slurm import parse_options  # noqa: E402
+from signals import default_sigint  # noqa: E402
 
 
 def copy_workflow(dest: Path) -> Path:
@@ -133,6 +134,7 @@ def test_slurm_profile_end_to_end_and_cuda_submissions(tmp_path):
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         start_new_session=True,
+        preexec_fn=default_sigint,
     )
     try:
         t0 = time.monotonic()

@@ -14,6 +14,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
+from signals import default_sigint
 
 from lssr.config import RUN_KEYS
 from lssr.registry import FIGURES
@@ -354,6 +355,7 @@ def _interrupt_when(wd: Path, args, ready, sig) -> None:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         start_new_session=True,
+        preexec_fn=default_sigint,
     )
     try:
         t0 = time.monotonic()
