@@ -54,6 +54,7 @@ CIFAR = Path("/work/shared/data/cifar10-jpeg")
 # crossing's catapult, the first step worth checking ‖H‖ (before it the run is on its initial plateau, far
 # below 2/η), and the steps after the crossing for `inside`
 PER_LOSS = {"eta": {"mse": 0.25, "ce": 0.1}, "check_from": {"mse": 75, "ce": 180}, "inside": {"mse": 100, "ce": 150}}
+PER_LOSS_KNOBS = ("eta_factor", "eta", "check_from", "inside")  # given once or once per loss (per_loss)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -317,10 +318,7 @@ def run_parallel(args, argv) -> int:
     procs, outs = [], []
     for loss_name in args.losses:
         out = args.out.with_name(f"{args.out.stem}-{loss_name}.json")
-        knobs = [
-            f"--{k.replace('_', '-')}={per_loss(args, k)[loss_name]}"
-            for k in ("eta_factor", "eta", "check_from", "inside")
-        ]
+        knobs = [f"--{k.replace('_', '-')}={per_loss(args, k)[loss_name]}" for k in PER_LOSS_KNOBS]
         cmd = [sys.executable, __file__, *argv, "--losses", loss_name, *knobs, "--jobs", "1", "--out", str(out)]
         log = open(out.with_suffix(".log"), "w")
         print(f"started {loss_name}: log {out.with_suffix('.log')}", flush=True)
@@ -357,7 +355,7 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     t_start = time.time()
     x, y, what = load_data(args)
-    factors, etas, starts, insides = (per_loss(args, k) for k in ("eta_factor", "eta", "check_from", "inside"))
+    factors, etas, starts, insides = (per_loss(args, k) for k in PER_LOSS_KNOBS)
     print(
         f"# bench_diagnostics: cnn6, {what}, n = {len(y)}, torch {torch.__version__}, {args.threads} thread(s)\n",
         flush=True,
