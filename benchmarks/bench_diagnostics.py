@@ -25,7 +25,12 @@ are best-of timings: ``bundle_reps`` runs with the same seed, and two gradients 
 - PyHessian ``eigenvalues(top_n=1, tol=1e-3)`` and curvlinops (``HessianLinearOperator`` + scipy ``eigsh``;
   ``hutchpp_trace`` on GᵀHG/n at the bundle's HVP budget).
 
-Writes ``results/bench/diagnostics.json`` (one object per point) and prints markdown tables.
+Last, with both runs done, the bundle is timed again at every point with nothing beside it (``bench_wall``,
+skipped by ``--no-quiet-wall``; ``--quiet-wall-only`` runs just that on an earlier ``--out``):
+``bundle_grad_equiv_wall`` is that measurement, ``bundle_grad_equiv_wall_side_by_side`` the one in the run.
+
+Writes ``results/bench/diagnostics.json`` (one object per point) and prints markdown tables; θ and the warm
+start of each point are kept in ``diagnostics-<loss>-points.pt`` (not tracked).
 ``python benchmarks/bench_diagnostics.py --help`` lists the knobs.
 """
 
@@ -34,18 +39,25 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import torch
-from bench_peers import counted, curvlinops_peer, exact_reference, monte_carlo, op_cost, pyhessian_top, timed
+from bench_peers import (
+    cost_ratios,
+    curvlinops_peer,
+    exact_reference,
+    monte_carlo,
+    op_cost,
+    pyhessian_top,
+    timed_bundle,
+)
+from bench_wall import points_path, quiet_wall, save_points
 
 from lssr.curvature import LossOperator, top_eigenvalue_op
 from lssr.data.subset import SubsetSpec, build_subset, load_subset
-from lssr.diagnostics import gradient_moments
 from lssr.io import write_json
 from lssr.losses import get_loss
 from lssr.models import CNN6, count_parameters
@@ -84,6 +96,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         f"(default {PER_LOSS['inside']}), ...",
     )
     a("--inside-level", type=float, default=0.9, help="... at the first check with η‖H‖/2 ≥ this (back at the edge)")
+    a("--no-quiet-wall", action="store_true", help="skip the last phase: the bundle re-timed alone (bench_wall)")
+    a("--quiet-wall-only", action="store_true", help="only that phase, on the points of an existing --out")
     a("--bundle-reps", type=int, default=2, help="bundle runs per point for its wall time (the best is kept)")
     a("--stage1", type=int, default=6, help="bundle: probes in the first block")
     a("--probes", type=int, default=16, help="bundle: the most probes")
@@ -116,26 +130,6 @@ def load_data(args):
     return sub.x_train, sub.y_train, f"CIFAR-10 image folder {args.data}, subset {spec.name} ({out})"
 
 
-def cost_ratios(op: LossOperator, reps: int = 2) -> dict:
-    """Seconds of a gradient and the cost of one HVP, one per-sample pass, one loss pass in gradients (medians
-    of interleaved repetitions, after a warm-up)."""
-    v = torch.randn(op.space.dim, generator=torch.Generator().manual_seed(1))
-    ops = {
-        "grad": op.gradient,
-        "hvp": lambda: op.hvp(v),
-        "ps": lambda: [g for _, g in op.per_sample_grads()],
-        "loss": op.loss,
-    }
-    for f in ops.values():
-        f()
-    times = {k: [] for k in ops}
-    for _ in range(reps):
-        for k, f in ops.items():
-            times[k].append(timed(f)[0])
-    t = {k: statistics.median(v) for k, v in times.items()}
-    return {"t_grad": t["grad"], "hvp": t["hvp"] / t["grad"], "ps": t["ps"] / t["grad"], "loss": t["loss"] / t["grad"]}
-
-
 def trajectory(
     args, model, lf, x, y, factor: float, eta: float | None, check_from: int, inside: int
 ) -> tuple[float, dict, list]:
@@ -152,12 +146,7 @@ def trajectory(
     vec, pts, cross, l0, checks = e0.vector, {}, None, None, []
     t0 = time.time()
     for step in range(args.max_steps + 1):
-        model.zero_grad()
-        out = model(x)
-        loss = lf(out, y)
-        loss.backward()
-        acc = float((out.argmax(1) == y).float().mean())
-        loss = loss.detach()
+        loss, acc = gd_gradient(model, lf, x, y)
         l0 = float(loss) if l0 is None else l0
         if not torch.isfinite(loss) or float(loss) > 100 * l0:
             print(f"  step {step}: L = {float(loss):.3g}: the run diverged; no later points", flush=True)
@@ -187,44 +176,34 @@ def trajectory(
             elif cross is not None and step >= cross + inside and r >= args.inside_level:
                 pts["inside"] = st
                 break
-        with torch.no_grad():
-            for p in params:
-                p.sub_(eta * p.grad)
+        gd_descend(params, eta)
     if "before" not in pts and "crossing" in pts:
         print("  (no check below 0.9·2/η before the crossing: 'before' is missing)", flush=True)
     return eta, pts, checks
+
+
+def gd_gradient(model, lf, x, y) -> tuple[torch.Tensor, float]:
+    """∇L into the parameters' .grad; returns (L, train accuracy) at the current θ."""
+    model.zero_grad()
+    out = model(x)
+    loss = lf(out, y)
+    loss.backward()
+    return loss.detach(), float((out.argmax(1) == y).float().mean())
+
+
+def gd_descend(params, eta: float) -> None:
+    """θ ← θ − η ∇L (the gradient left in .grad by ``gd_gradient``)."""
+    with torch.no_grad():
+        for p in params:
+            p.sub_(eta * p.grad)
 
 
 def measure_point(args, model, lf, x, y, st: dict, ratio: dict, eta: float, loss_name: str) -> dict:
     """Everything at one point; returns the JSON object of the point."""
     torch.nn.utils.vector_to_parameters(st["theta"], list(model.parameters()))
     op = LossOperator(model, lf, x, y, chunk_size=args.chunk, per_sample_chunk=args.ps_chunk)
-    t_grads = [timed(op.gradient)[0] for _ in range(2)]
-    bundle_walls, counts = [], []
-    for _ in range(args.bundle_reps):  # the same seed each time: the same probes, the same ops
-        gen = torch.Generator().manual_seed(args.seed + 3)
-        tb, mom, cnt = counted(
-            op,
-            lambda: gradient_moments(
-                op,
-                exact=False,
-                probes=args.probes,
-                stage1=args.stage1,
-                generator=gen,
-                top=True,
-                eig_init=st["vector"],
-                eig_tol=1e-3,
-                rel_se=args.rel_se,
-            ),
-        )
-        bundle_walls.append(tb)
-        counts.append(cnt)
-    if any(c != cnt for c in counts):
-        raise RuntimeError(f"bench_diagnostics: the repeated bundles did different work: {counts}")
-    t_grads += [timed(op.gradient)[0] for _ in range(2)]
-    # best-of timings on both sides of the ratio, the gradient timed before and after the bundle: a process
-    # beside this one (the other loss) slows single timings, not the best of several
-    t_grad, tb = min(t_grads), min(bundle_walls)
+    tb = timed_bundle(op, st["vector"], args)
+    mom, cnt, t_grad, gen = tb["mom"], tb["counts"], tb["t_grad"], tb["generator"]
     row = {
         "loss_fn": loss_name,
         "eta": eta,
@@ -233,12 +212,12 @@ def measure_point(args, model, lf, x, y, st: dict, ratio: dict, eta: float, loss
         "train_acc": st["train_acc"],
         "eta_sharp_half": eta * mom.eig.value / 2,
         "t_grad_s": t_grad,
-        "t_grad_s_all": t_grads,
-        "bundle_wall_s_all": bundle_walls,
+        "t_grad_s_all": tb["t_grads"],
+        "bundle_wall_s_all": tb["walls"],
         "bundle_hvps": cnt["hvp"],
         "bundle_counts": cnt,
         "bundle_grad_equiv_ops": op_cost(cnt, ratio, op.n),
-        "bundle_grad_equiv_wall": tb / t_grad,
+        "bundle_grad_equiv_wall": tb["wall"] / t_grad,
         "top": mom.eig.value,
         "top_residual": mom.eig.residual,
         "trHS1": mom.tr_HS_1,
@@ -336,7 +315,8 @@ def run_parallel(args, argv) -> int:
     for loss_name in args.losses:
         out = args.out.with_name(f"{args.out.stem}-{loss_name}.json")
         knobs = [f"--{k.replace('_', '-')}={per_loss(args, k)[loss_name]}" for k in PER_LOSS_KNOBS]
-        cmd = [sys.executable, __file__, *argv, "--losses", loss_name, *knobs, "--jobs", "1", "--out", str(out)]
+        cmd = [sys.executable, __file__, *argv, "--losses", loss_name, *knobs, "--jobs", "1", "--no-quiet-wall"]
+        cmd += ["--out", str(out)]
         log = open(out.with_suffix(".log"), "w")
         print(f"started {loss_name}: log {out.with_suffix('.log')}", flush=True)
         # BLAS pools (scipy's eigsh in the curvlinops peer) at --threads too, so that one process does not take
@@ -356,6 +336,11 @@ def run_parallel(args, argv) -> int:
     ratio = parts[0]["ratios"] if parts else {}
     from bench_report import report
 
+    if rows and not args.no_quiet_wall:
+        from bench_wall import quiet_wall
+
+        quiet_wall(args, rows, *load_data(args)[:2])
+
     merged = {
         "settings": vars_json(args),
         "ratios": {p["settings"]["losses"][0]: p["ratios"] for p in parts},
@@ -370,6 +355,8 @@ def run_parallel(args, argv) -> int:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.quiet_wall_only:
+        return quiet_wall_only(args)
     if args.jobs > 1 and len(args.losses) > 1:
         return run_parallel(args, argv)
     torch.set_num_threads(args.threads)
@@ -410,7 +397,11 @@ def main(argv=None) -> int:
             row["ratios"] = ratio
             rows.append(row)
             write_json(args.out, {"settings": vars_json(args), "ratios": ratio, "points": rows, "runs": runs})
+        save_points(points_path(args.out, loss_name), pts)
     from bench_report import report
+
+    if not args.no_quiet_wall:
+        quiet_wall(args, rows, x, y)
 
     report(rows, ratio, args, runs)
     write_json(
@@ -418,6 +409,28 @@ def main(argv=None) -> int:
         {"settings": vars_json(args), "ratios": ratio, "points": rows, "runs": runs, "wall_s": time.time() - t_start},
     )
     print(f"\nwrote {args.out}; total wall time {time.time() - t_start:.0f} s", flush=True)
+    return 0
+
+
+def quiet_wall_only(args) -> int:
+    """The last phase alone, on the points of an existing ``--out`` (its θ saved or replayed): rewrites it."""
+    from bench_report import report
+
+    if not args.out.exists():
+        sys.exit(f"bench_diagnostics: --quiet-wall-only needs an earlier run's {args.out}; run without it first")
+    data = json.loads(args.out.read_text())
+    for k in ("seed", "threads", "check_every", "chunk", "ps_chunk", "n", "data"):
+        if k in data["settings"] and str(data["settings"][k]) != str(getattr(args, k)):
+            sys.exit(
+                f"bench_diagnostics: --{k.replace('_', '-')} {getattr(args, k)} differs from {args.out}'s "
+                f"{data['settings'][k]}; give the run's value"
+            )
+    x, y, _ = load_data(args)
+    quiet_wall(args, data["points"], x, y)
+    ratio = next(r["ratios"] for r in data["points"] if "ratios" in r)  # the first loss's, as in run_parallel
+    report(data["points"], ratio, args, data.get("runs"))
+    write_json(args.out, {**data, "quiet_wall": vars_json(args)})
+    print(f"\nwrote {args.out}", flush=True)
     return 0
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import math
+import statistics
 import time
 
 import numpy as np
@@ -42,6 +43,65 @@ def counted(op: LossOperator, f):
     c0 = dict(op.counts)
     t, out = timed(f)
     return t, out, {k: op.counts[k] - c0[k] for k in c0}
+
+
+def cost_ratios(op: LossOperator, reps: int = 2) -> dict:
+    """Seconds of a gradient and the cost of one HVP, one per-sample pass, one loss pass in gradients (medians
+    of interleaved repetitions, after a warm-up)."""
+    v = torch.randn(op.space.dim, generator=torch.Generator().manual_seed(1))
+    ops = {
+        "grad": op.gradient,
+        "hvp": lambda: op.hvp(v),
+        "ps": lambda: [g for _, g in op.per_sample_grads()],
+        "loss": op.loss,
+    }
+    for f in ops.values():
+        f()
+    times = {k: [] for k in ops}
+    for _ in range(reps):
+        for k, f in ops.items():
+            times[k].append(timed(f)[0])
+    t = {k: statistics.median(v) for k, v in times.items()}
+    return {"t_grad": t["grad"], "hvp": t["hvp"] / t["grad"], "ps": t["ps"] / t["grad"], "loss": t["loss"] / t["grad"]}
+
+
+def timed_bundle(op: LossOperator, vector: torch.Tensor, args) -> dict:
+    """The lssr bundle at the current θ (``gradient_moments(top=True)`` warm-started from ``vector``), run
+    ``args.bundle_reps`` times with the same seed (the same probes, the same ops), between two gradients timed
+    before and two after: best-of times on both sides of the wall ratio, since a process beside this one slows
+    single timings, not the best of several. Returns the moments, the op counts, the times and the generator
+    (for what comes next)."""
+    t_grads, walls, counts = [timed(op.gradient)[0] for _ in range(2)], [], []
+    for _ in range(args.bundle_reps):
+        gen = torch.Generator().manual_seed(args.seed + 3)
+        tb, mom, cnt = counted(
+            op,
+            lambda gen=gen: gradient_moments(
+                op,
+                exact=False,
+                probes=args.probes,
+                stage1=args.stage1,
+                generator=gen,
+                top=True,
+                eig_init=vector,
+                eig_tol=1e-3,
+                rel_se=args.rel_se,
+            ),
+        )
+        walls.append(tb)
+        counts.append(cnt)
+    if any(c != counts[0] for c in counts):
+        raise RuntimeError(f"bench_diagnostics: the repeated bundles did different work: {counts}")
+    t_grads += [timed(op.gradient)[0] for _ in range(2)]
+    return {
+        "mom": mom,
+        "counts": counts[0],
+        "t_grad": min(t_grads),
+        "wall": min(walls),
+        "t_grads": t_grads,
+        "walls": walls,
+        "generator": gen,
+    }
 
 
 def exact_reference(op: LossOperator, eig_vec: torch.Tensor, ratio: dict) -> dict:
