@@ -49,9 +49,12 @@ from bench_peers import (
     cost_ratios,
     curvlinops_peer,
     exact_reference,
+    gd_descend,
+    gd_gradient,
     monte_carlo,
     op_cost,
     pyhessian_top,
+    seeded_model,
     timed_bundle,
 )
 from bench_wall import points_path, quiet_wall, save_points
@@ -59,8 +62,7 @@ from bench_wall import points_path, quiet_wall, save_points
 from lssr.curvature import LossOperator, top_eigenvalue_op
 from lssr.data.subset import SubsetSpec, build_subset, load_subset
 from lssr.io import write_json
-from lssr.losses import get_loss
-from lssr.models import CNN6, count_parameters
+from lssr.models import count_parameters
 from lssr.scaling import trace_b
 
 CIFAR = Path("/work/shared/data/cifar10-jpeg")
@@ -180,22 +182,6 @@ def trajectory(
     if "before" not in pts and "crossing" in pts:
         print("  (no check below 0.9·2/η before the crossing: 'before' is missing)", flush=True)
     return eta, pts, checks
-
-
-def gd_gradient(model, lf, x, y) -> tuple[torch.Tensor, float]:
-    """∇L into the parameters' .grad; returns (L, train accuracy) at the current θ."""
-    model.zero_grad()
-    out = model(x)
-    loss = lf(out, y)
-    loss.backward()
-    return loss.detach(), float((out.argmax(1) == y).float().mean())
-
-
-def gd_descend(params, eta: float) -> None:
-    """θ ← θ − η ∇L (the gradient left in .grad by ``gd_gradient``)."""
-    with torch.no_grad():
-        for p in params:
-            p.sub_(eta * p.grad)
 
 
 def measure_point(args, model, lf, x, y, st: dict, ratio: dict, eta: float, loss_name: str) -> dict:
@@ -337,8 +323,6 @@ def run_parallel(args, argv) -> int:
     from bench_report import report
 
     if rows and not args.no_quiet_wall:
-        from bench_wall import quiet_wall
-
         quiet_wall(args, rows, *load_data(args)[:2])
 
     merged = {
@@ -369,8 +353,7 @@ def main(argv=None) -> int:
     )
     rows, ratio, runs = [], None, {}
     for loss_name in args.losses:
-        torch.manual_seed(args.seed)
-        model, lf = CNN6(3, 10), get_loss(loss_name)
+        model, lf = seeded_model(args.seed, loss_name)
         if ratio is None:
             ratio = cost_ratios(LossOperator(model, lf, x, y, chunk_size=args.chunk, per_sample_chunk=args.ps_chunk))
             print(

@@ -19,6 +19,8 @@ import torch
 
 from lssr.curvature import LossOperator, lobpcg_top
 from lssr.diagnostics import gradient_moments
+from lssr.losses import get_loss
+from lssr.models import CNN6
 
 
 def timed(f):
@@ -43,6 +45,28 @@ def counted(op: LossOperator, f):
     c0 = dict(op.counts)
     t, out = timed(f)
     return t, out, {k: op.counts[k] - c0[k] for k in c0}
+
+
+def gd_gradient(model, lf, x, y) -> tuple[torch.Tensor, float]:
+    """∇L into the parameters' .grad; returns (L, train accuracy) at the current θ."""
+    model.zero_grad()
+    out = model(x)
+    loss = lf(out, y)
+    loss.backward()
+    return loss.detach(), float((out.argmax(1) == y).float().mean())
+
+
+def gd_descend(params, eta: float) -> None:
+    """θ ← θ − η ∇L (the gradient left in .grad by ``gd_gradient``)."""
+    with torch.no_grad():
+        for p in params:
+            p.sub_(eta * p.grad)
+
+
+def seeded_model(seed: int, loss_name: str):
+    """(cnn6 with the run's initialisation, its loss): the initial θ of every GD run of the benchmark."""
+    torch.manual_seed(seed)
+    return CNN6(3, 10), get_loss(loss_name)
 
 
 def cost_ratios(op: LossOperator, reps: int = 2) -> dict:

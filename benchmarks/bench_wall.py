@@ -1,14 +1,14 @@
 """The bundle's wall time on a quiet machine: the last phase of ``make bench-diagnostics``.
 
 The MSE and CE runs go side by side (one process per loss, one thread each), so a bundle's wall time there
-depends on what the other process does meanwhile (its ratio to the op counts swung from 1.00 to 1.37 at the
-same op counts). This phase runs after both, alone: one point after another, with the runs' thread count, it
-measures the cost ratios at the point and then the bundle (``timed_bundle``: best of ``bundle_reps`` runs
-between gradients timed before and after). θ and the warm start of each point come from the per-loss process
-(``<out>-<loss>-points.pt``); without that file they are rebuilt by replaying GD from the seed, one process per
-loss (deterministic at the same thread count: the replayed training loss must equal the recorded one), with a
-cold ‖H‖ check at the point (tol 1e-2, as the run's check there, which started from the check before) as the
-warm start.
+depends on what the other process does meanwhile (its ratio to the op counts was 1.00–1.33 in one run and
+1.27–1.37 in the next, against 1.02–1.17 alone: docs/PERFORMANCE.md). This phase runs after both, alone: one
+point after another, with the runs' thread count, it measures the cost ratios at the point and then the bundle
+(``timed_bundle``: best of ``bundle_reps`` runs between gradients timed before and after). θ and the warm start
+of each point come from the per-loss process (``<out>-<loss>-points.pt``); without that file they are rebuilt by
+replaying GD from the seed, one process per loss (deterministic at the same thread count: the replayed training
+loss must equal the recorded one), with a cold ‖H‖ check at the point (tol 1e-2, as the run's check there, which
+started from the check before) as the warm start.
 """
 
 from __future__ import annotations
@@ -18,13 +18,11 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import torch
-from bench_peers import cost_ratios, op_cost, timed_bundle
+from bench_peers import cost_ratios, gd_descend, gd_gradient, op_cost, seeded_model, timed_bundle
 from tqdm import tqdm
 
 from lssr.curvature import LossOperator, top_eigenvalue_op
 from lssr.io import torch_save
-from lssr.losses import get_loss
-from lssr.models import CNN6
 
 
 def points_path(out: Path, loss: str) -> Path:
@@ -42,11 +40,8 @@ def save_points(path: Path, pts: dict) -> None:
 def replay(args, x, y, loss_name: str, eta: float, rows: list[dict]) -> dict:
     """{point: {step, theta, vector}} rebuilt by GD from the seed to each point's step (the training loss
     checked against the recorded one) and a cold ‖H‖ check at it (tol 1e-2, the run's check there)."""
-    from bench_diagnostics import gd_descend, gd_gradient
-
     torch.set_num_threads(args.threads)
-    torch.manual_seed(args.seed)
-    model, lf = CNN6(3, 10), get_loss(loss_name)
+    model, lf = seeded_model(args.seed, loss_name)
     params = list(model.parameters())
     want = {r["step"] for r in rows}
     snaps = {}
@@ -98,8 +93,7 @@ def quiet_wall(args, rows: list[dict], x, y) -> None:
     torch.set_num_threads(args.threads)
     print(f"\n## The bundle measured alone ({args.threads} thread(s), nothing beside it)\n", flush=True)
     for loss, lrows in by_loss.items():
-        torch.manual_seed(args.seed)
-        model, lf = CNN6(3, 10), get_loss(loss)
+        model, lf = seeded_model(args.seed, loss)
         for r in lrows:
             st = states[loss][r["point"]]
             torch.nn.utils.vector_to_parameters(st["theta"], list(model.parameters()))
@@ -107,16 +101,17 @@ def quiet_wall(args, rows: list[dict], x, y) -> None:
             ratio = cost_ratios(op)
             tb = timed_bundle(op, st["vector"], args)
             mom, cnt = tb["mom"], tb["counts"]
+            wall = tb["wall"] / tb["t_grad"]
             # the issue's key holds the measurement alone; the side-by-side one stays for the side-by-side table
             r.setdefault("bundle_grad_equiv_wall_side_by_side", r["bundle_grad_equiv_wall"])
-            r["bundle_grad_equiv_wall"] = tb["wall"] / tb["t_grad"]
+            r["bundle_grad_equiv_wall"] = wall
             r["quiet"] = {
                 "source": st["source"],
                 "ratios": ratio,
                 "bundle_hvps": cnt["hvp"],
                 "bundle_counts": cnt,
                 "bundle_grad_equiv_ops": op_cost(cnt, ratio, op.n),
-                "bundle_grad_equiv_wall": tb["wall"] / tb["t_grad"],
+                "bundle_grad_equiv_wall": wall,
                 "t_grad_s_all": tb["t_grads"],
                 "bundle_wall_s_all": tb["walls"],
                 "trHS1": mom.tr_HS_1,
