@@ -12,6 +12,7 @@ from lssr.config import config_from_dict
 from lssr.curvature import BatchNormModeError
 from lssr.data import Subset
 from lssr.diagnostics import DiagnosticsProbe
+from lssr.models import build_model
 from lssr.training import train
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -50,6 +51,24 @@ def run(cfg, data, out, probed):
     probes = [DiagnosticsProbe(cfg, out / "diagnostics.csv")] if probed else []
     train(cfg, data, out, probes=probes, progress=False)
     return (out / "metrics.csv").read_bytes()
+
+
+def explicit_gd_losses(cfg, data, steps: int) -> np.ndarray:
+    """L(θ_0), ..., L(θ_steps) of full-batch GD with MSE = mean_i ½‖f(x_i) − onehot(y_i)‖², written out here and
+    run in float64 from the θ_0 that training draws (``torch.manual_seed(seed)``, then the model)."""
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg.model.name, 3, C, False).double()
+    x, target = data.x_train.double(), torch.nn.functional.one_hot(data.y_train, C).double()
+    losses = []
+    for _ in range(steps + 1):
+        model.zero_grad()
+        loss = 0.5 * (model(x) - target).pow(2).sum(dim=1).mean()
+        loss.backward()
+        losses.append(float(loss.detach()))
+        with torch.no_grad():
+            for p in model.parameters():
+                p -= cfg.optim.lr * p.grad
+    return np.array(losses)
 
 
 def test_probe_columns_written_out():
@@ -109,8 +128,12 @@ def test_gd_probe_columns_invariants_and_trajectory(data, tmp_path):
     np.testing.assert_allclose(df[f"rho_b_{N}"], 1.0, rtol=1e-6)
     np.testing.assert_allclose(df["rho_b_1"], df["tr_S_n"] / df["tr_S_1"], rtol=1e-6)
     np.testing.assert_allclose(df[f"instability_b_{N}"], df["ias_n"], rtol=1e-6)
+    # L(θ_t), L(θ_{t+1}) and their difference against GD done here in float64 from the same θ_0
+    ref = explicit_gd_losses(cfg, data, steps=3)
+    np.testing.assert_allclose(df["loss"], ref[:-1], rtol=1e-5)
+    np.testing.assert_allclose(df["loss_next"], ref[1:], rtol=1e-5)
+    np.testing.assert_allclose(df["loss_change"], np.diff(ref), rtol=1e-3, atol=1e-6)
     # GD: the expected change is the realised change L(θ_{t+1}) − L(θ_t)
-    np.testing.assert_allclose(df["loss_change"], df["loss_next"] - df["loss"], rtol=1e-12)
     np.testing.assert_allclose(df["expected_change"], df["loss_change"], rtol=1e-3, atol=1e-6)
     assert (df["expected_change_se"] == 0).all()
     # the valley probe at s = 1 is the GD step itself; s = 0 is no move; quad is the 2nd-order model
