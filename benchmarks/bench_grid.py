@@ -24,7 +24,7 @@ Part 3 (``--no-checkpointing`` skips it): the step time of activation checkpoint
 whole batch, lssr.training.forward) against a plain step, interleaved repetitions side by side, with the
 estimated activation-memory ratio (lssr.memory); the target is at most 1.4x.
 
-Usage: python benchmarks/bench_grid.py [--steps 300] [--threads 1] [--out results/bench/grid]
+Usage: python benchmarks/bench_grid.py [--steps 300] [--threads 1] [--out results/bench]
        [--no-cost-model] [--no-grid] [--no-checkpointing] [--ckpt-reps 6]
        [--gpu-json results/bench/gpu/gpu_bench.json] [--gpu-tflops 25]
 """
@@ -429,7 +429,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--steps", type=int, default=300)
     ap.add_argument("--threads", type=int, default=1, help="torch / OpenMP threads for every mode")
-    ap.add_argument("--out", default=str(ROOT / "results" / "bench" / "grid"))
+    ap.add_argument("--out", default=str(ROOT / "results" / "bench"))  # bench_grid.json is kept there
     ap.add_argument("--no-cost-model", action="store_true")
     ap.add_argument("--no-grid", action="store_true")
     ap.add_argument("--no-checkpointing", action="store_true", help="skip part 3 (activation checkpointing cost)")
