@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import importlib
+import re
+
+import matplotlib.pyplot as plt
 import pandas as pd
 import pytest
 from test_tables import shared_runs
 
 from lssr import figures, tables
+from lssr.figures import style
 from lssr.registry import FIGURES
 from lssr.tables import fig3, fig4
 
@@ -72,3 +77,53 @@ def test_missing_table_is_a_user_error(tmp_path):
         figures.make_figure("fig1", [tmp_path / "nope.csv"], tmp_path / "fig1.pdf")
     with pytest.raises(LssrError, match="unknown figure 'fig9'"):
         figures.make_figure("fig9", [tmp_path / "nope.csv"], tmp_path / "fig9.pdf")
+
+
+POW2 = re.compile(r"^\$2\^\{-?\d+\}\$$")
+
+
+def visible_tick_labels(fig, axis) -> list:
+    """The major tick labels of ``axis`` that are drawn (inside the view, with text)."""
+    fig.canvas.draw()
+    lo, hi = sorted(axis.get_view_interval())
+    return [
+        t
+        for t, v in zip(axis.get_majorticklabels(), axis.get_majorticklocs())
+        if t.get_visible() and t.get_text() and lo * (1 - 1e-9) <= v <= hi * (1 + 1e-9)
+    ]
+
+
+def assert_one_format_no_overlap(fig, axis, where: str) -> None:
+    labels = visible_tick_labels(fig, axis)
+    texts = [t.get_text() for t in labels]
+    assert len(texts) >= 2, f"{where}: {texts}"
+    assert all(POW2.match(t) for t in texts), f"{where}: tick labels not all 2^k: {texts}"
+    boxes = [t.get_window_extent(fig.canvas.get_renderer()) for t in labels]
+    for i in range(len(boxes)):
+        for j in range(i + 1, len(boxes)):
+            assert not boxes[i].overlaps(boxes[j]), f"{where}: labels {texts[i]} and {texts[j]} overlap"
+
+
+@pytest.mark.parametrize("lo,hi", [(0.09, 1.5), (0.3, 3.0), (3.0, 70.0), (2.0**-10, 2.0**12)])
+def test_log2_axis_labels_every_tick_as_a_power_of_two(lo, hi):
+    """On a narrow panel (Figure C.5's width) over short and wide ranges: only 2^k labels, none overlapping."""
+    fig, axes = style.figure(1, 2, height=2.4)
+    ax = axes[0][0]
+    ax.plot([lo, hi], [lo, hi])
+    style.log2_axis(ax, "x")
+    style.log2_axis(ax, "y")
+    for name, axis in (("x", ax.xaxis), ("y", ax.yaxis)):
+        assert_one_format_no_overlap(fig, axis, f"{name} over [{lo}, {hi}]")
+    plt.close(fig)
+
+
+@pytest.mark.parametrize("fig", list(FIGURES))
+def test_every_log2_axis_of_the_figures(fig, table_dir):
+    """Every base-2 log axis the figures draw (Figure C.5, 4, 5 ...) has 2^k labels only, none overlapping."""
+    table = figures.load_tables([table_dir / f"{fig}.csv"])
+    plotted, _ = importlib.import_module(f"lssr.figures.{fig}").plot(table)
+    for k, ax in enumerate(plotted.axes):
+        for name, axis in (("x", ax.xaxis), ("y", ax.yaxis)):
+            if axis.get_scale() == "log" and getattr(axis.get_transform(), "base", None) == 2:
+                assert_one_format_no_overlap(plotted, axis, f"{fig} axes {k} {name}")
+    plt.close(plotted)

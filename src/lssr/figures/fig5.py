@@ -34,7 +34,7 @@ def _pow2_axis(axis, lo: float, hi: float) -> None:
     ticks = [k for k in range(math.ceil(lo), math.floor(hi) + 1)]
     step = max(1, math.ceil(len(ticks) / 7))
     axis.set_major_locator(FixedLocator(ticks[::step]))
-    axis.set_major_formatter(FuncFormatter(lambda v, _: rf"$2^{{{int(round(v))}}}$"))
+    axis.set_major_formatter(FuncFormatter(lambda v, _: style.pow2_label(2.0**v)))
 
 
 def _rule_handles() -> list[Line2D]:
@@ -60,8 +60,8 @@ def _analytic(ax, sub: pd.DataFrame) -> None:
     for m in RULES:
         r = sub[sub["model"] == m].sort_values("b")
         ax.plot(r["b"], r["value"], color=style.RULE_COLOURS[m], ls=style.RULE_STYLES[m], lw=1.2, label=m)
-    ax.set_xscale("log", base=2)
-    ax.set_yscale("log", base=2)
+    style.log2_axis(ax, "x")
+    style.log2_axis(ax, "y")
     n, rho = int(sub["n"].iloc[0]), float(sub["rho"].iloc[0])
     ax.set_title(rf"eq. (12): $n$={n}," + "\n" + rf"$\rho$=$2^{{{math.log2(rho):g}}}$")
     ax.set_xlabel(style.LABELS["b"])

@@ -3,6 +3,7 @@ the paper's symbols as mathtext, and atomic saving of figN.pdf, figN.png and dat
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import matplotlib
@@ -122,25 +123,23 @@ def save(fig, data: pd.DataFrame, out: str | Path) -> dict[str, Path]:
     return paths
 
 
+def pow2_label(v: float, _pos=None) -> str:
+    """A tick value as a power of two in mathtext, ``$2^{k}$`` (the one label format of every log-2 axis)."""
+    if v <= 0:
+        return ""
+    k = math.log2(v)
+    return f"$2^{{{round(k)}}}$" if abs(k - round(k)) < 1e-9 else f"$2^{{{k:.2g}}}$"
+
+
 def log2_axis(ax, which: str) -> None:
-    """Log scale in base 2 on ax's ``which`` ('x' or 'y') axis, at most 6 ticks, labelled plainly from 1/8 to 64
-    (0.125, 0.25, ..., 64) and as powers of two outside (2^-6, 2^8), so long decimals never overlap."""
-    import math
-
+    """Log scale in base 2 on ax's ``which`` ('x' or 'y') axis: major ticks at powers of two only (at most 6, every
+    other power or sparser on a wide range), each labelled ``2^k`` (:func:`pow2_label`); minor ticks unlabelled."""
     from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
-
-    def label(v, _):
-        if v <= 0:
-            return ""
-        k = math.log2(v)
-        if 0.125 <= v <= 64 or abs(k - round(k)) > 1e-9:
-            return f"{v:g}"
-        return f"$2^{{{int(round(k))}}}$"
 
     (ax.set_xscale if which == "x" else ax.set_yscale)("log", base=2)
     axis = ax.xaxis if which == "x" else ax.yaxis
     axis.set_major_locator(LogLocator(base=2, numticks=6))
-    axis.set_major_formatter(FuncFormatter(label))
+    axis.set_major_formatter(FuncFormatter(pow2_label))
     axis.set_minor_formatter(NullFormatter())
 
 
