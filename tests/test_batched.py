@@ -290,7 +290,7 @@ def check_gpu_bench_json(result: dict) -> None:
 def test_gpu_script_syntax_and_tiny_cpu_mode(tmp_path):
     bash = shutil.which("bash")
     if bash is None:
-        pytest.skip("bash not available")
+        pytest.skip("bash (an external program) is not installed")
     script = ROOT / "benchmarks" / "gpu.sh"
     subprocess.run([bash, "-n", str(script)], check=True)
     env = {**os.environ, "PYTHON": sys.executable, "LSSR_GPU_BENCH_SKIP_DIAGNOSTICS": "1"}

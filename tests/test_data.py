@@ -470,7 +470,7 @@ def test_subset_resize(tmp_path):
 
 def test_cifar10_jpeg_8k_subset(tmp_path):
     if not (SHARED_CIFAR / "train").is_dir():
-        pytest.skip(f"{SHARED_CIFAR} is not present")
+        pytest.skip(f"the shared CIFAR-10 folder {SHARED_CIFAR} is not present")
     spec = SubsetSpec("imagefolder", 8192, seed=0, root=str(SHARED_CIFAR), num_classes=10)
     m1 = json.loads((D.build_subset(spec, tmp_path / "a") / "manifest.json").read_text())
     m2 = json.loads((D.build_subset(spec, tmp_path / "b") / "manifest.json").read_text())

@@ -38,7 +38,8 @@ def test_a_claim_ends_with_its_process(tmp_path):
 
 
 def test_resolve_device_claims_a_gpu_once_per_process(tmp_path, monkeypatch):
-    torch = pytest.importorskip("torch")
+    import torch
+
     from lssr.training import resolve_device
 
     monkeypatch.setenv("LSSR_GPU_LOCK_DIR", str(tmp_path))

@@ -69,8 +69,6 @@ def comparable_run_json(out):
 @pytest.mark.slow  # about a minute each: seven training processes
 @pytest.mark.parametrize("probe", [False, True], ids=["plain", "probed"])
 def test_sigkill_and_resume_is_byte_identical(digits, tmp_path, probe):
-    if probe:
-        pytest.importorskip("lssr.diagnostics")
     cfg = write_cfg(tmp_path / "run.yaml", probe)
     ref = tmp_path / "ref"
     proc = run(cfg, digits, ref)

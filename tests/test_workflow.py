@@ -297,7 +297,7 @@ def test_end_to_end_local_and_fake_cluster(tmp_path):
     assert (local / "figures" / "fig3.pdf").exists()
 
     # the same workflow through a fake cluster (cluster-generic executor, jobs started in the background)
-    pytest.importorskip("snakemake_executor_plugin_cluster_generic")
+    pytest.importorskip("snakemake_executor_plugin_cluster_generic", reason="optional extra not installed")
     cluster = workdir(tmp_path / "cluster")
     submit = ROOT / "tests" / "fake_cluster" / "submit.sh"
     smk(
