@@ -3,7 +3,7 @@
 GD runs of cnn6 (0.51M parameters) on n real CIFAR-10 images (an ``imagefolder`` subset of
 ``/work/shared/data/cifar10-jpeg`` built with lssr's own subset code, 32 px, standardised), MSE and CE, at the
 η of ``PER_LOSS`` (MSE 0.25, CE 0.1: far below the edge at initialisation; the run leaves its initial plateau,
-crosses 2/η, is thrown back by a catapult, sharpens again and goes on learning at the edge: docs/PERFORMANCE.md).
+crosses 2/η, is thrown back by a catapult, sharpens again and goes on learning at the edge: benchmarks/README.md).
 ``--eta 0`` takes η = ``eta_factor`` × 2/‖H‖_0 instead. ‖H‖ is checked every ``check_every`` steps from
 ``check_from`` (warm LOBPCG, tol 1e-2). Three points per run:
 
@@ -66,7 +66,7 @@ from lssr.models import count_parameters
 from lssr.scaling import trace_b
 
 CIFAR = Path("/work/shared/data/cifar10-jpeg")
-# per-loss defaults (docs/PERFORMANCE.md): η where the run goes on learning at the edge after the first
+# per-loss defaults (benchmarks/README.md): η where the run goes on learning at the edge after the first
 # crossing's catapult, the first step worth checking ‖H‖ (before it the run is on its initial plateau, far
 # below 2/η), and the steps after the crossing for `inside`
 PER_LOSS = {"eta": {"mse": 0.25, "ce": 0.1}, "check_from": {"mse": 75, "ce": 180}, "inside": {"mse": 100, "ce": 175}}

@@ -59,7 +59,13 @@ FIG5 = {
     "STL-10-4k": dict(n=4096, px=96, n_test=8000),
     "Tiny-ImageNet-32k": dict(n=32768, px=64, n_test=10000),
 }
-EPOCHS, N_LR, EVAL_EVERY_EPOCHS = 800, 10, 10
+N_LR = 10  # members of the batched host-overhead measurement
+
+
+def paper_fig5(path: Path = ROOT / "config" / "paper.yaml") -> dict:
+    """Epochs, evaluation interval (steps) and members per job (η × seeds) of Figure 5 in config/paper.yaml."""
+    f5 = yaml.safe_load(path.read_text())["experiments"]["fig5"]
+    return {"epochs": f5["epochs"], "eval_every": f5["eval_every"], "members": len(f5["lrs"]) * len(f5["seeds"])}
 
 
 def load_avg() -> str:
@@ -267,12 +273,15 @@ def figure5_estimate(
     overhead_batched_s: float,
     models=("cnn6", "resnet9"),
 ) -> dict:
-    """GPU-seconds of the Figure-5 grid: per (data set, b) one job batched over N_LR learning rates.
+    """GPU-seconds of the Figure-5 grid of config/paper.yaml: per (data set, b) one job batched over its M members
+    (η × seeds).
 
-    A step of a job costs max(host overhead of a batched step, N_LR * b * per-sample cost); evaluation
-    (train + test set, forward only = 1/3 of forward+backward) every EVAL_EVERY_EPOCHS epochs. Upper
+    A step of a job costs max(host overhead of a batched step, M * b * per-sample cost); evaluation (train + test
+    set, forward only = 1/3 of forward+backward) every ``eval_every`` steps and at the end. Upper
     bound: every run trains the full 800 epochs (diverged runs in fact stop early).
     """
+    fig = paper_fig5()
+    members = fig["members"]
     est = {}
     for model in models:
         total_b, total_u, jobs = 0.0, 0.0, []
@@ -281,12 +290,12 @@ def figure5_estimate(
             c, cb = per_sample_single_s[(model, px)], per_sample_batched_s[(model, px)]
             bs = [2**k for k in range(3, int(math.log2(n)) + 1)]
             for b in bs:
-                steps = EPOCHS * n / b
-                step_batched = max(overhead_batched_s, N_LR * b * cb)
+                steps = fig["epochs"] * n / b
+                step_batched = max(overhead_batched_s, members * b * cb)
                 step_single = max(overhead_single_s, b * c)
-                evals = EPOCHS / EVAL_EVERY_EPOCHS * (n + n_test) * c / 3
-                job = steps * step_batched + N_LR * evals
-                unbatched = N_LR * (steps * step_single + evals)
+                evals = (steps // fig["eval_every"] + 1) * (n + n_test) * c / 3
+                job = steps * step_batched + members * evals
+                unbatched = members * (steps * step_single + evals)
                 jobs.append(
                     {"dataset": ds, "b": b, "steps": steps, "job_h": job / 3600, "unbatched_h": unbatched / 3600}
                 )
@@ -347,14 +356,15 @@ def part2(args) -> dict:
     res["figure5"] = {
         "source": source,
         "gpu_tflops_assumed": args.gpu_tflops,
+        "grid": (fig5 := paper_fig5()),
         "per_step_overhead_single_s": ov_single,
         "per_step_overhead_batched_s": ov_batched,
         "estimate": {m: {k: v for k, v in e.items() if k != "jobs"} for m, e in est.items()},
         "jobs": {m: e["jobs"] for m, e in est.items()},
     }
     print(
-        f"\nFigure-5 grid ({len(FIG5)} data sets, b = 2^3..n, {N_LR} η, {EPOCHS} epochs, "
-        f"eval every {EVAL_EVERY_EPOCHS} epochs), {source}:"
+        f"\nFigure-5 grid of config/paper.yaml ({len(FIG5)} data sets, b = 2^3..n, {fig5['members']} members (η × "
+        f"seeds) per job, {fig5['epochs']} epochs, evaluation every {fig5['eval_every']} steps), {source}:"
     )
     for m, e in est.items():
         lj = e["longest_job"]

@@ -178,9 +178,9 @@ def report(rows: list[dict], ratio: dict, args, runs: dict | None = None) -> Non
 
 
 # -- GPU-hours of Figures 1-4 of config/paper.yaml ---------------------------------------------------------
-GFLOP_PER_SAMPLE = 0.432  # cnn6 at 32 px, forward + backward (measured FLOP count, docs/PERFORMANCE.md)
+GFLOP_PER_SAMPLE = 0.432  # cnn6 at 32 px, forward + backward (counted FLOPs, bench_grid.json)
 TFLOPS = 25.0  # ASSUMED effective H100 throughput (the same assumption as the Figure-5 estimate)
-STEP_OVERHEAD_S = 9.2e-3  # measured host overhead per `train()` step (docs/PERFORMANCE.md)
+STEP_OVERHEAD_S = 9.2e-3  # host overhead per `train()` step on the CPU (report_tables.py uses bench_grid.json's)
 N_PAPER = 8192
 # the unique runs after the planner merges shared ones: (label, steps, b or None for GD, extra gradients per probe)
 RUNS = (
@@ -203,7 +203,9 @@ def extra_grads(kind: str, ratio: dict) -> float:
     return base + {"expected": 32 * ratio["loss"], "valley": 5 * ratio["hvp"] + 12 * ratio["loss"]}.get(kind, 0.0)
 
 
-def figures_1_4_gpu_hours(bundle: float, ratio: dict, every: int, dense_until: int) -> tuple[float, float, int]:
+def figures_1_4_gpu_hours(
+    bundle: float, ratio: dict, every: int, dense_until: int, step_overhead_s: float = STEP_OVERHEAD_S
+) -> tuple[float, float, int]:
     """(probe GPU-hours, training GPU-hours, probed steps) of Figures 1-4 with a bundle of ``bundle`` gradients."""
     t_grad = N_PAPER * GFLOP_PER_SAMPLE / (TFLOPS * 1e3)
     probe_s = train_s = 0.0
@@ -212,15 +214,17 @@ def figures_1_4_gpu_hours(bundle: float, ratio: dict, every: int, dense_until: i
         k = probed_steps(steps, every, dense_until)
         k_total += k
         probe_s += k * (bundle + extra_grads(kind, ratio)) * t_grad
-        step_s = t_grad if b is None else max(STEP_OVERHEAD_S, b * GFLOP_PER_SAMPLE / (TFLOPS * 1e3))
+        step_s = t_grad if b is None else max(step_overhead_s, b * GFLOP_PER_SAMPLE / (TFLOPS * 1e3))
         train_s += steps * step_s
     return probe_s / 3600, train_s / 3600, k_total
 
 
-def gpu_hours_table(bundle: float, ratio: dict, fig5_gpu_h: float = 109.0) -> str:
+def gpu_hours_table(
+    bundle: float, ratio: dict, fig5_gpu_h: float = 109.0, step_overhead_s: float = STEP_OVERHEAD_S
+) -> str:
     rows = []
     for every, dense in ((1, 0), (10, 0), (50, 200), (25, 200), (20, 300), (10, 200)):
-        p, t, k = figures_1_4_gpu_hours(bundle, ratio, every, dense)
+        p, t, k = figures_1_4_gpu_hours(bundle, ratio, every, dense, step_overhead_s)
         rows.append(
             [
                 f"every {every}" + (f", every step before {dense}" if dense else ""),

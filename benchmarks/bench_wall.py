@@ -1,8 +1,8 @@
 """The bundle's wall time on a quiet machine: the last phase of ``make bench-diagnostics``.
 
 The MSE and CE runs go side by side (one process per loss, one thread each), so a bundle's wall time there
-depends on what the other process does meanwhile (its ratio to the op counts was 1.00–1.33 in one run and
-1.27–1.37 in the next, against 1.02–1.17 alone: docs/PERFORMANCE.md). This phase runs after both, alone: one
+depends on what the other process does meanwhile (its ratio to the op counts is higher side by side than alone:
+benchmarks/README.md, the diagnostics summary). This phase runs after both, alone: one
 point after another, with the runs' thread count, it measures the cost ratios at the point and then the bundle
 (``timed_bundle``: best of ``bundle_reps`` runs between gradients timed before and after). θ and the warm start
 of each point come from the per-loss process (``<out>-<loss>-points.pt``); without that file they are rebuilt by
@@ -102,7 +102,7 @@ def quiet_wall(args, rows: list[dict], x, y) -> None:
             tb = timed_bundle(op, st["vector"], args)
             mom, cnt = tb["mom"], tb["counts"]
             wall = tb["wall"] / tb["t_grad"]
-            # the issue's key holds the measurement alone; the side-by-side one stays for the side-by-side table
+            # the goal's key holds the measurement alone; the side-by-side one stays for the side-by-side table
             r.setdefault("bundle_grad_equiv_wall_side_by_side", r["bundle_grad_equiv_wall"])
             r["bundle_grad_equiv_wall"] = wall
             r["quiet"] = {

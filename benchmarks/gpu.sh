@@ -2,7 +2,7 @@
 # GPU benchmark of the training engine: step throughput of lssr.training.train (one run) against
 # lssr.training.train_batched (8 learning rates as one stacked model) on cnn6 + batch norm with
 # CIFAR-10-8k-sized random data (8192 x 3 x 32 x 32), per-sample forward+backward costs of cnn6 and
-# resnet9 at 32 / 64 / 96 pixels (the inputs of the Figure-5 GPU-hour estimate in docs/PERFORMANCE.md),
+# resnet9 at 32 / 64 / 96 pixels (the inputs of the Figure-5 GPU-hour estimate in benchmarks/README.md),
 # and the per-step cost of the diagnostics probe bundle (lssr.diagnostics.DiagnosticsProbe; skipped
 # with a message when that module is not there or fails).
 #

@@ -1,4 +1,4 @@
-"""The docs/PERFORMANCE.md table of estimated peak memory per Figure-5 cell (lssr.memory, no training).
+"""The table of estimated peak memory per Figure-5 cell (lssr.memory, no training; benchmarks/README.md).
 
 For every (data set, b) group of the workflow config's Figure 5 (default config/paper.yaml): members
 per job (η x seeds), the estimated peak of the whole group in one pass and of one member, each without
@@ -48,19 +48,14 @@ def rows(wf: dict, gpu_gib: float) -> list[dict]:
     return out
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--config", default="config/paper.yaml")
-    ap.add_argument("--gpu-gib", type=float, default=80.0)
-    a = ap.parse_args()
-    with open(a.config) as f:
-        wf = yaml.safe_load(f)
-    print(
+def table(wf: dict, gpu_gib: float) -> str:
+    """The markdown table of :func:`rows`."""
+    lines = [
         "| cell (data set, b) | px | members | group, plain | group, ckpt | 1 member, plain | 1 member, ckpt "
-        "| members per pass that fit: plain / ckpt | fits one GPU |"
-    )
-    print("|---|---|---|---|---|---|---|---|---|")
-    for r in rows(wf, a.gpu_gib):
+        "| members per pass that fit: plain / ckpt | fits one GPU |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows(wf, gpu_gib):
         fits = (
             "yes"
             if r["k_plain"] >= r["members"]
@@ -70,10 +65,21 @@ def main() -> None:
                 else (f"with checkpointing, {r['k_ckpt']} per pass" if r["k_ckpt"] else "**no**")
             )
         )
-        print(
+        lines.append(
             f"| {r['cell']} | {r['px']} | {r['members']} | {r['group_plain']:.1f} | {r['group_ckpt']:.1f} "
             f"| {r['one_plain']:.2f} | {r['one_ckpt']:.2f} | {r['k_plain']} / {r['k_ckpt']} | {fits} |"
         )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--config", default="config/paper.yaml")
+    ap.add_argument("--gpu-gib", type=float, default=80.0)
+    a = ap.parse_args()
+    with open(a.config) as f:
+        wf = yaml.safe_load(f)
+    print(table(wf, a.gpu_gib))
 
 
 if __name__ == "__main__":

@@ -272,5 +272,5 @@ def preflight(
         f"{samples_per_pass(cfg)} samples per forward pass, {cfg.model.name} at {image_shape[-1]} px) exceeds "
         f"{USABLE_FRACTION:.0%} of the {_gib(avail)} free on {device}. Knobs: fewer members per pass "
         f"(`lssr train-batch --members-per-pass K`), activation_checkpointing: always, a device with more memory "
-        f"or data-parallel training over more GPUs (experiments.fig5.data_parallel; docs/PERFORMANCE.md)"
+        f"or data-parallel training over more GPUs (experiments.fig5.data_parallel; docs/SCALING.md)"
     )

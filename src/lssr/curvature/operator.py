@@ -156,8 +156,8 @@ class LossOperator:
     def hvp_many(self, V: Tensor, batch: int | None = None) -> Tensor:
         """H V for k vectors (rows of V, shape (k, m)), ``batch`` tangents per vmap call (data chunks shrink
         so that samples × tangents ≤ ``vmap_budget``); ``batch`` 1 loops over single HVPs. The default
-        (``default_hvp_batch``) is 8 on CUDA and 1 on the CPU, where vmapped tangents measured no faster
-        per HVP than single ones on cnn6 (docs/PERFORMANCE.md)."""
+        (``default_hvp_batch``) is 8 on CUDA and 1 on the CPU, where vmapped tangents are no faster per HVP
+        than single ones on cnn6."""
         k = V.shape[0]
         if k == 0:
             return V.clone()

@@ -20,7 +20,7 @@ both a deflation direction for the others and a Hutchinson sample (the exchangea
 XTrace, Epperly, Tropp & Webber 2024, here on the n × n matrix GᵀHG/n). The estimate is the mean of the
 T_k. Its standard error is the delete-one jackknife over the probes, which is conservative in expectation
 (the Efron–Stein inequality): the naive sd(T_k)/√s ignores that the T_k share most of their deflation
-subspace: its rms was 0.54–0.85 of the actual spread on explicit problems (``make bench-se``, docs/PERFORMANCE.md).
+subspace: its rms was 0.54–0.85 of the actual spread on explicit problems (``make bench-se``, benchmarks/README.md).
 
 All functions are pure and run in float64 on (r + s)-sized matrices plus n × (r + s) products.
 """

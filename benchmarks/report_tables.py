@@ -1,0 +1,432 @@
+"""The tables of benchmarks/README.md and docs/PERFORMANCE.md, generated from the kept benchmark records.
+
+Every table in those pages that quotes a benchmark sits between ``<!-- begin: NAME -->`` and ``<!-- end: NAME -->``
+and is written by this script from the JSON under ``results/bench/`` (``diagnostics*.json`` from
+``make bench-diagnostics``, ``se_study.json`` from ``make bench-se``, ``bench_grid.json`` from ``make bench-grid``)
+and, for the memory table, from ``config/paper.yaml`` through ``lssr.memory`` (``memory_table.py``).
+
+    python benchmarks/report_tables.py            # rewrite the marked sections in place
+    python benchmarks/report_tables.py --check    # exit 1, naming the sections that differ
+
+``tests/test_report_tables.py`` checks that regenerating the pages gives the same text.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from functools import cache
+from pathlib import Path
+from typing import Callable
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path.insert(0, str(HERE))
+
+from bench_report import goal_row, gpu_hours_table, md_table, method_rows, run_table  # noqa: E402
+
+BENCH = ROOT / "results" / "bench"
+PAGES = (HERE / "README.md", ROOT / "docs" / "PERFORMANCE.md")
+SECTION = re.compile(r"(<!-- begin: (?P<name>[\w-]+) -->\n)(?P<body>.*?)(<!-- end: (?P=name) -->)", re.S)
+
+
+@cache
+def load(name: str) -> dict:
+    return json.loads((BENCH / name).read_text())
+
+
+def span(values, f: str = "{:.3g}", sep: str = "–") -> str:
+    lo, hi = min(values), max(values)
+    return f.format(lo) if f.format(lo) == f.format(hi) else f.format(lo) + sep + f.format(hi)
+
+
+# -- make bench-se -------------------------------------------------------------------------------------------------
+def se_study() -> str:
+    rows = load("se_study.json")["rows"]
+    out = []
+    for s in sorted({r["probes"] for r in rows}):
+        g = [r for r in rows if r["probes"] == s]
+        col = lambda k: [r[k] for r in g]  # noqa: E731
+        out.append(
+            [
+                s,
+                len(g),
+                g[0]["seeds"],
+                span([100 * v for v in col("rel_spread")], "{:.2f}%"),
+                span(col("bias_in_se_of_mean"), "{:+.2f}"),
+                span(col("jackknife_rms_se_over_spread"), "{:.2f}"),
+                span(col("jackknife_cover_2se"), "{:.3f}"),
+                span(col("naive_rms_se_over_spread"), "{:.2f}"),
+                span(col("naive_cover_2se"), "{:.3f}"),
+            ]
+        )
+    return md_table(
+        [
+            "probes s",
+            "problems",
+            "sign seeds",
+            "relative spread of the estimate",
+            "bias (se of the mean)",
+            "jackknife rms se / spread",
+            "2 jackknife se cover",
+            "naive rms se / spread",
+            "2 naive se cover",
+        ],
+        out,
+    )
+
+
+# -- make bench-diagnostics ----------------------------------------------------------------------------------------
+def diag() -> dict:
+    return load("diagnostics.json")
+
+
+def points() -> list[dict]:
+    return [r for r in diag()["points"] if "missing" not in r]
+
+
+def diagnostics_setting() -> str:
+    d = diag()
+    s = d["settings"]
+    rows = []
+    for loss in s["losses"]:
+        run = d["runs"][loss]
+        r = d["ratios"][loss]
+        wall = load(f"diagnostics-{loss}.json")["wall_s"]
+        rows.append(
+            [
+                loss,
+                run["eta"],
+                run["check_from"],
+                run["inside"],
+                r["hvp"],
+                r["ps"],
+                r["loss"],
+                r["t_grad"],
+                f"{wall:.0f}",
+            ]
+        )
+    table = md_table(
+        [
+            "loss",
+            "η",
+            "‖H‖ checked from step",
+            "`inside`: steps after the crossing",
+            "HVP (gradients)",
+            "per-sample pass (gradients)",
+            "loss pass (gradients)",
+            "one gradient (s)",
+            "run wall time (s)",
+        ],
+        rows,
+    )
+    knobs = (
+        f"n = {s['n']} images, seed {s['seed']}, {s['threads']} thread(s) per loss, {s['jobs']} losses side by side; "
+        f"‖H‖ checked every {s['check_every']} steps; bundle: stage1 = {s['stage1']}, probes ≤ {s['probes']}, "
+        f"rel_se = {s['rel_se']}; Monte-Carlo b = {', '.join(map(str, s['mc_b']))}."
+    )
+    return table + "\n\n" + knobs
+
+
+def diagnostics_runs() -> str:
+    return run_table(diag()["runs"], diag()["points"])
+
+
+def diagnostics_side_by_side() -> str:
+    body = [row for r in points() for row in method_rows(r)]
+    return md_table(["point", "method", "HVPs", "gradients (op counts)", "gradients (wall)", "error vs exact"], body)
+
+
+def diagnostics_goal() -> str:
+    d = diag()
+    first = d["ratios"][d["settings"]["losses"][0]]
+    return md_table(
+        [
+            "point",
+            "step",
+            "loss",
+            "train acc",
+            "bundle (ops)",
+            "bundle (wall, side by side)",
+            "alone: HVPs / ops / wall",
+            "err (se)",
+            "goal met",
+            "what bounds it (HVPs × measured HVP cost + per-sample passes)",
+        ],
+        [goal_row(r, first) for r in points()],
+    )
+
+
+def diagnostics_summary() -> str:
+    d = diag()
+    ps = points()
+    q = [r for r in ps if "quiet" in r]
+    met = sum(goal_row(r, d["ratios"][d["settings"]["losses"][0]])[8] == "yes" for r in ps)
+    rows = [
+        ["points measured (MSE and CE: before, crossing, inside)", len(ps)],
+        ["bundle HVPs", span([r["bundle_hvps"] for r in ps], "{}")],
+        ["bundle cost in the run, op counts (gradients)", span([r["bundle_grad_equiv_ops"] for r in ps], "{:.1f}")],
+        ["bundle cost alone, wall time (gradients)", span([r["bundle_grad_equiv_wall"] for r in q], "{:.1f}")],
+        [
+            "wall time / op counts, alone",
+            span([r["bundle_grad_equiv_wall"] / r["quiet"]["bundle_grad_equiv_ops"] for r in q], "{:.2f}"),
+        ],
+        [
+            "wall time / op counts, side by side with the other loss",
+            span([r["bundle_grad_equiv_wall_side_by_side"] / r["bundle_grad_equiv_ops"] for r in ps], "{:.2f}"),
+        ],
+        ["tr(H S_1) error vs exact", span([r["trHS1_rel_err"] for r in ps], "{:+.2%}")],
+        ["tr(H S_1) error in jackknife se", span([r["trHS1_err_in_se"] for r in ps], "{:+.2f}")],
+        ["tr(H S_1) relative se reached", span([r["trHS1_rel_se"] for r in ps], "{:.1%}")],
+        ["‖H‖ relative error (largest)", f"{max(abs(r['top_rel_err']) for r in ps):.1e}"],
+        ["exact tr(H S_1) per point (gradients, op counts)", span([r["exact_grad_equiv_ops"] for r in ps], "{:.0f}")],
+        [
+            "exact tr(H S_1) per point (wall time, s)",
+            span([r["exact_grad_equiv_wall"] * r["t_grad_s"] for r in ps], "{:.0f}"),
+        ],
+        ["points meeting the goal (≤ 40 gradients both ways, within 2 se)", f"{met} of {len(ps)}"],
+    ]
+    return md_table(["quantity", "measured"], rows)
+
+
+def figures_1_4() -> str:
+    """Figures 1-4 GPU-hours: the worst bundle by op counts (diagnostics.json), the host overhead per step and the
+    Figure-5 total from bench_grid.json."""
+    d, g = diag(), load("bench_grid.json")["cost_model"]
+    worst = max(r["bundle_grad_equiv_ops"] for r in points())
+    ratio = d["ratios"][d["settings"]["losses"][0]]
+    fig5 = g["figure5"]["estimate"]["cnn6"]["batched_gpu_h"]
+    return (
+        f"ESTIMATE (assumed {g['figure5']['gpu_tflops_assumed']:g} TFLOP/s; bundle = {worst:.1f} gradients, the "
+        f"costliest point by op counts; host overhead {1e3 * g['host_overhead_single_s']:.1f} ms per step)\n\n"
+        + gpu_hours_table(worst, ratio, fig5_gpu_h=round(fig5), step_overhead_s=g["host_overhead_single_s"])
+    )
+
+
+def paper_schedule() -> tuple[int, int]:
+    """(every, dense_until) of the probes of Figure 1 in config/paper.yaml (Figures 1, 3 and 4 share it)."""
+    import yaml
+
+    probe = yaml.safe_load((ROOT / "config" / "paper.yaml").read_text())["experiments"]["fig1"]["probe"]
+    return probe["every"], probe.get("dense_until", 0)
+
+
+def cost_summary() -> str:
+    """The few numbers docs/PERFORMANCE.md leads with, each from its record."""
+    from bench_report import figures_1_4_gpu_hours
+
+    d, c = diag(), grid()["cost_model"]
+    ps, q = points(), [r for r in points() if "quiet" in r]
+    f5 = c["figure5"]
+    e = f5["estimate"]["cnn6"]
+    every, dense = paper_schedule()
+    worst = max(r["bundle_grad_equiv_ops"] for r in ps)
+    p, t, k = figures_1_4_gpu_hours(
+        worst, d["ratios"][d["settings"]["losses"][0]], every, dense, c["host_overhead_single_s"]
+    )
+    hvp = [r["hvp"] for r in d["ratios"].values()]
+    rows = [
+        [
+            "cnn6 forward + backward, one 32 px image, 1 CPU thread",
+            f"{1e3 * c['cpu_per_sample_s']['cnn6@32']:.1f} ms",
+            "measured (CPU)",
+            "`bench_grid.json`",
+        ],
+        [
+            "host overhead of one `train()` step (dispatch, Python)",
+            f"{1e3 * c['host_overhead_single_s']:.1f} ms",
+            "measured (CPU)",
+            "`bench_grid.json`",
+        ],
+        [
+            "one Hessian-vector product",
+            f"{span(hvp, '{:.2f}')} gradients",
+            "measured (CPU, cnn6)",
+            "`diagnostics.json`",
+        ],
+        [
+            "probes of one probed step: ‖H‖ and tr(H S_b) for every b (the bundle)",
+            f"{span([r['bundle_hvps'] for r in ps], '{}')} HVPs = "
+            f"{span([r['bundle_grad_equiv_ops'] for r in ps], '{:.1f}')} gradients by op counts, "
+            f"{span([r['bundle_grad_equiv_wall'] for r in q], '{:.1f}')} by wall time",
+            f"measured (CPU, cnn6, n = {d['settings']['n']})",
+            "`diagnostics.json`",
+        ],
+        [
+            "the same tr(H S_1) exactly (one HVP per sample)",
+            f"{span([r['exact_grad_equiv_ops'] for r in ps], '{:.0f}')} gradients",
+            f"measured (CPU, cnn6, n = {d['settings']['n']})",
+            "`diagnostics.json`",
+        ],
+        [
+            f"Figures 1–4 of config/paper.yaml (probes every step before {dense}, then every {every})",
+            f"{p + t:.1f} GPU-h ({k} probed steps)",
+            f"ESTIMATE (assumed {f5['gpu_tflops_assumed']:g} TFLOP/s)",
+            "`diagnostics.json`, `bench_grid.json`",
+        ],
+        [
+            f"Figure 5 of config/paper.yaml (cnn6, {f5['grid']['members']} members per job, "
+            f"{f5['grid']['epochs']} epochs)",
+            f"{e['batched_gpu_h']:.0f} GPU-h; longest job {e['longest_job']['job_h']:.1f} h "
+            f"({e['longest_job']['dataset']}, b = {e['longest_job']['b']})",
+            f"ESTIMATE (assumed {f5['gpu_tflops_assumed']:g} TFLOP/s)",
+            "`bench_grid.json`",
+        ],
+    ]
+    return md_table(["what", "cost", "kind", "record (`results/bench/`)"], rows)
+
+
+# -- make bench-grid -----------------------------------------------------------------------------------------------
+def grid() -> dict:
+    return load("bench_grid.json")
+
+
+def grid_throughput() -> str:
+    g = grid()["grid"]
+    modes = [
+        ("A", "A_processes_s", "one `python -m lssr.cli train` process per run, one after another"),
+        ("B", "B_inprocess_sequential_s", "`train()` one after another in one process"),
+        ("C", "C_inprocess_batched_s", "`train_batched()` in one process"),
+        ("D", "D_batched_process_s", "one `python -m lssr.cli train-batch` process"),
+    ]
+    rows = [[f"{k}. {text}", f"{g[key]:.1f} s", f"{g['runs_per_hour'][k]:.0f}"] for k, key, text in modes]
+    return (
+        md_table(["mode", f"wall ({g['runs']} runs)", "runs per hour"], rows)
+        + f"\n\nD/A = {g['ratio_D_over_A']:.2f}x, C/B = {g['ratio_C_over_B']:.2f}x; {g['steps']} steps, "
+        f"{g['threads']} thread(s); load average {g['load_before']} before, {g['load_after']} after. Largest metric "
+        f"difference batched vs one by one, per η = 2^-6 .. 2^1: "
+        + ", ".join(f"{v:.2g}" for v in g["metric_diff_per_run"])
+        + "."
+    )
+
+
+def per_sample() -> str:
+    c = grid()["cost_model"]
+    rows = []
+    for key, f in c["flops_per_sample_fwd_bwd"].items():
+        model, px = key.split("@")
+        s = c["cpu_per_sample_s"][key]
+        rows.append([model, px, f"{f / 1e9:.3f}", f"{1e3 * s:.1f}", f"{f / s / 1e9:.0f}"])
+    return md_table(["model", "px", "GFLOP / sample (fwd+bwd)", "CPU ms / sample", "CPU GFLOP/s"], rows)
+
+
+def host_overhead() -> str:
+    c = grid()["cost_model"]
+    return md_table(
+        ["step", "host time per step (ms)"],
+        [
+            ["`train()`", f"{1e3 * c['host_overhead_single_s']:.1f}"],
+            ["`train_batched()`, 1 member", f"{1e3 * c['host_overhead_batched_s']:.1f}"],
+            ["`train_batched()`, 10 members", f"{1e3 * c['tiny_step_batched10_s']:.1f}"],
+        ],
+    )
+
+
+def figure5_estimate() -> str:
+    f5 = grid()["cost_model"]["figure5"]
+    rows = []
+    for model, e in f5["estimate"].items():
+        per_ds: dict[str, float] = {}
+        for j in f5["jobs"][model]:
+            per_ds[j["dataset"]] = per_ds.get(j["dataset"], 0.0) + j["job_h"]
+        lj = e["longest_job"]
+        rows.append(
+            [
+                f"{model} + BN",
+                f"{e['batched_gpu_h']:.0f} (" + ", ".join(f"{k} {v:.0f}" for k, v in per_ds.items()) + ")",
+                f"{e['unbatched_gpu_h']:.0f}",
+                f"{lj['dataset']} b = {lj['b']}: {lj['job_h']:.1f} h",
+            ]
+        )
+    head = (
+        f"{f5['source']}; per-step host overhead {1e3 * f5['per_step_overhead_single_s']:.1f} ms (one run), "
+        f"{1e3 * f5['per_step_overhead_batched_s']:.1f} ms (batched)\n\n"
+    )
+    return head + md_table(
+        ["model", "GPU-h, one job per (data set, b), batched over η", "GPU-h, one run per job", "longest job"], rows
+    )
+
+
+def checkpointing() -> str:
+    rows = []
+    for key, r in grid()["checkpointing"].items():
+        model, px, b, m = key.split("_")
+        rows.append(
+            [model, px[:-2], b[1:], m[1:], f"{r['plain_s']:.3f}", f"{r['checkpointed_s']:.3f}", f"{r['ratio']:.2f}x"]
+            + [f"{r['memory_ratio_est']:.2f}"]
+        )
+    return md_table(
+        [
+            "model",
+            "px",
+            "b",
+            "members",
+            "plain s/step",
+            "checkpointed s/step",
+            "ratio",
+            "activation memory ckpt/plain (est.)",
+        ],
+        rows,
+    )
+
+
+def memory() -> str:
+    import yaml
+    from memory_table import table
+
+    return table(yaml.safe_load((ROOT / "config" / "paper.yaml").read_text()), 80.0)
+
+
+SECTIONS: dict[str, Callable[[], str]] = {
+    "se-study": se_study,
+    "diagnostics-setting": diagnostics_setting,
+    "diagnostics-runs": diagnostics_runs,
+    "diagnostics-side-by-side": diagnostics_side_by_side,
+    "diagnostics-goal": diagnostics_goal,
+    "diagnostics-summary": diagnostics_summary,
+    "figures-1-4-gpu-hours": figures_1_4,
+    "cost-summary": cost_summary,
+    "grid-throughput": grid_throughput,
+    "per-sample": per_sample,
+    "host-overhead": host_overhead,
+    "figure5-estimate": figure5_estimate,
+    "checkpointing": checkpointing,
+    "memory": memory,
+}
+
+
+def render(text: str, where: str = "page") -> str:
+    """``text`` with every marked section rewritten from the records."""
+
+    def one(m: re.Match) -> str:
+        name = m["name"]
+        if name not in SECTIONS:
+            raise SystemExit(f"{where}: unknown generated section {name!r}; known: {', '.join(SECTIONS)}")
+        return m.group(1) + SECTIONS[name]().rstrip("\n") + "\n" + m.group(4)
+
+    return SECTION.sub(one, text)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--check", action="store_true", help="change nothing; exit 1 if a page is out of date")
+    args = ap.parse_args(argv)
+    stale = []
+    for page in PAGES:
+        old = page.read_text()
+        new = render(old, str(page))
+        if new != old:
+            stale.append(page)
+            if not args.check:
+                page.write_text(new)
+    if args.check and stale:
+        print("out of date (run python benchmarks/report_tables.py): " + ", ".join(map(str, stale)))
+        return 1
+    print(("rewrote " + ", ".join(map(str, stale))) if stale else "up to date")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
