@@ -1,4 +1,4 @@
-"""Batch norm in training sees the whole mini-batch of b samples, whatever chunk_size is (issue 13).
+"""Batch norm in training sees the whole mini-batch of b samples, whatever chunk_size is.
 
 Oracle: the statistics of a batch do not depend on how memory is chunked, so training with chunk_size 16
 and 64 must give the same trajectory; a forward pass in ghost batches of 16 (``bn_ghost_batch: 16``, the

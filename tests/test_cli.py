@@ -73,7 +73,7 @@ def test_write_config_rejects_bad_json_in_one_line(tmp_path, capsys):
 
 
 def test_no_module_imports_the_cli():
-    """The CLI sits on top: no module of lssr imports lssr.cli (the old cycle batched -> cli is gone)."""
+    """The CLI sits on top: no module of lssr imports lssr.cli (so no import cycle runs through it)."""
     import ast
 
     for path in (SRC / "lssr").rglob("*.py"):

@@ -1,4 +1,4 @@
-"""Data-parallel training (issue 13): 2 processes under torchrun, gloo backend, on the CPU.
+"""Data-parallel training: 2 processes under torchrun, gloo backend, on the CPU.
 
 Oracle: :func:`lssr.training.train` in one process. Data parallelism splits the batch over the ranks,
 synchronises batch norm and all-reduces the gradient, so it computes the same step: the metrics, the

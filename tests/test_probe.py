@@ -72,8 +72,8 @@ def explicit_gd_losses(cfg, data, steps: int) -> np.ndarray:
 
 
 def test_probe_columns_written_out():
-    """The diagnostics.csv column order, written out by hand for b = 8 with valley probes (the order the
-    probe wrote before the column names moved to lssr.columns)."""
+    """The diagnostics.csv column order, written out by hand for b = 8 with valley probes (not taken from
+    lssr.columns, which both the probe and the tables use)."""
     expected = [
         "step", "lr", "two_over_eta", "b_run", "loss", "loss_next", "loss_change",
         "tr_S_n", "tr_S_1", "tr_S_1_se", "tr_HS_n", "tr_HS_1", "tr_HS_1_se", "ias_n",

@@ -82,7 +82,7 @@ class StopConfig:
 
 @dataclass(frozen=True)
 class ProbeConfig:
-    """Per-step diagnostics (issue 'diagnostics'): which quantities, how often, how precise."""
+    """Per-step diagnostics: which quantities, how often, how precise."""
 
     every: int = 10  # probe steps start, start + every, ... (after the dense window)
     dense_until: int = 0  # probe every step in [start, dense_until), then every `every` (the edge is reached early)
