@@ -341,7 +341,9 @@ def figure5_estimate() -> str:
             ]
         )
     head = (
-        f"{f5['source']}; per-step host overhead {1e3 * f5['per_step_overhead_single_s']:.1f} ms (one run), "
+        f"{f5['source']}; {f5['grid']['members']} members per job, {f5['grid']['epochs']} epochs, evaluation every "
+        f"{f5['grid']['eval_every']} steps; per-step host overhead "
+        f"{1e3 * f5['per_step_overhead_single_s']:.1f} ms (one run), "
         f"{1e3 * f5['per_step_overhead_batched_s']:.1f} ms (batched)\n\n"
     )
     return head + md_table(
