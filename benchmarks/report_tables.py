@@ -229,7 +229,7 @@ def cost_summary() -> str:
     hvp = [r["hvp"] for r in d["ratios"].values()]
     rows = [
         [
-            "cnn6 forward + backward, one 32 px image, 1 CPU thread",
+            "cnn6 forward + backward per 32 px image (batches of 32), 1 CPU thread",
             f"{1e3 * c['cpu_per_sample_s']['cnn6@32']:.1f} ms",
             "measured (CPU)",
             "`bench_grid.json`",
