@@ -8,6 +8,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..datasets import DataError, parse_size
 from ..registry import FIGURES
 from .run import ConfigError, DataConfig, RunConfig, _bad, _check_data, _from_dict, _valid_device
 
@@ -106,8 +107,6 @@ def data_parallel_config(raw, grids: dict[str, list[int]], batch_runs: bool, whe
 
 def dataset_config(name: str, entry: dict, where: str = "workflow config") -> DataConfig:
     """A ``datasets:`` entry ({source, n, seed, root, ...}) as the :class:`DataConfig` of its runs."""
-    from ..data import DataError, parse_size
-
     raw = dict(entry)
     if "source" not in raw or "n" not in raw:
         raise ConfigError(f"{where}: data set '{name}' needs 'source' and 'n'")
