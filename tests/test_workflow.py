@@ -211,6 +211,41 @@ def test_demo_config_only_without_configfile(tmp_path):
     assert sum(v for k, v in counts.items() if k.startswith("train_group_")) == len(demo.groups) > 0
 
 
+def test_plan_answers_the_rules_and_refuses_what_it_does_not_plan():
+    """The shell arguments the rules take from the plan, and the one-line NotPlannedError for anything else."""
+    from lssr.workflow import NotPlannedError, plan
+
+    raw = yaml.safe_load((ROOT / "config" / "test.yaml").read_text())
+    raw["datasets"]["folder"] = {"source": "imagefolder", "n": 40, "root": "/data/my images", "num_classes": 4}
+    raw["experiments"]["fig3"]["dataset"] = "folder"
+    p = plan(raw)
+    assert p.subset_args("digits-256-seed0") == "digits-256 --seed 0"
+    assert p.subset_args("imagefolder-40-seed0") == "imagefolder-40 --seed 0 --root '/data/my images' --num-classes 4"
+    (fig3_run,) = p.figure_runs("fig3")
+    assert p.subset_dir(fig3_run) == "results/data/imagefolder-40-seed0"
+    arg = p.config_arg(fig3_run)
+    m = re.fullmatch(r"--json '(.*)' --out results/runs/(\S+)", arg)
+    assert json.loads(m[1]) == p.runs[fig3_run] and m[2] == fig3_run
+
+    with pytest.raises(NotPlannedError) as e:
+        p.subset_args("digits-2k-seed0")
+    assert str(e.value) == (
+        "subset 'digits-2k-seed0' is not planned by this workflow config; planned: digits-256-seed0, "
+        "imagefolder-40-seed0. Subsets come from the data sets the experiments use."
+    )
+    raw["figures"] = ["fig1", "fig2"]
+    few = plan(raw)
+    with pytest.raises(NotPlannedError, match=r"^figure 'fig4' is not planned .*; planned: fig1, fig2\. Add it"):
+        few.figure_runs("fig4")
+    for ask in (p.subset_dir, p.config_arg):
+        with pytest.raises(NotPlannedError) as e:
+            ask("digits-256_digits_cnn_ce_b32_lr0.3_s0_wor")
+        msg = str(e.value)
+        n = len(p.runs)
+        assert n > 12 and f"; {n} are planned, the closest: digits-256_digits_cnn_ce_b32_lr0.2_s0_wor" in msg, msg
+        assert "\n" not in msg
+
+
 def bad_config(tmp_path, mutate):
     raw = yaml.safe_load((ROOT / "config" / "test.yaml").read_text())
     mutate(raw)
