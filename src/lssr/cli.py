@@ -10,6 +10,7 @@ as ``--json``, as the workflow does, they first write it to the run folder's ``c
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -44,16 +45,16 @@ def cmd_subset(args: argparse.Namespace) -> None:
     print(f"wrote subset {spec.name} to {out}")
 
 
-def _run_configs(paths: list[str], jsons: list[str], outs: list[str], overrides: dict) -> list:
+def _run_configs(paths: list[str], jsons: list[str], outs: list[str], overrides: dict, write: bool = True) -> list:
     """Run configs from YAML files, or from JSON texts (the workflow's form), each then written to its
-    ``<out>/config.yaml`` (the run's provenance)."""
+    ``<out>/config.yaml`` (the run's provenance) unless ``write`` is false."""
     from .config import load_config
     from .workflow import write_run_config
 
     if bool(paths) == bool(jsons):
         raise LssrError("give the run config(s) either as YAML files or as --json, one of the two")
     if jsons:
-        return [write_run_config(j, Path(_out_folder(o)) / "config.yaml", overrides) for j, o in zip(jsons, outs)]
+        return [write_run_config(j, Path(o) / "config.yaml", overrides, write) for j, o in zip(jsons, outs)]
     return [load_config(c, overrides=overrides) for c in paths]
 
 
@@ -81,7 +82,8 @@ def cmd_train_batch(args: argparse.Namespace) -> None:
         )
     for out in args.out:
         _out_folder(out)
-    cfgs = _run_configs(args.config, args.json_text, args.out, parse_overrides(args.set))
+    first_rank = args.data_parallel is None or os.environ.get("RANK", "0") == "0"  # under torchrun rank 0 writes
+    cfgs = _run_configs(args.config, args.json_text, args.out, parse_overrides(args.set), write=first_rank)
     where = args.config or [str(Path(o) / "config.yaml") for o in args.out]
     if args.data_parallel is not None:  # under torchrun: one process per GPU; results (printed) on rank 0 only
         if args.members_per_pass is not None:

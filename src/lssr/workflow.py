@@ -380,9 +380,10 @@ def _plan_runtimes(p: Plan) -> None:
     }
 
 
-def write_run_config(json_text: str, out: str | Path, overrides: dict | None = None) -> RunConfig:
+def write_run_config(json_text: str, out: str | Path, overrides: dict | None = None, write: bool = True) -> RunConfig:
     """A run config given as JSON (the form the workflow passes to the training jobs), with optional nested
-    overrides: validated, written as YAML to ``out`` (atomically) for provenance, and returned."""
+    overrides: validated, written as YAML to ``out`` (atomically) for provenance, and returned. ``write=False``
+    validates only (the ranks after the first of a data-parallel launch, which write nothing)."""
     import yaml
 
     from .io import write_text
@@ -394,5 +395,6 @@ def write_run_config(json_text: str, out: str | Path, overrides: dict | None = N
     if overrides:
         raw = deep_update(raw, overrides)
     cfg = config_from_dict(raw, where=str(out))
-    write_text(out, yaml.safe_dump(raw, sort_keys=False))
+    if write:
+        write_text(out, yaml.safe_dump(raw, sort_keys=False))
     return cfg
