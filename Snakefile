@@ -3,7 +3,9 @@
 #   snakemake --cores all --configfile config/paper.yaml
 #   snakemake figures/fig4.pdf --cores all             one figure and only what it needs
 #   snakemake --profile profiles/slurm --configfile config/paper.yaml
-from snakemake.utils import min_version, validate
+from snakemake.utils import min_version
+
+from lssr.config import check_workflow_schema
 
 min_version("8.0")
 
@@ -19,8 +21,9 @@ if not workflow.overwrite_configfiles:
     configfile: "config/demo.yaml"
 
 
-# Types and allowed keys only: the schema's defaults document lssr.config's and are not inserted.
-validate(config, "workflow/schemas/config.schema.yaml", set_default=False)
+# Types and allowed keys only (a one-line error naming the key): the schema's defaults document lssr.config's and
+# are not inserted.
+check_workflow_schema(config, "workflow/schemas/config.schema.yaml")
 
 
 include: "workflow/rules/common.smk"

@@ -1,4 +1,7 @@
-"""Bad inputs and failing writes: each case must end with a clear lssr error and leave earlier outputs intact.
+"""Bad inputs and failing writes: each case must end with a clear error and leave earlier outputs intact.
+
+A case either raises the LssrError of the code it calls, or (the workflow cases) runs `snakemake` on a copy of
+the workflow and returns the error line Snakemake printed.
 
 Used by tests/test_bad_inputs.py, and run as a script to regenerate the table in docs/RELIABILITY.md:
 
@@ -99,16 +102,12 @@ def case_config_unknown_model(tmp):
 
 def case_workflow_schema(tmp):
     import yaml
-    from snakemake.exceptions import WorkflowError
-    from snakemake.utils import validate
+
+    from lssr.config import check_workflow_schema  # what the Snakefile calls first
 
     cfg = yaml.safe_load((ROOT / "config" / "test.yaml").read_text())
     cfg["experiments"]["fig4"]["sgd"]["lr_typo"] = 0.1
-    try:
-        validate(cfg, str(ROOT / "workflow" / "schemas" / "config.schema.yaml"))
-    except WorkflowError as exc:
-        first = str(exc).split("\n\nFailed validating")[0]
-        raise LssrError(first.replace("\n", " ")) from exc
+    check_workflow_schema(cfg, "workflow/schemas/config.schema.yaml")
 
 
 def case_workflow_b_gt_n(tmp):
@@ -254,6 +253,55 @@ def case_subset_out_is_a_file(tmp):
     _cli(["subset", "digits-64", "--out", str(tmp / "some_file" / "subset")])
 
 
+def _snakemake_error(tmp: Path, *args: str) -> str:
+    """Run `snakemake ARGS` in a copy of the workflow at ``tmp`` (beside the planted earlier outputs); it must
+    fail. Returns the error line it printed: ``<Name>Error: message`` or ``<Name>Exception: message``."""
+    import re
+    import shutil
+    import subprocess
+
+    for name in ("Snakefile", "environment.yml", "workflow", "config", "profiles"):
+        src = ROOT / name
+        (shutil.copytree if src.is_dir() else shutil.copy)(src, tmp / name)
+    env = {**os.environ, "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])}
+    proc = subprocess.run(
+        [sys.executable, "-m", "snakemake", "--cores", "1", *args],
+        cwd=tmp,
+        env={**env, "OMP_NUM_THREADS": "1"},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode != 0, f"snakemake {' '.join(args)} succeeded"
+    lines = [line.strip() for line in (proc.stdout + proc.stderr).splitlines()]
+    for i, line in enumerate(lines):
+        m = re.fullmatch(r"(\w+(?:Error|Exception)):\s*(.*)", line)
+        if m:
+            return f"{m[1]}: {m[2] or lines[i + 1]}"
+    raise AssertionError(f"no error line in the output of snakemake {' '.join(args)}:\n{proc.stderr[-3000:]}")
+
+
+def case_unknown_figure_target(tmp):
+    return _snakemake_error(tmp, "figures/fig9.pdf")
+
+
+def case_figure_not_planned(tmp):
+    import yaml
+
+    cfg = yaml.safe_load((ROOT / "config" / "test.yaml").read_text())
+    cfg["figures"] = ["fig1", "fig2"]
+    (tmp / "two.yaml").write_text(yaml.safe_dump(cfg))
+    return _snakemake_error(tmp, "figures/fig4.pdf", "--configfile", "two.yaml")
+
+
+def case_subset_not_planned(tmp):
+    return _snakemake_error(tmp, "results/data/digits-2k-seed0/manifest.json")
+
+
+def case_run_not_planned(tmp):
+    return _snakemake_error(tmp, "results/runs/digits-1k_digits_cnn_ce_b32_lr0.3_s0_wor/metrics.csv")
+
+
 CASES = [
     ("run config: misspelled key (optim.lrr)", case_config_misspelled),
     ("run config: negative learning rate", case_config_negative_lr),
@@ -262,6 +310,10 @@ CASES = [
     ("run config: unknown model", case_config_unknown_model),
     ("workflow config: misspelled key (schema)", case_workflow_schema),
     ("workflow config: Figure-5 b > n", case_workflow_b_gt_n),
+    ("`snakemake figures/fig9.pdf`: a figure that does not exist", case_unknown_figure_target),
+    ("`snakemake figures/fig4.pdf` with a config whose `figures:` lacks fig4", case_figure_not_planned),
+    ("`snakemake results/data/<subset>/manifest.json` for a subset the config does not plan", case_subset_not_planned),
+    ("`snakemake results/runs/<run>/metrics.csv` for a run the config does not plan", case_run_not_planned),
     ("image folder without test/", case_imagefolder_no_test),
     ("Tiny-ImageNet tree with an extra class folder", case_tinyimagenet_extra_class),
     ("CIFAR-10 files missing, download off", case_cifar_missing),
@@ -298,15 +350,18 @@ def earlier_outputs(tmp: Path):
 
 
 def provoke(fn) -> str:
-    """Run one case in a fresh folder; return the message of the LssrError it must raise."""
+    """Run one case in a fresh folder; return the message of the LssrError it must raise (or, for a workflow
+    case, the error line Snakemake printed)."""
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
         with earlier_outputs(tmp):
             try:
-                fn(tmp)
+                printed = fn(tmp)
             except LssrError as exc:
                 return str(exc).replace(str(tmp), "<tmp>")
-        raise AssertionError(f"{fn.__name__} raised no error")
+        if printed is None:
+            raise AssertionError(f"{fn.__name__} raised no error")
+        return printed.replace(str(tmp), "<tmp>")
 
 
 def main() -> None:

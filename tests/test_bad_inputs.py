@@ -13,8 +13,17 @@ EXPECT = {
     "case_config_b_gt_n": r"'optim.batch_size' = 128.*n = 64",
     "case_config_unknown_dataset": r"'data.dataset' = 'mnist'.*known data sets",
     "case_config_unknown_model": r"'model.name' = 'vgg16'.*known models",
-    "case_workflow_schema": r"'lr_typo' was unexpected",
+    "case_workflow_schema": r"^workflow config, key 'experiments\.fig4\.sgd': .*'lr_typo' was unexpected",
     "case_workflow_b_gt_n": r"b = 1024 > n = 256",
+    # Snakemake's own answer: no rule produces a figure outside the registry
+    "case_unknown_figure_target": r"^MissingRuleException: No rule to produce figures/fig9\.pdf",
+    # the plan's answer for a path the config does not plan: what is planned, in one line
+    "case_figure_not_planned": r"^NotPlannedError: figure 'fig4' is not planned .*; planned: fig1, fig2\. "
+    r"Add it to 'figures:'",
+    "case_subset_not_planned": r"^NotPlannedError: subset 'digits-2k-seed0' is not planned .*; "
+    r"planned: digits-1k-seed0\.",
+    "case_run_not_planned": r"^NotPlannedError: run 'digits-1k_digits_cnn_ce_b32_lr0\.3_s0_wor' is not planned .*"
+    r"\d+ are planned, the closest: digits-1k_digits_cnn_ce_b32_lr0\.1_s0_wor",
     "case_imagefolder_no_test": r"no test/ folder",
     "case_tinyimagenet_extra_class": r"n99999999",
     "case_cifar_missing": r"cifar-10-batches-py.*download: true",
@@ -41,6 +50,7 @@ def test_table_is_complete():
 def test_bad_input_gives_clear_error(title, fn):
     msg = provoke(fn)
     assert re.search(EXPECT[fn.__name__], msg, re.S), msg
+    assert "\n" not in msg and "KeyError" not in msg, msg
 
 
 @pytest.mark.parametrize("case", ["not-utf8", "train-out-file", "subset-out-file"])

@@ -1,5 +1,5 @@
-"""The command line: explicit sub-commands, --version, python -m lssr, and no torch for --help or
-write-config (the workflow runs one write-config per run)."""
+"""The command line: explicit sub-commands, --version, python -m lssr, no torch for --help, and run configs
+given as JSON (the workflow's form) written to the run folder by the training command itself."""
 
 import json
 import os
@@ -7,12 +7,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 import lssr
 
 SRC = Path(lssr.__file__).resolve().parents[1]
-COMMANDS = ("subset", "train", "train-batch", "write-config", "table", "figure", "claims", "runs-table", "verdicts")
+COMMANDS = ("subset", "train", "train-batch", "table", "figure", "claims", "runs-table", "verdicts")
 RUN = {
     "data": {"dataset": "digits", "n": 64},
     "model": {"name": "digits_cnn"},
@@ -55,21 +56,42 @@ sys.exit(rc)
 """
 
 
-def test_help_and_write_config_do_not_import_torch(tmp_path):
-    for argv in (["--help"], ["write-config", "--json", json.dumps(RUN), "--out", str(tmp_path / "c.yaml")]):
-        proc = py("-c", NO_TORCH, *argv)
-        assert proc.returncode == 0, proc.stderr
-        assert proc.stdout.strip().splitlines()[-1] == "IMPORTED", (argv[0], proc.stdout[-300:])
-    assert yaml.safe_load((tmp_path / "c.yaml").read_text()) == RUN
+def test_help_does_not_import_torch():
+    proc = py("-c", NO_TORCH, "--help")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().splitlines()[-1] == "IMPORTED", proc.stdout[-300:]
 
 
-def test_write_config_rejects_bad_json_in_one_line(tmp_path, capsys):
+def test_train_json_writes_the_exact_config_to_the_run_folder(tmp_path):
+    """`lssr train --json` (how the workflow starts a run): OUT/config.yaml holds the given config, key for key,
+    and the run trained that config (run.json records it with lssr.config's defaults filled in)."""
     from lssr.cli import main
 
-    assert main(["write-config", "--json", "{not json", "--out", str(tmp_path / "c.yaml")]) == 2
+    out = tmp_path / "run"
+    assert main(["train", "--json", json.dumps(RUN), "--out", str(out), "--no-progress"]) == 0
+    assert yaml.safe_load((out / "config.yaml").read_text()) == RUN
+    trained = json.loads((out / "run.json").read_text())["config"]
+    assert trained["data"]["n"] == 64 and trained["optim"]["lr"] == 0.1 and trained["stop"]["steps"] == 1
+
+
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["train", "--json", "{not json"], "config.yaml: --json is not valid JSON"),
+        (["train", "cfg.yaml", "--json", json.dumps(RUN)], "either as YAML files or as --json"),
+        (["train"], "either as YAML files or as --json"),
+        (["train-batch", "--json", json.dumps(RUN), "--json", json.dumps(RUN)], "got 2 --json but 1 --out"),
+    ],
+    ids=["bad-json", "both", "neither", "json-without-out"],
+)
+def test_train_config_arguments_fail_in_one_line(tmp_path, capsys, argv, message):
+    from lssr.cli import main
+
+    cmd = argv[0]
+    assert main([*argv, "--out", str(tmp_path / "run")]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("lssr write-config: error: ") and err.count("\n") == 1 and "not valid JSON" in err
-    assert not (tmp_path / "c.yaml").exists()
+    assert err.startswith(f"lssr {cmd}: error: ") and err.count("\n") == 1 and message in err, err
+    assert not (tmp_path / "run" / "config.yaml").exists()
 
 
 def test_no_module_imports_the_cli():

@@ -677,6 +677,20 @@ def test_parse_spec_and_size():
         D.get_source("nope")
 
 
+def test_source_names_are_the_loaders():
+    """lssr.config validates data sets by lssr.datasets.SOURCE_NAMES (no loader imported); lssr.data.SOURCES holds
+    the loaders: both name the same sources, and the public lssr.data names are the lssr.datasets ones."""
+    import lssr.datasets as names
+
+    assert tuple(D.SOURCES) == names.SOURCE_NAMES
+    assert (D.DataError, D.parse_size, D.parse_spec, D.K) == (
+        names.DataError,
+        names.parse_size,
+        names.parse_spec,
+        names.K,
+    )
+
+
 # ---------------------------------------------------------------------------------------------
 # 5. download paths (monkeypatched; nothing leaves the machine)
 # ---------------------------------------------------------------------------------------------

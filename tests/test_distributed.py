@@ -132,8 +132,9 @@ def test_unsynchronised_batch_norm_would_differ(dp_runs, subset_dir):
 
 
 def test_command_line_float32(subset_dir, tmp_path):
-    """`torchrun ... -m lssr train-batch --data-parallel 2`: float32 data as `lssr` loads them; the same
-    metrics as one process within float32 round-off; rank 0 alone prints and writes.
+    """`torchrun ... -m lssr train-batch --data-parallel 2 --json ...` (as the workflow launches it): float32 data
+    as `lssr` loads them; the same metrics as one process within float32 round-off; rank 0 alone prints and
+    writes; each member's folder holds its config.
 
     The float32 comparison covers one SGD step of wrn28_2 (batch norm, no max-pooling), the horizon on which
     the two engines can differ by round-off alone. Over several steps they cannot be bounded by round-off:
@@ -146,14 +147,14 @@ def test_command_line_float32(subset_dir, tmp_path):
     cfgs = [raw_cfg(32, optim={"lr": lr, "batch_size": 32}, **one_step) for lr in (0.1, 0.05)]
     args = []
     for i, raw in enumerate(cfgs):
-        (tmp_path / f"c{i}.yaml").write_text(yaml.safe_dump(raw))
-        args += ["--config", str(tmp_path / f"c{i}.yaml"), "--out", str(tmp_path / f"run{i}")]
+        args += ["--json", json.dumps(raw), "--out", str(tmp_path / f"run{i}")]
     cmd = launch_command(2).split()[4:]  # after `torchrun --standalone --nproc-per-node 2`
     assert cmd[:2] == ["-m", "lssr"]
     proc = torchrun(*cmd, *args, "--data", str(subset_dir), "--no-progress")
     assert proc.stdout.count(" completed after 1 steps") == 2  # rank 0 only
     data = load_subset(subset_dir)  # float32, the whole test set as `lssr` loads it
     for i, raw in enumerate(cfgs):
+        assert yaml.safe_load((tmp_path / f"run{i}" / "config.yaml").read_text()) == raw
         assert_same_run(tmp_path / f"run{i}", train(config_from_dict(raw), data, progress=False), 1e-4)
 
 

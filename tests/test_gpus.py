@@ -1,11 +1,15 @@
-"""lssr.gpus: one GPU per local job, by exclusive file locks (tested without a GPU)."""
+"""lssr.gpus: one GPU per local job, by exclusive file locks, and the local GPU cap of profiles/default
+(tested without a GPU: stand-in nvidia-smi programs)."""
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
-from lssr.gpus import claim_gpu, release_all
+from lssr.gpus import NO_GPU_CAP, claim_gpu, local_gpu_cap, release_all, visible_gpus
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(autouse=True)
@@ -49,3 +53,45 @@ def test_resolve_device_claims_a_gpu_once_per_process(tmp_path, monkeypatch):
     assert resolve_device("cuda") == torch.device("cuda:1")
     assert resolve_device("auto") == torch.device("cuda:1"), "one claim per process"
     assert resolve_device("cuda:0") == torch.device("cuda:0"), "an explicit index is taken as given"
+
+
+def _fake_nvidia_smi(folder, lines, rc=0):
+    """A stand-in `nvidia-smi` on PATH that prints ``lines`` for `-L` and exits with ``rc``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    exe = folder / "nvidia-smi"
+    body = "".join(f"echo '{line}'\n" for line in lines)
+    exe.write_text(f'#!/bin/sh\n[ "$1" = "-L" ] || exit 2\n{body}exit {rc}\n')
+    exe.chmod(0o755)
+    return str(folder)
+
+
+def test_visible_gpus_from_cuda_visible_devices_or_nvidia_smi(tmp_path):
+    two = _fake_nvidia_smi(tmp_path / "two", ["GPU 0: NVIDIA H100 (UUID: GPU-a)", "GPU 1: NVIDIA H100 (UUID: GPU-b)"])
+    broken = _fake_nvidia_smi(tmp_path / "broken", ["NVIDIA-SMI has failed"], rc=9)
+    empty = str(tmp_path / "none")
+    # CUDA_VISIBLE_DEVICES wins over nvidia-smi; empty entries do not count
+    assert visible_gpus({"CUDA_VISIBLE_DEVICES": "0,1,3", "PATH": two}) == 3
+    assert visible_gpus({"CUDA_VISIBLE_DEVICES": " 2 , 5 ,", "PATH": two}) == 2
+    assert visible_gpus({"CUDA_VISIBLE_DEVICES": "", "PATH": two}) == 0
+    assert visible_gpus({"PATH": two}) == 2
+    assert visible_gpus({"PATH": broken}) == 0
+    assert visible_gpus({"PATH": empty}) == 0
+    assert local_gpu_cap({"PATH": two}) == 2 and local_gpu_cap({"CUDA_VISIBLE_DEVICES": "7"}) == 1
+    assert local_gpu_cap({"PATH": empty}) == local_gpu_cap({"CUDA_VISIBLE_DEVICES": ""}) == NO_GPU_CAP == 1024
+
+
+@pytest.mark.parametrize("cuda,nvidia,want", [("0,1,2", None, 3), (None, 1, 1), (None, 0, 1024)])
+def test_default_profile_caps_local_gpu_jobs_at_the_gpu_count(tmp_path, monkeypatch, cuda, nvidia, want):
+    """profiles/default read as Snakemake reads a profile (yte): its `resources: gpu` is this machine's GPU count."""
+    yte = pytest.importorskip("yte")
+    if cuda is None:
+        monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    else:
+        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", cuda)
+    if nvidia is not None:
+        lines = [f"GPU {i}: NVIDIA A100 (UUID: GPU-{i})" for i in range(nvidia)]
+        monkeypatch.setenv("PATH", _fake_nvidia_smi(tmp_path, lines))
+    with open(ROOT / "profiles" / "default" / "config.yaml") as fh:
+        profile = yte.process_yaml(fh, require_use_yte=True)
+    assert profile["resources"] == {"gpu": want}
+    assert profile["set-resource-scopes"] == {"gpu": "local"}

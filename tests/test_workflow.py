@@ -141,7 +141,6 @@ def test_paper_dag_dry_run(tmp_path):
     n_figs = len(FIGURES)
     expected = {
         "subset": len(used),
-        "run_config": len(runs),
         "train": len(runs) - sum(map(len, groups.values())),
         "table": n_figs,
         "figure": n_figs,
@@ -155,8 +154,11 @@ def test_paper_dag_dry_run(tmp_path):
     # as docs/CONFIGS.md reads paper.yaml: 16 probed runs, 45 Figure-5 groups of 12 η x 3 seeds
     assert (len(runs), len(groups), expected["train"]) == (16 + 45 * 12 * 3, 45, 16)
 
-    planned = [json.loads(c) for c in re.findall(r"lssr write-config --json '(.*?)' --out", out)]
-    assert len(planned) == len(runs)
+    # each training job gets its run's config as --json and writes it to the run folder: one per run, no
+    # separate job per config
+    passed = re.findall(r"--json '(.*?)' --out results/runs/(\S+)", out)
+    assert len(passed) == len({r for _, r in passed}) == len(runs)
+    planned = [json.loads(c) for c, _ in passed]
     for raw in planned:
         d, o = raw["data"], raw["optim"]
         ds = next(k for k, v in paper["datasets"].items() if v["source"] == d["dataset"])
@@ -204,7 +206,44 @@ def test_demo_config_only_without_configfile(tmp_path):
     demo = plan(yaml.safe_load((ROOT / "config" / "demo.yaml").read_text()))
     out = smk(workdir(tmp_path), "-n", "--quiet", "rules", "--cores", "1").stdout
     counts = _job_counts(out)
-    assert counts["run_config"] == len(demo.runs) and counts["subset"] == len(demo.subsets) == 1
+    assert counts["subset"] == len(demo.subsets) == 1
+    assert counts["train"] == len(demo.runs) - len(demo.grouped_runs)
+    assert sum(v for k, v in counts.items() if k.startswith("train_group_")) == len(demo.groups) > 0
+
+
+def test_plan_answers_the_rules_and_refuses_what_it_does_not_plan():
+    """The shell arguments the rules take from the plan, and the one-line NotPlannedError for anything else."""
+    from lssr.workflow import NotPlannedError, plan
+
+    raw = yaml.safe_load((ROOT / "config" / "test.yaml").read_text())
+    raw["datasets"]["folder"] = {"source": "imagefolder", "n": 40, "root": "/data/my images", "num_classes": 4}
+    raw["experiments"]["fig3"]["dataset"] = "folder"
+    p = plan(raw)
+    assert p.subset_args("digits-256-seed0") == "digits-256 --seed 0"
+    assert p.subset_args("imagefolder-40-seed0") == "imagefolder-40 --seed 0 --root '/data/my images' --num-classes 4"
+    (fig3_run,) = p.figure_runs("fig3")
+    assert p.subset_dir(fig3_run) == "results/data/imagefolder-40-seed0"
+    arg = p.config_arg(fig3_run)
+    m = re.fullmatch(r"--json '(.*)' --out results/runs/(\S+)", arg)
+    assert json.loads(m[1]) == p.runs[fig3_run] and m[2] == fig3_run
+
+    with pytest.raises(NotPlannedError) as e:
+        p.subset_args("digits-2k-seed0")
+    assert str(e.value) == (
+        "subset 'digits-2k-seed0' is not planned by this workflow config; planned: digits-256-seed0, "
+        "imagefolder-40-seed0. Subsets come from the data sets the experiments use."
+    )
+    raw["figures"] = ["fig1", "fig2"]
+    few = plan(raw)
+    with pytest.raises(NotPlannedError, match=r"^figure 'fig4' is not planned .*; planned: fig1, fig2\. Add it"):
+        few.figure_runs("fig4")
+    for ask in (p.subset_dir, p.config_arg):
+        with pytest.raises(NotPlannedError) as e:
+            ask("digits-256_digits_cnn_ce_b32_lr0.3_s0_wor")
+        msg = str(e.value)
+        n = len(p.runs)
+        assert n > 12 and f"; {n} are planned, the closest: digits-256_digits_cnn_ce_b32_lr0.2_s0_wor" in msg, msg
+        assert "\n" not in msg
 
 
 def bad_config(tmp_path, mutate):
@@ -423,6 +462,48 @@ def test_snakemake_interrupted_and_restarted_gives_identical_outputs(tmp_path):
     assert not diff, f"outputs differ after interruptions: {diff}"
     resumed = [json.loads((wd / "results" / "runs" / r / "run.json").read_text())["resumed"] for r in resumed_from]
     assert all(resumed), "the killed run did not resume from its checkpoint"
+
+
+def _trained_runs(dry_run_out: str) -> set[str]:
+    """The run ids of the `train` jobs a dry run lists."""
+    blocks = [b for b in dry_run_out.split("\nrule ")[1:] if b.startswith("train:")]
+    return {re.search(r"wildcards: run=(\S+)", b)[1] for b in blocks}
+
+
+@pytest.mark.slow
+def test_each_run_folder_gets_its_config_and_a_changed_config_reruns_only_its_run(tmp_path):
+    """The training jobs write their planned configs (no job per config): every run folder holds its config,
+    key for key as planned; changing one run's probe setting reruns that run alone, the other runs' config.yaml
+    and metrics.csv stay untouched (same bytes, same mtime)."""
+    from lssr.workflow import plan
+
+    raw = yaml.safe_load((ROOT / "config" / "test.yaml").read_text())
+    fig4 = raw["experiments"]["fig4"]
+    fig4.update(gd=[{"loss": "ce", "lr": 0.2}])
+    fig4["sgd"]["batch_sizes"] = [16]
+    raw.update(figures=["fig3", "fig4"], experiments={"fig3": raw["experiments"]["fig3"], "fig4": fig4})
+    wd = workdir(tmp_path)
+    (wd / "cfg.yaml").write_text(yaml.safe_dump(raw))
+    args = ["--cores", "2", "--configfile", "cfg.yaml"]
+    smk(wd, *args)
+    runs = plan(raw).runs
+    assert len(runs) == 3
+    for rid, cfg in runs.items():
+        assert yaml.safe_load((wd / "results" / "runs" / rid / "config.yaml").read_text()) == cfg, rid
+    proc = smk(wd, *args, "-n")
+    assert "Nothing to be done" in proc.stdout + proc.stderr
+
+    raw["experiments"]["fig3"]["probe"]["every"] = 4
+    (wd / "cfg.yaml").write_text(yaml.safe_dump(raw))
+    (fig3_run,) = plan(raw).figures["fig3"]
+    others = [wd / "results" / "runs" / r / f for r in runs if r != fig3_run for f in ("config.yaml", "metrics.csv")]
+    before = {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in others}
+    dry = smk(wd, *args, "-n")
+    assert _trained_runs(dry.stdout + dry.stderr) == {fig3_run}
+    assert "rule train_group_" not in dry.stdout + dry.stderr
+    smk(wd, *args)
+    assert yaml.safe_load((wd / "results" / "runs" / fig3_run / "config.yaml").read_text())["probe"]["every"] == 4
+    assert {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in others} == before
 
 
 def test_snakemake_lint_finds_nothing_but_the_per_rule_conda_suggestion(tmp_path):

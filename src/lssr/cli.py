@@ -1,15 +1,16 @@
 """Command-line interface (``lssr --help``): every sub-command is registered here, and each body is a
-thin call of a typed entry point, imported inside the command so that ``lssr --help`` and
-``lssr write-config`` (run hundreds of times by the workflow) never import torch.
+thin call of a typed entry point, imported inside the command so that ``lssr --help`` never imports torch.
 
-One-way flow: ``subset`` (raw data -> subset) -> ``train`` / ``train-batch`` (subset -> run) ->
+One-way flow: ``subset`` (raw data -> subset) -> ``train`` / ``train-batch`` (subset -> run; given a run config
+as ``--json``, as the workflow does, they first write it to the run folder's ``config.yaml``) ->
 ``table`` (runs -> table) -> ``figure`` (table -> figure) -> ``claims`` (tables -> claims) ->
-``runs-table`` (runs -> the report's run table). ``write-config`` writes one planned run config.
+``runs-table`` (runs -> the report's run table).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from . import LssrError, __version__
 from .registry import FIGURES
 
 DATA_HELP = "subset folder from `lssr subset` (default: build/cache under results/data)"
+JSON_HELP = "the run config as JSON (the workflow's form), written to OUT/config.yaml before training"
 
 
 def _out_folder(out: str) -> str:
@@ -43,11 +45,25 @@ def cmd_subset(args: argparse.Namespace) -> None:
     print(f"wrote subset {spec.name} to {out}")
 
 
-def cmd_train(args: argparse.Namespace) -> None:
-    from .config import load_config, parse_overrides
+def _run_configs(paths: list[str], jsons: list[str], outs: list[str], overrides: dict, write: bool = True) -> list:
+    """Run configs from YAML files, or from JSON texts (the workflow's form), each then written to its
+    ``<out>/config.yaml`` (the run's provenance) unless ``write`` is false."""
+    from .config import load_config
+    from .workflow import write_run_config
 
-    cfg = load_config(args.config, overrides=parse_overrides(args.set))
+    if bool(paths) == bool(jsons):
+        raise LssrError("give the run config(s) either as YAML files or as --json, one of the two")
+    if jsons:
+        return [write_run_config(j, Path(o) / "config.yaml", overrides, write) for j, o in zip(jsons, outs)]
+    return [load_config(c, overrides=overrides) for c in paths]
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    from .config import parse_overrides
+
     _out_folder(args.out)
+    paths, jsons = [args.config] if args.config else [], [args.json_text] if args.json_text else []
+    cfg = _run_configs(paths, jsons, [args.out], parse_overrides(args.set))[0]
     from .training import run_from_config
 
     res = run_from_config(cfg, args.out, data_dir=args.data, progress=not args.no_progress)
@@ -55,24 +71,27 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 
 def cmd_train_batch(args: argparse.Namespace) -> None:
-    from .config import load_config, parse_overrides
+    from .config import parse_overrides
     from .training import BatchConfigError, run_batched_from_configs
 
-    if len(args.config) != len(args.out):
+    given = "--json" if args.json_text else "--config"
+    if len(args.config or args.json_text) != len(args.out):
         raise BatchConfigError(
-            f"got {len(args.config)} --config but {len(args.out)} --out; give one --out per --config, in the same order"
+            f"got {len(args.config or args.json_text)} {given} but {len(args.out)} --out; give one --out per {given}, "
+            "in the same order"
         )
-    overrides = parse_overrides(args.set)
-    cfgs = [load_config(c, overrides=overrides) for c in args.config]
     for out in args.out:
         _out_folder(out)
+    first_rank = args.data_parallel is None or os.environ.get("RANK", "0") == "0"  # under torchrun rank 0 writes
+    cfgs = _run_configs(args.config, args.json_text, args.out, parse_overrides(args.set), write=first_rank)
+    where = args.config or [str(Path(o) / "config.yaml") for o in args.out]
     if args.data_parallel is not None:  # under torchrun: one process per GPU; results (printed) on rank 0 only
         if args.members_per_pass is not None:
             raise BatchConfigError("--members-per-pass does not apply with --data-parallel (one member at a time)")
         from .training.distributed import run_data_parallel_from_configs
 
         res = run_data_parallel_from_configs(
-            cfgs, args.out, args.data_parallel, data_dir=args.data, progress=not args.no_progress, where=args.config
+            cfgs, args.out, args.data_parallel, data_dir=args.data, progress=not args.no_progress, where=where
         )
     else:
         res = run_batched_from_configs(
@@ -81,16 +100,10 @@ def cmd_train_batch(args: argparse.Namespace) -> None:
             data_dir=args.data,
             progress=not args.no_progress,
             members_per_pass=args.members_per_pass,
-            where=args.config,
+            where=where,
         )
     for c, r, out in zip(cfgs, res, args.out):
         print(f"run η={c.optim.lr:g} {r.status} after {r.steps} steps in {r.wall_time:.1f}s -> {out}")
-
-
-def cmd_write_config(args: argparse.Namespace) -> None:
-    from .workflow import write_run_config
-
-    write_run_config(args.json_text, args.out)
 
 
 def cmd_table(args: argparse.Namespace) -> None:
@@ -168,7 +181,8 @@ def _add_data_commands(sub) -> None:
 
 def _add_train_commands(sub) -> None:
     t = sub.add_parser("train", help="train one run from a YAML run config")
-    t.add_argument("config", help="run config YAML")
+    t.add_argument("config", nargs="?", help="run config YAML (or give --json)")
+    t.add_argument("--json", dest="json_text", help=JSON_HELP)
     t.add_argument("--out", required=True, help="output folder (metrics.csv, run.json, model.pt)")
     t.add_argument("--data", default=None, help=DATA_HELP)
     t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
@@ -182,8 +196,9 @@ def _add_train_commands(sub) -> None:
         "thresholds in one process (torch.func.vmap over stacked parameters). Each member writes the same "
         "outputs as `lssr train`.",
     )
+    b.add_argument("--config", action="append", default=[], metavar="YAML", help="run config (repeat, one per member)")
     b.add_argument(
-        "--config", action="append", required=True, metavar="YAML", help="run config (repeat, one per member)"
+        "--json", action="append", default=[], dest="json_text", metavar="JSON", help=JSON_HELP + " (repeat)"
     )
     b.add_argument(
         "--out", action="append", required=True, metavar="DIR", help="output folder (repeat, same order as --config)"
@@ -203,11 +218,6 @@ def _add_train_commands(sub) -> None:
     )
     b.add_argument("--no-progress", action="store_true")
     b.set_defaults(func=cmd_train_batch)
-
-    w = sub.add_parser("write-config", help="validate a run config given as JSON and write it as YAML")
-    w.add_argument("--json", required=True, dest="json_text")
-    w.add_argument("--out", required=True)
-    w.set_defaults(func=cmd_write_config)
 
 
 def _add_result_commands(sub) -> None:

@@ -5,12 +5,16 @@ the machine has GPUs, profiles/default) puts one job on each GPU instead of all 
 A claim is an exclusive, non-blocking ``flock`` on ``<lock_dir>/lssr-gpu-<i>.lock``, held until the process
 exits (the kernel releases it even after SIGKILL). On a cluster node that shows the job one GPU, nothing is
 claimed. Pure standard library: the caller passes the visible-GPU count.
+
+:func:`local_gpu_cap` is the local ``gpu`` resource of profiles/default: how many GPU jobs this machine runs at once.
 """
 
 from __future__ import annotations
 
 import fcntl
 import os
+import shutil
+import subprocess
 import tempfile
 import warnings
 from pathlib import Path
@@ -65,3 +69,32 @@ def release_all() -> None:
     while _HELD:
         _HELD.pop().close()
     _CLAIMED.clear()
+
+
+# A machine without GPUs caps nothing: a cap also clamps what one job asks for (Snakemake lowers a job's gpu=2 to
+# the cap), and a submit host without GPUs must not turn a data-parallel job's gpu=2 into 1. A local CUDA run
+# there fails anyway, in the training job, saying that CUDA is missing.
+NO_GPU_CAP = 1024
+
+
+def visible_gpus(environ: dict | None = None) -> int:
+    """How many GPUs a process started here sees: the entries of ``CUDA_VISIBLE_DEVICES`` when it is set (empty:
+    none), else the ``GPU ...`` lines of ``nvidia-smi -L`` (0 when nvidia-smi is missing or fails)."""
+    environ = os.environ if environ is None else environ
+    if "CUDA_VISIBLE_DEVICES" in environ:
+        return len([d for d in environ["CUDA_VISIBLE_DEVICES"].split(",") if d.strip()])
+    exe = shutil.which("nvidia-smi", path=environ.get("PATH"))
+    if exe is None:
+        return 0
+    try:
+        out = subprocess.run([exe, "-L"], capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.SubprocessError):
+        return 0
+    return sum(line.startswith("GPU ") for line in out.splitlines())
+
+
+def local_gpu_cap(environ: dict | None = None) -> int:
+    """The ``gpu`` resource of a local Snakemake run (profiles/default): one training job per visible GPU, or
+    :data:`NO_GPU_CAP` on a machine without GPUs."""
+    n = visible_gpus(environ)
+    return n if n > 0 else NO_GPU_CAP

@@ -1,4 +1,7 @@
-"""Atomic output helpers: write to a temporary file in the target folder, then rename."""
+"""Atomic output helpers: write to a temporary file in the target folder, then rename.
+
+The renamed file gets the permissions a plain ``open(path, "w")`` would give it (0666 less the user's umask,
+e.g. 0644 under umask 022, 0664 under 002), not the private 0600 of a ``mkstemp`` file."""
 
 from __future__ import annotations
 
@@ -8,6 +11,14 @@ import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
+
+
+def _umask() -> int:
+    """The process's umask. ``os.umask`` reads it only by setting it, so it is set to 077 for a moment (a file
+    another thread creates meanwhile is then private, never more open than the user's umask allows)."""
+    mask = os.umask(0o077)
+    os.umask(mask)
+    return mask
 
 
 @contextmanager
@@ -20,8 +31,11 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        os.close(fd)
         tmp_path = Path(tmp)
+        try:
+            os.fchmod(fd, 0o666 & ~_umask())
+        finally:
+            os.close(fd)
         yield tmp_path
         os.replace(tmp_path, path)
     except OSError as exc:

@@ -8,6 +8,11 @@ value rules in :mod:`lssr.config`) describes experiments per figure; :func:`plan
 - ``figures``: figure name -> the run ids its table needs,
 - ``settings``: the top-level settings (:class:`lssr.config.WorkflowSettings`: resources, batch_runs, ...).
 
+The .smk rules read the plan through the methods of :class:`Plan` (the shell arguments of a subset, a run or a
+Figure-5 group), which answer a path the config does not plan with a one-line :class:`NotPlannedError` naming
+what is planned. Each training job receives its run config as JSON and writes it to ``<run>/config.yaml``
+itself (:func:`write_run_config`): no separate job per run config.
+
 A run id is readable and stable, built from (data set, model, loss, b, η, seed, sampling), e.g.
 ``digits-1k_digits_cnn_ce_b32_lr0.1_s0_wor``. A run requested by two figures is planned once; the
 probe settings the figures ask for are merged (probe every min, union of batch sizes, max of sample
@@ -18,7 +23,11 @@ out which runs exist.
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import json
+import shlex
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from . import LssrError
@@ -29,15 +38,31 @@ from .config import (
     ConfigError,
     ModelConfig,
     Resources,
+    RunConfig,
     WorkflowSettings,
     config_from_dict,
     data_parallel_config,
     dataset_config,
+    deep_update,
     default_of,
     workflow_settings,
 )
 from .data import K, SubsetSpec
 from .registry import FIGURES
+
+
+class NotPlannedError(LssrError):
+    """A path names a subset, run or figure that the workflow config does not plan."""
+
+
+def _not_planned(what: str, name: str, planned: list[str], fix: str) -> NotPlannedError:
+    """One line: what is not planned, then the planned names (all of a few, the closest of many) and the fix."""
+    if len(planned) <= 12:
+        listed = f"planned: {', '.join(planned) or 'none'}"
+    else:
+        close = difflib.get_close_matches(name, planned, n=3, cutoff=0) or planned[:3]
+        listed = f"{len(planned)} are planned, the closest: {', '.join(close)}"
+    return NotPlannedError(f"{what} '{name}' is not planned by this workflow config; {listed}. {fix}")
 
 
 @dataclass
@@ -80,6 +105,45 @@ class Plan:
     def grouped_runs(self) -> set[str]:
         """Runs trained by a batched group job (``batch_runs: true``), not by the single-run rule."""
         return {r for g in self.groups.values() for r in g} if self.settings.batch_runs else set()
+
+    # -- what the rules ask the plan (a clear error for a path the config does not plan) --------------------------
+
+    def subset_args(self, name: str) -> str:
+        """The arguments of ``lssr subset`` (before ``--out``) that build the planned subset ``name``."""
+        if name not in self.subsets:
+            raise _not_planned(
+                "subset", name, sorted(self.subsets), "Subsets come from the data sets the experiments use."
+            )
+        s = self.subsets[name]
+        args = [s["spec"], "--seed", str(s["seed"])]
+        if s["root"]:
+            args += ["--root", shlex.quote(str(s["root"]))]
+        if s["download"]:
+            args.append("--download")
+        if s["resize"]:
+            args += ["--resize", str(s["resize"])]
+        if s["num_classes"]:
+            args += ["--num-classes", str(s["num_classes"])]
+        return " ".join(args)
+
+    def subset_dir(self, rid: str) -> str:
+        """The subset folder a planned run trains on: ``results/data/<subset>``."""
+        if rid not in self.runs:
+            raise _not_planned("run", rid, sorted(self.runs), "Run ids are listed by `snakemake -n`.")
+        return f"results/data/{self.run_subset[rid]}"
+
+    def config_arg(self, rid: str) -> str:
+        """``--json '<config>' --out results/runs/<rid>``: a run's planned config, for ``lssr train`` /
+        ``train-batch``, which write it to ``<rid>/config.yaml`` before training."""
+        self.subset_dir(rid)  # raises for a run that is not planned
+        text = json.dumps(self.runs[rid], sort_keys=True)
+        return f"--json {shlex.quote(text)} --out results/runs/{rid}"
+
+    def figure_runs(self, fig: str) -> list[str]:
+        """The run ids a planned figure's table reads."""
+        if fig not in self.figures:
+            raise _not_planned("figure", fig, list(self.figures), "Add it to 'figures:' in the workflow config.")
+        return self.figures[fig]
 
 
 def _fmt_lr(lr: float) -> str:
@@ -316,10 +380,10 @@ def _plan_runtimes(p: Plan) -> None:
     }
 
 
-def write_run_config(json_text: str, out: str) -> None:
-    """Validate a run config given as JSON and write it as YAML (atomically)."""
-    import json
-
+def write_run_config(json_text: str, out: str | Path, overrides: dict | None = None, write: bool = True) -> RunConfig:
+    """A run config given as JSON (the form the workflow passes to the training jobs), with optional nested
+    overrides: validated, written as YAML to ``out`` (atomically) for provenance, and returned. ``write=False``
+    validates only (the ranks after the first of a data-parallel launch, which write nothing)."""
     import yaml
 
     from .io import write_text
@@ -328,5 +392,9 @@ def write_run_config(json_text: str, out: str) -> None:
         raw = json.loads(json_text)
     except json.JSONDecodeError as exc:
         raise ConfigError(f"{out}: --json is not valid JSON ({exc})") from None
-    config_from_dict(raw, where=out)
-    write_text(out, yaml.safe_dump(raw, sort_keys=False))
+    if overrides:
+        raw = deep_update(raw, overrides)
+    cfg = config_from_dict(raw, where=str(out))
+    if write:
+        write_text(out, yaml.safe_dump(raw, sort_keys=False))
+    return cfg

@@ -1,10 +1,9 @@
 # Planning only: lssr.workflow.plan expands the validated config into subsets, runs and
 # figure inputs. No science here.
-import json
 import os
 import re
 
-from lssr.registry import claim_tables
+from lssr.registry import FIGURES, claim_tables
 from lssr.workflow import plan
 
 # Defaults (resources, batch_runs, run keys) come from lssr.config through the plan.
@@ -27,7 +26,6 @@ JOB_RESOURCES = PLAN.settings.job_resources()
 # Bookkeeping (milliseconds each): run on the submitting host, never as cluster jobs.
 localrules:
     all,
-    run_config,
     runs_table,
     verdicts,
 
@@ -41,10 +39,13 @@ SINGLE_RUN = (
 )
 
 
+# A figure name outside the registry (figures/fig9.pdf) matches no rule: Snakemake's "No rule to produce". A
+# registered figure, subset or run that this config does not plan is answered by the plan (lssr.workflow.Plan)
+# with a one-line error naming what is planned.
 wildcard_constraints:
     run=r"[^/]+",
     subset=r"[^/]+",
-    fig=r"fig[0-9A-Z]+",
+    fig="|".join(re.escape(f) for f in FIGURES),
 
 
 def run_dirs(runs):

@@ -3,13 +3,13 @@
 
 rule table:
     input:
-        lambda w: run_files(PLAN.figures.get(w.fig, [])),
+        lambda w: run_files(PLAN.figure_runs(w.fig)),
     output:
         "results/tables/{fig}.csv",
     log:
         "results/logs/table/{fig}.log",
     params:
-        runs=lambda w: " ".join(run_dirs(PLAN.figures.get(w.fig, []))),
+        runs=lambda w: " ".join(run_dirs(PLAN.figure_runs(w.fig))),
     shell:
         "lssr table {wildcards.fig} --runs {params.runs} --out {output} > {log} 2>&1"
 

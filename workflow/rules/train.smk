@@ -1,19 +1,11 @@
-rule run_config:
-    output:
-        "results/runs/{run}/config.yaml",
-    log:
-        "results/logs/config/{run}.log",
-    params:
-        cfg=lambda w: json.dumps(RUNS[w.run], sort_keys=True),
-    shell:
-        "lssr write-config --json '{params.cfg}' --out {output} > {log} 2>&1"
-
-
+# Each training job writes its run's planned config to results/runs/<run>/config.yaml before it trains (lssr
+# train --json): the config is a parameter of the job, so a changed config reruns that job (Snakemake's params
+# trigger) and no other.
 rule train:
     input:
-        config="results/runs/{run}/config.yaml",
-        data=lambda w: f"results/data/{PLAN.run_subset[w.run]}/manifest.json",
+        data=lambda w: f"{PLAN.subset_dir(w.run)}/manifest.json",
     output:
+        config="results/runs/{run}/config.yaml",
         metrics="results/runs/{run}/metrics.csv",
         run="results/runs/{run}/run.json",
     log:
@@ -27,9 +19,10 @@ rule train:
         **JOB_RESOURCES,
         runtime=lambda w: PLAN.runtime[w.run],
     params:
-        data=lambda w: f"results/data/{PLAN.run_subset[w.run]}",
+        config=lambda w: PLAN.config_arg(w.run),
+        data=lambda w: PLAN.subset_dir(w.run),
     shell:
-        "lssr train {input.config} --data {params.data} --out results/runs/{wildcards.run} > {log} 2>&1"
+        "lssr train {params.config} --data {params.data} > {log} 2>&1"
 
 
 # With `batch_runs: true`, the Figure-5 runs of one (data set, b) that differ only in η are trained
@@ -42,9 +35,9 @@ if PLAN.settings.batch_runs:
             name:
                 f"train_group_{re.sub(r'[^0-9A-Za-z_]', '_', _group)}"
             input:
-                configs=[f"results/runs/{r}/config.yaml" for r in _members],
-                data=f"results/data/{PLAN.run_subset[_members[0]]}/manifest.json",
+                data=f"{PLAN.subset_dir(_members[0])}/manifest.json",
             output:
+                configs=[f"results/runs/{r}/config.yaml" for r in _members],
                 metrics=[f"results/runs/{r}/metrics.csv" for r in _members],
                 run=[f"results/runs/{r}/run.json" for r in _members],
             log:
@@ -56,10 +49,7 @@ if PLAN.settings.batch_runs:
                 **PLAN.group_resources(_group),  # gpu = R for a data-parallel cell
             params:
                 launch=PLAN.group_command(_group),  # torchrun over R GPUs for a data-parallel cell
-                args=" ".join(
-                    f"--config results/runs/{r}/config.yaml --out results/runs/{r}"
-                    for r in _members
-                ),
+                args=" ".join(PLAN.config_arg(r) for r in _members),
                 data=lambda w, input: os.path.dirname(input.data),
             shell:
                 "{params.launch} {params.args} --data {params.data} > {log} 2>&1"

@@ -35,6 +35,7 @@ from typing import Any, Union
 import yaml
 
 from .. import LssrError
+from ..datasets import SOURCE_NAMES, DataError, parse_size
 
 MODEL_NAMES = ("cnn6", "digits_cnn", "resnet9", "wrn28_2")
 LOSS_NAMES = ("ce", "mse")
@@ -233,12 +234,10 @@ def _bad(where: str):
 
 def _check_data(d: DataConfig, where: str, prefix: str = "data.") -> None:
     """The subset: a known source, n >= 1, and the bounds the workflow schema states."""
-    from ..data import SOURCES
-
     bad = _bad(where)
-    if d.dataset not in SOURCES:
+    if d.dataset not in SOURCE_NAMES:
         key = "source" if prefix != "data." else "dataset"
-        raise bad(prefix + key, d.dataset, f"known data sets: {', '.join(sorted(SOURCES))}")
+        raise bad(prefix + key, d.dataset, f"known data sets: {', '.join(sorted(SOURCE_NAMES))}")
     if d.n < 1:
         raise bad(prefix + "n", d.n, "must be >= 1")
     if d.seed < 0:
@@ -339,8 +338,6 @@ def config_from_dict(raw: dict, where: str = "config") -> RunConfig:
     raw = dict(raw)
     data = raw.get("data")
     if isinstance(data, dict) and isinstance(data.get("n"), str):
-        from ..data import DataError, parse_size
-
         data = dict(data)
         try:
             data["n"] = parse_size(data["n"])

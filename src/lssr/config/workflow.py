@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+from ..datasets import DataError, parse_size
 from ..registry import FIGURES
 from .run import ConfigError, DataConfig, RunConfig, _bad, _check_data, _from_dict, _valid_device
 
@@ -106,8 +108,6 @@ def data_parallel_config(raw, grids: dict[str, list[int]], batch_runs: bool, whe
 
 def dataset_config(name: str, entry: dict, where: str = "workflow config") -> DataConfig:
     """A ``datasets:`` entry ({source, n, seed, root, ...}) as the :class:`DataConfig` of its runs."""
-    from ..data import DataError, parse_size
-
     raw = dict(entry)
     if "source" not in raw or "n" not in raw:
         raise ConfigError(f"{where}: data set '{name}' needs 'source' and 'n'")
@@ -119,3 +119,20 @@ def dataset_config(name: str, entry: dict, where: str = "workflow config") -> Da
     data = _from_dict(DataConfig, raw, where, prefix=f"datasets.{name}.")
     _check_data(data, where, prefix=f"datasets.{name}.")
     return data
+
+
+def check_workflow_schema(cfg: Any, schema_file: str | Path) -> None:
+    """The workflow config against its JSON schema (workflow/schemas/config.schema.yaml: types and allowed keys;
+    the value rules are this package's). The most relevant violation, as a one-line :class:`ConfigError` naming
+    the key."""
+    import jsonschema
+    import yaml
+
+    schema = yaml.safe_load(Path(schema_file).read_text(encoding="utf-8"))
+    validator = jsonschema.validators.validator_for(schema)(schema)
+    error = jsonschema.exceptions.best_match(validator.iter_errors(cfg))
+    if error is None:
+        return
+    key = ".".join(str(p) for p in error.absolute_path)
+    where = f"key '{key}'" if key else "top level"
+    raise ConfigError(f"workflow config, {where}: {error.message} (the keys and types are in {schema_file})")

@@ -5,16 +5,17 @@
 - :mod:`lssr.data.subset`: the paper's ``DATASET-n`` notation (k = 1024), the stratified seeded choice of
   n samples, ``data.pt`` + ``manifest.json`` on disk, and loading a subset standardized per channel.
 
-Importing this package does not import torch (planning a workflow stays fast).
+The names of the sources, the ``DATASET-n`` notation (``K``, :func:`parse_size`, :func:`parse_spec`) and
+:class:`DataError` live in :mod:`lssr.datasets` (below both this package and :mod:`lssr.config`) and are
+re-exported here. Importing this package does not import torch (planning a workflow stays fast).
 """
 
+from ..datasets import SOURCE_NAMES, DataError, K, parse_size, parse_spec
 from .sources import (
     IMAGE_SUFFIXES,
     SOURCES,
     TINY_IMAGENET_MD5,
     TINY_IMAGENET_URL,
-    DataError,
-    K,
     RawSplits,
     get_source,
     load_cifar,
@@ -28,8 +29,6 @@ from .subset import (
     SubsetSpec,
     build_subset,
     load_subset,
-    parse_size,
-    parse_spec,
     sha256_array,
     stratified_indices,
 )
@@ -38,6 +37,7 @@ __all__ = [
     "IMAGE_SUFFIXES",
     "K",
     "SOURCES",
+    "SOURCE_NAMES",
     "TINY_IMAGENET_MD5",
     "TINY_IMAGENET_URL",
     "DataError",

@@ -17,16 +17,11 @@ from typing import Callable
 
 import numpy as np
 
-from .. import LssrError
+from ..datasets import DataError, K
 
-K = 1024
 TINY_IMAGENET_URL = "http://cs231n.stanford.edu/tiny-imagenet-200.zip"
 TINY_IMAGENET_MD5 = "90528d7ca1a48142e341f4ef8d21d0de"
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".gif", ".tif", ".tiff", ".webp"}
-
-
-class DataError(LssrError):
-    """Bad or missing data: the message names the path or value and the fix."""
 
 
 @dataclass(frozen=True)

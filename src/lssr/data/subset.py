@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -19,31 +18,12 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ..config import DataConfig
+from ..datasets import DataError, K
 from ..io import torch_save, write_json
-from .sources import SOURCES, DataError, K, RawSplits, get_source
+from .sources import RawSplits, get_source
 
 if TYPE_CHECKING:  # torch is imported lazily so that planning a workflow stays fast
     import torch
-
-
-def parse_size(text: str | int) -> int:
-    """Parse a subset size: ``8k`` -> 8192 (k = 1024), ``1000`` -> 1000."""
-    if isinstance(text, int):
-        return text
-    m = re.fullmatch(r"(\d+)(k?)", str(text).strip().lower())
-    if not m:
-        raise DataError(f"subset size {text!r} is not understood: use an integer like 1000 or '8k' (k = 1024)")
-    return int(m.group(1)) * (K if m.group(2) else 1)
-
-
-def parse_spec(spec: str) -> tuple[str, int]:
-    """Parse the paper's ``DATASET-n`` notation: ``cifar10-8k`` -> (``cifar10``, 8192)."""
-    if "-" not in spec:
-        raise DataError(f"data set spec {spec!r} must look like NAME-N, e.g. cifar10-8k or digits-1k")
-    name, size = spec.rsplit("-", 1)
-    if name not in SOURCES:
-        raise DataError(f"unknown data set {name!r} in {spec!r}; known: {', '.join(sorted(SOURCES))}")
-    return name, parse_size(size)
 
 
 def stratified_indices(labels: np.ndarray, n: int, num_classes: int, seed: int) -> np.ndarray:
