@@ -34,6 +34,7 @@ from .workflow import (
     data_parallel_config,
     dataset_config,
     default_of,
+    fig5_seeds,
     workflow_settings,
 )
 
@@ -41,5 +42,5 @@ __all__ = [
     "ACTIVATION_CHECKPOINTING", "BN_MODES", "ESTIMATORS", "LOSS_NAMES", "MODEL_NAMES", "ConfigError", "DataConfig",
     "ModelConfig", "OptimConfig", "ProbeConfig", "RunConfig", "StopConfig", "config_from_dict", "deep_update",
     "load_config", "parse_overrides", "MIN_BATCH_SIZE", "RUN_KEYS", "STOP_KEYS", "Resources", "WorkflowSettings",
-    "data_parallel_config", "dataset_config", "default_of", "workflow_settings",
+    "data_parallel_config", "dataset_config", "default_of", "fig5_seeds", "workflow_settings",
 ]  # fmt: skip
