@@ -356,6 +356,20 @@ def test_fig2_whole_run_with_phases(runs):
     assert (eos["norm_change"] < eos["ref_line"]).all()
 
 
+def test_instability_ratio_se_from_the_sketch(tmp_path):
+    """The instability ratio's se is se(tr(H S_b))/tr(S_n); without a per-b se, γ_{n,b}/b times se(tr(H S_1)); GD: 0."""
+    d = sgd_diag(0.02, 32)
+    d["tr_HS_b_32_se"] = 0.1 * d["tr_HS_b_32"]
+    t = fig1.build([write_run(tmp_path / "s", b=32, lr=0.02, diag=d)])
+    np.testing.assert_allclose(t["instability_ratio_se"], 0.1 * t["instability_ratio"], rtol=1e-9)
+    d = d.drop(columns=["tr_HS_b_32_se"]).assign(tr_HS_1_se=2.0)
+    t = fig2.build([write_run(tmp_path / "s1", b=32, lr=0.02, diag=d)])
+    gamma_over_b = (N - 32) / (N - 1) / 32
+    np.testing.assert_allclose(t["instability_ratio_se"], gamma_over_b * 2.0 / t["tr_S_n"], rtol=1e-9)
+    gd, _ = gd_diag(0.02, "mse", converge_at=None)
+    assert (fig2.build([write_run(tmp_path / "g", loss="mse", diag=gd)])["instability_ratio_se"] == 0).all()
+
+
 def test_instability_rebuilt_from_eq1_when_column_missing(tmp_path):
     d = sgd_diag(0.02, 64, probe_bs=(8,))
     full = d.copy()
@@ -504,6 +518,41 @@ def test_fig5_seed_aggregation(tmp_path):
     assert cells.loc[0.1, "test_acc"] == pytest.approx(0.7) and not cells.loc[0.1, "diverged"]
     assert cells.loc[0.1, "n_seeds"] == 3 and cells.loc[0.1, "is_best"]
     assert cells.loc[0.2, "diverged"] and not cells.loc[0.2, "is_best"]
+
+
+def test_fig5_best_eta_at_the_grid_edge_is_censored(runs):
+    """tiny_ds probes η = 2^-3..2^-1 while the optimum c·ρ_b (c = 1/2) lies below 2^-3 for b = 8, 16: the best η is the
+    smallest probed one, flagged ``low``; lssr_ds's optima lie inside its η grid: not flagged."""
+    t = fig5.build(runs["heat"])
+    best = t[(t["kind"] == "cell") & t["is_best"]]
+    assert set(best.loc[best["dataset"] == "tiny_ds", "censored"]) == {"low"}
+    assert set(best.loc[best["dataset"] == "lssr_ds", "censored"]) == {""}
+
+
+def test_fig5_resampling_draws_each_cells_seeds_independently():
+    """Each cell draws as many seeds as it has from its own seeds; two cells' draws are independent (whole-seed
+    resampling would give them identical counts), and a cell with one seed always gets it."""
+    present = np.ones((3, 2, 2), dtype=bool)
+    present[1:, 1, 1] = False  # cell (1, 1) has seed 0 only
+    rng = np.random.default_rng(0)
+    w = np.array([fig5.resample_weights(present, rng) for _ in range(4000)])
+    np.testing.assert_array_equal(w.sum(axis=1), np.broadcast_to(present.sum(axis=0), (4000, 2, 2)))
+    assert (w[:, 0, 1, 1] == 1).all() and (w[:, 1:, 1, 1] == 0).all()
+    a, b = w[:, 0, 0, 0], w[:, 0, 0, 1]
+    assert abs(np.corrcoef(a, b)[0, 1]) < 0.05  # independent cells
+    assert a.mean() == pytest.approx(1.0, abs=0.05) and a.var() == pytest.approx(2 / 3, abs=0.05)  # Binomial(3, 1/3)
+
+
+def test_fig5_largest_stable_eta():
+    """Per b the largest η below the first diverged cell (a later non-diverged cell does not count); −1 when the
+    smallest η already diverged."""
+    div = np.zeros((1, 3, 4), dtype=bool)
+    div[0, 0, 2:] = True  # b0: η0, η1 stable
+    div[0, 1, 1] = True  # b1: η1 diverged, η2 not: the edge is η0
+    div[0, 2, :] = True  # b2: nothing stable
+    present = np.ones_like(div)
+    np.testing.assert_array_equal(fig5.largest_stable_index(div, present, np.ones(1)), [1, 0, -1])
+    np.testing.assert_array_equal(fig5.censored(np.array([3, 0, -1]), present), ["high", "low", ""])
 
 
 # ---------------------------------------------------------------------------------------------
