@@ -43,15 +43,17 @@ def test_c1_pass_fail_and_too_few_points():
 
 
 def test_trap_c1_noisy_x_does_not_fail_the_quadratic_slope():
-    """Slope exactly η²/2 but x noisy at a relative se of 15% (reliability ≈ 0.7): least squares flattens the slope
-    to ≈ 0.7 η²/2 (a fail by 20%); the errors-in-variables interval holds 1, so C1 is not failed."""
-    t = loss_table(1.0, 40, "early", x0=10.0, x1=30.0, x_rel_se=0.15)
-    r = pd.DataFrame(edge.claim_c1(t))
-    slope_row = r[r["statistic"].str.startswith("|slope")].iloc[0]
-    assert slope_row["verdict"] in ("pass", "inconclusive")
-    assert abs(slope_row["estimate"] / (ETA**2 / 2) - 1) < 0.2  # the corrected slope is not flattened
+    """Slope exactly η²/2 but x noisy at a relative se of 25% (reliability ≈ 0.75): least squares flattens the slope
+    to ≈ 0.75-0.8 η²/2, a fail by the 20% band that flips with the draws; the errors-in-variables interval holds 1,
+    so C1's slope is not failed for any draw."""
+    for seed in range(3):
+        t = loss_table(1.0, 40, "early", x0=5.0, x1=35.0, x_rel_se=0.25, seed=seed)
+        r = pd.DataFrame(edge.claim_c1(t))
+        slope_row = r[r["statistic"].str.startswith("|slope")].iloc[0]
+        assert slope_row["verdict"] in ("pass", "inconclusive") and slope_row["ci_lo"] == 0.0
+        assert abs(slope_row["estimate"] / (ETA**2 / 2) - 1) < 0.1  # the corrected slope is not flattened
     # a slope truly 50% too gentle with the same noise still fails
-    assert verdict_of(edge.claim_c1(loss_table(0.5, 40, "early", 10.0, 30.0, x_rel_se=0.15)), "|slope") == ["fail"]
+    assert verdict_of(edge.claim_c1(loss_table(0.5, 40, "early", 5.0, 35.0, x_rel_se=0.25)), "|slope") == ["fail"]
 
 
 def test_c6_gentler_slope_after_the_edge():
@@ -217,10 +219,9 @@ def test_trap_pooled_rows_leave_out_the_trivial_b_equal_n():
     t_n["rho_b"] = t_n["resultant"] = t_n["rho_b_eq12"] = 1.0
     t["rho_b"] = 0.39
     d = pd.concat([t, t_n], ignore_index=True)
-    pooled_k1 = pd.DataFrame(iir.check_k1(d)).set_index("subject")
-    pooled_c4 = pd.DataFrame(iir.claim_c4(d)).set_index("subject")
-    assert pooled_k1.loc["all b < n", "verdict"] == "fail" and pooled_k1.loc["all b < n", "n_points"] == 10
-    assert pooled_c4.loc["all b < n", "verdict"] == "fail" and pooled_c4.loc["all b < n", "n_points"] == 10
+    for rows in (iir.check_k1(d), iir.claim_c4(d)):
+        pooled = pd.DataFrame(rows).query("subject.str.startswith('all b')").iloc[0]
+        assert pooled["verdict"] == "fail" and pooled["n_points"] == 10 and pooled["subject"] == "all b < n"
 
 
 # --- C5: best η per b over seeds -----------------------------------------------------------------------------
@@ -256,7 +257,9 @@ def test_eq12_best_eta_is_linear_then_flat():
 
 
 def c5(table) -> pd.DataFrame:
-    return pd.DataFrame(rules.claim_c5(table)).set_index(pd.Index(["best", "stable"]))
+    """C5's rows indexed ``best`` / ``stable`` (the largest stable η row)."""
+    r = pd.DataFrame(rules.claim_c5(table))
+    return r.set_index(np.where(r["statistic"].str.contains("largest stable"), "stable", "best"))
 
 
 def test_c5_out_of_sample_with_seeds():
@@ -414,7 +417,7 @@ def test_trap_c8_a_single_spike_is_not_alignment():
 
 def test_trap_c8_aligned_before_the_crossing_is_not_a_rise():
     r = alignment.claim_c8(s1_table(0.9, -0.5, cos_before=0.9))
-    assert verdict_of(r, "median") == ["fail"]
+    assert verdict_of(r) == ["fail", "pass"]  # no rise, though aligned after
 
 
 def test_c8_unresolved_crossing_is_not_enough_data():
