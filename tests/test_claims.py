@@ -201,6 +201,7 @@ def test_c4_rho_b_against_the_resultant_and_k1():
     k1 = pd.DataFrame(iir.check_k1(c5_table(1.0, 0.3)))
     assert set(k1["kind"]) == {"check"} and set(k1["verdict"]) == {"fail"}
     assert set(verdict_of(iir.check_k1(c5_table(1.0, 0.02)))) == {"pass"}
+    assert set(verdict_of(iir.check_k1(c5_table(1.0, 0.02, n=2)))) == {"not-enough-data"}
     assert "std‖g_b‖/E‖g_b‖ = 0.1" in pd.DataFrame(iir.claim_c4(c5_table(1.0, 0.0)))["notes"].iloc[0]
 
 

@@ -63,7 +63,9 @@ def _fit_notes(fit: dict, has_se: bool) -> str:
 
 
 def _abs_dev(lo: float, hi: float) -> tuple[float, float]:
-    """The interval of |r − 1| for r in [lo, hi]."""
+    """The interval of |r − 1| for r in [lo, hi] (NaN when either end is undefined)."""
+    if np.isnan(lo) or np.isnan(hi):
+        return np.nan, np.nan
     a, b = abs(lo - 1), abs(hi - 1)
     return (0.0, max(a, b)) if lo <= 1 <= hi else (min(a, b), max(a, b))
 
