@@ -51,7 +51,7 @@ def _c8_run(g: pd.DataFrame) -> list[dict]:
     else:
         before = finite(cos_all[(steps >= cross - C8_FEW_STEPS) & (steps <= cross)])
         after = finite(cos_all[(steps > cross) & (steps <= cross + C8_FEW_STEPS)])
-        window = (f"before: steps {int(cross) - C8_FEW_STEPS}-{int(cross)}, after: steps {int(cross) + 1}-"
+        window = (f"before: steps {max(int(cross) - C8_FEW_STEPS, 0)}-{int(cross)}, after: steps {int(cross) + 1}-"
                   f"{int(cross) + C8_FEW_STEPS} (‖H‖ first > 2/η at probed step {int(cross)})")  # fmt: skip
         prev = steps[steps < cross]
         gap = cross - prev.max() if len(prev) else np.inf

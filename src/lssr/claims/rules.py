@@ -165,7 +165,7 @@ def _row(ds: str, s: pd.DataFrame, which: str) -> dict:
         why,
         f"{label}: " + ("argmax of the mean test accuracy over seeds (non-diverged cells)" if which == "best"
                         else "the largest η whose cell and every smaller η's cell did not diverge"),
-        "leave-one-out RMSE: " + ", ".join(f"{m} {v:.3g}" for m, v in loo.items()),
+        ("leave-one-out RMSE: " + ", ".join(f"{m} {v:.3g}" for m, v in loo.items())) if loo else "",
         f"{BOOT_LEVEL:.0%} bootstrap interval (each cell's seeds resampled) [{lo:.3g}, {hi:.3g}] ({N_BOOT} resamples, "
         f"seed {BOOT_SEED})" if len(boots) else "",
         f"fitted ρ = {rho:.4g} (log2 {math.log2(rho):.2f}), knee b = 1/ρ = {1 / rho:.3g}: {regime}"
