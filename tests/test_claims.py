@@ -40,6 +40,8 @@ def test_c1_pass_fail_and_too_few_points():
     assert set(verdict_of(edge.claim_c1(loss_table(1.0, 8, "early")))) == {"pass"}
     assert verdict_of(edge.claim_c1(loss_table(2.0, 8, "early")), "|slope") == ["fail"]
     assert set(verdict_of(edge.claim_c1(loss_table(1.0, 4, "early")))) == {"not-enough-data"}
+    bare = pd.DataFrame(edge.claim_c1(loss_table(1.0, 8, "early").drop(columns="instability_ratio_se")))
+    assert set(bare["verdict"]) == {"pass"} and bare["notes"].str.contains("no standard errors of x").all()
 
 
 def test_trap_c1_noisy_x_does_not_fail_the_quadratic_slope():

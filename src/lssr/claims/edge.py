@@ -54,7 +54,7 @@ C6_MAX_SLOPE_RATIO = 1.0
 def _fit_notes(fit: dict, has_se: bool) -> str:
     """How the line was fitted: the x-noise correction and its reliability."""
     if not has_se:
-        return "x standard errors not in the table: least squares, no correction for noise in x"
+        return "no standard errors of x recorded: least squares, no correction for noise in x"
     lam = fit["reliability"]
     txt = f"errors-in-variables fit, reliability of x {lam:.3g}"
     if lam < MIN_RELIABILITY:
@@ -71,8 +71,10 @@ def _abs_dev(lo: float, hi: float) -> tuple[float, float]:
 
 
 def _x_se(g: pd.DataFrame):
-    """The standard errors of the instability ratio (NaN column when the table predates them)."""
-    return g["instability_ratio_se"] if "instability_ratio_se" in g.columns else None
+    """The standard errors of the instability ratio; None when the table has none (not recorded by the probe)."""
+    if "instability_ratio_se" not in g.columns or not g["instability_ratio_se"].notna().any():
+        return None
+    return g["instability_ratio_se"]
 
 
 def claim_c1(fig1: pd.DataFrame | None) -> list[dict]:
