@@ -116,6 +116,7 @@ def _regimes(b: np.ndarray, cens: np.ndarray, rho: float) -> tuple[str, int, int
 
 
 def _row(ds: str, s: pd.DataFrame, which: str) -> dict:
+    """The C5 row of one data set's seed rows ``s`` for the best (``which`` = "best") or the largest stable η per b."""
     n, repl = int(s["n"].iloc[0]), bool(s["replacement"].iloc[0])
     bs, lrs, acc, div, present = seed_cube(s)
     seeds_per_cell = int(present.sum(axis=0)[present.any(axis=0)].min()) if present.any() else 0
