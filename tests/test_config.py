@@ -324,3 +324,16 @@ def test_fig5_data_parallel_planned_per_group():
     e["data_parallel"] = {ds: {32: 2}}
     with pytest.raises(ConfigError, match="b must be a Figure-5 cell"):
         plan(wf)
+
+
+def test_fig5_seeds_distinct_and_schema_agrees():
+    """``experiments.fig5.seeds``: a repeated seed (the same run twice) is refused by lssr.config and the schema
+    alike, with the key and the fix in the message; absent means the top-level seed."""
+    from lssr.config import fig5_seeds
+
+    node = SCHEMA["properties"]["experiments"]["properties"]["fig5"]["properties"]["seeds"]
+    for raw in ([0, 1, 2], [0, 0], [], [1, -1], [0.5], "0", [3]):
+        assert _schema_accepts(node, raw) == _config_accepts(lambda: fig5_seeds(raw, 0)), raw
+    assert fig5_seeds(None, 7) == [7] and fig5_seeds([2, 0, 1], 7) == [2, 0, 1]
+    with pytest.raises(ConfigError, match=re.escape("'experiments.fig5.seeds' = [0, 0] is invalid: each seed once")):
+        fig5_seeds([0, 0], 0)

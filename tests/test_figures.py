@@ -127,3 +127,18 @@ def test_every_log2_axis_of_the_figures(fig, table_dir):
             if axis.get_scale() == "log" and getattr(axis.get_transform(), "base", None) == 2:
                 assert_one_format_no_overlap(plotted, axis, f"{fig} axes {k} {name}")
     plt.close(plotted)
+
+
+def test_fig5_marks_a_best_eta_at_the_grid_edge(table_dir):
+    """tiny_ds's best η are the smallest probed η (censored low): drawn as downward triangles, with a legend entry;
+    lssr_ds's interior best η as circles only."""
+    from lssr.figures import fig5 as fig5_figure
+
+    t = pd.read_csv(table_dir / "fig5.csv")
+    fig, _ = fig5_figure.plot(t[t["dataset"].isin(["analytic", "tiny_ds"])])
+    labels = [h.get_label() for leg in fig.legends for h in leg.legend_handles]
+    assert r"best $\eta$ at the grid edge" in labels
+    plt.close(fig)
+    fig, _ = fig5_figure.plot(t[t["dataset"].isin(["analytic", "lssr_ds"])])
+    assert r"best $\eta$ at the grid edge" not in [h.get_label() for leg in fig.legends for h in leg.legend_handles]
+    plt.close(fig)

@@ -24,6 +24,14 @@ N = 1024
 RHO = 2.0**-5
 
 
+def eq12(rho: float, n: int, b, replacement: bool = False):
+    """ρ_b by eq. (12), written out here (not lssr.scaling): 1 / ((γ_{n,b}/b)/ρ + 1 − γ_{n,b}/b) with
+    γ_{n,b} = (n − b)/(n − 1) without replacement, 1 with replacement."""
+    b = np.asarray(b, dtype=float)
+    g = np.ones_like(b) if replacement else (n - b) / (n - 1)
+    return 1.0 / ((g / b) / rho + 1.0 - g / b)
+
+
 # ---------------------------------------------------------------------------------------------
 # synthetic run folders
 # ---------------------------------------------------------------------------------------------
@@ -156,7 +164,7 @@ def sgd_diag(
     cols["expected_change"] = np.where(t > 9, 0.5 * change, change)
     cols["loss_change"] = cols["expected_change"] + 0.01 * np.sin(3 * t)  # a noisy realisation
     for bb in sorted(set(probe_bs) | {b}):
-        rb = float(_rho_b(rho, n, bb, False))
+        rb = float(eq12(rho, n, bb))
         inst_bb = inst if bb == b else inst * 0.9
         cols[f"tr_S_b_{bb}"] = tr_s_n / rb
         cols[f"tr_HS_b_{bb}"] = inst_bb * tr_s_n
@@ -211,7 +219,7 @@ def heatmap_runs(root: Path, dataset: str, rule: str, bs, log2_lrs, n: int = N, 
     paths = []
     for b in bs:
         if rule == "lssr":
-            opt = log2_c + math.log2(float(_rho_b(rho, n, b, False)))
+            opt = log2_c + math.log2(float(eq12(rho, n, b)))
         else:
             opt = log2_c + 0.5 * math.log2(b)
         for l2 in log2_lrs:
@@ -304,7 +312,7 @@ def test_gamma_and_rho_b_limits():
 
 def test_fit_scaling_rules_recovers_rho_and_rules():
     b = np.array([2.0**k for k in range(2, 11)])
-    lr = 0.5 * _rho_b(2.0**-6, N, b, False)
+    lr = 0.5 * eq12(2.0**-6, N, b)
     fits = tables.fit_scaling_rules(b, lr, N, False)
     assert math.log2(fits["LSSR"]["rho"]) == pytest.approx(-6, abs=1e-3)
     assert fits["LSSR"]["log2_c"] == pytest.approx(-1, abs=1e-3)
@@ -348,6 +356,20 @@ def test_fig2_whole_run_with_phases(runs):
     assert (eos["norm_change"] < eos["ref_line"]).all()
 
 
+def test_instability_ratio_se_from_the_sketch(tmp_path):
+    """The instability ratio's se is se(tr(H S_b))/tr(S_n); without a per-b se, γ_{n,b}/b times se(tr(H S_1)); GD: 0."""
+    d = sgd_diag(0.02, 32)
+    d["tr_HS_b_32_se"] = 0.1 * d["tr_HS_b_32"]
+    t = fig1.build([write_run(tmp_path / "s", b=32, lr=0.02, diag=d)])
+    np.testing.assert_allclose(t["instability_ratio_se"], 0.1 * t["instability_ratio"], rtol=1e-9)
+    d = d.drop(columns=["tr_HS_b_32_se"]).assign(tr_HS_1_se=2.0)
+    t = fig2.build([write_run(tmp_path / "s1", b=32, lr=0.02, diag=d)])
+    gamma_over_b = (N - 32) / (N - 1) / 32
+    np.testing.assert_allclose(t["instability_ratio_se"], gamma_over_b * 2.0 / t["tr_S_n"], rtol=1e-9)
+    gd, _ = gd_diag(0.02, "mse", converge_at=None)
+    assert (fig2.build([write_run(tmp_path / "g", loss="mse", diag=gd)])["instability_ratio_se"] == 0).all()
+
+
 def test_instability_rebuilt_from_eq1_when_column_missing(tmp_path):
     d = sgd_diag(0.02, 64, probe_bs=(8,))
     full = d.copy()
@@ -375,19 +397,33 @@ def test_fig3_ratio_regimes_and_normalised_valleys(runs):
     np.testing.assert_allclose(valley["y"], valley["x"] ** 2 - 2 * valley["x"], atol=1e-9)
     for _, c in valley.groupby("curve"):
         assert c["y"].min() == pytest.approx(-1.0) and c["x"].iloc[np.argmin(c["y"].to_numpy())] == pytest.approx(1.0)
+    np.testing.assert_allclose(valley["x_min"], 1.0, atol=1e-9)  # quadratic profiles
+    np.testing.assert_allclose(valley["x_min_quad"], 1.0, atol=1e-9)  # the quadratic model, zero at s = 1.2
     quad = t[t["panel"] == "quadratic"]
     np.testing.assert_allclose(quad["y"], quad["x"] ** 2 - 2 * quad["x"])
 
 
 def test_normalise_valley_asymmetric():
     s = np.array(S_GRID)
-    # sharper far side: steeper right wall -> minimum right of x = 1
+    # sharper far side: steeper right wall -> minimum right of x = 1 (true minimum x = 2·0.5/0.75 = 1.33)
     f = np.where(s < 0.5, -2 * s + 2 * s**2, -0.5 + 8 * (s - 0.5) ** 2)
     f = np.where(s < 0.5, f, np.minimum(f, 10))
-    x, y = fig3.normalise_valley(s, f)
-    assert y.min() == pytest.approx(-1.0)
-    assert x[np.argmin(y)] > 1.2  # right-shifted (x = 2·0.5/0.75)
+    v = fig3.normalise_valley(s, f)
+    assert v.y.min() >= -1.0 - 1e-12 and v.x_min > 1.1
     assert fig3.normalise_valley(s, s**2) is None  # no descent
+
+
+@pytest.mark.parametrize("eta_h", [1.4, 1.6, 1.8, 1.95, 2.05, 2.4, 2.6])
+def test_quadratic_valley_minimum_at_one_on_the_default_grid(eta_h):
+    """ΔL(s) = −sη‖∇L‖² + ½s²η²∇LᵀH∇L with η‖H‖_{S_n} = eta_h (‖∇L‖ = 1, units of η): zeros 0 and 2/eta_h, minimum at
+    1/eta_h, so x_min = 1 exactly, on the probe's default s grid (step 0.25), whatever eta_h."""
+    from lssr.config import ProbeConfig
+
+    s = np.array(ProbeConfig().valley_s)
+    v = fig3.normalise_valley(s, -s + 0.5 * eta_h * s**2)
+    assert v.x_min == pytest.approx(1.0, abs=1e-9)
+    np.testing.assert_allclose(v.x, s * eta_h, rtol=1e-9)  # s_z = 2/eta_h exactly
+    assert v.y.min() == pytest.approx(-1.0, abs=0.1)  # the grid need not hold the vertex
 
 
 # ---------------------------------------------------------------------------------------------
@@ -416,13 +452,28 @@ def test_fig4_sgd_levels_and_smoothing(runs):
     t = fig4.build(runs["sgd_bs"], smooth_window=5)
     assert set(t["b"]) == {8, 32, 128, 512}
     for b, g in t.groupby("b"):
-        assert g["level_median"].iloc[0] == pytest.approx(2 * float(_rho_b(RHO, N, b, False)) / 0.08)
-        assert g["window_start"].iloc[0] == 9
+        assert g["level_median"].iloc[0] == pytest.approx(2 * float(eq12(RHO, N, b)) / 0.08)
+        assert g["window_start"].iloc[0] == fig4.SGD_DELAY  # ‖H‖ = 1.5 × 2/η ≥ 2ρ_b/η from step 0
         # ‖H‖_{S_b}/(2ρ_b/η) equals instability/(2/η) by construction
         np.testing.assert_allclose(g["value"] / g["level"], g["instability_ratio"] / g["two_over_eta"])
         raw = g["value"].reset_index(drop=True)
         np.testing.assert_allclose(g["value_smooth"], raw.rolling(5, center=True, min_periods=1).median())
     assert t.groupby("b")["level_median"].first().is_monotonic_increasing
+
+
+def test_fig4_sgd_window_opens_from_the_top_eigenvalue_not_from_ias_b(tmp_path):
+    """The SGD window opens SGD_DELAY steps after ‖H‖ first reaches 2ρ_b/η, whatever ‖H‖_{S_b} does; a run whose
+    ‖H‖ never gets there has no window and says why."""
+    lr, b = 0.08, 64
+    level = 2 * float(eq12(RHO, N, b)) / lr
+    d = sgd_diag(lr, b, ratio_level=0.3)  # ‖H‖_{S_b} far below its level throughout
+    d["top_eig"] = np.where(d["step"] < 30, 0.5 * level, 1.2 * level)
+    t = fig4.build([write_run(tmp_path / "low", loss="mse", lr=lr, b=b, diag=d)])
+    assert t["window_start"].iloc[0] == 30 + fig4.SGD_DELAY and t["window_end"].iloc[0] == d["step"].max()
+    assert t.loc[t["in_window"], "step"].min() == 50 and (t.loc[t["in_window"], "value"] < 0.5 * level).all()
+    d["top_eig"] = 0.9 * level
+    never = fig4.build([write_run(tmp_path / "never", loss="mse", lr=lr, b=b, diag=d)])
+    assert not never["in_window"].any() and "never reached 2ρ_b/η" in never["window_rule"].iloc[0]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -441,7 +492,7 @@ def test_fig5_cells_best_and_fits(runs):
     assert cells["diverged"].any() and (cells.loc[cells["diverged"], "status"] == "diverged").all()
     best = fig5.best_lr_per_b(t, "lssr_ds")
     assert len(best) == 8
-    opt = -1.0 + np.log2(_rho_b(RHO, N, best["b"].to_numpy(float), False))
+    opt = -1.0 + np.log2(eq12(RHO, N, best["b"].to_numpy(float)))
     assert np.all(np.abs(np.log2(best["lr"]) - opt) <= 0.125 + 1e-9)  # nearest grid point (η grid 2^(k/4))
     fit = t[(t["kind"] == "fit") & (t["dataset"] == "lssr_ds")]
     assert set(fit["model"]) == {"LSSR", "LSR", "SRSR"}
@@ -467,6 +518,41 @@ def test_fig5_seed_aggregation(tmp_path):
     assert cells.loc[0.1, "test_acc"] == pytest.approx(0.7) and not cells.loc[0.1, "diverged"]
     assert cells.loc[0.1, "n_seeds"] == 3 and cells.loc[0.1, "is_best"]
     assert cells.loc[0.2, "diverged"] and not cells.loc[0.2, "is_best"]
+
+
+def test_fig5_best_eta_at_the_grid_edge_is_censored(runs):
+    """tiny_ds probes η = 2^-3..2^-1 while the optimum c·ρ_b (c = 1/2) lies below 2^-3 for b = 8, 16: the best η is the
+    smallest probed one, flagged ``low``; lssr_ds's optima lie inside its η grid: not flagged."""
+    t = fig5.build(runs["heat"])
+    best = t[(t["kind"] == "cell") & t["is_best"]]
+    assert set(best.loc[best["dataset"] == "tiny_ds", "censored"]) == {"low"}
+    assert set(best.loc[best["dataset"] == "lssr_ds", "censored"]) == {""}
+
+
+def test_fig5_resampling_draws_each_cells_seeds_independently():
+    """Each cell draws as many seeds as it has from its own seeds; two cells' draws are independent (whole-seed
+    resampling would give them identical counts), and a cell with one seed always gets it."""
+    present = np.ones((3, 2, 2), dtype=bool)
+    present[1:, 1, 1] = False  # cell (1, 1) has seed 0 only
+    rng = np.random.default_rng(0)
+    w = np.array([fig5.resample_weights(present, rng) for _ in range(4000)])
+    np.testing.assert_array_equal(w.sum(axis=1), np.broadcast_to(present.sum(axis=0), (4000, 2, 2)))
+    assert (w[:, 0, 1, 1] == 1).all() and (w[:, 1:, 1, 1] == 0).all()
+    a, b = w[:, 0, 0, 0], w[:, 0, 0, 1]
+    assert abs(np.corrcoef(a, b)[0, 1]) < 0.05  # independent cells
+    assert a.mean() == pytest.approx(1.0, abs=0.05) and a.var() == pytest.approx(2 / 3, abs=0.05)  # Binomial(3, 1/3)
+
+
+def test_fig5_largest_stable_eta():
+    """Per b the largest η below the first diverged cell (a later non-diverged cell does not count); −1 when the
+    smallest η already diverged."""
+    div = np.zeros((1, 3, 4), dtype=bool)
+    div[0, 0, 2:] = True  # b0: η0, η1 stable
+    div[0, 1, 1] = True  # b1: η1 diverged, η2 not: the edge is η0
+    div[0, 2, :] = True  # b2: nothing stable
+    present = np.ones_like(div)
+    np.testing.assert_array_equal(fig5.largest_stable_index(div, present, np.ones(1)), [1, 0, -1])
+    np.testing.assert_array_equal(fig5.censored(np.array([3, 0, -1]), present), ["high", "low", ""])
 
 
 # ---------------------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ Rules (η as a function of b, up to a constant c):
 - LSR  (linear scaling rule):            η = c·b
 - SRSR (square-root scaling rule):       η = c·√b
 - LSSR (linear and saturation rule):     η = c·ρ_b(ρ)
+- constant η (the baseline C5 adds):      η = c
 
 The fits are least squares in log space (log2 η), the natural scale of a learning-rate grid of
 powers of two; RMSE is reported in log2 units (1.0 = off by a factor of 2 on average).
@@ -171,7 +172,9 @@ def fit_lssr(b, eta, n: int, replacement: bool = False, rho_bounds: tuple[float,
         return _fit_constant(shape, y)[1]
 
     grid = np.linspace(math.log(lo), math.log(hi), 241)
-    vals = np.array([loss(g) for g in grid])
+    shapes = np.log2(rho_b(np.exp(grid)[:, None], n, b[None, :], replacement))  # every grid ρ at once
+    resid = y[None, :] - shapes
+    vals = np.sqrt(np.mean((resid - resid.mean(axis=1, keepdims=True)) ** 2, axis=1))
     k = int(np.argmin(vals))
     a, c_ = grid[max(k - 1, 0)], grid[min(k + 1, grid.size - 1)]
     if c_ > a:
@@ -183,6 +186,14 @@ def fit_lssr(b, eta, n: int, replacement: bool = False, rho_bounds: tuple[float,
     log_c, rmse = _fit_constant(np.log2(rho_b(rho, n, b, replacement)), y)
     c = 2.0**log_c
     return Fit("LSSR", {"c": c, "rho": rho}, rmse, b.size, lambda bb: lssr(bb, c, rho, n, replacement))
+
+
+def fit_constant(b, eta) -> Fit:
+    """Fit η = c (one learning rate for every b, LSSR's saturated limit ρ → 1) in log2 space."""
+    b, eta = _prepare(b, eta)
+    log_c, rmse = _fit_constant(np.zeros_like(b), np.log2(eta))
+    c = 2.0**log_c
+    return Fit("constant", {"c": c}, rmse, b.size, lambda bb: np.full(np.shape(bb), c, dtype=float))
 
 
 def fit_rules(b, eta, n: int, replacement: bool = False):

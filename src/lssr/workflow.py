@@ -45,6 +45,7 @@ from .config import (
     dataset_config,
     deep_update,
     default_of,
+    fig5_seeds,
     workflow_settings,
 )
 from .data import K, SubsetSpec
@@ -327,6 +328,7 @@ def _plan_fig5(P: Planner, e: dict) -> None:
     """Figure 5: the (b, η) grid per data set; one group of runs per (data set, b); the groups of
     ``data_parallel`` cells are trained over several GPUs."""
     grids: dict[str, list[int]] = {}
+    seeds = fig5_seeds(e.get("seeds"), P.plan.settings.seed)
     for ds in e["datasets"]:
         if ds not in P.wf.get("datasets", {}):
             P.subset(ds)  # raises the error naming the undefined data set
@@ -340,7 +342,7 @@ def _plan_fig5(P: Planner, e: dict) -> None:
                     "drop it or use 'full'"
                 )
             for lr in e["lrs"]:
-                for seed in e.get("seeds", [P.plan.settings.seed]):
+                for seed in seeds:
                     group.append(P.add_run("fig5", e, dataset=ds, loss=e["loss"], lr=lr, batch_size=b, seed=seed))
             P.plan.groups[f"{ds}_b{b}"] = group
     dp = data_parallel_config(e.get("data_parallel"), grids, P.plan.settings.batch_runs)

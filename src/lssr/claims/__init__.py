@@ -2,13 +2,14 @@
 
 ``check_claims({"fig1": df, "fig4": df, ...})`` returns one row per claim and subject (run, b, panel or
 data set) with the statistic, its value, the comparison and threshold, and a verdict ``pass`` | ``fail`` |
-``inconclusive`` | ``not-enough-data`` (:mod:`.common`). Only the claims whose tables are given are checked
+``inconclusive`` | ``not-enough-data`` (:mod:`.common`). Only the tables given are read
 (:data:`lssr.registry.FIGURES` says which table each claim reads), so a config's claims never pick up
-another config's tables. Every threshold is a named constant beside its claim, with the paper's words:
+another config's tables; a claim whose table is not given is one ``not-enough-data`` row saying so. Every
+threshold is a named constant beside its claim, with the paper's words:
 
 - :mod:`.edge`: C1 (Fig. 1, eqs. 6/9), C2 (Fig. 4(a)-(c), §5.1), C6 (Fig. 2);
 - :mod:`.iir`: C3 (Fig. 4(d), eq. 11), C4 (ρ_b ≈ R̄_b², §4.2, App. C.5), the self-check K1 (eq. 12);
-- :mod:`.rules`: C5 (Fig. 5, LSSR out of sample, bootstrap over seeds);
+- :mod:`.rules`: C5 (Fig. 5, LSSR out of sample against LSR, SRSR and a constant η, bootstrap over seeds);
 - :mod:`.valleys`: C7 (Fig. 3 left and right);
 - :mod:`.alignment`: C8 (obs. (iii), Prop. 4.1), C9 (§5.2), from the supplementary Figure S1 table.
 """
@@ -44,9 +45,9 @@ CHECKS = (
 
 
 def check_claims(tables: dict[str, pd.DataFrame]) -> pd.DataFrame:
-    """The claims whose tables are in ``tables`` (figure name -> table); a claim whose table is not given is
-    not checked, one whose table is given but empty is ``not-enough-data``."""
-    rows = [r for name, fns in CHECKS if name in tables for fn in fns for r in fn(tables[name])]
+    """Every claim against the tables in ``tables`` (figure name -> table); a claim whose table is not given or
+    is empty is ``not-enough-data``, saying so."""
+    rows = [r for name, fns in CHECKS for fn in fns for r in fn(tables.get(name))]
     return pd.DataFrame(rows, columns=CLAIM_COLUMNS)
 
 

@@ -6,7 +6,19 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from .common import MIN_POINTS, finite, median, missing, row, slope, statement, subject
+from .common import (
+    CI_LEVEL,
+    MIN_POINTS,
+    MIN_RELIABILITY,
+    finite,
+    interval_verdict,
+    line_fit,
+    median,
+    missing,
+    row,
+    statement,
+    subject,
+)
 
 C1 = statement(
     "C1",
@@ -26,15 +38,43 @@ C6 = statement(
     "than η²/2 against tr(HS_b)/tr(S_n), especially in the unstable regime",
 )
 
-#: eqs. (6)/(9) predict the slope η²/2 and the x-intercept 2/η up to ε (the cubic remainder) and probe noise:
-#: the fitted values may be 20% off.
+#: eqs. (6)/(9) predict the slope η²/2 and the x-intercept 2/η up to ε (the cubic remainder): the fitted values
+#: may be 20% off. Pass when the whole interval of slope/(η²/2) (of x-intercept/(2/η)) lies in [0.8, 1.2], fail
+#: when it lies wholly outside, else inconclusive.
 C1_TOL = 0.20
 #: "‖H‖_{S_n} oscillates around 2/η" (Fig. 4): the median over the window within 15% of 2/η.
 EDGE_TOL = 0.15
 #: "‖H‖ hovers above 2/η" (Fig. 4, after Cohen et al.): its median over the window above 2/η.
 C2_MIN_TOP = 1.0
-#: "a more gentle slope than η²/2" (Fig. 2): the fitted slope after the edge below the quadratic one.
+#: "a more gentle slope than η²/2" (Fig. 2): the whole interval of the fitted slope after the edge below the
+#: quadratic one (pass); the whole interval at or above it: fail; else inconclusive.
 C6_MAX_SLOPE_RATIO = 1.0
+
+
+def _fit_notes(fit: dict, has_se: bool) -> str:
+    """How the line was fitted: the x-noise correction and its reliability."""
+    if not has_se:
+        return "no standard errors of x recorded: least squares, no correction for noise in x"
+    lam = fit["reliability"]
+    txt = f"errors-in-variables fit, reliability of x {lam:.3g}"
+    if lam < MIN_RELIABILITY:
+        txt += f" < {MIN_RELIABILITY:g}: noise in x could make the slope, no interval"
+    return txt
+
+
+def _abs_dev(lo: float, hi: float) -> tuple[float, float]:
+    """The interval of |r − 1| for r in [lo, hi] (NaN when either end is undefined)."""
+    if np.isnan(lo) or np.isnan(hi):
+        return np.nan, np.nan
+    a, b = abs(lo - 1), abs(hi - 1)
+    return (0.0, max(a, b)) if lo <= 1 <= hi else (min(a, b), max(a, b))
+
+
+def _x_se(g: pd.DataFrame):
+    """The standard errors of the instability ratio; None when the table has none (not recorded by the probe)."""
+    if "instability_ratio_se" not in g.columns or not g["instability_ratio_se"].notna().any():
+        return None
+    return g["instability_ratio_se"]
 
 
 def claim_c1(fig1: pd.DataFrame | None) -> list[dict]:
@@ -50,23 +90,35 @@ def claim_c1(fig1: pd.DataFrame | None) -> list[dict]:
         first = g.iloc[0] if len(g) else early[early["run"] == run].iloc[0]
         eta = float(first["lr"])
         slope_t, xint_t = eta**2 / 2, 2 / eta
+        se = _x_se(g)
+        fit = line_fit(g["instability_ratio"], g["norm_change"], se)
         n, distinct = len(g), g["instability_ratio"].nunique()
-        fit_slope = xint = np.nan
-        if n >= 2 and distinct >= 2:
-            fit_slope, icpt = np.polyfit(g["instability_ratio"].to_numpy(float), g["norm_change"].to_numpy(float), 1)
-            xint = -icpt / fit_slope if fit_slope != 0 else np.nan
         npts = n if distinct >= 2 else min(n, 1)
         window = f"early phase, steps {int(g['step'].min())}-{int(g['step'].max())}" if n else "early phase (empty)"
-        for stat, est, tgt, name in (
-            ("|slope/(η²/2) − 1|", fit_slope, slope_t, "slope"),
-            ("|x-intercept/(2/η) − 1|", xint, xint_t, "x-intercept"),
+        how = _fit_notes(fit, se is not None)
+        for stat, est, ci, tgt, name in (
+            ("|slope/(η²/2) − 1|", fit["slope"], fit["slope_ci"], slope_t, "slope"),
+            ("|x-intercept/(2/η) − 1|", fit["x_intercept"], fit["x_intercept_ci"], xint_t, "x-intercept"),
         ):
+            lo, hi = ci[0] / tgt, ci[1] / tgt
+            dev = _abs_dev(lo, hi)
             rows.append(
                 row(C1, subject(first), stat, abs(est / tgt - 1), "<=", C1_TOL, npts, MIN_POINTS,
-                    estimate=est, target=tgt, window=window,
-                    notes=f"fitted {name} {est:.4g} vs {'η²/2' if name == 'slope' else '2/η'} = {tgt:.4g}")
+                    estimate=est, target=tgt, window=window, ci=dev, verdict=interval_verdict(*dev, "<=", C1_TOL),
+                    notes=f"fitted {name} {est:.4g} vs {'η²/2' if name == 'slope' else '2/η'} = {tgt:.4g}; "
+                    f"{CI_LEVEL:.0%} interval of {name}/target [{lo:.3g}, {hi:.3g}] (pass: inside "
+                    f"[{1 - C1_TOL:g}, {1 + C1_TOL:g}]); {how}")
             )  # fmt: skip
     return rows
+
+
+def log_distance(v: np.ndarray, two: float) -> float:
+    """median |log(v/(2/η))| over the finite v; a v ≤ 0 is infinitely far from 2/η (not dropped)."""
+    v = finite(v)
+    if not len(v):
+        return np.nan
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return float(np.median(np.where(v > 0, np.abs(np.log(np.where(v > 0, v, 1.0) / two)), np.inf)))
 
 
 def _c2_run(g: pd.DataFrame) -> list[dict]:
@@ -81,9 +133,7 @@ def _c2_run(g: pd.DataFrame) -> list[dict]:
     else:
         window = f"empty: ‖H‖_{{S_n}} never reached 2/η ({first['window_rule']})"
     r_ias, r_top = median(ias) / two, median(top) / two
-    with np.errstate(divide="ignore", invalid="ignore"):
-        d_ias = median(np.abs(np.log(ias[ias > 0] / two)))
-        d_top = median(np.abs(np.log(top[top > 0] / two)))
+    d_ias, d_top = log_distance(ias, two), log_distance(top, two)
     subj = subject(first)
     return [
         row(C2, subj, "|median(‖H‖_{S_n})·η/2 − 1|", abs(r_ias - 1), "<=", EDGE_TOL, len(ias), MIN_POINTS,
@@ -92,7 +142,8 @@ def _c2_run(g: pd.DataFrame) -> list[dict]:
             estimate=r_top, target=1.0, window=window, notes=f"median ‖H‖ = {r_top:.3g} × 2/η"),
         row(C2, subj, "median|log(η‖H‖_{S_n}/2)| vs median|log(η‖H‖/2)|", d_ias, "<", d_top,
             min(len(ias), len(top)), MIN_POINTS, estimate=d_ias, target=d_top, window=window,
-            notes="§5.1 'IIR provides a tighter relation': threshold = the same statistic for ‖H‖"),
+            notes="§5.1 'IIR provides a tighter relation': threshold = the same statistic for ‖H‖; a value ≤ 0 "
+            "counts as infinitely far from 2/η for either quantity"),
     ]  # fmt: skip
 
 
@@ -122,10 +173,15 @@ def claim_c6(fig2: pd.DataFrame | None) -> list[dict]:
         window = f"after the edge (phase eos), steps {int(eos['step'].min())}-{int(eos['step'].max())}" if len(eos) \
             else "after the edge: empty (the run never entered the edge of stability)"  # fmt: skip
         for part, sub in (("", eos), (" (unstable regime)", eos[eos["instability_ratio"] > two])):
-            s, n = slope(sub["instability_ratio"], sub["norm_change"])
+            se = _x_se(sub)
+            fit = line_fit(sub["instability_ratio"], sub["norm_change"], se)
+            s, n = fit["slope"], fit["n"]
+            lo, hi = fit["slope_ci"][0] / ref, fit["slope_ci"][1] / ref
             rows.append(
                 row(C6, subject(first), f"slope/(η²/2) after the edge{part}", s / ref, "<", C6_MAX_SLOPE_RATIO,
-                    n, MIN_POINTS, estimate=s, target=ref, window=window + part,
-                    notes=f"fitted slope {s:.4g} vs η²/2 = {ref:.4g}")
+                    n, MIN_POINTS, estimate=s, target=ref, window=window + part, ci=(lo, hi),
+                    verdict=interval_verdict(lo, hi, "<", C6_MAX_SLOPE_RATIO),
+                    notes=f"fitted slope {s:.4g} vs η²/2 = {ref:.4g}; {CI_LEVEL:.0%} interval of slope/(η²/2) "
+                    f"[{lo:.3g}, {hi:.3g}]; {_fit_notes(fit, se is not None)}")
             )  # fmt: skip
     return rows

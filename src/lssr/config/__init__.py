@@ -35,6 +35,7 @@ from .workflow import (
     data_parallel_config,
     dataset_config,
     default_of,
+    fig5_seeds,
     workflow_settings,
 )
 
@@ -42,5 +43,5 @@ __all__ = [
     "ACTIVATION_CHECKPOINTING", "BN_MODES", "ESTIMATORS", "LOSS_NAMES", "MODEL_NAMES", "ConfigError", "DataConfig",
     "ModelConfig", "OptimConfig", "ProbeConfig", "RunConfig", "StopConfig", "config_from_dict", "deep_update",
     "load_config", "parse_overrides", "MIN_BATCH_SIZE", "RUN_KEYS", "STOP_KEYS", "Resources", "WorkflowSettings",
-    "check_workflow_schema", "data_parallel_config", "dataset_config", "default_of", "workflow_settings",
+    "check_workflow_schema", "data_parallel_config", "dataset_config", "default_of", "fig5_seeds", "workflow_settings",
 ]  # fmt: skip

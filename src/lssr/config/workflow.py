@@ -106,6 +106,18 @@ def data_parallel_config(raw, grids: dict[str, list[int]], batch_runs: bool, whe
     return {(ds, int(b)): g for ds, cells in raw.items() for b, g in cells.items()}
 
 
+def fig5_seeds(raw, default: int, where: str = "workflow config") -> list[int]:
+    """``experiments.fig5.seeds``: distinct seeds >= 0 (each is one run per cell); ``default`` when absent."""
+    if raw is None:
+        return [default]
+    bad = _bad(where)
+    if not isinstance(raw, list) or not raw or not all(type(s) is int and s >= 0 for s in raw):
+        raise bad("experiments.fig5.seeds", raw, "give a list of integer seeds >= 0, e.g. [0, 1, 2]")
+    if len(set(raw)) != len(raw):
+        raise bad("experiments.fig5.seeds", raw, "each seed once (a repeated seed trains the same run twice)")
+    return list(raw)
+
+
 def dataset_config(name: str, entry: dict, where: str = "workflow config") -> DataConfig:
     """A ``datasets:`` entry ({source, n, seed, root, ...}) as the :class:`DataConfig` of its runs."""
     raw = dict(entry)

@@ -3,8 +3,9 @@
 Left: the analytic LSSR (eq. 12), LSR and SRSR curves (n = 8192, ρ = 2^-7), log-log. Right: one
 heatmap of the mean final test accuracy over seeds over (log2 b, log2 η) per data set, diverged cells
 marked '×', cells trained with ghost-batch batch norm (``bn_ghost_batch``) framed by a square, the best
-η per b circled with its bootstrap interval over seeds as an error bar, and the LSSR (f(b) = c·ρ_b), LSR
-and SRSR fits from the table. The heatmap is drawn with matplotlib's pcolormesh on log2 coordinates so the
+η per b circled with its bootstrap interval over seeds as an error bar (a best η at the edge of the probed η
+range, ``censored``, drawn as a triangle pointing to where the optimum may lie), and the LSSR (f(b) = c·ρ_b),
+LSR and SRSR fits from the table. The heatmap is drawn with matplotlib's pcolormesh on log2 coordinates so the
 fitted curves share its axes.
 """
 
@@ -53,6 +54,20 @@ def _ghost_handle(cells: pd.DataFrame) -> list[Line2D]:
                    label=f"ghost-batch BN ({sizes})")]  # fmt: skip
 
 
+def _censored(cells: pd.DataFrame) -> np.ndarray:
+    """The ``censored`` flag of each row: ``low`` / ``high`` / ``""`` (a CSV reads empty flags as NaN)."""
+    col = cells["censored"] if "censored" in cells.columns else pd.Series("", index=cells.index)
+    return np.array([v if isinstance(v, str) else "" for v in col], dtype=object)
+
+
+def _censored_handle(cells: pd.DataFrame) -> list[Line2D]:
+    """The legend entry of a best η at the edge of the η grid, when some best η is there."""
+    if not (_censored(cells) != "").any():
+        return []
+    return [Line2D([], [], ls="", marker="^", markerfacecolor="white", markeredgecolor=style.BLACK,
+                   label=r"best $\eta$ at the grid edge")]  # fmt: skip
+
+
 def _analytic(ax, sub: pd.DataFrame) -> None:
     if sub.empty:
         style.empty_panel(ax, "no analytic curves")
@@ -98,17 +113,12 @@ def _heatmap(fig, ax, cells: pd.DataFrame, fits: pd.DataFrame, ds: str) -> None:
         lo, hi = np.log2(best["lr_lo"].astype(float)), np.log2(best["lr_hi"].astype(float))
         ax.errorbar(best["log2_b"], best["log2_lr"], yerr=[best["log2_lr"] - lo, hi - best["log2_lr"]], fmt="none",
                     ecolor=style.BLACK, elinewidth=0.8, capsize=2, zorder=5)  # fmt: skip
-    if len(best):
-        ax.scatter(
-            best["log2_b"],
-            best["log2_lr"],
-            marker="o",
-            facecolor="white",
-            edgecolor=style.BLACK,
-            s=14,
-            lw=0.6,
-            zorder=5,
-        )
+    flag = _censored(best)
+    for value, marker in (("", "o"), ("high", "^"), ("low", "v")):
+        sel = best[flag == value]
+        if len(sel):
+            ax.scatter(sel["log2_b"], sel["log2_lr"], marker=marker, facecolor="white", edgecolor=style.BLACK,
+                       s=14 if marker == "o" else 22, lw=0.6, zorder=5)  # fmt: skip
     for m in RULES:
         r = fits[fits["model"] == m].sort_values("b")
         if len(r):
@@ -169,7 +179,8 @@ def plot(table: pd.DataFrame):
                 ),
                 Line2D([], [], ls="", marker="x", color=style.BLACK, label="diverged"),
             ]
-            + _ghost_handle(cells_all),
+            + _ghost_handle(cells_all)
+            + _censored_handle(cells_all),
             loc="outside lower center",
             ncols=5,
             frameon=False,

@@ -4,7 +4,8 @@
   the probe sampled batches (SGD), ``loss_change`` for GD (they are equal) or as a fallback (one
   realised step, noisier; ``change_source`` says which);
 - instability ratio ``tr(H S_b) / tr(S_n)`` for the run's own b (``ias_n`` for GD); a missing
-  per-b column is rebuilt from identity (1) (:func:`lssr.tables.runs.for_b`);
+  per-b column is rebuilt from identity (1) (:func:`lssr.tables.runs.for_b`); ``instability_ratio_se`` its
+  standard error (the sketch's; 0 for GD), which the claims' line fits correct for;
 - phases: GD: ``pre`` until ‖H‖ first exceeds 2/η, then ``early`` up to and including the first
   probed step with ‖H‖_{S_n} ≥ 2/η (the *entry*), then ``eos``. SGD: ``early`` up to and including
   the first step whose instability ratio reaches 2/η, then ``eos``. Without a measured ‖H‖ the GD
@@ -27,6 +28,7 @@ COLUMNS = [
     *BASE_COLUMNS,
     "step",
     "instability_ratio",
+    "instability_ratio_se",
     "norm_change",
     "change_source",
     "phase",
@@ -63,7 +65,8 @@ def loss_change_rows(run: Run) -> pd.DataFrame:
     """Per probed step: instability ratio tr(H S_b)/tr(S_n), normalised loss change and phase."""
     d = run.diag
     two = 2.0 / run.lr
-    x = for_b(run)["instability"].to_numpy(float)
+    q = for_b(run)
+    x = q["instability"].to_numpy(float)
     exp, real = run.col("expected_change"), run.col("loss_change")
     if run.is_gd:
         change, source = real.fillna(exp), np.where(real.notna(), "realised", "expected")
@@ -80,6 +83,7 @@ def loss_change_rows(run: Run) -> pd.DataFrame:
             **base_columns(run),
             "step": steps,
             "instability_ratio": x,
+            "instability_ratio_se": q["instability_se"].to_numpy(float),
             "norm_change": y,
             "change_source": source,
             "phase": phase,

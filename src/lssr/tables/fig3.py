@@ -3,15 +3,20 @@
 Panel ``ratio``: ‖H_α‖_{S_n}/‖H‖_{S_n} at θ − αη∇L against α, per probed step, with the step's regime
 (‖H‖_{S_n} below or above 2/η). Panel ``valley``: the valley curves normalised so that every curve has
 the same zeros and minimum: with ΔL(s) = L(θ − sη∇L) − L(θ), ΔL(0) = 0 and s_z the first zero crossing
-after the minimum, x = 2 s / s_z and y = ΔL / |min ΔL| (minimum over the probed s grid). A locally
-quadratic loss then gives exactly the baseline y = x² − 2x (zeros 0 and 2, minimum −1 at x = 1; panel
-``quadratic``); a minimum right of x = 1 means the far side of the valley is sharper, left of it that
-it is flatter. Curves without a descent or without a second zero inside the probed s grid are left out.
+after the minimum, x = 2 s / s_z and y = ΔL / |min ΔL|. The minimum (s*, min ΔL) is the vertex of the
+parabola through the grid's lowest point and its two neighbours, and s_z the root of the parabola through
+the three grid points around the crossing, so that both are exact for a quadratic ΔL whatever the s grid
+(a grid argmin would put a quadratic's minimum at x ≠ 1 by up to half a grid step). ``x_min`` = 2 s*/s_z
+is the curve's minimum; ``x_min_quad`` the same for the step's quadratic model ΔL_quad (``dL_quad``) on the
+same grid (1 up to rounding). A locally quadratic loss then gives exactly the baseline y = x² − 2x (zeros 0
+and 2, minimum −1 at x = 1; panel ``quadratic``); a minimum right of x = 1 means the far side of the valley
+is sharper, left of it that it is flatter. Curves without a descent or without a second zero inside the
+probed s grid are left out.
 """
 
 from __future__ import annotations
 
-from typing import Iterable
+from typing import Iterable, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -36,30 +41,73 @@ COLUMNS = [
     "dL_quad",
     "x",
     "y",
+    "x_min",
+    "x_min_quad",
 ]
 
 
-def normalise_valley(s: np.ndarray, f: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
-    """x = 2 s / s_z, y = f / |min f| (see the module docstring); None when undefined."""
+class Valley(NamedTuple):
+    """A normalised loss profile: x = 2 s / s_z and y = ΔL / |min ΔL| at the probed s, and its minimum x_min."""
+
+    x: np.ndarray
+    y: np.ndarray
+    x_min: float
+
+
+def _parabola(s3: np.ndarray, f3: np.ndarray) -> np.ndarray:
+    """Coefficients (a, b, c) of f = a s² + b s + c through three points."""
+    return np.linalg.solve(np.vander(s3, 3), f3)
+
+
+def _zero(s: np.ndarray, f: np.ndarray, j: int) -> float:
+    """The zero of f between s[j−1] (f < 0) and s[j] (f ≥ 0): the root there of the parabola through three grid
+    points around it (linear interpolation when only two points exist or the parabola has no root there)."""
+    s0, s1, f0, f1 = s[j - 1], s[j], f[j - 1], f[j]
+    lin = s0 + (s1 - s0) * (-f0) / (f1 - f0)
+    k = j + 1 if j + 1 < len(s) else j - 2
+    if k < 0:
+        return float(lin)
+    idx = sorted({j - 1, j, k})
+    a, b, c = _parabola(s[idx], f[idx])
+    roots = np.roots([a, b, c]) if a != 0 else np.array([-c / b])
+    roots = roots[np.isreal(roots)].real
+    inside = roots[(roots >= s0 - 1e-12 * abs(s0)) & (roots <= s1 + 1e-12 * abs(s1))]
+    return float(inside[0]) if len(inside) else float(lin)
+
+
+def _vertex(s: np.ndarray, f: np.ndarray, i: int) -> tuple[float, float]:
+    """(s*, f*) the vertex of the parabola through (s[i−1], s[i], s[i+1]) (s[i] a grid minimum); the grid point
+    itself when the parabola is not convex or its vertex leaves the bracket."""
+    a, b, c = _parabola(s[i - 1 : i + 2], f[i - 1 : i + 2])
+    if not a > 0:
+        return float(s[i]), float(f[i])
+    sv = -b / (2 * a)
+    if not s[i - 1] <= sv <= s[i + 1]:
+        return float(s[i]), float(f[i])
+    return float(sv), float(min(a * sv * sv + b * sv + c, f[i]))
+
+
+def normalise_valley(s: np.ndarray, f: np.ndarray) -> Valley | None:
+    """The normalised profile of ΔL(s) (see the module docstring); None without a descent or a second zero."""
     ok = np.isfinite(s) & np.isfinite(f)
     s, f = s[ok], f[ok]
     pos = s > 0
     if pos.sum() < 2:
         return None
-    sp, fp = s[pos], f[pos]
-    i_min = int(np.argmin(fp))
-    f_min = fp[i_min]
-    if not f_min < 0:
+    # the positive s and ΔL(0) = 0, which brackets a minimum at the first positive s
+    sp, fp = np.concatenate([[0.0], s[pos]]), np.concatenate([[0.0], f[pos]])
+    i_min = 1 + int(np.argmin(fp[1:]))
+    if not fp[i_min] < 0:
         return None
     after = np.flatnonzero(fp[i_min:] >= 0)
     if not len(after):
         return None
     j = i_min + int(after[0])  # first non-negative point after the minimum; j - 1 is negative
-    s0, s1, f0, f1 = sp[j - 1], sp[j], fp[j - 1], fp[j]
-    s_z = s0 + (s1 - s0) * (-f0) / (f1 - f0)
+    s_z = _zero(sp, fp, j)
     if not s_z > 0:
         return None
-    return 2.0 * s / s_z, f / abs(f_min)
+    s_min, f_min = _vertex(sp, fp, i_min)
+    return Valley(2.0 * s / s_z, f / abs(f_min), 2.0 * s_min / s_z)
 
 
 def _ratio_rows(d: pd.DataFrame, i: int, common: dict, alphas: list[tuple[float, str]]) -> pd.DataFrame | None:
@@ -81,10 +129,12 @@ def _valley_rows(d: pd.DataFrame, i: int, common: dict, s_cols: list[tuple[float
     norm = normalise_valley(s, f)
     if norm is None:
         return None
+    quad = normalise_valley(s, fq)
     ok = np.isfinite(s) & np.isfinite(f)
     return pd.DataFrame(
-        {**common, "panel": "valley", "s": s[ok], "dL": f[ok], "dL_quad": fq[ok], "x": norm[0], "y": norm[1]}
-    )
+        {**common, "panel": "valley", "s": s[ok], "dL": f[ok], "dL_quad": fq[ok], "x": norm.x, "y": norm.y,
+         "x_min": norm.x_min, "x_min_quad": quad.x_min if quad is not None else np.nan}
+    )  # fmt: skip
 
 
 def _run_rows(run: Run) -> list[pd.DataFrame]:

@@ -4,8 +4,10 @@ Windows (read by claims C2 and C3):
 - GD: from the first step with ‖H‖_{S_n} ≥ 2/η; for CE runs the window ends at the first later step
   where the training loss falls below 1e-2 × its first probed value or the training accuracy reaches
   100% (the CE sharpness decays once the loss goes to 0), for MSE at the end of the run.
-- SGD: from the first step whose instability ratio tr(H S_b)/tr(S_n) reaches 2/η to the end of the
-  run; no window (all ``in_window`` False, ``level_median`` NaN) when it never does.
+- SGD: from :data:`SGD_DELAY` steps after the first probed step where ‖H‖ itself reaches the level 2ρ_b/η
+  (before it ‖H‖_{S_b} ≤ ‖H‖ cannot be at its level), to the end of the run, for CE to the same end as GD.
+  The window is chosen without looking at ‖H‖_{S_b}, the quantity C3 tests. No window (all ``in_window``
+  False, ``level_median`` NaN) when ‖H‖ never reaches the level or was not measured; ``window_rule`` says which.
 
 Each b's level 2ρ_b/η is reported per step and as its median over the window (``level_median``).
 ``value_smooth`` is a centred rolling median over ``smooth_window`` probed steps (default 5,
@@ -23,6 +25,9 @@ from .runs import Run, RunLike, base_columns, diag_runs, first_index, for_b, ias
 
 CE_LOSS_DROP = 1e-2  # CE window end: training loss below this fraction of its first probed value
 SMOOTH_WINDOW = 5
+#: SGD window: ‖H‖_{S_b} is given this many steps after ‖H‖ reaches 2ρ_b/η to rise to its level, as ‖H‖_{S_n}
+#: "soars from 0 to 2/η in a few steps after ‖H‖ exceeds 2/η" (§5.1, Prop. 4.1; the 20 steps of claim C8).
+SGD_DELAY = 20
 
 COLUMNS = [
     "panel",
@@ -67,6 +72,21 @@ def smooth(v: pd.Series, window: int) -> np.ndarray:
     return v.rolling(window, center=True, min_periods=1).median().to_numpy(float)
 
 
+def ce_end(start: int, loss: np.ndarray, acc: np.ndarray) -> int:
+    """The end (exclusive) of a CE run's window opened at ``start``: the first later step where the training
+    loss < CE_LOSS_DROP × its first probed value or training accuracy = 100%; the end of the run otherwise."""
+    first_loss = loss[np.isfinite(loss)][0] if np.isfinite(loss).any() else np.nan
+    done = (np.isfinite(loss) & (loss < CE_LOSS_DROP * first_loss)) | (np.isfinite(acc) & (acc >= 1.0 - 1e-12))
+    e = first_index(done, start + 1)
+    return len(loss) if e is None else e
+
+
+CE_END_RULE = (
+    f"until the training loss < {CE_LOSS_DROP:g} × its first probed value or training accuracy = 100% (exclusive), "
+    "else the end of the run"
+)
+
+
 def gd_window(run: Run, ias: np.ndarray, loss: np.ndarray, acc: np.ndarray) -> tuple[int | None, int, str]:
     """(start, end (exclusive), rule) of a GD run's window: from the first ‖H‖_{S_n} ≥ 2/η; for CE until
     the training loss < CE_LOSS_DROP × its first probed value or training accuracy = 100%."""
@@ -74,17 +94,29 @@ def gd_window(run: Run, ias: np.ndarray, loss: np.ndarray, acc: np.ndarray) -> t
     start = first_index(np.isfinite(ias) & (ias >= two))
     end_idx, rule = len(ias), "from the first step with ‖H‖_{S_n} ≥ 2/η to the end of the run"
     if run.loss == "ce":
-        rule = (
-            f"from the first step with ‖H‖_{{S_n}} ≥ 2/η until the training loss < {CE_LOSS_DROP:g} × its first "
-            "probed value or training accuracy = 100% (exclusive), else the end of the run"
-        )
+        rule = f"from the first step with ‖H‖_{{S_n}} ≥ 2/η {CE_END_RULE}"
         if start is not None:
-            first_loss = loss[np.isfinite(loss)][0] if np.isfinite(loss).any() else np.nan
-            done = (np.isfinite(loss) & (loss < CE_LOSS_DROP * first_loss)) | (np.isfinite(acc) & (acc >= 1.0 - 1e-12))
-            e = first_index(done, start + 1)
-            if e is not None:
-                end_idx = e
+            end_idx = ce_end(start, loss, acc)
     return start, end_idx, rule
+
+
+def sgd_window(
+    run: Run, steps: np.ndarray, top: np.ndarray, level: np.ndarray, loss: np.ndarray, acc: np.ndarray
+) -> tuple[int | None, int, str]:
+    """(start, end (exclusive), rule) of an SGD run's window: from SGD_DELAY steps after the first probed step
+    with ‖H‖ ≥ 2ρ_b/η; for CE until the end rule of GD. Chosen from ‖H‖, ρ_b and the loss, never ‖H‖_{S_b}."""
+    end_rule = CE_END_RULE if run.loss == "ce" else "to the end of the run"
+    rule = f"from {SGD_DELAY} steps after the first step with ‖H‖ ≥ 2ρ_b/η {end_rule}"
+    if not np.isfinite(top).any():
+        return None, 0, "‖H‖ not measured: no window (C3's window opens where ‖H‖ reaches 2ρ_b/η)"
+    cross = first_index(np.isfinite(top) & np.isfinite(level) & (top >= level))
+    if cross is None:
+        return None, 0, "‖H‖ never reached 2ρ_b/η (the run never sharpened enough): no window"
+    start = first_index(steps >= steps[cross] + SGD_DELAY)
+    if start is None:
+        return None, 0, f"‖H‖ reached 2ρ_b/η at step {steps[cross]}, < {SGD_DELAY} steps before the end: no window"
+    end_idx = ce_end(start, loss, acc) if run.loss == "ce" else len(steps)
+    return start, end_idx, f"{rule} (‖H‖ first ≥ 2ρ_b/η at step {steps[cross]})"
 
 
 def gd_panel(run: Run, panel: str, smooth_window: int) -> pd.DataFrame:
@@ -133,13 +165,11 @@ def sgd_panel(run: Run, panel: str, smooth_window: int) -> pd.DataFrame:
     ias = q["ias_b"].to_numpy(float)
     level = (2.0 * q["rho_b"] / run.lr).to_numpy(float)
     inst = q["instability"].to_numpy(float)
-    start = first_index(np.isfinite(inst) & (inst >= two))
-    rule = "from the first step whose instability ratio tr(HS_b)/tr(S_n) reaches 2/η to the end of the run"
+    loss, acc = run.col("loss").to_numpy(float), train_acc(run, steps)
+    start, end_idx, rule = sgd_window(run, steps, run.col("top_eig").to_numpy(float), level, loss, acc)
     in_win = np.zeros(len(steps), dtype=bool)
-    if start is None:
-        rule = "the instability ratio tr(HS_b)/tr(S_n) never reached 2/η: no window"
-    else:
-        in_win[start:] = True
+    if start is not None:
+        in_win[start:end_idx] = True
     lvl_med = float(np.nanmedian(level[in_win])) if np.isfinite(level[in_win]).any() else np.nan
     return pd.DataFrame(
         {
@@ -154,11 +184,11 @@ def sgd_panel(run: Run, panel: str, smooth_window: int) -> pd.DataFrame:
             "level_median": lvl_med,
             "two_over_eta": two,
             "instability_ratio": inst,
-            "train_loss": run.col("loss").to_numpy(float),
-            "train_acc": train_acc(run, steps),
+            "train_loss": loss,
+            "train_acc": acc,
             "in_window": in_win,
             "window_start": steps[start] if start is not None else np.nan,
-            "window_end": steps[-1] if start is not None else np.nan,
+            "window_end": steps[end_idx - 1] if start is not None else np.nan,
             "window_rule": rule,
         }
     )

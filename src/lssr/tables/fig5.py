@@ -14,9 +14,13 @@ chunks of that many samples instead of the whole mini-batch) carries that size i
 
 Rows of kind ``seed`` keep every run's final test accuracy with its ``seed``, so that the claims can
 resample seeds. Each best cell carries a percentile bootstrap interval over seeds of its η
-(``lr_lo``, ``lr_hi``: :data:`BOOT_LEVEL` of :data:`N_BOOT` resamples of the seeds with replacement, a
-NumPy generator seeded with ``boot_seed`` = :data:`BOOT_SEED`); a resample's best η per b is the argmax
-of its cell means, computed exactly as for the heatmap (:func:`best_lr_index`).
+(``lr_lo``, ``lr_hi``: :data:`BOOT_LEVEL` of :data:`N_BOOT` resamples, a NumPy generator seeded with
+``boot_seed`` = :data:`BOOT_SEED`). A resample draws each cell's seeds with replacement independently of the
+other cells' (:func:`resample_weights`: the runs of different cells are independent), so that with three seeds
+it still varies like the seeds do; its best η per b is the argmax of its cell means, computed exactly as for the
+heatmap (:func:`best_lr_index`). A best η at the edge of the probed η range of its b (no η probed below it, or
+none above it) only bounds the best η: ``censored`` is ``low`` / ``high`` there (the figure marks it). The
+largest stable η per b (:func:`largest_stable_index`) is the largest η below which no probed cell diverged.
 """
 
 from __future__ import annotations
@@ -55,6 +59,7 @@ COLUMNS = [
     "bn_ghost_batch",
     "seed",
     "is_best",
+    "censored",
     "lr_lo",
     "lr_hi",
     "boot_seed",
@@ -161,10 +166,17 @@ def seed_cube(seeds: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray, 
     return bs, lrs, acc, div, present
 
 
+def _cell_weights(weights: np.ndarray, present: np.ndarray) -> np.ndarray:
+    """Weights per (seed, b, η): a resample's counts per seed (shape (seeds,)) or per cell (the cube's shape)."""
+    w = np.asarray(weights, dtype=float)
+    return (w if w.ndim == 3 else w[:, None, None]) * present
+
+
 def best_lr_index(acc: np.ndarray, div: np.ndarray, present: np.ndarray, weights: np.ndarray) -> np.ndarray:
-    """Per b, the index of the best η (−1 if none) for seeds weighted by ``weights`` (a resample's counts):
-    the cell mean over non-diverged seeds, a cell diverged when most of its seeds diverged, ties to the smaller η."""
-    w = weights[:, None, None] * present
+    """Per b, the index of the best η (−1 if none) for seeds weighted by ``weights`` (a resample's counts, per
+    seed or per cell): the cell mean over non-diverged seeds, a cell diverged when most of its seeds diverged,
+    ties to the smaller η."""
+    w = _cell_weights(weights, present)
     ok = w * (~div & np.isfinite(acc))
     with np.errstate(invalid="ignore", divide="ignore"):
         mean = np.nansum(ok * np.nan_to_num(acc), axis=0) / ok.sum(axis=0)
@@ -175,14 +187,53 @@ def best_lr_index(acc: np.ndarray, div: np.ndarray, present: np.ndarray, weights
     return np.where(np.isfinite(score.max(axis=1)), best, -1)
 
 
+def largest_stable_index(div: np.ndarray, present: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """Per b, the index of the largest η whose cell and every probed smaller-η cell did not diverge (a cell
+    diverged when most of its weighted seeds did); −1 when the smallest probed η already diverged."""
+    w = _cell_weights(weights, present)
+    probed = w.sum(axis=0) > 0
+    with np.errstate(invalid="ignore", divide="ignore"):
+        bad = probed & ((w * div).sum(axis=0) / w.sum(axis=0) > 0.5)
+    first_bad = np.where(bad.any(axis=1), np.argmax(bad, axis=1), bad.shape[1])
+    idx = np.arange(bad.shape[1])[None, :]
+    ok = probed & (idx < first_bad[:, None])
+    return np.where(ok.any(axis=1), bad.shape[1] - 1 - np.argmax(ok[:, ::-1], axis=1), -1)
+
+
+def censored(index: np.ndarray, present: np.ndarray) -> np.ndarray:
+    """Per b, ``low`` / ``high`` when η index ``index`` is the smallest / largest probed η of that b (the value then
+    only bounds the optimum), else ``""``."""
+    probed = present.any(axis=0)
+    lo = np.argmax(probed, axis=1)
+    hi = probed.shape[1] - 1 - np.argmax(probed[:, ::-1], axis=1)
+    out = np.full(len(index), "", dtype=object)
+    out[(index >= 0) & (index == hi)] = "high"
+    out[(index >= 0) & (index == lo)] = "low"
+    return out
+
+
+def resample_weights(present: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """One bootstrap resample's counts per (seed, b, η): each cell draws as many seeds as it has, with
+    replacement, from its own seeds, independently of every other cell."""
+    n_s = present.shape[0]
+    k = present.sum(axis=0)
+    order = np.argsort(~present, axis=0, kind="stable")  # each cell's present seeds first
+    draw = np.floor(rng.random(present.shape) * np.maximum(k, 1)).astype(int)
+    seed = np.take_along_axis(order, draw, axis=0)
+    used = np.arange(n_s)[:, None, None] < k[None]
+    w = np.zeros(present.shape)
+    for s in range(n_s):
+        w[s] = ((seed == s) & used).sum(axis=0)
+    return w
+
+
 def bootstrap_best(seeds: pd.DataFrame, n_boot: int = N_BOOT, seed: int = BOOT_SEED) -> tuple[np.ndarray, np.ndarray]:
-    """(bs, idx) with idx[k, j] the best-η index of b = bs[j] in bootstrap resample k of the seeds."""
+    """(bs, idx) with idx[k, j] the best-η index of b = bs[j] in bootstrap resample k (:func:`resample_weights`)."""
     bs, _, acc, div, present = seed_cube(seeds)
     rng = np.random.default_rng(seed)
-    n_s = acc.shape[0]
     idx = np.empty((n_boot, len(bs)), dtype=int)
     for k in range(n_boot):
-        idx[k] = best_lr_index(acc, div, present, np.bincount(rng.integers(0, n_s, n_s), minlength=n_s).astype(float))
+        idx[k] = best_lr_index(acc, div, present, resample_weights(present, rng))
     return bs, idx
 
 
@@ -198,9 +249,13 @@ def _intervals(c: pd.DataFrame, seeds: pd.DataFrame) -> pd.DataFrame:
     """The best cells' bootstrap interval of η over seeds (``lr_lo``, ``lr_hi``, ``boot_seed``, ``n_boot``)."""
     c = c.copy()
     c[["lr_lo", "lr_hi", "boot_seed", "n_boot"]] = np.nan
+    c["censored"] = ""
     for ds, s in seeds.groupby("dataset", sort=True):
         bs, idx = bootstrap_best(s)
-        lrs = np.sort(pd.unique(s["lr"]))
+        _, lrs, acc, div, present = seed_cube(s)
+        best = best_lr_index(acc, div, present, np.ones(present.shape[0]))
+        for b, flag in zip(bs, censored(best, present)):
+            c.loc[(c["dataset"] == ds) & (c["b"] == b) & c["is_best"], "censored"] = flag
         q = (1 - BOOT_LEVEL) / 2
         for j, b in enumerate(bs):
             got = np.log2(lrs[idx[:, j][idx[:, j] >= 0]])

@@ -180,18 +180,24 @@ def ias_n(run: Run) -> pd.Series:
 def for_b(run: Run) -> pd.DataFrame:
     """tr(S_b), tr(H S_b), ρ_b, ‖H‖_{S_b} and the instability ratio tr(H S_b)/tr(S_n) per probed step at
     the run's own b: measured columns when present, else rebuilt from tr_S_1/tr_S_n, tr_HS_1/tr_HS_n
-    by identity (1) (:func:`lssr.scaling.trace_b`). For GD (S_b = S_n) ρ_b = 1 and ‖H‖_{S_b} = ‖H‖_{S_n}."""
+    by identity (1) (:func:`lssr.scaling.trace_b`). For GD (S_b = S_n) ρ_b = 1 and ‖H‖_{S_b} = ‖H‖_{S_n}.
+    ``instability_se`` is the standard error of the instability ratio, se(tr(H S_b))/tr(S_n) (the sketch's
+    se of tr(H S_1) times γ_{n,b}/b when the per-b one is absent); 0 for GD, whose tr(H S_n) is exact."""
     tr_s_n, tr_hs_n = run.col("tr_S_n"), run.col("tr_HS_n")
     if run.is_gd:
         ias = ias_n(run)
-        return pd.DataFrame({"tr_S_b": tr_s_n, "tr_HS_b": tr_hs_n, "rho_b": 1.0, "ias_b": ias, "instability": ias})
+        out = {"tr_S_b": tr_s_n, "tr_HS_b": tr_hs_n, "rho_b": 1.0, "ias_b": ias, "instability": ias}
+        return pd.DataFrame({**out, "instability_se": 0.0})  # tr(H S_n) = ∇Lᵀ H ∇L needs no sketch
     n, b, repl = run.n, run.b, run.replacement
     tr_s_b = run.col(per_b("tr_S_b", b)).fillna(scaling.trace_b(run.col("tr_S_1"), tr_s_n, n, b, repl))
     tr_hs_b = run.col(per_b("tr_HS_b", b)).fillna(scaling.trace_b(run.col("tr_HS_1"), tr_hs_n, n, b, repl))
     rho = run.col(per_b("rho_b", b)).fillna(tr_s_n / tr_s_b)
     ias = run.col(per_b("ias_b", b)).fillna(tr_hs_b / tr_s_b)
     inst = run.col(per_b("instability_b", b)).fillna(tr_hs_b / tr_s_n).fillna(ias / rho)
-    return pd.DataFrame({"tr_S_b": tr_s_b, "tr_HS_b": tr_hs_b, "rho_b": rho, "ias_b": ias, "instability": inst})
+    se = run.col(per_b("tr_HS_b_se", b)).fillna(scaling.batch_weight(n, b, repl) * run.col("tr_HS_1_se")) / tr_s_n
+    return pd.DataFrame(
+        {"tr_S_b": tr_s_b, "tr_HS_b": tr_hs_b, "rho_b": rho, "ias_b": ias, "instability": inst, "instability_se": se}
+    )
 
 
 def first_index(mask: np.ndarray, start: int = 0) -> int | None:
