@@ -12,7 +12,9 @@ import yaml
 import lssr
 
 SRC = Path(lssr.__file__).resolve().parents[1]
-COMMANDS = ("subset", "train", "train-batch", "write-config", "table", "figure", "claims", "runs-table", "verdicts")
+COMMANDS = (
+    "subset", "train", "train-batch", "write-config", "table", "figure", "claims", "runs-table", "verdicts", "diagnose",
+)  # fmt: skip
 RUN = {
     "data": {"dataset": "digits", "n": 64},
     "model": {"name": "digits_cnn"},

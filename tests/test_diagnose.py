@@ -366,3 +366,91 @@ def test_bad_inputs_give_one_line_errors():
     with pytest.raises(LssrError) as e:
         lssr.diagnose(model, "ce", (x, y), batch_sizes=[7])
     assert "b <= n = 6" in one_line(e)
+
+
+FACTORY = """
+import torch
+from torch import nn
+
+
+def make(width=8, num_classes=10, in_features=64):
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Flatten(), nn.Linear(in_features, width), nn.Tanh(), nn.Linear(width, num_classes))
+"""
+
+
+def test_command_line_gives_the_python_numbers(tmp_path, monkeypatch, capsys):
+    import json
+
+    import pandas as pd
+
+    from lssr.cli import main
+    from lssr.data import SubsetSpec, build_subset, load_subset
+
+    (tmp_path / "userfactory.py").write_text(FACTORY)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import userfactory
+
+    subset = build_subset(SubsetSpec("digits", 64, seed=0), tmp_path / "subset")
+    trained = userfactory.make(width=6)
+    with torch.no_grad():
+        for p in trained.parameters():
+            p.mul_(1.5)
+    ckpt = tmp_path / "model.pt"
+    torch.save({"model": {f"module.{k}": v for k, v in trained.state_dict().items()}}, ckpt)
+    out = tmp_path / "out"
+    argv = ["diagnose", "--model", "userfactory:make", "--model-arg", "width=6", "--checkpoint", str(ckpt)]
+    argv += ["--data", str(subset), "--batch-sizes", "4", "16", "--n", "40", "--seed", "2", "--out", str(out)]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    sub = load_subset(subset)
+    ref = lssr.diagnose(trained, "ce", (sub.x_train, sub.y_train), batch_sizes=[4, 16], n=40, seed=2)
+    frame = pd.read_csv(out / "diagnostics.csv")
+    saved = json.loads((out / "diagnostics.json").read_text())
+    assert list(frame["b"]) == [4, 16] and "ias_b" in printed
+    for b in (4, 16):
+        row = frame[frame["b"] == b].iloc[0]
+        assert rel(row["tr_HS_b"], ref.at(b).tr_HS_b) < 1e-12 and rel(row["ias_b"], ref.at(b).ias_b) < 1e-12
+    assert rel(saved["scalars"]["top_eig"], ref.top_eig) < 1e-12 and saved["scalars"]["n"] == 40
+    assert saved["call"]["model_args"] == {"width": 6}
+
+    bad = argv[:-1] + [str(tmp_path / "out2"), "--checkpoint", str(tmp_path / "missing.pt")]
+    assert main(bad) == 2
+    assert "missing.pt: no such file" in capsys.readouterr().err
+
+
+def test_command_line_on_an_image_folder(tmp_path, monkeypatch):
+    from PIL import Image
+    from torchvision import datasets, transforms
+
+    from lssr.cli import main
+
+    (tmp_path / "userfactory.py").write_text(FACTORY)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import userfactory
+
+    g = np.random.default_rng(0)
+    for c in ("cat", "dog"):
+        (tmp_path / "imgs" / "train" / c).mkdir(parents=True)
+        for i in range(3):
+            Image.fromarray(g.integers(0, 255, (4, 4, 3), dtype=np.uint8)).save(
+                tmp_path / "imgs" / "train" / c / f"{i}.png"
+            )
+    out = tmp_path / "out"
+    argv = ["diagnose", "--model", "userfactory:make", "--model-arg", "in_features=48", "--model-arg", "num_classes=2"]
+    argv += ["--data", str(tmp_path / "imgs"), "--batch-sizes", "2", "--dtype", "float64", "--out", str(out)]
+    assert main(argv) == 0
+    ds = datasets.ImageFolder(str(tmp_path / "imgs" / "train"), transform=transforms.ToTensor())
+    ref = lssr.diagnose(userfactory.make(in_features=48, num_classes=2).double(), "ce", ds, batch_sizes=[2])
+    import json
+
+    saved = json.loads((out / "diagnostics.json").read_text())
+    assert saved["scalars"]["n"] == 6 and rel(saved["scalars"]["tr_HS_1"], ref.tr_HS_1) < 1e-12
+
+
+def test_every_command_line_option_is_explained():
+    from lssr.cli import build_parser
+
+    sub = next(a for a in build_parser()._actions if a.dest == "command")
+    actions = [a for a in sub.choices["diagnose"]._actions if a.dest != "help"]
+    assert len(actions) >= 20 and all(a.help and len(a.help) > 10 for a in actions)

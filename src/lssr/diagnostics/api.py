@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from .. import LssrError
-from ..config import ProbeConfig
+from ..config import ProbeConfig, RunConfig
 from ..curvature import HVP_MODES, BatchNormModeError, ForwardAdapter, LossOperator, hvp_fn, hvp_rev_fn
 from ..losses import PerSampleLoss
 from ..scaling import gamma
@@ -34,10 +34,11 @@ Tensor = torch.Tensor
 
 BN_OPTIONS = ("refuse", "eval")
 DROPOUT_OPTIONS = ("refuse", "off")
-#: Defaults of :func:`diagnose` shared with the pipeline's probe (lssr.config.ProbeConfig).
+#: Defaults of :func:`diagnose`: the pipeline's (lssr.config: ProbeConfig, RunConfig.chunk_size), and the
+#: eigen-solver's HVP cap of :func:`.moments.gradient_moments`.
 PROBES, STAGE1, REL_SE, EIG_TOL = ProbeConfig.probes, ProbeConfig.stage1, ProbeConfig.rel_se, ProbeConfig.eig_tol
+CHUNK = RunConfig.chunk_size
 EIG_MAX_HVPS = 60
-CHUNK = 256
 
 
 class RandomForwardError(LssrError):
