@@ -5,6 +5,7 @@ tr(H S_b) averaged over every batch of size b (all subsets without replacement, 
 import copy
 import itertools
 import random
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -454,3 +455,15 @@ def test_every_command_line_option_is_explained():
     sub = next(a for a in build_parser()._actions if a.dest == "command")
     actions = [a for a in sub.choices["diagnose"]._actions if a.dest != "help"]
     assert len(actions) >= 20 and all(a.help and len(a.help) > 10 for a in actions)
+
+
+def test_the_guides_five_lines_run_as_written(capsys):
+    """The first code block of docs/DIAGNOSTICS.md (also in the README) runs and prints the diagnostics."""
+    root = Path(lssr.__file__).resolve().parents[2]
+    guide, readme = (root / "docs" / "DIAGNOSTICS.md").read_text(), (root / "README.md").read_text()
+    code = guide.split("```python\n", 1)[1].split("```", 1)[0]
+    assert len([line for line in code.splitlines() if line.strip()]) == 5 and code in readme
+    torch.manual_seed(0)
+    exec(compile(code, "DIAGNOSTICS.md", "exec"), {})
+    out = capsys.readouterr().out
+    assert "ias_b" in out and "instability_b" in out
