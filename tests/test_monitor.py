@@ -168,7 +168,14 @@ def test_rows_equal_an_independent_diagnose_call_at_the_same_theta():
     for row in rows:
         t = row["step"]
         d = lssr.diagnose(
-            thetas[t], "ce", (x[idx], y[idx]), batch_sizes=[B], bn="eval", dropout="off", eig_init=inits[t]
+            thetas[t],
+            "ce",
+            (x[idx], y[idx]),
+            batch_sizes=[B],
+            replacement=True,
+            bn="eval",
+            dropout="off",
+            eig_init=inits[t],
         )
         ref = d.to_dict()
         assert row["estimator"] == ref["estimator"] == "sketch"
@@ -311,7 +318,7 @@ def test_the_probe_set_is_drawn_once_seeded_and_without_augmentation_on_request(
     with pytest.raises(LssrError, match="transform= needs a data set with a `transform` attribute"):
         lssr.SharpnessMonitor(model, "ce", ds, n=N_PROBE, transform=lambda t: t)
     with pytest.raises(LssrError, match="batch size 64 is out of range"):
-        lssr.SharpnessMonitor(model, "ce", ds, n=N_PROBE, batch_sizes=[64])
+        lssr.SharpnessMonitor(model, "ce", ds, n=N_PROBE, batch_sizes=[64], replacement=False)
 
 
 def test_the_package_works_without_lightning():
@@ -337,3 +344,96 @@ except lssr.LssrError as e:
 """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert "ERR lssr.SharpnessCallback needs PyTorch Lightning; fix: pip install lightning" in out
+
+
+def test_a_lightning_trainer_logs_the_plain_monitors_numbers(tmp_path):
+    """lssr.SharpnessCallback in a real lightning Trainer (CPU, CSVLogger, 20 steps, measuring every 4): the
+    logged rows are the plain loop's monitor rows at the same steps, on the same trajectory (same initial
+    model, data order and SGD; the final parameters agree)."""
+    L = pytest.importorskip("lightning.pytorch", reason="lightning is an optional extra (pip install lightning)")
+
+    class Module(L.LightningModule):
+        def __init__(self, net):
+            super().__init__()
+            self.net = net
+
+        def forward(self, x):
+            return self.net(x)
+
+        def training_step(self, batch, _):
+            x, y = batch
+            return F.cross_entropy(self(x), y)
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1, momentum=0.5, weight_decay=1e-3)
+
+    net, ds = make()
+    net.drop.p = 0.0  # the two runs draw dropout masks at different points of the global RNG stream
+    init = copy.deepcopy(net)
+    kw = dict(n=N_PROBE, every=4, budget=None)
+    module = Module(net)
+    loader = DataLoader(ds, batch_size=B, shuffle=False)
+    logger = L.loggers.CSVLogger(tmp_path, name="run")
+    trainer = L.Trainer(
+        max_steps=20,
+        accelerator="cpu",
+        logger=logger,
+        callbacks=[lssr.SharpnessCallback("ce", **kw)],
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+    )
+    trainer.fit(module, loader)
+    logged = pd.read_csv(Path(logger.log_dir) / "metrics.csv")
+    logged = logged.dropna(subset=["sharpness/top_eig"]).reset_index(drop=True)
+
+    rows = []
+    model = init
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.5, weight_decay=1e-3)
+    mon = lssr.SharpnessMonitor(model, "ce", loader, opt, callback=rows.append, **kw)
+    model.train()
+    for t, (x, y) in zip(range(20), [b for _ in range(4) for b in loader]):
+        opt.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        mon.step()
+        opt.step()
+    for a, b in zip(model.parameters(), module.net.parameters()):
+        assert torch.allclose(a, b, rtol=1e-12, atol=1e-14)
+    assert list(logged["step"]) == [r["step"] for r in rows] == [0, 4, 8, 12, 16]
+    for key in EXACT + ("top_eig", "threshold", "top_eig_reg", f"ias_b_{B}", f"rho_b_{B}", f"tr_HS_b_{B}"):
+        assert np.allclose(logged[f"sharpness/{key}"], [r[key] for r in rows], rtol=1e-9, atol=1e-12), key
+
+
+def guide_blocks():
+    root = Path(lssr.__file__).resolve().parents[2]
+    section = (root / "docs" / "DIAGNOSTICS.md").read_text().split("## During training", 1)[1]
+    return [b.split("```", 1)[0] for b in section.split("```python\n")[1:]]
+
+
+def test_the_guides_plain_loop_runs_as_written(tmp_path, monkeypatch, capsys):
+    """The plain-loop example of docs/DIAGNOSTICS.md's "During training" runs, prints two rows and leaves the
+    CSV (two rows) and a checkpoint whose monitor state resumes a new monitor."""
+    monkeypatch.chdir(tmp_path)
+    torch.manual_seed(0)
+    scope = {}
+    exec(compile(guide_blocks()[0], "DIAGNOSTICS.md", "exec"), scope)
+    printed = [line.split() for line in capsys.readouterr().out.splitlines() if line.strip()]
+    assert [p[0] for p in printed] == ["0", "8"]
+    table = pd.read_csv(tmp_path / "sharpness.csv")
+    assert list(table["step"]) == [0, 8] and np.allclose(table["threshold"], (2 + 2 * 0.9) / 0.05)
+    state = torch.load(tmp_path / "ckpt.pt", weights_only=False)["monitor"]
+    mon = lssr.SharpnessMonitor(scope["model"], "ce", scope["loader"], scope["opt"], every=8)
+    mon.load_state_dict(state)
+    assert mon.steps == 16 and mon.due() and torch.equal(mon.eigenvector, state["eigenvector"])
+
+
+def test_the_guides_lightning_example_runs_as_written(tmp_path, monkeypatch):
+    """The Lightning example of the same section runs and its CSV logger holds the monitor's two rows."""
+    pytest.importorskip("lightning.pytorch", reason="lightning is an optional extra (pip install lightning)")
+    monkeypatch.chdir(tmp_path)
+    torch.manual_seed(0)
+    exec(compile(guide_blocks()[1], "DIAGNOSTICS.md", "exec"), {})
+    (metrics,) = tmp_path.glob("logs/*/version_0/metrics.csv")
+    logged = pd.read_csv(metrics).dropna(subset=["sharpness/top_eig"])
+    assert list(logged["step"]) == [0, 8] and np.allclose(logged["sharpness/threshold"], (2 + 2 * 0.9) / 0.05)

@@ -30,8 +30,8 @@ from ..io import CsvLog
 from .api import Diagnostics, diagnose
 from .batches import collect
 
-#: The monitor's defaults: a probe set of N_PROBE samples; measure while the measurements' wall time stays
-#: within BUDGET of the training's (no fixed period); the probe set drawn with SEED.
+#: The monitor's defaults: a probe set of N_PROBE samples drawn with SEED; without ``every`` or ``budget``,
+#: measure while the measurements' wall time stays within BUDGET of the training's.
 N_PROBE, BUDGET, SEED = 256, 0.10, 0
 
 #: Columns before the diagnostics in every row.
@@ -135,8 +135,12 @@ class SharpnessMonitor:
         the loss coupled weight decay descends) and their ratio ``edge_ratio``.
     every: measure at steps 0, k, 2k, ... (None: any step). budget: measure only while the measurements'
         wall time, with the next one's (estimated by the last), stays within ``budget`` times the training's
-        wall time between calls (None: no budget). The first call always measures (θ_0).
-    batch_sizes: the b of each row (default: the DataLoader's batch size).
+        wall time between calls. Neither given: ``budget=BUDGET`` (10%); ``every`` alone: no budget. The first
+        call always measures (θ_0).
+    batch_sizes, replacement: the b of each row (default: the DataLoader's batch size); ``replacement=True``
+        (default) gives them γ = 1, the value for batches drawn from a training set of N ≫ b samples, of
+        which the probe set is a sample (without replacement from the probe set itself, γ = (n − b)/(n − 1)
+        would describe batches of the n probe samples, not of the training set).
     csv: a CSV file, one row per measurement, appended and fsynced in ``<csv>.partial`` and renamed onto
         ``csv`` by :meth:`close`; resumed runs cut it back to the checkpoint's rows. callback: called with
         each row (a dict). diagnose_kwargs: any further option of :func:`lssr.diagnose` (probes, exact,
@@ -153,7 +157,7 @@ class SharpnessMonitor:
         n: int | None = N_PROBE,
         seed: int = SEED,
         every: int | None = None,
-        budget: float | None = BUDGET,
+        budget: float | None = None,
         batch_sizes: Iterable[int] | None = None,
         csv: str | os.PathLike | None = None,
         callback: Callable[[dict], Any] | None = None,
@@ -161,6 +165,7 @@ class SharpnessMonitor:
         forward: Callable | None = None,
         lr: float | None = None,
         momentum: float | None = None,
+        replacement: bool = True,
         bn: str = "eval",
         dropout: str = "off",
         **diagnose_kwargs: Any,
@@ -173,11 +178,11 @@ class SharpnessMonitor:
             if bad in diagnose_kwargs:
                 raise LssrError(f"SharpnessMonitor: {bad}= is the monitor's own; fix: drop it from the options")
         self.model, self.loss, self.optimizer = model, loss, optimizer
-        self.every, self.budget = every, budget
+        self.every, self.budget = every, (BUDGET if every is None and budget is None else budget)
         self.seed = int(seed)
         self.callback, self.forward = callback, forward
         self.lr, self.momentum = lr, momentum
-        self.options = dict(bn=bn, dropout=dropout, **diagnose_kwargs)
+        self.options = dict(replacement=replacement, bn=bn, dropout=dropout, **diagnose_kwargs)
         if batch_sizes is None:
             bs = getattr(data, "batch_size", None) if isinstance(data, DataLoader) else None
             batch_sizes = (bs,) if bs else ()
@@ -185,10 +190,10 @@ class SharpnessMonitor:
         self.probe = draw_probe_set(data, n, self.seed, transform)
         self.n = int(torch.utils._pytree.tree_leaves(self.probe)[0].shape[0])
         for b in self.batch_sizes:
-            if not 1 <= b <= self.n:
+            if b < 1 or (not replacement and b > self.n):
                 raise LssrError(
-                    f"SharpnessMonitor: batch size {b} is out of range for a probe set of n = {self.n}; "
-                    f"fix: batch_sizes within 1..{self.n}, or a larger n"
+                    f"SharpnessMonitor: batch size {b} is out of range for a probe set of n = {self.n} "
+                    f"(replacement={replacement}); fix: batch_sizes within 1..{self.n}, or replacement=True"
                 )
         self.csv = CsvLog(csv, []) if csv is not None else None
         self._csv_offset: int | None = None  # from a checkpoint: cut the partial file back to it
