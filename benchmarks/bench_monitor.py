@@ -1,9 +1,10 @@
-"""The wall-time overhead of ``lssr.SharpnessMonitor`` at its default schedule (``make bench-monitor``, ~5 minutes).
+"""The wall-time overhead of ``lssr.SharpnessMonitor`` at its default schedule (``make bench-monitor``, ~13 minutes).
 
 A 200-step SGD loop (momentum 0.9, weight decay 5e-4, batch 128) of torchvision's ``shufflenet_v2_x0_5``
 (batch norm, 10 classes) on real CIFAR-10 images (/work/shared/data/cifar10-jpeg/train, a seeded subset,
 random crop and flip, decoded by an ``ImageFolder`` in the loop), timed with and without the monitor in
-interleaved repetitions from the same seed. The monitor is built inside the timed region (drawing its
+interleaved repetitions from the same seed, then one pair of 2000-step loops (``--long-steps``), long
+enough for the budget to allow a second measurement. The monitor is built inside the timed region (drawing its
 probe set without the augmentation) with its defaults (n = 256, a 10% budget, the first call measuring θ_0).
 The overhead is the ratio of the two walls minus 1 (per pair, then the median). Also checks that the two
 loss curves are identical. Writes ``results/bench/monitor.json`` (every wall, the monitor's measurements and
@@ -40,8 +41,8 @@ def loader(root: Path, n: int, batch: int, seed: int) -> DataLoader:
     return DataLoader(Subset(ds, idx), batch_size=batch, shuffle=True, drop_last=True)
 
 
-def run(args, data: DataLoader, monitored: bool) -> dict:
-    """One timed loop of args.steps SGD steps from args.seed; the monitor (if any) built inside the timing."""
+def run(args, data: DataLoader, monitored: bool, steps: int) -> dict:
+    """One timed loop of ``steps`` SGD steps from args.seed; the monitor (if any) built inside the timing."""
     torch.manual_seed(args.seed)
     model = getattr(torchvision.models, args.model)(num_classes=10)
     opt = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9, weight_decay=5e-4)
@@ -54,9 +55,9 @@ def run(args, data: DataLoader, monitored: bool) -> dict:
         mon = lssr.SharpnessMonitor(model, "ce", data, opt, transform=clean, callback=rows.append)
     t_built = time.perf_counter()
     step = 0
-    while step < args.steps:
+    while step < steps:
         for x, y in data:
-            if step == args.steps:
+            if step == steps:
                 break
             opt.zero_grad()
             loss = F.cross_entropy(model(x), y)
@@ -106,6 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--train-n", type=int, default=10000, help="training images (a seeded subset of the 50,000)")
+    ap.add_argument("--long-steps", type=int, default=2000, help="one more pair this long (0: none)")
     ap.add_argument("--lr", type=float, default=0.05)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
@@ -122,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     pairs = []
     for rep in range(args.reps):
         order = (False, True) if rep % 2 == 0 else (True, False)
-        res = {m: run(args, data, m) for m in order}
+        res = {m: run(args, data, m, args.steps) for m in order}
         plain, mon = res[False], res[True]
         same = torch.equal(plain.pop("losses"), mon.pop("losses"))
         pairs.append(
@@ -162,6 +164,23 @@ def main(argv: list[str] | None = None) -> int:
         "python": platform.python_version(),
         "reps": pairs,
     }
+    if args.long_steps:
+        plain, mon = run(args, data, False, args.long_steps), run(args, data, True, args.long_steps)
+        same = torch.equal(plain.pop("losses"), mon.pop("losses"))
+        result["long"] = {
+            "steps": args.long_steps,
+            "overhead": mon["wall_s"] / plain["wall_s"] - 1.0,
+            "losses_identical": same,
+            "plain": plain,
+            "monitor": mon,
+        }
+        result["loadavg_after"] = list(os.getloadavg())
+        print(
+            f"{args.long_steps} steps: plain {plain['wall_s']:.1f} s, monitor {mon['wall_s']:.1f} s "
+            f"({mon['measurements']} measurements at {mon['measured_steps']}), overhead "
+            f"{result['long']['overhead']:.3f}, losses identical: {same}",
+            flush=True,
+        )
     write_json(args.out, result)
     print(
         f"overhead (median of {args.reps} interleaved pairs): {result['overhead_median']:.3f}; "

@@ -55,21 +55,15 @@ def probe_indices(total, n, seed):
     return torch.randperm(total, generator=torch.Generator().manual_seed(seed))[:n].sort().values
 
 
-def train(steps=50, monitor_kwargs=None, seed=0, state=None, record=None, start=0):
+def train(steps=50, monitor_kwargs=None, seed=0, record=None):
     """SGD (momentum, weight decay) on a shuffling loader that draws from the global RNG, dropout active."""
     model, ds = make(seed)
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.5, weight_decay=1e-3)
-    if state is not None:
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["opt"])
-        torch.set_rng_state(state["rng"])
     loader = DataLoader(ds, batch_size=B, shuffle=True)
     mon = None
     if monitor_kwargs is not None:
         mon = lssr.SharpnessMonitor(model, "ce", loader, opt, n=N_PROBE, **monitor_kwargs)
-        if state is not None and "monitor" in state:
-            mon.load_state_dict(torch.load(io.BytesIO(state["monitor"]), weights_only=False))
-    losses, t = [], start
+    losses, t = [], 0
     model.train()
     while t < steps:
         for x, y in loader:
@@ -218,7 +212,7 @@ def test_a_resumed_run_continues_the_schedule_the_warm_start_and_the_csv(tmp_pat
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.5, weight_decay=1e-3)
     after = []
     mon = lssr.SharpnessMonitor(model, "ce", loader, opt, n=N_PROBE, callback=after.append, csv=csv, **kw)
-    mon.load_state_dict(torch.load(io.BytesIO(ckpt["monitor"]), weights_only=False))
+    mon.load_state_dict(torch.load(io.BytesIO(ckpt["monitor"])))
     assert mon.steps == 15 and torch.equal(mon.eigenvector, vec[12])
     model.train()
     t = 0
@@ -346,12 +340,7 @@ except lssr.LssrError as e:
     assert "ERR lssr.SharpnessCallback needs PyTorch Lightning; fix: pip install lightning" in out
 
 
-def test_a_lightning_trainer_logs_the_plain_monitors_numbers(tmp_path):
-    """lssr.SharpnessCallback in a real lightning Trainer (CPU, CSVLogger, 20 steps, measuring every 4): the
-    logged rows are the plain loop's monitor rows at the same steps, on the same trajectory (same initial
-    model, data order and SGD; the final parameters agree)."""
-    L = pytest.importorskip("lightning.pytorch", reason="lightning is an optional extra (pip install lightning)")
-
+def lightning_module(L):
     class Module(L.LightningModule):
         def __init__(self, net):
             super().__init__()
@@ -367,6 +356,59 @@ def test_a_lightning_trainer_logs_the_plain_monitors_numbers(tmp_path):
         def configure_optimizers(self):
             return torch.optim.SGD(self.parameters(), lr=0.1, momentum=0.5, weight_decay=1e-3)
 
+    return Module
+
+
+def lightning_trainer(L, callback, **kw):
+    kw = dict(accelerator="cpu", enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0) | kw
+    return L.Trainer(callbacks=[callback] + kw.pop("extra", []), **kw)
+
+
+def test_a_lightning_checkpoint_resumes_the_monitor(tmp_path):
+    """A Trainer checkpointed after its first epoch (6 steps) and resumed to 12 steps from that checkpoint
+    measures at the uninterrupted run's steps, and at step 6 (the checkpoint's θ) with its numbers, ‖H‖ and
+    HVP counts included: the monitor's state, warm start included, travels in the Lightning checkpoint."""
+    L = pytest.importorskip("lightning.pytorch", reason="lightning is an optional extra (pip install lightning)")
+    Module = lightning_module(L)
+    kw = dict(n=N_PROBE, every=3, budget=None)
+
+    def fit(max_steps, rows, ckpt_path=None, max_epochs=-1, extra=()):
+        net, ds = make()
+        net.drop.p = 0.0
+        loader = DataLoader(ds, batch_size=B, shuffle=False)
+        cb = lssr.SharpnessCallback("ce", callback=rows.append, **kw)
+        trainer = lightning_trainer(
+            L,
+            cb,
+            max_steps=max_steps,
+            max_epochs=max_epochs,
+            logger=False,
+            extra=list(extra),
+            enable_checkpointing=bool(extra),
+            default_root_dir=tmp_path,
+        )
+        trainer.fit(Module(net), loader, ckpt_path=ckpt_path)
+        return cb
+
+    full, first, resumed = [], [], []
+    fit(12, full)
+    saver = L.callbacks.ModelCheckpoint(dirpath=tmp_path / "ckpt", filename="epoch0")
+    fit(-1, first, max_epochs=1, extra=[saver])
+    cb = fit(12, resumed, ckpt_path=tmp_path / "ckpt" / "epoch0.ckpt")
+    assert [r["step"] for r in full] == [0, 3, 6, 9] and [r["step"] for r in first] == [0, 3]
+    assert [r["step"] for r in resumed] == [6, 9] and cb.monitor.measurements == 4
+    timing = ["cost_seconds", "cost_grad_seconds", "cost_gradient_equivalents"]
+    a, b = resumed[0], full[2]  # step 6: the same θ, so equal numbers need the checkpoint's warm start
+    assert {k: v for k, v in a.items() if k not in timing} == {k: v for k, v in b.items() if k not in timing}
+
+
+def test_a_lightning_trainer_logs_the_plain_monitors_numbers(tmp_path):
+    """lssr.SharpnessCallback in a real lightning Trainer (CPU, CSVLogger, 20 steps, measuring every 4): the
+    logged rows are the plain loop's monitor rows at the same steps, on the same trajectory (same initial
+    model, data order and SGD; the final parameters agree)."""
+    L = pytest.importorskip("lightning.pytorch", reason="lightning is an optional extra (pip install lightning)")
+    Module = lightning_module(L)
+
     net, ds = make()
     net.drop.p = 0.0  # the two runs draw dropout masks at different points of the global RNG stream
     init = copy.deepcopy(net)
@@ -374,15 +416,8 @@ def test_a_lightning_trainer_logs_the_plain_monitors_numbers(tmp_path):
     module = Module(net)
     loader = DataLoader(ds, batch_size=B, shuffle=False)
     logger = L.loggers.CSVLogger(tmp_path, name="run")
-    trainer = L.Trainer(
-        max_steps=20,
-        accelerator="cpu",
-        logger=logger,
-        callbacks=[lssr.SharpnessCallback("ce", **kw)],
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
+    trainer = lightning_trainer(
+        L, lssr.SharpnessCallback("ce", **kw), max_steps=20, logger=logger, enable_checkpointing=False
     )
     trainer.fit(module, loader)
     logged = pd.read_csv(Path(logger.log_dir) / "metrics.csv")
@@ -422,7 +457,7 @@ def test_the_guides_plain_loop_runs_as_written(tmp_path, monkeypatch, capsys):
     assert [p[0] for p in printed] == ["0", "8"]
     table = pd.read_csv(tmp_path / "sharpness.csv")
     assert list(table["step"]) == [0, 8] and np.allclose(table["threshold"], (2 + 2 * 0.9) / 0.05)
-    state = torch.load(tmp_path / "ckpt.pt", weights_only=False)["monitor"]
+    state = torch.load(tmp_path / "ckpt.pt")["monitor"]
     mon = lssr.SharpnessMonitor(scope["model"], "ce", scope["loader"], scope["opt"], every=8)
     mon.load_state_dict(state)
     assert mon.steps == 16 and mon.due() and torch.equal(mon.eigenvector, state["eigenvector"])

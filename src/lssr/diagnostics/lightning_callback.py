@@ -32,7 +32,9 @@ class SharpnessCallback(Callback):
     prefix: put before every logged name (default ``sharpness/``). Every other keyword goes to
         :class:`SharpnessMonitor` (n, seed, every, budget, batch_sizes, csv, callback, lr, momentum, bn,
         dropout and the diagnose options). The optimiser is the trainer's first.
-    The monitor's state is part of Lightning checkpoints (``state_dict`` / ``load_state_dict``).
+    The monitor's state is part of Lightning checkpoints (``state_dict`` / ``load_state_dict``). Under
+    data-parallel strategies only global rank 0 measures (on its own process; the others wait for it at the
+    next collective).
     """
 
     def __init__(self, loss: Any, data: Any = None, *, prefix: str = "sharpness/", **monitor_kwargs: Any):
@@ -53,7 +55,7 @@ class SharpnessCallback(Callback):
             self._pending_state = None
 
     def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
-        if self.monitor is None or trainer.sanity_checking:
+        if self.monitor is None or trainer.sanity_checking or not trainer.is_global_zero:
             return
         row = self.monitor.step(trainer.global_step)
         if row is None:

@@ -91,7 +91,8 @@ def _dataset_with_transform(ds: Dataset):
 
 
 def draw_probe_set(data: Any, n: int | None, seed: int, transform: Callable | None = None) -> Any:
-    """The fixed probe set: n samples of ``data`` (all for n=None) as one nest of CPU tensors.
+    """The fixed probe set: n samples of ``data`` (all for n=None or a smaller data set) as one nest of CPU
+    tensors.
 
     A ``DataLoader`` over a map-style data set is read through its data set (a seeded choice of n indices:
     its sampler, shuffling and batch size play no part); ``transform`` replaces the data set's own
@@ -100,6 +101,8 @@ def draw_probe_set(data: Any, n: int | None, seed: int, transform: Callable | No
     the draw. The global random states are as before."""
     if isinstance(data, DataLoader) and not isinstance(data.dataset, IterableDataset):
         data = data.dataset
+    if n is not None and isinstance(data, Dataset) and hasattr(data, "__len__"):
+        n = min(n, len(data))  # a data set smaller than n: all of it
     holder = None
     if transform is not None:
         holder = _dataset_with_transform(data) if isinstance(data, Dataset) else None
