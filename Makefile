@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 CORES ?= all
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: demo test test-fast lint lock bench-diagnostics bench-se bench-grid clean-results
+.PHONY: demo test test-fast lint lock bench-diagnostics bench-se bench-grid bench-monitor clean-results
 
 $(BIN)/lssr: pyproject.toml requirements-lock.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -39,6 +39,9 @@ bench-se: $(BIN)/lssr
 
 bench-grid: $(BIN)/lssr
 	$(BIN)/python benchmarks/bench_grid.py
+
+bench-monitor: $(BIN)/lssr
+	OMP_NUM_THREADS=1 $(BIN)/python benchmarks/bench_monitor.py
 
 # Regenerate the lock after changing dependencies: a fresh environment from pyproject's test extra
 # (torch and torchvision capped by constraints.txt), frozen without the project itself (also not under its old

@@ -13,7 +13,7 @@ import yaml
 import lssr
 
 SRC = Path(lssr.__file__).resolve().parents[1]
-COMMANDS = ("subset", "train", "train-batch", "table", "figure", "claims", "runs-table", "verdicts")
+COMMANDS = ("subset", "train", "train-batch", "table", "figure", "claims", "runs-table", "verdicts", "diagnose")
 RUN = {
     "data": {"dataset": "digits", "n": 64},
     "model": {"name": "digits_cnn"},

@@ -6,7 +6,9 @@ figure) -> ``figures`` (tables -> plots) -> ``claims`` (tables -> verdicts) -> `
 Shared: ``config`` (every default and value rule), ``registry`` (the figures), ``columns``
 (diagnostics column names), ``scaling`` (identity (1), tr(H S_b)), ``curvature``, ``models``,
 ``losses``, ``io``; ``workflow`` plans the Snakemake DAG and ``cli`` is the command line.
-See docs/ARCHITECTURE.md.
+See docs/ARCHITECTURE.md. The public diagnostics call on your own model is :func:`lssr.diagnose`
+(docs/DIAGNOSTICS.md); during training :class:`lssr.SharpnessMonitor` (a plain loop) and
+:class:`lssr.SharpnessCallback` (PyTorch Lightning, an optional extra).
 """
 
 __version__ = "0.1.0"
@@ -14,3 +16,21 @@ __version__ = "0.1.0"
 
 class LssrError(Exception):
     """A user-facing error: the message names the file, key or value at fault and the fix."""
+
+
+def __getattr__(name: str):
+    """``lssr.diagnose``, ``lssr.Diagnostics``, ``lssr.SharpnessMonitor`` and ``lssr.SharpnessCallback``
+    (which needs Lightning), imported on first use (``import lssr`` stays free of torch and Lightning)."""
+    if name in ("diagnose", "Diagnostics"):
+        from .diagnostics import api
+
+        return getattr(api, name)
+    if name == "SharpnessMonitor":
+        from .diagnostics.monitor import SharpnessMonitor
+
+        return SharpnessMonitor
+    if name == "SharpnessCallback":
+        from .diagnostics.lightning_callback import SharpnessCallback
+
+        return SharpnessCallback
+    raise AttributeError(f"module 'lssr' has no attribute {name!r}")

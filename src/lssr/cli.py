@@ -156,6 +156,38 @@ def cmd_verdicts(args: argparse.Namespace) -> None:
     print(f"wrote {len(table)} verdict rows to {args.out}")
 
 
+def cmd_diagnose(args: argparse.Namespace) -> None:
+    from .diagnostics.command import parse_model_args, run_diagnose
+
+    options = {k: getattr(args, k) for k in DIAGNOSE_OPTIONS if getattr(args, k) is not None}
+    options["exact"] = {"auto": None, "exact": True, "sketch": False}[args.estimator]
+    res = run_diagnose(
+        model=args.model,
+        model_args=parse_model_args(args.model_arg),
+        checkpoint=args.checkpoint,
+        data=args.data,
+        loss=args.loss,
+        batch_sizes=args.batch_sizes,
+        out=_out_folder(args.out),
+        split=args.split,
+        resize=args.resize,
+        device=args.device,
+        dtype=args.dtype,
+        replacement=args.replacement,
+        top=not args.no_top,
+        **options,
+    )
+    cols = ["b", "tr_S_b", "tr_HS_b", "tr_HS_b_se", "ias_b", "ias_b_se", "rho_b", "instability_b"]
+    print(f"n={res.n} m={res.m} loss={res.loss:.6g} ‖H‖={res.top_eig:.6g} B_simple={res.b_simple:.6g} "
+          f"({res.cost.hvps} HVPs, {res.cost.seconds:.1f}s, hvp mode {res.cost.hvp_mode})")  # fmt: skip
+    print(res.frame()[cols].to_string(index=False))
+    print(f"wrote {args.out}/diagnostics.csv and diagnostics.json")
+
+
+DIAGNOSE_OPTIONS = ("n", "seed", "probes", "stage1", "rel_se", "eig_tol", "eig_max_hvps", "chunk_size", "bn", "dropout",
+                    "hvp_mode")  # fmt: skip
+
+
 def _read_csv_arg(path: str, made_by: str):
     import pandas as pd
 
@@ -261,6 +293,54 @@ def _add_result_commands(sub) -> None:
     v.set_defaults(func=cmd_verdicts)
 
 
+def _add_diagnose_command(sub) -> None:
+    d = sub.add_parser(
+        "diagnose",
+        help="‖H‖, tr(H S_b), ‖H‖_{S_b}, ρ_b and the instability ratio of your own model (lssr.diagnose)",
+        description="Run lssr.diagnose on a model built by a factory (optionally loaded from a checkpoint) and a "
+        "data set on disk; write OUT/diagnostics.csv (one row per b) and OUT/diagnostics.json (every number, "
+        "the cost and the call), and print the table. With the same options and seed it gives the numbers of "
+        "the Python call. A freshly built model is in train mode: one with batch norm needs --bn eval, one "
+        "with dropout --dropout off. See docs/DIAGNOSTICS.md.",
+    )
+    a = d.add_argument
+    # fmt: off
+    a("--model", required=True, metavar="MODULE:FUNCTION",
+      help="model factory, e.g. torchvision.models:resnet18 or lssr.models:build_model (importable from PYTHONPATH)")
+    a("--model-arg", action="append", default=[], metavar="KEY=VALUE",
+      help="keyword argument of the factory (repeat; values read as YAML), e.g. num_classes=10")
+    a("--checkpoint", default=None, help="state dict to load (a dict under model/state_dict also works)")
+    a("--data", required=True, help="a subset folder from `lssr subset`, or an image folder (<class>/<image>, or "
+      "train/<class>/<image>; pixels scaled to [0, 1])")
+    a("--split", choices=("train", "test"), default="train", help="which split of the data (default train)")
+    a("--resize", type=int, default=None, help="image folders: resize images to this many pixels")
+    a("--loss", default="ce", help="loss name: ce (cross-entropy) or mse (½‖f(x) − onehot(y)‖²); default ce")
+    a("--batch-sizes", type=int, nargs="+", required=True, metavar="B", help="batch sizes b to report")
+    a("--replacement", action="store_true", help="batches drawn with replacement (default: without)")
+    a("--n", type=int, default=None, help="use a seeded subset of n samples (default: all)")
+    a("--seed", type=int, default=None, help="seed of the subset and of the sketch's probes (default 0)")
+    a("--estimator", choices=("auto", "exact", "sketch"), default="auto",
+      help="tr(H S_1) exactly (one HVP per sample) or by the sketch; auto: exact when n <= probes")
+    a("--probes", type=int, default=None, help="sketch: the most random-sign probes (default 16)")
+    a("--stage1", type=int, default=None, help="sketch: probes of the first block, >= 3 (default 6)")
+    a("--rel-se", type=float, default=None, help="sketch: add probes until se <= REL_SE x estimate (default 0.05)")
+    a("--no-top", action="store_true", help="skip ‖H‖ (the top Hessian eigenvalue)")
+    a("--eig-tol", type=float, default=None, help="‖H‖: LOBPCG relative residual to stop at (default 1e-3)")
+    a("--eig-max-hvps", type=int, default=None, help="‖H‖: the most HVPs of the eigen-solver (default 60)")
+    a("--chunk-size", type=int, default=None, help="samples per chunk moved to the device (default 512)")
+    a("--bn", choices=("refuse", "eval"), default=None,
+      help="batch norm in train mode: refuse (default), or eval (use its running statistics)")
+    a("--dropout", choices=("refuse", "off"), default=None, help="active dropout: refuse, or off")
+    a("--hvp-mode", choices=("auto", "forward", "reverse", "fd"), default=None,
+      help="Hessian-vector products: auto (forward-over-reverse, else reverse-over-reverse, else a central "
+      "difference of gradients), or one of them")
+    a("--device", default="cpu", help="torch device, e.g. cpu or cuda (default cpu)")
+    a("--dtype", choices=("float32", "float64"), default=None, help="compute dtype (default: the model's)")
+    a("--out", required=True, help="output folder for diagnostics.csv and diagnostics.json")
+    # fmt: on
+    d.set_defaults(func=cmd_diagnose)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="lssr", description="Interaction-aware sharpness / LSSR replication toolkit")
     p.add_argument("--version", action="version", version=f"lssr {__version__}")
@@ -268,6 +348,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_commands(sub)
     _add_train_commands(sub)
     _add_result_commands(sub)
+    _add_diagnose_command(sub)
     return p
 
 

@@ -14,7 +14,9 @@ Design
 - Memory chunking is separate from any SGD batch size: a full-loss quantity is accumulated as
   Σ_chunks Σ_{i∈chunk} (...) and divided by n once.
 - Hessian-vector products are forward-over-reverse (``jvp`` of ``grad``); several vectors at once go
-  through ``vmap`` over the tangents (the primal forward/backward is then shared).
+  through ``vmap`` over the tangents (the primal forward/backward is then shared). Models with an operation
+  that lacks a forward-mode derivative use reverse-over-reverse, and those without any second derivative a
+  central difference of gradients (``LossOperator(hvp_mode=...)``).
 - The parameters are never modified and batch-norm running statistics are never updated: the
   functional calls use detached parameter tensors and refuse a model whose batch-norm layers are in
   train mode (:class:`BatchNormModeError`; the fix for a run is ``bn_mode: eval``).
@@ -27,11 +29,13 @@ from .eigen import TopEig, lobpcg_top, random_unit, top_eigenvalue, top_eigenval
 from .functions import (
     BN_FIX,
     BatchNormModeError,
+    ForwardAdapter,
     Params,
     batch_norm_in_train_mode,
     check_functional_mode,
     hvp_fn,
     hvp_many_fn,
+    hvp_rev_fn,
     loss_sum_fn,
     per_sample_grads_fn,
     per_sample_jvp_fn,
@@ -40,11 +44,13 @@ from .functions import (
     split_state,
 )
 from .linalg import drop_tolerance, orth_against, orthonormal_pairs, orthonormalize, rayleigh_ritz
-from .operator import LossOperator, ParamSpace
+from .operator import HVP_MODES, LossOperator, ParamSpace
 
 __all__ = [
     "BN_FIX",
     "BatchNormModeError",
+    "ForwardAdapter",
+    "HVP_MODES",
     "LossOperator",
     "ParamSpace",
     "Params",
@@ -54,6 +60,7 @@ __all__ = [
     "drop_tolerance",
     "hvp_fn",
     "hvp_many_fn",
+    "hvp_rev_fn",
     "lobpcg_top",
     "loss_sum_fn",
     "orth_against",

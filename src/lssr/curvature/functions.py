@@ -1,5 +1,10 @@
 """Pure ``torch.func`` functions of (params, buffers, x, y) for one data chunk: ℓ_i, Σ ℓ_i, ∇ and H·v of
-Σ ℓ_i, per-sample gradients g_i and directional derivatives g_iᵀu; and the batch-norm guard they need."""
+Σ ℓ_i (forward-over-reverse or reverse-over-reverse), per-sample gradients g_i and directional derivatives
+g_iᵀu; and the batch-norm guard they need.
+
+With a plain module, x is the input tensor and y the targets. With a :class:`ForwardAdapter` (a model plus a
+``forward(model, batch) -> (outputs, targets)``), x is the whole batch (any nest of tensors with a leading
+sample dimension: a dict, a tuple of several inputs ...) and y is unused (None)."""
 
 from __future__ import annotations
 
@@ -7,7 +12,8 @@ from typing import Callable
 
 import torch
 from torch import nn
-from torch.func import functional_call, grad, jvp, vmap
+from torch.func import functional_call, grad, jvp, vjp, vmap
+from torch.utils._pytree import tree_map
 
 from .. import LssrError
 
@@ -62,11 +68,37 @@ def split_state(model: nn.Module) -> tuple[Params, Params]:
     return params, others
 
 
+class ForwardAdapter(nn.Module):
+    """``model`` and a ``forward(model, batch) -> (outputs, targets)`` as one module mapping a batch to
+    (outputs, targets): dict batches and multi-input models. Its parameters are the model's, named
+    ``model.<name>``."""
+
+    def __init__(self, model: nn.Module, forward: Callable):
+        super().__init__()
+        self.model = model
+        self._user_forward = forward
+
+    def forward(self, batch):
+        out = self._user_forward(self.model, batch)
+        if not (isinstance(out, (tuple, list)) and len(out) == 2):
+            raise LssrError(
+                f"forward(model, batch) must return (outputs, targets), got {type(out).__name__}; "
+                f"fix: return a pair, e.g. lambda model, batch: (model(batch['x']), batch['y'])"
+            )
+        return out[0], out[1]
+
+
+def model_outputs(model: nn.Module, params: Params, buffers: Params, x, y) -> tuple[Tensor, Tensor]:
+    """(f(x), targets) of one chunk: the adapter's pair, or the plain module's output and ``y``."""
+    out = functional_call(model, (params, buffers), (x,))
+    return out if isinstance(model, ForwardAdapter) else (out, y)
+
+
 def per_sample_losses_fn(model: nn.Module, per_sample: Callable) -> Callable:
     """f(params, buffers, x, y) -> (ℓ_i)_i for the samples of one chunk."""
 
     def f(params: Params, buffers: Params, x: Tensor, y: Tensor) -> Tensor:
-        return per_sample(functional_call(model, (params, buffers), (x,)), y)
+        return per_sample(*model_outputs(model, params, buffers, x, y))
 
     return f
 
@@ -92,6 +124,18 @@ def hvp_fn(model: nn.Module, per_sample: Callable) -> Callable:
     return f
 
 
+def hvp_rev_fn(model: nn.Module, per_sample: Callable) -> Callable:
+    """As :func:`hvp_fn` by reverse-over-reverse (``vjp`` of ``grad``; H is symmetric, so vᵀH = Hv): for models
+    with an operation that has no forward-mode derivative."""
+    g = grad(loss_sum_fn(model, per_sample))
+
+    def f(params: Params, buffers: Params, x: Tensor, y: Tensor, v: Params) -> tuple[Params, Params]:
+        gv, pull = vjp(lambda p: g(p, buffers, x, y), params)
+        return gv, pull(v)[0]
+
+    return f
+
+
 def hvp_many_fn(model: nn.Module, per_sample: Callable) -> Callable:
     """f(params, buffers, x, y, V) -> Σ_chunk ∇²ℓ_i V for a batch of tangents (leading dim k), via ``vmap``."""
     single = hvp_fn(model, per_sample)
@@ -107,7 +151,10 @@ def per_sample_grads_fn(model: nn.Module, per_sample: Callable) -> Callable:
 
     Only the inputs are vmapped: sample i's output is scored against the whole (unbatched) target
     chunk and the i-th loss is picked with a one-hot weight, so losses that inspect target values
-    (``F.one_hot`` in MSE) work under ``vmap``."""
+    (``F.one_hot`` in MSE) work under ``vmap``. With a :class:`ForwardAdapter` each sample of the batch is
+    passed through ``forward`` alone (a batch of one) and scored against the targets it returns."""
+    if isinstance(model, ForwardAdapter):
+        return _per_sample_grads_adapter(model, per_sample)
 
     def one(params: Params, buffers: Params, x: Tensor, e: Tensor, y: Tensor) -> Tensor:
         out = functional_call(model, (params, buffers), (x.unsqueeze(0),))
@@ -119,6 +166,19 @@ def per_sample_grads_fn(model: nn.Module, per_sample: Callable) -> Callable:
     def f(params: Params, buffers: Params, x: Tensor, y: Tensor) -> Params:
         eye = torch.eye(x.shape[0], dtype=next(iter(params.values())).dtype, device=x.device)
         return g(params, buffers, x, eye, y)
+
+    return f
+
+
+def _per_sample_grads_adapter(model: ForwardAdapter, per_sample: Callable) -> Callable:
+    def one(params: Params, buffers: Params, sample) -> Tensor:
+        batch = tree_map(lambda t: t.unsqueeze(0), sample)
+        return per_sample(*functional_call(model, (params, buffers), (batch,))).sum()
+
+    g = vmap(grad(one), in_dims=(None, None, 0))
+
+    def f(params: Params, buffers: Params, x, y=None) -> Params:
+        return g(params, buffers, x)
 
     return f
 

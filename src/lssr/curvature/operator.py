@@ -1,5 +1,9 @@
 """Flat parameter vectors (:class:`ParamSpace`) and :class:`LossOperator`: L, ∇L, H·v and per-sample
-gradients g_i of one model, loss and training set, accumulated over memory chunks and divided by n once."""
+gradients g_i of one model, loss and training set, accumulated over memory chunks and divided by n once.
+
+H·v comes in three modes (``hvp_mode``): ``forward`` (forward-over-reverse, the default), ``reverse``
+(reverse-over-reverse) and ``fd``, the central difference (∇L(θ + εv) − ∇L(θ − εv))/(2ε) of two full
+gradients, for models with an operation that has no second derivative in PyTorch."""
 
 from __future__ import annotations
 
@@ -7,7 +11,8 @@ from typing import Callable, Iterator
 
 import torch
 from torch import nn
-from torch.func import functional_call, grad
+from torch.func import grad
+from torch.utils._pytree import tree_leaves, tree_map
 
 from .. import LssrError
 from .functions import (
@@ -15,7 +20,9 @@ from .functions import (
     check_functional_mode,
     hvp_fn,
     hvp_many_fn,
+    hvp_rev_fn,
     loss_sum_fn,
+    model_outputs,
     per_sample_grads_fn,
     per_sample_jvp_fn,
     per_sample_loss_of,
@@ -24,6 +31,8 @@ from .functions import (
 )
 
 Tensor = torch.Tensor
+
+HVP_MODES = ("forward", "reverse", "fd")
 
 
 class ParamSpace:
@@ -64,15 +73,23 @@ class LossOperator:
         self,
         model: nn.Module,
         loss_fn: Callable,
-        inputs: Tensor,
-        targets: Tensor,
+        inputs,
+        targets: Tensor | None,
         *,
         chunk_size: int = 512,
         per_sample_chunk: int | None = None,
         params: Tensor | None = None,
         vmap_budget: int = 1024,
         where: str = "lssr.curvature",
+        stream: bool = False,
+        hvp_mode: str = "forward",
+        dtype: torch.dtype | None = None,
     ):
+        """``inputs``: a tensor (``targets`` alongside) or, for a :class:`~.functions.ForwardAdapter` model, the
+        whole batch (any nest of tensors with a leading sample dimension; ``targets`` None). ``stream``: the
+        data stays where it is (e.g. host memory) and each chunk is moved to the parameters' device when used;
+        otherwise it is moved there once. ``dtype``: compute in this dtype (parameters and floating buffers cast),
+        default the parameters' own."""
         check_functional_mode(model, where)
         self.model = model
         self.loss_fn = loss_fn
@@ -80,27 +97,44 @@ class LossOperator:
         p, self.buffers = split_state(model)
         if not p:
             raise LssrError(f"{where}: the model has no trainable parameters")
+        if dtype is not None:
+            p = {k: v.to(dtype) for k, v in p.items()}
+            self.buffers = {k: v.to(dtype) if v.is_floating_point() else v for k, v in self.buffers.items()}
         self.space = ParamSpace(p)
         self.dtype, self.device = self.space.dtype, self.space.device
         self.theta = self.space.flatten(p) if params is None else params.to(self.device, self.dtype)
         self.params = self.space.unflatten(self.theta)
-        x = inputs.to(self.device)
-        self.x = x.to(self.dtype) if x.is_floating_point() else x
-        self.y = targets.to(self.device)
-        self.n = int(self.x.shape[0])
-        if self.n < 1 or self.y.shape[0] != self.n:
-            raise LssrError(f"{where}: need n >= 1 inputs and as many targets, got {self.n} and {self.y.shape[0]}")
+        self.stream = bool(stream)
+        self.x = inputs if self.stream else self._to_device(inputs)
+        self.y = targets if (self.stream or targets is None) else targets.to(self.device)
+        leaves = [t for t in tree_leaves(self.x) if isinstance(t, Tensor)]
+        self.n = int(leaves[0].shape[0]) if leaves else 0
+        if (
+            self.n < 1
+            or any(t.shape[0] != self.n for t in leaves)
+            or (self.y is not None and self.y.shape[0] != self.n)
+        ):
+            ny = "none" if self.y is None else self.y.shape[0]
+            raise LssrError(f"{where}: need n >= 1 inputs and as many targets, got {self.n} and {ny}")
         self.chunk_size = int(chunk_size)
         self.per_sample_chunk = int(per_sample_chunk or min(self.chunk_size, 64))
         self.vmap_budget = max(int(vmap_budget), 1)  # samples × tangents per vmapped call (bounds memory)
         self.default_hvp_batch = 8 if self.device.type == "cuda" else 1
+        self.fd_step = float(torch.finfo(self.dtype).eps) ** (1 / 3)  # ε‖v‖/max(1, ‖θ‖) of the central difference
         self._losses = per_sample_losses_fn(model, self.per_sample)
         self._grad = grad(loss_sum_fn(model, self.per_sample))
-        self._hvp = hvp_fn(model, self.per_sample)
+        self.set_hvp_mode(hvp_mode, where)
         self._hvp_many = hvp_many_fn(model, self.per_sample)
         self._psg = per_sample_grads_fn(model, self.per_sample)
         self._psjvp = per_sample_jvp_fn(model, self.per_sample)
         self.counts = {"grad": 0, "hvp": 0, "loss": 0, "per_sample_pass": 0, "jvp": 0}
+
+    def set_hvp_mode(self, mode: str, where: str = "lssr.curvature") -> None:
+        """H·v by ``forward`` (forward-over-reverse), ``reverse`` (reverse-over-reverse) or ``fd``."""
+        if mode not in HVP_MODES:
+            raise LssrError(f"{where}: unknown hvp_mode {mode!r}; known: {', '.join(HVP_MODES)}")
+        self.hvp_mode = mode
+        self._hvp = (hvp_rev_fn if mode == "reverse" else hvp_fn)(self.model, self.per_sample)
 
     # -- helpers -----------------------------------------------------------------------------
     def at(self, theta: Tensor) -> "LossOperator":
@@ -111,10 +145,27 @@ class LossOperator:
         other.params = self.space.unflatten(other.theta)
         return other
 
-    def chunks(self, size: int | None = None) -> Iterator[tuple[Tensor, Tensor]]:
+    def _to_device(self, tree):
+        """A chunk (or the whole data) on the parameters' device; floating tensors in the compute dtype."""
+
+        def move(t):
+            if not isinstance(t, Tensor):
+                return t
+            t = t.to(self.device, non_blocking=True)
+            return t.to(self.dtype) if t.is_floating_point() else t
+
+        return tree_map(move, tree)
+
+    def take(self, sl: slice) -> tuple[object, Tensor | None]:
+        """The samples ``sl`` as (inputs, targets) on the device."""
+        x = self._to_device(tree_map(lambda t: t[sl] if isinstance(t, Tensor) else t, self.x))
+        y = None if self.y is None else self.y[sl].to(self.device)
+        return x, y
+
+    def chunks(self, size: int | None = None) -> Iterator[tuple[object, Tensor | None]]:
         size = size or self.chunk_size
         for s in range(0, self.n, size):
-            yield self.x[s : s + size], self.y[s : s + size]
+            yield self.take(slice(s, s + size))
 
     def _vmap_chunk(self, k: int) -> int:
         """Data chunk for a call vmapped over k tangents: at most ``vmap_budget`` samples × tangents."""
@@ -134,14 +185,32 @@ class LossOperator:
     def gradient(self) -> Tensor:
         """∇L (flat)."""
         self.counts["grad"] += 1
+        return self._gradient_at(self.params)
+
+    def _gradient_at(self, params: Params) -> Tensor:
         total = self.space.zeros()
         for x, y in self.chunks():
-            total += self.space.flatten(self._grad(self.params, self.buffers, x, y))
+            total += self.space.flatten(self._grad(params, self.buffers, x, y))
         return total / self.n
+
+    def fd_epsilon(self, v: Tensor) -> float:
+        """ε of the central difference along v: ``fd_step``·max(1, ‖θ‖)/‖v‖."""
+        return self.fd_step * max(1.0, float(self.theta.norm())) / max(float(v.norm()), 1e-300)
+
+    def hvp_fd(self, v: Tensor, eps: float | None = None) -> Tensor:
+        """(∇L(θ + εv) − ∇L(θ − εv))/(2ε): H v up to O(ε²) and rounding (two full gradients)."""
+        v = v.to(self.device, self.dtype)
+        eps = self.fd_epsilon(v) if eps is None else eps
+        plus = self._gradient_at(self.space.unflatten(self.theta + eps * v))
+        minus = self._gradient_at(self.space.unflatten(self.theta - eps * v))
+        return (plus - minus) / (2 * eps)
 
     def hvp(self, v: Tensor, return_grad: bool = False) -> Tensor | tuple[Tensor, Tensor]:
         """H v (flat); with ``return_grad`` also ∇L, the primal output of the same pass."""
         self.counts["hvp"] += 1
+        if self.hvp_mode == "fd":
+            h = self.hvp_fd(v)
+            return (h, self._gradient_at(self.params)) if return_grad else h
         vt = self.space.unflatten(v.to(self.device, self.dtype))
         g_tot, h_tot = self.space.zeros(), self.space.zeros()
         for x, y in self.chunks():
@@ -162,7 +231,7 @@ class LossOperator:
         if k == 0:
             return V.clone()
         batch = batch or self.default_hvp_batch
-        if batch <= 1:
+        if batch <= 1 or self.hvp_mode != "forward":
             return torch.stack([self.hvp(v) for v in V])
         out = []
         for s in range(0, k, batch):
@@ -183,7 +252,7 @@ class LossOperator:
         with torch.enable_grad():
             for x, y in self.chunks():
                 p = {k: t.detach().requires_grad_(True) for k, t in self.params.items()}
-                loss = self.per_sample(functional_call(self.model, (p, self.buffers), (x,)), y).sum()
+                loss = self.per_sample(*model_outputs(self.model, p, self.buffers, x, y)).sum()
                 gs = torch.autograd.grad(loss, list(p.values()), create_graph=True)
                 dot = sum((g * vt[k]).sum() for g, k in zip(gs, p))
                 hs = torch.autograd.grad(dot, list(p.values()))
@@ -197,7 +266,7 @@ class LossOperator:
         self.counts["per_sample_pass"] += 1
         for s in range(0, self.n, chunk):
             sl = slice(s, min(s + chunk, self.n))
-            g = self._psg(self.params, self.buffers, self.x[sl], self.y[sl])
+            g = self._psg(self.params, self.buffers, *self.take(sl))
             yield sl, self.space.flatten_batched(g).detach()
 
     def per_sample_jvp(self, U: Tensor) -> Tensor:

@@ -1,0 +1,139 @@
+"""``lssr diagnose``: :func:`lssr.diagnose` on a model built by a factory, optionally loaded from a checkpoint,
+and a data set on disk (a subset folder from ``lssr subset`` or an image-folder tree); writes
+``diagnostics.csv`` (one row per b) and ``diagnostics.json`` (every number, the cost and the call)."""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+
+import torch
+import yaml
+from torch import nn
+
+from .. import LssrError
+from ..io import write_csv, write_json
+from .api import Diagnostics, diagnose
+
+PREFIXES = ("module.", "_orig_mod.")
+
+
+def parse_model_args(items: list[str]) -> dict:
+    """KEY=VALUE pairs, each value read as YAML (``num_classes=10`` is an int, ``name=cnn6`` a string)."""
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise LssrError(f"--model-arg {item!r}: expected KEY=VALUE, e.g. num_classes=10")
+        out[key] = yaml.safe_load(value)
+    return out
+
+
+def build_from_factory(spec: str, kwargs: dict) -> nn.Module:
+    """``package.module:function`` called with ``kwargs``; must return a torch.nn.Module."""
+    mod_name, sep, fn_name = spec.partition(":")
+    if not sep or not mod_name or not fn_name:
+        raise LssrError(f"--model {spec!r}: expected package.module:function, e.g. torchvision.models:resnet18")
+    try:
+        module = importlib.import_module(mod_name)
+    except ImportError as e:
+        raise LssrError(
+            f"--model {spec!r}: cannot import {mod_name} ({e}); fix: install it, or set PYTHONPATH"
+        ) from None
+    fn = getattr(module, fn_name, None)
+    if not callable(fn):
+        raise LssrError(f"--model {spec!r}: {mod_name} has no function {fn_name!r}")
+    model = fn(**kwargs)
+    if not isinstance(model, nn.Module):
+        raise LssrError(f"--model {spec!r} returned {type(model).__name__}, not a torch.nn.Module")
+    return model
+
+
+def load_checkpoint(model: nn.Module, path: str) -> None:
+    """Loads a state dict (or a dict holding one under ``model``, ``state_dict`` or ``model_state_dict``;
+    ``module.`` / ``_orig_mod.`` prefixes of DDP / torch.compile stripped) into ``model``, strictly."""
+    p = Path(path)
+    if not p.is_file():
+        raise LssrError(f"--checkpoint {path}: no such file")
+    try:
+        obj = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise LssrError(f"--checkpoint {path}: cannot be read ({type(e).__name__}: {e})") from None
+    for key in ("model", "state_dict", "model_state_dict"):
+        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+            obj = obj[key]
+            break
+    if not isinstance(obj, dict):
+        raise LssrError(f"--checkpoint {path}: holds {type(obj).__name__}, not a state dict")
+    state = {}
+    for k, v in obj.items():
+        for pre in PREFIXES:
+            while k.startswith(pre):
+                k = k[len(pre) :]
+        state[k] = v
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        first = str(e).strip().splitlines()
+        raise LssrError(f"--checkpoint {path} does not fit the model: {' '.join(first[:2])[:300]}") from None
+
+
+def load_data(path: str, split: str = "train", resize: int | None = None):
+    """(inputs, targets) of a subset folder (standardised as in training), or a ``Dataset`` of an image-folder
+    tree (``<class>/<image>`` under ``path/<split>`` when that folder exists, else under ``path``; pixels in
+    [0, 1], resized to ``resize`` when given)."""
+    root = Path(path)
+    if (root / "manifest.json").is_file():
+        from ..data import load_subset
+
+        sub = load_subset(root)
+        return (sub.x_train, sub.y_train) if split == "train" else (sub.x_test, sub.y_test)
+    if root.is_dir():
+        from torchvision import datasets, transforms
+
+        folder = root / split if (root / split).is_dir() else root
+        tf = [transforms.Resize((resize, resize))] if resize else []
+        try:
+            return datasets.ImageFolder(str(folder), transform=transforms.Compose([*tf, transforms.ToTensor()]))
+        except (FileNotFoundError, RuntimeError) as e:
+            raise LssrError(f"--data {path}: not a subset folder nor an image folder ({e})") from None
+    raise LssrError(f"--data {path}: no such folder; give a subset folder (`lssr subset`) or an image folder")
+
+
+def run_diagnose(
+    *,
+    model: str,
+    model_args: dict,
+    checkpoint: str | None,
+    data: str,
+    loss: str,
+    batch_sizes: list[int],
+    out: str,
+    split: str = "train",
+    resize: int | None = None,
+    device: str = "cpu",
+    dtype: str | None = None,
+    **options,
+) -> Diagnostics:
+    """Builds the model, loads the checkpoint and the data, calls :func:`lssr.diagnose` with ``options`` and
+    writes ``out/diagnostics.csv`` and ``out/diagnostics.json``."""
+    net = build_from_factory(model, model_args)
+    if checkpoint:
+        load_checkpoint(net, checkpoint)
+    dt = None
+    if dtype is not None:
+        dt = {"float32": torch.float32, "float64": torch.float64}.get(dtype)
+        if dt is None:
+            raise LssrError(f"--dtype {dtype!r}: known: float32, float64")
+        net = net.to(dt)
+    net = net.to(device)
+    result = diagnose(net, loss, load_data(data, split, resize), batch_sizes=batch_sizes, dtype=dt, **options)
+    frame = result.frame()
+    write_csv(Path(out) / "diagnostics.csv", frame)
+    call = {"model": model, "model_args": model_args, "checkpoint": checkpoint, "data": data, "split": split}
+    call.update(loss=loss, batch_sizes=list(batch_sizes), device=device, dtype=dtype, resize=resize, **options)
+    write_json(
+        Path(out) / "diagnostics.json",
+        {"scalars": result.scalars(), "per_b": frame.to_dict(orient="records"), "call": call},
+    )
+    return result

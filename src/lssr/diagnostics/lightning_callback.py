@@ -1,0 +1,84 @@
+"""``lssr.SharpnessCallback``: :class:`.monitor.SharpnessMonitor` inside ``lightning.pytorch.Trainer.fit``.
+
+Needs the optional ``lightning`` package (``pip install "lssr-eos[lightning]"``); the rest of lssr never
+imports it. The monitor measures in ``on_before_optimizer_step`` (θ_t after ``backward``, before the
+update) and logs each row's numbers through every logger of the trainer at ``trainer.global_step``.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from typing import Any
+
+from .. import LssrError
+from .monitor import SharpnessMonitor
+
+try:
+    from lightning.pytorch.callbacks import Callback
+except ImportError:  # pragma: no cover - exercised by the test that hides lightning
+    raise LssrError(
+        "lssr.SharpnessCallback needs PyTorch Lightning; fix: pip install lightning (or lssr-eos[lightning]), "
+        "or use lssr.SharpnessMonitor in a plain training loop"
+    ) from None
+
+
+class SharpnessCallback(Callback):
+    """A Lightning callback that runs a :class:`SharpnessMonitor` on the LightningModule during ``fit``.
+
+    loss: as for :func:`lssr.diagnose` (the module's outputs ``pl_module(x)`` against the targets; pass
+        ``forward=`` for other batches). data: the probe set's source; default the trainer's training
+        dataloader (its data set: a seeded draw of ``n`` samples, ``transform=`` for no augmentation).
+    prefix: put before every logged name (default ``sharpness/``). Every other keyword goes to
+        :class:`SharpnessMonitor` (n, seed, every, budget, batch_sizes, csv, callback, lr, momentum, bn,
+        dropout and the diagnose options). The optimiser is the trainer's first.
+    The monitor's state is part of Lightning checkpoints (``state_dict`` / ``load_state_dict``). Under
+    data-parallel strategies only global rank 0 measures (on its own process; the others wait for it at the
+    next collective).
+    """
+
+    def __init__(self, loss: Any, data: Any = None, *, prefix: str = "sharpness/", **monitor_kwargs: Any):
+        super().__init__()
+        self.loss, self.data, self.prefix = loss, data, prefix
+        self.kwargs = monitor_kwargs
+        self.monitor: SharpnessMonitor | None = None
+        self._pending_state: dict | None = None
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        data = self.data if self.data is not None else trainer.train_dataloader
+        if data is None:
+            raise LssrError("SharpnessCallback: no data; fix: SharpnessCallback(loss, data=...) or a train dataloader")
+        optimizer = trainer.optimizers[0] if trainer.optimizers else None
+        self.monitor = SharpnessMonitor(pl_module, self.loss, data, optimizer, **self.kwargs)
+        if self._pending_state is not None:
+            self.monitor.load_state_dict(self._pending_state)
+            self._pending_state = None
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
+        if self.monitor is None or trainer.sanity_checking or not trainer.is_global_zero:
+            return
+        row = self.monitor.step(trainer.global_step)
+        if row is None:
+            return
+        metrics = {
+            f"{self.prefix}{k}": float(v)
+            for k, v in row.items()
+            if isinstance(v, numbers.Real) and not isinstance(v, bool) and k != "step" and not math.isnan(float(v))
+        }
+        for logger in trainer.loggers:
+            logger.log_metrics(metrics, step=trainer.global_step)
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        if self.monitor is not None:
+            self.monitor.close()
+
+    def state_dict(self) -> dict:
+        return self.monitor.state_dict() if self.monitor is not None else dict(self._pending_state or {})
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        if not state_dict:
+            return
+        if self.monitor is not None:
+            self.monitor.load_state_dict(state_dict)
+        else:
+            self._pending_state = dict(state_dict)

@@ -1,0 +1,357 @@
+"""``lssr.SharpnessMonitor``: :func:`lssr.diagnose` along a training run, at θ_t before the update.
+
+A thin, stateful user of :func:`.api.diagnose`: it draws a fixed probe set of n samples once (seeded, from
+the data set behind the user's loader, so every measurement sees the same samples and costs the same),
+decides when to measure (every k steps, and/or while the measurements' wall time stays within a fraction
+of the training's), warm-starts ‖H‖ from the last eigenvector, reads η, momentum β, dampening and weight
+decay λ from the optimiser, and writes one row per measurement (step, η, the stability threshold, ‖H‖,
+‖H‖ + λ, the moments and every b's tr(H S_b), ‖H‖_{S_b}, ρ_b, ...) to a CSV file and/or a callback.
+Its own state (schedule, timings, warm start, CSV offset) goes into checkpoints through
+:meth:`SharpnessMonitor.state_dict`. The training run is not changed: the model's modes, parameters,
+``.grad``, buffers, the optimiser and the global random states are as before each measurement.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+import time
+from contextlib import contextmanager
+from typing import Any, Callable, Iterable
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, IterableDataset, Subset
+
+from .. import LssrError
+from ..io import CsvLog
+from .api import Diagnostics, diagnose
+from .batches import collect
+
+#: The monitor's defaults: a probe set of N_PROBE samples drawn with SEED; without ``every`` or ``budget``,
+#: measure while the measurements' wall time stays within BUDGET of the training's.
+N_PROBE, BUDGET, SEED = 256, 0.10, 0
+
+#: Columns before the diagnostics in every row.
+HEAD = ("step", "lr", "momentum", "dampening", "nesterov", "weight_decay", "threshold", "top_eig_reg", "edge_ratio")
+
+
+def sgd_threshold(lr: float, momentum: float = 0.0, dampening: float = 0.0, nesterov: bool = False) -> float:
+    """The largest curvature λ for which ``torch.optim.SGD`` is stable on the quadratic ½λθ²: 2/η without
+    momentum; (2 + 2β)/(η(1 − τ)) with heavy-ball momentum β and dampening τ; (2 + 2β)/(η(1 + 2β)) with
+    Nesterov momentum (torch's form; it allows no dampening). NaN when η ≤ 0 or τ = 1."""
+    if not lr > 0 or dampening >= 1:
+        return math.nan
+    if momentum == 0:
+        return 2.0 / lr
+    if nesterov:
+        return (2.0 + 2.0 * momentum) / (lr * (1.0 + 2.0 * momentum))
+    return (2.0 + 2.0 * momentum) / (lr * (1.0 - dampening))
+
+
+def optimizer_hyper(optimizer: torch.optim.Optimizer | None) -> dict:
+    """η, β, τ, Nesterov and λ of the first parameter group (SGD names; NaN for what the optimiser lacks).
+    The threshold applies to ``torch.optim.SGD`` only; for other optimisers it is NaN."""
+    out = dict(lr=math.nan, momentum=math.nan, dampening=math.nan, nesterov=False, weight_decay=math.nan)
+    if optimizer is None:
+        return out
+    group = optimizer.param_groups[0]
+    for key in ("lr", "momentum", "dampening", "weight_decay"):
+        if key in group:
+            out[key] = float(group[key])
+    out["nesterov"] = bool(group.get("nesterov", False))
+    if not isinstance(optimizer, torch.optim.SGD):
+        out["threshold"] = math.nan
+    return out
+
+
+@contextmanager
+def preserved_rng():
+    """Restores the torch (CPU and initialised CUDA), ``random`` and NumPy global random states on exit."""
+    cpu = torch.get_rng_state()
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
+    py, npy = random.getstate(), np.random.get_state()
+    try:
+        yield
+    finally:
+        torch.set_rng_state(cpu)
+        if cuda is not None:
+            torch.cuda.set_rng_state_all(cuda)
+        random.setstate(py)
+        np.random.set_state(npy)
+
+
+def _dataset_with_transform(ds: Dataset):
+    """The object whose ``transform`` attribute the samples of ``ds`` go through (``Subset`` unwrapped)."""
+    while isinstance(ds, Subset):
+        ds = ds.dataset
+    return ds if hasattr(ds, "transform") else None
+
+
+def draw_probe_set(data: Any, n: int | None, seed: int, transform: Callable | None = None) -> Any:
+    """The fixed probe set: n samples of ``data`` (all for n=None or a smaller data set) as one nest of CPU
+    tensors.
+
+    A ``DataLoader`` over a map-style data set is read through its data set (a seeded choice of n indices:
+    its sampler, shuffling and batch size play no part); ``transform`` replaces the data set's own
+    ``transform`` attribute during the draw (torchvision data sets, also inside a ``Subset``) so that the
+    probe set can be drawn without random augmentation. Random transforms that remain are applied once, at
+    the draw. The global random states are as before."""
+    if isinstance(data, DataLoader) and not isinstance(data.dataset, IterableDataset):
+        data = data.dataset
+    if n is not None and isinstance(data, Dataset) and hasattr(data, "__len__"):
+        n = min(n, len(data))  # a data set smaller than n: all of it
+    holder = None
+    if transform is not None:
+        holder = _dataset_with_transform(data) if isinstance(data, Dataset) else None
+        if holder is None:
+            raise LssrError(
+                f"SharpnessMonitor: transform= needs a data set with a `transform` attribute (torchvision style), "
+                f"got {type(data).__name__}; fix: pass the probe data without augmentation as `data` instead"
+            )
+    with preserved_rng():
+        saved = holder.transform if holder is not None else None
+        try:
+            if holder is not None:
+                holder.transform = transform
+            batch, _ = collect(data, n=n, seed=seed)
+        finally:
+            if holder is not None:
+                holder.transform = saved
+    return batch
+
+
+class SharpnessMonitor:
+    """Measures :func:`lssr.diagnose` of ``model`` on a fixed probe set at θ_t, before the update, during a
+    training loop; call :meth:`step` once per optimiser step (before ``optimizer.step()``).
+
+    model, loss, forward: as for :func:`lssr.diagnose` (batch norm measured with its running statistics
+        and dropout off, by default: ``bn="eval"``, ``dropout="off"``).
+    data: the training data (tensors, Dataset, DataLoader, batch iterable); the probe set is ``n`` samples
+        of it drawn once with ``seed`` (:func:`draw_probe_set`; ``transform`` to draw them without
+        augmentation).
+    optimizer: read at each measurement for η, momentum β, dampening τ and weight decay λ (first parameter
+        group); ``lr`` / ``momentum`` override it. Each row has the threshold (2 + 2β)/η of SGD
+        (:func:`sgd_threshold`), ‖H‖ + λ (``top_eig_reg``: the top eigenvalue of the Hessian of L + (λ/2)‖θ‖²,
+        the loss coupled weight decay descends) and their ratio ``edge_ratio``.
+    every: measure at steps 0, k, 2k, ... (None: any step). budget: measure only while the measurements'
+        wall time, with the next one's (estimated by the last), stays within ``budget`` times the training's
+        wall time between calls. Neither given: ``budget=BUDGET`` (10%); ``every`` alone: no budget. The first
+        call always measures (θ_0).
+    batch_sizes, replacement: the b of each row (default: the DataLoader's batch size); ``replacement=True``
+        (default) gives them γ = 1, the value for batches drawn from a training set of N ≫ b samples, of
+        which the probe set is a sample (without replacement from the probe set itself, γ = (n − b)/(n − 1)
+        would describe batches of the n probe samples, not of the training set).
+    csv: a CSV file, one row per measurement, appended and fsynced in ``<csv>.partial`` and renamed onto
+        ``csv`` by :meth:`close`; resumed runs cut it back to the checkpoint's rows. callback: called with
+        each row (a dict). diagnose_kwargs: any further option of :func:`lssr.diagnose` (probes, exact,
+        eig_tol, hvp_mode, ...).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        loss: Any,
+        data: Any,
+        optimizer: torch.optim.Optimizer | None = None,
+        *,
+        n: int | None = N_PROBE,
+        seed: int = SEED,
+        every: int | None = None,
+        budget: float | None = None,
+        batch_sizes: Iterable[int] | None = None,
+        csv: str | os.PathLike | None = None,
+        callback: Callable[[dict], Any] | None = None,
+        transform: Callable | None = None,
+        forward: Callable | None = None,
+        lr: float | None = None,
+        momentum: float | None = None,
+        replacement: bool = True,
+        bn: str = "eval",
+        dropout: str = "off",
+        **diagnose_kwargs: Any,
+    ):
+        if every is not None and (not isinstance(every, int) or every < 1):
+            raise LssrError(f"SharpnessMonitor: every must be a positive integer or None, got {every!r}")
+        if budget is not None and not (0 < budget):
+            raise LssrError(f"SharpnessMonitor: budget must be a positive fraction (e.g. 0.1) or None, got {budget!r}")
+        for bad in ("n", "seed", "batch_sizes", "eig_init", "data"):
+            if bad in diagnose_kwargs:
+                raise LssrError(f"SharpnessMonitor: {bad}= is the monitor's own; fix: drop it from the options")
+        self.model, self.loss, self.optimizer = model, loss, optimizer
+        self.every, self.budget = every, (BUDGET if every is None and budget is None else budget)
+        self.seed = int(seed)
+        self.callback, self.forward = callback, forward
+        self.lr, self.momentum = lr, momentum
+        self.options = dict(replacement=replacement, bn=bn, dropout=dropout, **diagnose_kwargs)
+        if batch_sizes is None:
+            bs = getattr(data, "batch_size", None) if isinstance(data, DataLoader) else None
+            batch_sizes = (bs,) if bs else ()
+        self.batch_sizes = tuple(int(b) for b in batch_sizes)
+        self.probe = draw_probe_set(data, n, self.seed, transform)
+        self.n = int(torch.utils._pytree.tree_leaves(self.probe)[0].shape[0])
+        for b in self.batch_sizes:
+            if b < 1 or (not replacement and b > self.n):
+                raise LssrError(
+                    f"SharpnessMonitor: batch size {b} is out of range for a probe set of n = {self.n} "
+                    f"(replacement={replacement}); fix: batch_sizes within 1..{self.n}, or replacement=True"
+                )
+        self.csv = CsvLog(csv, []) if csv is not None else None
+        self._csv_offset: int | None = None  # from a checkpoint: cut the partial file back to it
+        self._csv_ready = False
+        # the state that checkpoints carry
+        self.steps = 0  # calls of step() so far: the index of the next optimiser step
+        self.measurements = 0
+        self.train_seconds = 0.0  # wall time between calls (the training)
+        self.spent_seconds = 0.0  # wall time inside measurements
+        self.last_seconds = 0.0
+        self.eigenvector: torch.Tensor | None = None
+        self.last: dict | None = None
+        self._clock: float | None = None
+
+    # -- schedule -------------------------------------------------------------------------------
+
+    def due(self, step: int | None = None) -> bool:
+        """Whether a call at ``step`` (default: the next) measures under the schedule."""
+        step = self.steps if step is None else int(step)
+        if self.every is not None and step % self.every:
+            return False
+        if self.budget is None or self.measurements == 0:
+            return True
+        return self.spent_seconds + self.last_seconds <= self.budget * self.train_seconds
+
+    def step(self, step: int | None = None) -> dict | None:
+        """One optimiser step: measures at the current θ when due (call it before ``optimizer.step()``,
+        before or after ``backward``) and returns the row, else None. ``step``: the step's index (default:
+        the number of earlier calls)."""
+        now = time.perf_counter()
+        if self._clock is not None:
+            self.train_seconds += now - self._clock
+        if step is not None:
+            self.steps = int(step)
+        row = self.measure() if self.due() else None
+        self.steps += 1
+        self._clock = time.perf_counter()
+        return row
+
+    # -- one measurement ------------------------------------------------------------------------
+
+    def hyper(self) -> dict:
+        """η, β, τ, Nesterov, λ and the SGD threshold now (the optimiser's, overridden by ``lr`` / ``momentum``)."""
+        h = optimizer_hyper(self.optimizer)
+        if self.lr is not None:
+            h["lr"] = float(self.lr)
+        if self.momentum is not None:
+            h["momentum"] = float(self.momentum)
+        if "threshold" not in h:
+            mom = 0.0 if math.isnan(h["momentum"]) else h["momentum"]
+            damp = 0.0 if math.isnan(h["dampening"]) else h["dampening"]
+            h["threshold"] = sgd_threshold(h["lr"], mom, damp, h["nesterov"]) if not math.isnan(h["lr"]) else math.nan
+        return h
+
+    def diagnose(self) -> Diagnostics:
+        """:func:`lssr.diagnose` on the probe set at the current θ, warm-started from the last eigenvector."""
+        return diagnose(
+            self.model,
+            self.loss,
+            [self.probe],
+            batch_sizes=self.batch_sizes,
+            seed=self.seed,
+            forward=self.forward,
+            eig_init=self.eigenvector,
+            **self.options,
+        )
+
+    def measure(self) -> dict:
+        """Measures now (whatever the schedule), records the row (CSV, callback) and returns it."""
+        t0 = time.perf_counter()
+        with preserved_rng():
+            d = self.diagnose()
+        if d.eigenvector is not None:
+            self.eigenvector = d.eigenvector
+        h = self.hyper()
+        wd = 0.0 if math.isnan(h["weight_decay"]) else h["weight_decay"]
+        top_reg = d.top_eig + wd
+        row = {"step": self.steps, **h, "top_eig_reg": top_reg, "edge_ratio": top_reg / h["threshold"]}
+        row = {k: row[k] for k in HEAD} | d.to_dict()
+        if self.csv is not None:
+            self._write(row)
+        if self.callback is not None:
+            self.callback(row)
+        self.last = row
+        self.measurements += 1
+        self.last_seconds = time.perf_counter() - t0
+        self.spent_seconds += self.last_seconds
+        return row
+
+    def _write(self, row: dict) -> None:
+        log = self.csv
+        if not self._csv_ready:
+            if not log.columns:
+                log.columns = list(row)
+            if self._csv_offset is None:
+                log.reset()  # a fresh run: no rows of an earlier one
+            else:
+                if not log.partial.exists() and log.path.exists():
+                    os.replace(log.path, log.partial)  # resumed after close(): continue the closed file
+                log.truncate(self._csv_offset)  # resumed: the checkpoint's rows only
+            self._csv_ready = True
+        if list(row) != log.columns:
+            raise LssrError(f"SharpnessMonitor: row columns changed; the CSV {log.path} has {log.columns[:4]}...")
+        log.append(row)
+        self._csv_offset = log.flush()
+
+    # -- checkpoints and the end ----------------------------------------------------------------
+
+    def state_dict(self) -> dict:
+        """The schedule (steps, measurements, the wall-time account), the warm start (last eigenvector), the
+        last row and the CSV's byte offset: save it with the model's checkpoint."""
+        return {
+            "steps": self.steps,
+            "measurements": self.measurements,
+            "train_seconds": self.train_seconds,
+            "spent_seconds": self.spent_seconds,
+            "last_seconds": self.last_seconds,
+            "eigenvector": self.eigenvector,
+            "last": self.last,
+            "csv_columns": list(self.csv.columns) if self.csv is not None else None,
+            "csv_offset": self._csv_offset,
+            "seed": self.seed,
+            "n": self.n,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        """Continues from :meth:`state_dict`: the same schedule and warm start; the CSV is cut back to the
+        rows written up to the checkpoint (later rows are measured again by the resumed run)."""
+        if int(state["n"]) != self.n or int(state["seed"]) != self.seed:
+            raise LssrError(
+                f"SharpnessMonitor.load_state_dict: the checkpoint's probe set (n = {state['n']}, seed = "
+                f"{state['seed']}) differs from this monitor's (n = {self.n}, seed = {self.seed}); fix: the same n "
+                f"and seed"
+            )
+        for key in ("steps", "measurements"):
+            setattr(self, key, int(state[key]))
+        for key in ("train_seconds", "spent_seconds", "last_seconds"):
+            setattr(self, key, float(state[key]))
+        self.eigenvector = state["eigenvector"]
+        self.last = state["last"]
+        self._clock = None
+        if self.csv is not None:
+            self.csv.close()
+            self.csv.columns = list(state["csv_columns"] or [])
+            self._csv_offset = state["csv_offset"]
+            self._csv_ready = False
+
+    def close(self) -> None:
+        """Finishes the CSV: renames ``<csv>.partial`` onto ``csv`` (atomic). Measuring again reopens it."""
+        if self.csv is not None and self._csv_ready:
+            self.csv.finalize()
+            self._csv_ready = False
+
+    def __enter__(self) -> SharpnessMonitor:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
