@@ -467,3 +467,16 @@ def test_the_guides_five_lines_run_as_written(capsys):
     exec(compile(code, "DIAGNOSTICS.md", "exec"), {})
     out = capsys.readouterr().out
     assert "ias_b" in out and "instability_b" in out
+
+
+def test_mobilenet_v3_small_gets_an_answer_by_finite_differences():
+    """torchvision's mobilenet_v3_small: hardsigmoid has neither a forward-mode nor a double-backward derivative
+    in PyTorch, so both exact HVP modes fail and the call falls back to the central difference."""
+    import torchvision
+
+    torch.manual_seed(0)
+    model = torchvision.models.mobilenet_v3_small(num_classes=4).eval()
+    x, y = torch.randn(4, 3, 32, 32), torch.arange(4)
+    d = lssr.diagnose(model, "ce", (x, y), batch_sizes=[2], exact=True, eig_max_hvps=8)
+    assert d.cost.hvp_mode == "fd" and 0 < d.cost.fd_rel_error < 1e-2
+    assert all(np.isfinite([d.top_eig, d.tr_HS_1, d.tr_HS_n, d.at(2).ias_b])) and d.tr_S_1 > d.tr_S_n > 0
