@@ -151,7 +151,7 @@ class LossOperator:
         def move(t):
             if not isinstance(t, Tensor):
                 return t
-            t = t.to(self.device, non_blocking=True)
+            t = t.to(self.device)
             return t.to(self.dtype) if t.is_floating_point() else t
 
         return tree_map(move, tree)
