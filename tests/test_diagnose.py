@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
-from torch.utils.data import DataLoader, Dataset, TensorDataset
+from torch.utils.data import DataLoader, Dataset, IterableDataset, TensorDataset
 
 import lssr
 from lssr import LssrError
@@ -152,6 +152,14 @@ class Dicts(Dataset):
         return {"image": self.x[i], "label": self.y[i]}
 
 
+class Stream(IterableDataset):
+    def __init__(self, x, y):
+        self.x, self.y = x, y
+
+    def __iter__(self):
+        return iter(zip(self.x, self.y))
+
+
 def by_key(model, batch):
     return model(batch["image"]), batch["label"]
 
@@ -169,6 +177,7 @@ def test_every_data_form_and_chunking_agree(exact):
         "loader (ragged)": (DataLoader(TensorDataset(x, y), batch_size=4), None),
         "list of batches": ([(x[i : i + 3], y[i : i + 3]) for i in range(0, n, 3)], None),
         "dict dataset": (Dicts(x, y), by_key),
+        "iterable dataset": (Stream(x, y), None),
         "dict batches": ([{"image": x[i : i + 4], "label": y[i : i + 4]} for i in range(0, n, 4)], by_key),
     }
     keys = ("loss", "top_eig", "tr_S_1", "tr_S_n", "tr_HS_1", "tr_HS_1_se", "tr_HS_n", "b_simple")

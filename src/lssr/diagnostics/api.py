@@ -285,6 +285,8 @@ def _choose_hvp_mode(op: LossOperator, mode: str) -> str:
         try:
             make(op.model, op.per_sample)(op.params, op.buffers, x, y, v)
             return name
+        except torch.OutOfMemoryError:
+            raise
         except (NotImplementedError, RuntimeError):
             continue
     try:
