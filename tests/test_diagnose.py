@@ -489,3 +489,26 @@ def test_mobilenet_v3_small_gets_an_answer_by_finite_differences():
     d = lssr.diagnose(model, "ce", (x, y), batch_sizes=[2], exact=True, eig_max_hvps=8)
     assert d.cost.hvp_mode == "fd" and 0 < d.cost.fd_rel_error < 1e-2
     assert all(np.isfinite([d.top_eig, d.tr_HS_1, d.tr_HS_n, d.at(2).ias_b])) and d.tr_S_1 > d.tr_S_n > 0
+
+
+class ItemNet(nn.Module):
+    """Calls .item() in its forward pass (vmap cannot batch it), otherwise the MLP below."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x):
+        scale = 1.0 if x.abs().max().item() < 1e6 else 0.5
+        return self.inner(x) * scale
+
+
+def test_a_model_vmap_cannot_batch_gets_per_sample_gradients_one_by_one():
+    x, y = data("mlp", 7)
+    model = mlp()
+    kw = dict(batch_sizes=[3], exact=True, eig_tol=1e-8, eig_max_hvps=200)
+    ref = lssr.diagnose(model, "ce", (x, y), **kw)
+    d = lssr.diagnose(ItemNet(model), "ce", (x, y), **kw)
+    assert (ref.cost.per_sample_mode, d.cost.per_sample_mode) == ("vmap", "loop")
+    for k in ("tr_S_1", "tr_S_n", "tr_HS_1", "tr_HS_n", "top_eig"):
+        assert rel(getattr(d, k), getattr(ref, k)) < 1e-10

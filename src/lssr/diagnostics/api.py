@@ -49,7 +49,8 @@ class RandomForwardError(LssrError):
 class Cost:
     """What one :func:`diagnose` call spent: HVPs, full gradients, per-sample passes and loss passes over the n
     samples, wall seconds, the wall time in gradient-equivalents (seconds / the time of one full gradient
-    ∇L timed in the same call), the HVP mode and, for ``fd``, the measured relative error bound of its HVPs."""
+    ∇L timed in the same call), the HVP mode and, for ``fd``, the measured relative error bound of its HVPs, and
+    how per-sample gradients were computed (``vmap``, or ``loop`` for a model that vmap cannot batch)."""
 
     hvps: int
     gradients: int
@@ -60,6 +61,7 @@ class Cost:
     gradient_equivalents: float
     hvp_mode: str
     fd_rel_error: float = math.nan
+    per_sample_mode: str = "vmap"
 
 
 @dataclass(frozen=True)
@@ -400,6 +402,7 @@ def measure(
         gradient_equivalents=seconds / grad_seconds if grad_seconds > 0 else math.nan,
         hvp_mode=op.hvp_mode,
         fd_rel_error=fd_rel_error,
+        per_sample_mode=op.per_sample_mode,
     )
     result = Diagnostics(
         n=op.n,
