@@ -512,3 +512,12 @@ def test_a_model_vmap_cannot_batch_gets_per_sample_gradients_one_by_one():
     assert (ref.cost.per_sample_mode, d.cost.per_sample_mode) == ("vmap", "loop")
     for k in ("tr_S_1", "tr_S_n", "tr_HS_1", "tr_HS_n", "top_eig"):
         assert rel(getattr(d, k), getattr(ref, k)) < 1e-10
+
+
+def test_stored_and_recomputed_per_sample_gradients_agree():
+    x, y = data("mlp", 12)
+    kw = dict(batch_sizes=[3], exact=False, probes=8, stage1=4, rel_se=None)
+    kept = lssr.diagnose(mlp(), "ce", (x, y), **kw)
+    redone = lssr.diagnose(mlp(), "ce", (x, y), store_mb=0, **kw)
+    assert kept.cost.per_sample_passes == 1 < redone.cost.per_sample_passes
+    assert rel(redone.tr_HS_1, kept.tr_HS_1) < 1e-10 and rel(redone.tr_HS_1_se, kept.tr_HS_1_se) < 1e-8

@@ -39,6 +39,7 @@ DROPOUT_OPTIONS = ("refuse", "off")
 PROBES, STAGE1, REL_SE, EIG_TOL = ProbeConfig.probes, ProbeConfig.stage1, ProbeConfig.rel_se, ProbeConfig.eig_tol
 CHUNK = RunConfig.chunk_size
 EIG_MAX_HVPS = 60
+STORE_MB = 1024
 
 
 class RandomForwardError(LssrError):
@@ -349,6 +350,7 @@ def measure(
     eig_max_hvps: int = EIG_MAX_HVPS,
     generator: torch.Generator | None = None,
     weights: Tensor | None = None,
+    store_mb: float = STORE_MB,
     timing: bool = True,
     m_frozen: int = 0,
     reduction: str = "mean",
@@ -379,6 +381,7 @@ def measure(
         eig_max_hvps=eig_max_hvps,
         weights=weights,
         rel_se=rel_se,
+        store_mb=store_mb,
     )
     L = op.loss()
     seconds = time.perf_counter() - t0
@@ -456,6 +459,7 @@ def diagnose(
     dropout: str = "refuse",
     hvp_mode: str = "auto",
     generator: torch.Generator | None = None,
+    store_mb: float = STORE_MB,
 ) -> Diagnostics:
     """‖H‖, tr S_1, tr S_n, tr(H S_1) ± se, tr(H S_n), B_simple and, by identity (1), tr S_b, tr(H S_b),
     ‖H‖_{S_b}, ρ_b and tr(H S_b)/tr S_n for every b, of ``model`` on the training loss L = (1/n) Σ ℓ_i.
@@ -479,6 +483,8 @@ def diagnose(
         ``fd``, a central difference of gradients with a measured error bound), or one of them.
     generator: draw the sketch's signs and the eigen-solver's start from this generator (advancing it)
         instead of one seeded with ``seed``.
+    store_mb: the sketch keeps the per-sample gradients (n·m numbers) in memory when they take at most this
+        many MiB, else recomputes them in every round of added probes (a pass each).
     """
     t0 = time.perf_counter()
     for name, value, known in (("bn", bn, BN_OPTIONS), ("dropout", dropout, DROPOUT_OPTIONS)):
@@ -542,6 +548,7 @@ def diagnose(
             eig_tol=eig_tol,
             eig_max_hvps=eig_max_hvps,
             generator=gen,
+            store_mb=store_mb,
             m_frozen=frozen,
             reduction=loss_fn.reduction,
             n_total=n_total,
