@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
-from torch.utils.data import DataLoader, Dataset, TensorDataset
+from torch.utils.data import DataLoader, Dataset, IterableDataset, TensorDataset
 
 import lssr
 from lssr import LssrError
@@ -152,6 +152,14 @@ class Dicts(Dataset):
         return {"image": self.x[i], "label": self.y[i]}
 
 
+class Stream(IterableDataset):
+    def __init__(self, x, y):
+        self.x, self.y = x, y
+
+    def __iter__(self):
+        return iter(zip(self.x, self.y))
+
+
 def by_key(model, batch):
     return model(batch["image"]), batch["label"]
 
@@ -169,6 +177,7 @@ def test_every_data_form_and_chunking_agree(exact):
         "loader (ragged)": (DataLoader(TensorDataset(x, y), batch_size=4), None),
         "list of batches": ([(x[i : i + 3], y[i : i + 3]) for i in range(0, n, 3)], None),
         "dict dataset": (Dicts(x, y), by_key),
+        "iterable dataset": (Stream(x, y), None),
         "dict batches": ([{"image": x[i : i + 4], "label": y[i : i + 4]} for i in range(0, n, 4)], by_key),
     }
     keys = ("loss", "top_eig", "tr_S_1", "tr_S_n", "tr_HS_1", "tr_HS_1_se", "tr_HS_n", "b_simple")
@@ -467,3 +476,48 @@ def test_the_guides_five_lines_run_as_written(capsys):
     exec(compile(code, "DIAGNOSTICS.md", "exec"), {})
     out = capsys.readouterr().out
     assert "ias_b" in out and "instability_b" in out
+
+
+def test_mobilenet_v3_small_gets_an_answer_by_finite_differences():
+    """torchvision's mobilenet_v3_small: hardsigmoid has neither a forward-mode nor a double-backward derivative
+    in PyTorch, so both exact HVP modes fail and the call falls back to the central difference."""
+    import torchvision
+
+    torch.manual_seed(0)
+    model = torchvision.models.mobilenet_v3_small(num_classes=4).eval()
+    x, y = torch.randn(4, 3, 32, 32), torch.arange(4)
+    d = lssr.diagnose(model, "ce", (x, y), batch_sizes=[2], exact=True, eig_max_hvps=8)
+    assert d.cost.hvp_mode == "fd" and 0 < d.cost.fd_rel_error < 1e-2
+    assert all(np.isfinite([d.top_eig, d.tr_HS_1, d.tr_HS_n, d.at(2).ias_b])) and d.tr_S_1 > d.tr_S_n > 0
+
+
+class ItemNet(nn.Module):
+    """Calls .item() in its forward pass (vmap cannot batch it), otherwise the MLP below."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x):
+        scale = 1.0 if x.abs().max().item() < 1e6 else 0.5
+        return self.inner(x) * scale
+
+
+def test_a_model_vmap_cannot_batch_gets_per_sample_gradients_one_by_one():
+    x, y = data("mlp", 7)
+    model = mlp()
+    kw = dict(batch_sizes=[3], exact=True, eig_tol=1e-8, eig_max_hvps=200)
+    ref = lssr.diagnose(model, "ce", (x, y), **kw)
+    d = lssr.diagnose(ItemNet(model), "ce", (x, y), **kw)
+    assert (ref.cost.per_sample_mode, d.cost.per_sample_mode) == ("vmap", "loop")
+    for k in ("tr_S_1", "tr_S_n", "tr_HS_1", "tr_HS_n", "top_eig"):
+        assert rel(getattr(d, k), getattr(ref, k)) < 1e-10
+
+
+def test_stored_and_recomputed_per_sample_gradients_agree():
+    x, y = data("mlp", 12)
+    kw = dict(batch_sizes=[3], exact=False, probes=8, stage1=4, rel_se=None)
+    kept = lssr.diagnose(mlp(), "ce", (x, y), **kw)
+    redone = lssr.diagnose(mlp(), "ce", (x, y), store_mb=0, **kw)
+    assert kept.cost.per_sample_passes == 1 < redone.cost.per_sample_passes
+    assert rel(redone.tr_HS_1, kept.tr_HS_1) < 1e-10 and rel(redone.tr_HS_1_se, kept.tr_HS_1_se) < 1e-8

@@ -231,3 +231,31 @@ def test_consecutive_steps_give_the_cosine_of_consecutive_batch_gradients(data, 
     assert list(got.index) == [0, 2], "the step after a probed step adds no row"
     np.testing.assert_allclose(got["cos_consecutive"], want.loc[[0, 2], "cos_consecutive"], atol=2e-5)
     assert got["cos_consecutive"].notna().all()
+
+
+def test_probe_rows_are_lssr_diagnose_numbers(data):
+    """The probe's moments, ‖H‖ and per-b columns at θ_0 are those of the public call on the same model and data
+    (exact mode: no randomness in the moments; ‖H‖ to its tolerance from another start)."""
+    import lssr
+    from lssr.losses import per_sample_loss
+    from lssr.models import CNN6
+    from lssr.training.single import StepContext
+
+    cfg = cfg_for(probe={"every": 1, "batch_sizes": [1, 4], "estimator": "exact", "eig_tol": 1e-6})
+    torch.manual_seed(3)
+    model = CNN6(3, C)
+    probe = DiagnosticsProbe(cfg, "unused.csv")
+    ps = per_sample_loss("mse")
+    loss0 = float(ps(model(data.x_train), data.y_train).mean())
+    ctx = StepContext(0, model, torch.arange(N), 0.05, data, ps, train_loss_before=loss0)
+    probe.before_step(ctx)
+    ctx.train_loss_after = loss0
+    probe.after_step(ctx)
+    row = probe.rows[0]
+    d = lssr.diagnose(model, "mse", (data.x_train, data.y_train), batch_sizes=[1, 4, N], exact=True, eig_tol=1e-6)
+    for k in ("tr_S_1", "tr_S_n", "tr_HS_1", "tr_HS_n", "ias_n"):
+        assert row[k] == pytest.approx(getattr(d, k), rel=1e-5)
+    for b in (1, 4, N):
+        assert row[f"ias_b_{b}"] == pytest.approx(d.at(b).ias_b, rel=1e-5)
+        assert row[f"instability_b_{b}"] == pytest.approx(d.at(b).instability_b, rel=1e-5)
+    assert row["top_eig"] == pytest.approx(d.top_eig, rel=1e-4)

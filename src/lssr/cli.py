@@ -185,7 +185,7 @@ def cmd_diagnose(args: argparse.Namespace) -> None:
 
 
 DIAGNOSE_OPTIONS = ("n", "seed", "probes", "stage1", "rel_se", "eig_tol", "eig_max_hvps", "chunk_size", "bn", "dropout",
-                    "hvp_mode")  # fmt: skip
+                    "hvp_mode", "store_mb")  # fmt: skip
 
 
 def _read_csv_arg(path: str, made_by: str):
@@ -328,6 +328,9 @@ def _add_diagnose_command(sub) -> None:
     a("--eig-tol", type=float, default=None, help="‖H‖: LOBPCG relative residual to stop at (default 1e-3)")
     a("--eig-max-hvps", type=int, default=None, help="‖H‖: the most HVPs of the eigen-solver (default 60)")
     a("--chunk-size", type=int, default=None, help="samples per chunk moved to the device (default 512)")
+    a("--store-mb", type=float, default=None,
+      help="sketch: keep the per-sample gradients (n x m numbers) in memory up to this many MiB, else recompute "
+      "them in each round of probes (default 1024)")
     a("--bn", choices=("refuse", "eval"), default=None,
       help="batch norm in train mode: refuse (default), or eval (use its running statistics)")
     a("--dropout", choices=("refuse", "off"), default=None, help="active dropout: refuse, or off")

@@ -126,6 +126,7 @@ class LossOperator:
         self.set_hvp_mode(hvp_mode, where)
         self._hvp_many = hvp_many_fn(model, self.per_sample)
         self._psg = per_sample_grads_fn(model, self.per_sample)
+        self.per_sample_mode = "vmap"  # or "loop" (see _per_sample_chunk)
         self._psjvp = per_sample_jvp_fn(model, self.per_sample)
         self.counts = {"grad": 0, "hvp": 0, "loss": 0, "per_sample_pass": 0, "jvp": 0}
 
@@ -151,7 +152,7 @@ class LossOperator:
         def move(t):
             if not isinstance(t, Tensor):
                 return t
-            t = t.to(self.device, non_blocking=True)
+            t = t.to(self.device)
             return t.to(self.dtype) if t.is_floating_point() else t
 
         return tree_map(move, tree)
@@ -266,8 +267,26 @@ class LossOperator:
         self.counts["per_sample_pass"] += 1
         for s in range(0, self.n, chunk):
             sl = slice(s, min(s + chunk, self.n))
-            g = self._psg(self.params, self.buffers, *self.take(sl))
-            yield sl, self.space.flatten_batched(g).detach()
+            yield sl, self._per_sample_chunk(*self.take(sl)).detach()
+
+    def _per_sample_chunk(self, x, y) -> Tensor:
+        """(chunk, m) per-sample gradients: vmapped, or, for a model that ``vmap`` cannot batch (``.item()``
+        or data-dependent control flow in its forward pass), one gradient per sample (``per_sample_mode``
+        becomes ``loop`` for the rest of the operator's life)."""
+        if self.per_sample_mode == "vmap":
+            try:
+                return self.space.flatten_batched(self._psg(self.params, self.buffers, x, y))
+            except torch.OutOfMemoryError:
+                raise
+            except (RuntimeError, NotImplementedError):
+                self.per_sample_mode = "loop"
+        rows = []
+        k = int(next(t for t in tree_leaves(x) if isinstance(t, Tensor)).shape[0])
+        for i in range(k):
+            xi = tree_map(lambda t: t[i : i + 1] if isinstance(t, Tensor) else t, x)
+            yi = None if y is None else y[i : i + 1]
+            rows.append(self.space.flatten(self._grad(self.params, self.buffers, xi, yi)))
+        return torch.stack(rows)
 
     def per_sample_jvp(self, U: Tensor) -> Tensor:
         """(n, k) matrix of g_iᵀu_j for the rows u_j of U (k, m): forward mode, no per-sample gradients."""

@@ -15,7 +15,7 @@ import random
 import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -39,6 +39,7 @@ DROPOUT_OPTIONS = ("refuse", "off")
 PROBES, STAGE1, REL_SE, EIG_TOL = ProbeConfig.probes, ProbeConfig.stage1, ProbeConfig.rel_se, ProbeConfig.eig_tol
 CHUNK = RunConfig.chunk_size
 EIG_MAX_HVPS = 60
+STORE_MB = 1024
 
 
 class RandomForwardError(LssrError):
@@ -49,7 +50,8 @@ class RandomForwardError(LssrError):
 class Cost:
     """What one :func:`diagnose` call spent: HVPs, full gradients, per-sample passes and loss passes over the n
     samples, wall seconds, the wall time in gradient-equivalents (seconds / the time of one full gradient
-    ∇L timed in the same call), the HVP mode and, for ``fd``, the measured relative error bound of its HVPs."""
+    ∇L timed in the same call), the HVP mode and, for ``fd``, the measured relative error bound of its HVPs, and
+    how per-sample gradients were computed (``vmap``, or ``loop`` for a model that vmap cannot batch)."""
 
     hvps: int
     gradients: int
@@ -60,6 +62,7 @@ class Cost:
     gradient_equivalents: float
     hvp_mode: str
     fd_rel_error: float = math.nan
+    per_sample_mode: str = "vmap"
 
 
 @dataclass(frozen=True)
@@ -285,6 +288,8 @@ def _choose_hvp_mode(op: LossOperator, mode: str) -> str:
         try:
             make(op.model, op.per_sample)(op.params, op.buffers, x, y, v)
             return name
+        except torch.OutOfMemoryError:
+            raise
         except (NotImplementedError, RuntimeError):
             continue
     try:
@@ -322,6 +327,113 @@ def _fd_tune(op: LossOperator, generator: torch.Generator, chunk: int) -> float:
 # ---------------------------------------------------------------------------------------------
 
 
+class Measurement(NamedTuple):
+    """:func:`measure`'s result: the :class:`Diagnostics` and the :class:`.moments.Moments` behind them (∇L,
+    H∇L, the batch gradients Σ_i W_ik g_i asked for, the eigen-solver's output)."""
+
+    result: Diagnostics
+    moments: Moments
+
+
+def measure(
+    op: LossOperator,
+    *,
+    batch_sizes: Iterable[int] = (),
+    replacement: bool = False,
+    exact: bool | None = None,
+    probes: int = PROBES,
+    stage1: int = STAGE1,
+    rel_se: float | None = REL_SE,
+    top: bool = True,
+    eig_init: Tensor | Diagnostics | None = None,
+    eig_tol: float = EIG_TOL,
+    eig_max_hvps: int = EIG_MAX_HVPS,
+    generator: torch.Generator | None = None,
+    weights: Tensor | None = None,
+    store_mb: float = STORE_MB,
+    timing: bool = True,
+    m_frozen: int = 0,
+    reduction: str = "mean",
+    n_total: int | None = None,
+    fd_rel_error: float = math.nan,
+    started: float | None = None,
+) -> Measurement:
+    """The engine of :func:`diagnose` on a :class:`LossOperator` already built (the pipeline's probe calls it
+    with the training set in memory): :func:`.moments.gradient_moments` (exact when ``exact``, or when None
+    and n ≤ ``probes``), L, and the :class:`Diagnostics` they give. ``weights`` (n, k) asks for the batch
+    gradients Σ_i W_ik g_i (in ``moments.weighted_grads``); ``timing`` times one more full gradient for
+    ``cost.gradient_equivalents`` (NaN without it)."""
+    t0 = time.perf_counter() if started is None else started
+    bs = tuple(sorted({int(b) for b in batch_sizes}))
+    for b in bs:
+        gamma(op.n, b, replacement)  # a clear error for b out of range
+    counts0 = dict(op.counts)
+    init = eig_init.eigenvector if isinstance(eig_init, Diagnostics) else eig_init
+    mom = gradient_moments(
+        op,
+        exact=op.n <= probes if exact is None else bool(exact),
+        probes=probes,
+        stage1=stage1,
+        generator=generator,
+        top=top,
+        eig_init=init,
+        eig_tol=eig_tol,
+        eig_max_hvps=eig_max_hvps,
+        weights=weights,
+        rel_se=rel_se,
+        store_mb=store_mb,
+    )
+    L = op.loss()
+    seconds = time.perf_counter() - t0
+    counts = {k: op.counts[k] - counts0[k] for k in op.counts}
+    grad_seconds = math.nan
+    if timing:
+        t1 = time.perf_counter()
+        op.gradient()
+        grad_seconds = time.perf_counter() - t1
+    eig = mom.eig
+    vec = None
+    if eig is not None:
+        vec = eig.vector if float(eig.vector @ mom.grad) >= 0 else -eig.vector
+    cost = Cost(
+        hvps=counts["hvp"],
+        gradients=counts["grad"],
+        per_sample_passes=counts["per_sample_pass"],
+        loss_passes=counts["loss"],
+        seconds=seconds,
+        grad_seconds=grad_seconds,
+        gradient_equivalents=seconds / grad_seconds if grad_seconds > 0 else math.nan,
+        hvp_mode=op.hvp_mode,
+        fd_rel_error=fd_rel_error,
+        per_sample_mode=op.per_sample_mode,
+    )
+    result = Diagnostics(
+        n=op.n,
+        m=op.space.dim,
+        m_frozen=m_frozen,
+        loss=L,
+        top_eig=eig.value if eig is not None else math.nan,
+        top_eig_residual=eig.residual if eig is not None else math.nan,
+        top_eig_hvps=eig.hvp_count if eig is not None else 0,
+        tr_S_1=mom.tr_S_1,
+        tr_S_n=mom.tr_S_n,
+        tr_HS_1=mom.tr_HS_1,
+        tr_HS_1_se=mom.tr_HS_1_se,
+        tr_HS_n=mom.tr_HS_n,
+        ias_n=mom.tr_HS_n / mom.tr_S_n if mom.tr_S_n > 0 else math.nan,
+        b_simple=(mom.tr_S_1 - mom.tr_S_n) / mom.tr_S_n if mom.tr_S_n > 0 else math.nan,
+        estimator=mom.estimator,
+        probes=mom.probes,
+        batch_sizes=bs,
+        replacement=bool(replacement),
+        reduction=reduction,
+        n_total=op.n if n_total is None else n_total,
+        cost=cost,
+        eigenvector=vec,
+    )
+    return Measurement(result, mom)
+
+
 def diagnose(
     model: nn.Module,
     loss: str | Callable | nn.Module,
@@ -346,6 +458,8 @@ def diagnose(
     bn: str = "refuse",
     dropout: str = "refuse",
     hvp_mode: str = "auto",
+    generator: torch.Generator | None = None,
+    store_mb: float = STORE_MB,
 ) -> Diagnostics:
     """‖H‖, tr S_1, tr S_n, tr(H S_1) ± se, tr(H S_n), B_simple and, by identity (1), tr S_b, tr(H S_b),
     ‖H‖_{S_b}, ρ_b and tr(H S_b)/tr S_n for every b, of ``model`` on the training loss L = (1/n) Σ ℓ_i.
@@ -367,6 +481,10 @@ def diagnose(
     bn: ``refuse`` batch norm in train mode, or ``eval``: use its running statistics. dropout: ``refuse``
         active dropout, or ``off``. hvp_mode: ``auto`` (forward-over-reverse, else reverse-over-reverse, else
         ``fd``, a central difference of gradients with a measured error bound), or one of them.
+    generator: draw the sketch's signs and the eigen-solver's start from this generator (advancing it)
+        instead of one seeded with ``seed``.
+    store_mb: the sketch keeps the per-sample gradients (n·m numbers) in memory when they take at most this
+        many MiB, else recomputes them in every round of added probes (a pass each).
     """
     t0 = time.perf_counter()
     for name, value, known in (("bn", bn, BN_OPTIONS), ("dropout", dropout, DROPOUT_OPTIONS)):
@@ -396,11 +514,11 @@ def diagnose(
         dt = params[0].dtype
         dtype = torch.float32 if dt in (torch.float16, torch.bfloat16) else dt
     frozen = sum(p.numel() for p in params if not p.requires_grad)
+    gen = generator if generator is not None else torch.Generator().manual_seed(int(seed))
     bs = tuple(sorted({int(b) for b in batch_sizes}))
     n_used = int(next(t for t in torch.utils._pytree.tree_leaves(batch) if isinstance(t, Tensor)).shape[0])
     for b in bs:
         gamma(n_used, b, replacement)  # a clear error for b out of range, before any work
-    gen = torch.Generator().manual_seed(int(seed))
     with _restoring(model, bn, dropout), torch.autocast(params[0].device.type, enabled=False):
         op = LossOperator(
             module,
@@ -417,64 +535,23 @@ def diagnose(
         mode = _choose_hvp_mode(op, hvp_mode)
         op.set_hvp_mode(mode)
         fd_err = _fd_tune(op, gen, chunk_size) if mode == "fd" else math.nan
-        counts0 = dict(op.counts)
-        init = eig_init.eigenvector if isinstance(eig_init, Diagnostics) else eig_init
-        use_exact = op.n <= probes if exact is None else bool(exact)
-        mom = gradient_moments(
+        return measure(
             op,
-            exact=use_exact,
+            batch_sizes=bs,
+            replacement=replacement,
+            exact=exact,
             probes=probes,
-            stage1=min(stage1, probes),
-            generator=gen,
+            stage1=stage1,
+            rel_se=rel_se,
             top=top,
-            eig_init=init,
+            eig_init=eig_init,
             eig_tol=eig_tol,
             eig_max_hvps=eig_max_hvps,
-            rel_se=rel_se,
-        )
-        L = op.loss()
-        seconds = time.perf_counter() - t0
-        counts = {k: op.counts[k] - counts0[k] for k in op.counts}
-        t1 = time.perf_counter()
-        op.gradient()
-        grad_seconds = time.perf_counter() - t1
-    eig = mom.eig
-    vec = None
-    if eig is not None:
-        vec = eig.vector if float(eig.vector @ mom.grad) >= 0 else -eig.vector
-        vec = vec.detach().cpu()
-    cost = Cost(
-        hvps=counts["hvp"],
-        gradients=counts["grad"],
-        per_sample_passes=counts["per_sample_pass"],
-        loss_passes=counts["loss"],
-        seconds=seconds,
-        grad_seconds=grad_seconds,
-        gradient_equivalents=seconds / grad_seconds if grad_seconds > 0 else math.nan,
-        hvp_mode=mode,
-        fd_rel_error=fd_err,
-    )
-    return Diagnostics(
-        n=op.n,
-        m=op.space.dim,
-        m_frozen=frozen,
-        loss=L,
-        top_eig=eig.value if eig is not None else math.nan,
-        top_eig_residual=eig.residual if eig is not None else math.nan,
-        top_eig_hvps=eig.hvp_count if eig is not None else 0,
-        tr_S_1=mom.tr_S_1,
-        tr_S_n=mom.tr_S_n,
-        tr_HS_1=mom.tr_HS_1,
-        tr_HS_1_se=mom.tr_HS_1_se,
-        tr_HS_n=mom.tr_HS_n,
-        ias_n=mom.tr_HS_n / mom.tr_S_n if mom.tr_S_n > 0 else math.nan,
-        b_simple=(mom.tr_S_1 - mom.tr_S_n) / mom.tr_S_n if mom.tr_S_n > 0 else math.nan,
-        estimator=mom.estimator,
-        probes=mom.probes,
-        batch_sizes=bs,
-        replacement=bool(replacement),
-        reduction=loss_fn.reduction,
-        n_total=n_total,
-        cost=cost,
-        eigenvector=vec,
-    )
+            generator=gen,
+            store_mb=store_mb,
+            m_frozen=frozen,
+            reduction=loss_fn.reduction,
+            n_total=n_total,
+            fd_rel_error=fd_err,
+            started=t0,
+        ).result

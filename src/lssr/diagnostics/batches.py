@@ -61,8 +61,9 @@ def collect(data: Any, *, n: int | None = None, seed: int = 0, chunk: int = 256)
     """(all samples as one nest of CPU tensors with a leading sample dimension, the number before the subset).
 
     ``data``: a pair (inputs, targets) of tensors; a map-style ``Dataset`` (only the chosen samples are
-    read, ``chunk`` at a time); a ``DataLoader`` or any iterable of batches (read once, in its order: a
-    shuffling loader gives another order and another subset each time). ``n``: keep a seeded subset of n."""
+    read, ``chunk`` at a time); an ``IterableDataset`` (its samples, batched); a ``DataLoader`` or any iterable
+    of batches (read once, in its order: a shuffling loader gives another order and another subset each
+    time). ``n``: keep a seeded subset of n."""
     where = "diagnose"
     if _is_pair_of_tensors(data):
         total = int(data[0].shape[0])
@@ -77,6 +78,8 @@ def collect(data: Any, *, n: int | None = None, seed: int = 0, chunk: int = 256)
         if not batches:
             raise LssrError(f"{where}: the data set is empty")
         return _concat(batches, where), total
+    if isinstance(data, IterableDataset):  # yields single samples: batch them
+        data = DataLoader(data, batch_size=chunk)
     if isinstance(data, Tensor):
         raise LssrError(f"{where}: got one tensor; fix: pass (inputs, targets), a Dataset or a DataLoader")
     try:

@@ -1,5 +1,6 @@
 """The per-step probe (:class:`DiagnosticsProbe`): one ``diagnostics.csv`` row per probed step of a run, from
-the gradient moments of :mod:`.moments` plus sampled batches, the expected loss change and the valley probes."""
+the engine of :func:`lssr.diagnose` (:func:`.api.measure`: the gradient moments, ‖H‖ and every b) plus sampled
+batches, the expected loss change and the valley probes."""
 
 from __future__ import annotations
 
@@ -15,7 +16,8 @@ import torch
 from .. import columns
 from ..curvature import BN_FIX, BatchNormModeError, LossOperator, check_functional_mode
 from ..scaling import gamma
-from .moments import Moments, gradient_moments, per_b
+from .api import Diagnostics, measure
+from .moments import Moments
 
 Tensor = torch.Tensor
 
@@ -177,9 +179,9 @@ class DiagnosticsProbe:
         op = self._operator(ctx)
         n = op.n
         cols = self._weight_columns(ctx, n)
-        mom = self._moments(op, cols.weights, row)
-        self._per_b_columns(row, mom, cols.resultant, n)
-        L0 = op.loss()
+        diag, mom = self._moments(op, cols.weights, row)
+        self._per_b_columns(row, diag, mom, cols.resultant, n)
+        L0 = diag.loss
         self._expected_change(row, op, mom, cols.expected, L0)
         g_step = mom.grad if self.cfg.is_gd else mom.weighted_grads[cols.step]
         self._consecutive_cosine(ctx, g_step)
@@ -235,47 +237,51 @@ class DiagnosticsProbe:
         weights = torch.stack(cols, dim=1) if cols else None
         return _Weights(weights, step_col, exp_cols, res_cols)
 
-    def _moments(self, op: LossOperator, weights: Tensor | None, row: dict) -> Moments:
-        """tr S_1, tr S_n, tr(H S_1), tr(H S_n), ‖H‖_{S_n} and ‖H‖ (LOBPCG warm-started from the previous
-        probed step; q_1 oriented so that q_1ᵀ∇L ≥ 0)."""
+    def _moments(self, op: LossOperator, weights: Tensor | None, row: dict) -> tuple[Diagnostics, Moments]:
+        """tr S_1, tr S_n, tr(H S_1), tr(H S_n), ‖H‖_{S_n}, L and ‖H‖ (LOBPCG warm-started from the previous
+        probed step; q_1 oriented so that q_1ᵀ∇L ≥ 0) by the engine of :func:`lssr.diagnose`
+        (:func:`.api.measure`), with the batch gradients of ``weights`` from the same pass."""
         p = self.p
-        exact = p.estimator == "exact" or (p.estimator == "auto" and op.n <= p.probes)
-        mom = gradient_moments(
+        diag, mom = measure(
             op,
-            exact=exact,
+            batch_sizes=self.batch_sizes,
+            replacement=self.replacement,
+            exact=p.estimator == "exact" or (p.estimator == "auto" and op.n <= p.probes),
             probes=p.probes,
             stage1=p.stage1,
-            generator=self.generator,
+            rel_se=p.rel_se,
             top=p.top_eigenvalue,
             eig_init=self._prev_vec,
             eig_tol=p.eig_tol,
+            generator=self.generator,
             weights=weights,
-            rel_se=p.rel_se,
+            timing=False,
         )
-        grad, eig = mom.grad, mom.eig
         row.update(
-            tr_S_n=mom.tr_S_n,
-            tr_S_1=mom.tr_S_1,
+            tr_S_n=diag.tr_S_n,
+            tr_S_1=diag.tr_S_1,
             tr_S_1_se=0.0,
-            tr_HS_n=mom.tr_HS_n,
-            tr_HS_1=mom.tr_HS_1,
-            tr_HS_1_se=mom.tr_HS_1_se,
-            ias_n=mom.tr_HS_n / mom.tr_S_n if mom.tr_S_n > 0 else math.nan,
+            tr_HS_n=diag.tr_HS_n,
+            tr_HS_1=diag.tr_HS_1,
+            tr_HS_1_se=diag.tr_HS_1_se,
+            ias_n=diag.ias_n,
         )
-        if eig is not None:
-            q1 = eig.vector if float(eig.vector @ grad) >= 0 else -eig.vector
-            self._prev_vec = q1 if math.isfinite(eig.value) else None
-            row.update(top_eig=eig.value, top_eig_hvps=eig.hvp_count, cos_q1_grad=_cos(q1, grad))
-        return mom
+        if mom.eig is not None:
+            q1 = diag.eigenvector
+            self._prev_vec = q1 if math.isfinite(diag.top_eig) else None
+            row.update(top_eig=diag.top_eig, top_eig_hvps=diag.top_eig_hvps, cos_q1_grad=_cos(q1, mom.grad))
+        return diag, mom
 
-    def _per_b_columns(self, row: dict, mom: Moments, res_cols: dict[int, list[int]], n: int) -> None:
-        """Every probed b: tr S_b, tr(H S_b), ρ_b, ‖H‖_{S_b}, instability by identity (1); from the sampled
-        batches R̄_b² and the Monte-Carlo tr(S_b), ρ_b (exact for the whole set: g_B = ∇L)."""
+    def _per_b_columns(
+        self, row: dict, diag: Diagnostics, mom: Moments, res_cols: dict[int, list[int]], n: int
+    ) -> None:
+        """Every probed b: tr S_b, tr(H S_b), ρ_b, ‖H‖_{S_b}, instability by identity (1) (``diag.at(b)``); from
+        the sampled batches R̄_b² and the Monte-Carlo tr(S_b), ρ_b (exact for the whole set: g_B = ∇L)."""
         Kr = int(self.p.resultant_batches)
         for b in self.batch_sizes:
-            d = per_b(mom, b, self.replacement)
+            d = diag.at(b)
             for k in ("tr_S_b", "tr_HS_b", "tr_HS_b_se", "rho_b", "ias_b", "instability_b"):
-                row[columns.per_b(k, b)] = d[k]
+                row[columns.per_b(k, b)] = getattr(d, k)
             if self._whole_set(b, n):
                 row[columns.per_b("resultant_b", b)] = 1.0 if Kr > 0 else math.nan
                 if Kr > 0:  # the only batch is the full set: g_B = ∇L exactly
