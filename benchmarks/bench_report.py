@@ -94,6 +94,20 @@ def method_rows(r: dict) -> list[list]:
     return out
 
 
+GOAL_COLUMNS = [
+    "point",
+    "step",
+    "loss",
+    "train acc",
+    "bundle (ops)",
+    "bundle (wall, side by side)",
+    "alone: HVPs / ops / wall",
+    "err (se)",
+    "goal met",
+    "what bounds it (HVPs × measured HVP cost + per-sample passes)",
+]
+
+
 def goal_row(r: dict, ratio: dict, goal: float = 40.0) -> list:
     """The goal per point: by op counts in the run, by wall time alone (``quiet``, bench_wall) where measured,
     else side by side."""
@@ -149,18 +163,7 @@ def report(rows: list[dict], ratio: dict, args, runs: dict | None = None) -> Non
     )
     print(
         md_table(
-            [
-                "point",
-                "step",
-                "loss",
-                "train acc",
-                "bundle (ops)",
-                "bundle (wall, side by side)",
-                "alone: HVPs / ops / wall",
-                "err (se)",
-                "goal met",
-                "what bounds it (HVPs × measured HVP cost + per-sample passes)",
-            ],
+            GOAL_COLUMNS,
             [goal_row(r, ratio) for r in done],
         )
     )

@@ -25,7 +25,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 
-from bench_report import goal_row, gpu_hours_table, md_table, method_rows, run_table  # noqa: E402
+from bench_report import GOAL_COLUMNS, goal_row, gpu_hours_table, md_table, method_rows, run_table  # noqa: E402
 
 BENCH = ROOT / "results" / "bench"
 PAGES = (HERE / "README.md", ROOT / "docs" / "PERFORMANCE.md")
@@ -143,18 +143,7 @@ def diagnostics_goal() -> str:
     d = diag()
     first = d["ratios"][d["settings"]["losses"][0]]
     return md_table(
-        [
-            "point",
-            "step",
-            "loss",
-            "train acc",
-            "bundle (ops)",
-            "bundle (wall, side by side)",
-            "alone: HVPs / ops / wall",
-            "err (se)",
-            "goal met",
-            "what bounds it (HVPs × measured HVP cost + per-sample passes)",
-        ],
+        GOAL_COLUMNS,
         [goal_row(r, first) for r in points()],
     )
 
