@@ -216,15 +216,28 @@ def _train_mode_bn(model: nn.Module) -> list[str]:
 
 
 @contextmanager
+def preserved_rng():
+    """Restores the torch (CPU and initialised CUDA), ``random`` and NumPy global random states on exit."""
+    cpu = torch.get_rng_state()
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
+    py, npy = random.getstate(), np.random.get_state()
+    try:
+        yield
+    finally:
+        torch.set_rng_state(cpu)
+        if cuda is not None:
+            torch.cuda.set_rng_state_all(cuda)
+        random.setstate(py)
+        np.random.set_state(npy)
+
+
+@contextmanager
 def _restoring(model: nn.Module, bn: str, dropout: str):
     """Applies the ``bn`` / ``dropout`` policies for the duration of the call and restores afterwards every
     module's train flag, every parameter's ``.grad``, the buffers' values and the global random states."""
     modes = [(m, m.training) for m in model.modules()]
     grads = [(p, p.grad) for p in model.parameters()]
     buffers = [(b, b.detach().clone()) for b in model.buffers()]
-    rng = torch.get_rng_state()
-    cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
-    py_rng, np_rng = random.getstate(), np.random.get_state()
     try:
         bns = _train_mode_bn(model)
         if bns and bn == "refuse":
@@ -242,7 +255,8 @@ def _restoring(model: nn.Module, bn: str, dropout: str):
         for m in model.modules():
             if isinstance(m, nn.modules.batchnorm._BatchNorm) or isinstance(m, nn.modules.dropout._DropoutNd):
                 m.eval()
-        yield
+        with preserved_rng():
+            yield
     finally:
         for m, was in modes:
             m.training = was
@@ -251,11 +265,6 @@ def _restoring(model: nn.Module, bn: str, dropout: str):
         with torch.no_grad():
             for b, saved in buffers:
                 b.copy_(saved)
-        torch.set_rng_state(rng)
-        if cuda_rng is not None:
-            torch.cuda.set_rng_state_all(cuda_rng)
-        random.setstate(py_rng)
-        np.random.set_state(np_rng)
 
 
 def _check_deterministic(op: LossOperator, k: int = 8) -> None:

@@ -15,19 +15,16 @@ from __future__ import annotations
 
 import math
 import os
-import random
 import time
-from contextlib import contextmanager
 from typing import Any, Callable, Iterable
 
-import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, IterableDataset, Subset
 
 from .. import LssrError
 from ..io import CsvLog
-from .api import Diagnostics, diagnose
+from .api import Diagnostics, diagnose, preserved_rng
 from .batches import collect
 
 #: The monitor's defaults: a probe set of N_PROBE samples drawn with SEED; without ``every`` or ``budget``,
@@ -65,22 +62,6 @@ def optimizer_hyper(optimizer: torch.optim.Optimizer | None) -> dict:
     if not isinstance(optimizer, torch.optim.SGD):
         out["threshold"] = math.nan
     return out
-
-
-@contextmanager
-def preserved_rng():
-    """Restores the torch (CPU and initialised CUDA), ``random`` and NumPy global random states on exit."""
-    cpu = torch.get_rng_state()
-    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
-    py, npy = random.getstate(), np.random.get_state()
-    try:
-        yield
-    finally:
-        torch.set_rng_state(cpu)
-        if cuda is not None:
-            torch.cuda.set_rng_state_all(cuda)
-        random.setstate(py)
-        np.random.set_state(npy)
 
 
 def _dataset_with_transform(ds: Dataset):
