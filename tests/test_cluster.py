@@ -97,7 +97,9 @@ def test_slurm_profile_end_to_end_and_cuda_submissions(tmp_path):
     every job on the CPU partition without a GPU, the bookkeeping rules run on the submit host; then the same
     config with device: cuda: every training job (single runs and Figure-5 groups) asks for one GPU on the GPU
     partition, all of them at once (no global cap)."""
-    pytest.importorskip("snakemake_executor_plugin_slurm")
+    pytest.importorskip(
+        "snakemake_executor_plugin_slurm", reason="the cluster extra (SLURM executor plugin) is not installed"
+    )
     cfg = yaml.safe_load((ROOT / "config" / "test.yaml").read_text())
     res = cfg["resources"]
 
@@ -166,7 +168,10 @@ def test_cluster_generic_retries_a_job_the_scheduler_killed(tmp_path):
     scheduler at its time limit is reported failed (TIMEOUT), submitted again, resumes from its checkpoint, and
     the outputs are byte-identical to an uninterrupted local run. (Figure-5 group jobs resume from their
     checkpoints in the same way: tests/test_checkpoints.py.)"""
-    pytest.importorskip("snakemake_executor_plugin_cluster_generic")
+    pytest.importorskip(
+        "snakemake_executor_plugin_cluster_generic",
+        reason="the cluster extra (cluster-generic plugin) is not installed",
+    )
     raw = yaml.safe_load((ROOT / "config" / "test.yaml").read_text())
     fig4 = raw["experiments"]["fig4"]
     fig4.update(steps=20, gd=[{"loss": "mse", "lr": 0.2}])

@@ -83,7 +83,7 @@ def test_visible_gpus_from_cuda_visible_devices_or_nvidia_smi(tmp_path):
 @pytest.mark.parametrize("cuda,nvidia,want", [("0,1,2", None, 3), (None, 1, 1), (None, 0, 1024)])
 def test_default_profile_caps_local_gpu_jobs_at_the_gpu_count(tmp_path, monkeypatch, cuda, nvidia, want):
     """profiles/default read as Snakemake reads a profile (yte): its `resources: gpu` is this machine's GPU count."""
-    yte = pytest.importorskip("yte")
+    yte = pytest.importorskip("yte", reason="yte (installed with snakemake) is missing")
     if cuda is None:
         monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     else:
