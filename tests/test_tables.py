@@ -46,6 +46,7 @@ def write_run(
     replacement=False,
     status="completed",
     test_acc=0.9,
+    train_acc=0.99,
     diag=None,
     metrics=None,
     seed=0,
@@ -62,7 +63,7 @@ def write_run(
         "status": status,
         "steps": int(diag["step"].max()) + 1 if diag is not None else 100,
         "config": cfg,
-        "final": {"train_loss": 0.1, "train_acc": 0.99, "test_loss": 0.3, "test_acc": test_acc},
+        "final": {"train_loss": 0.1, "train_acc": train_acc, "test_loss": 0.3, "test_acc": test_acc},
         "wall_time_s": 1.0,
         "device": "cpu",
     }
@@ -508,14 +509,18 @@ def test_fig5_cells_best_and_fits(runs):
 
 def test_fig5_seed_aggregation(tmp_path):
     p = [
-        write_run(tmp_path / "a", b=8, lr=0.1, test_acc=0.8, seed=0),
-        write_run(tmp_path / "b", b=8, lr=0.1, test_acc=0.6, seed=1),
-        write_run(tmp_path / "c", b=8, lr=0.1, status="diverged", test_acc=None, seed=2),
+        write_run(tmp_path / "a", b=8, lr=0.1, test_acc=0.8, train_acc=1.0, seed=0),
+        write_run(tmp_path / "b", b=8, lr=0.1, test_acc=0.6, train_acc=0.9, seed=1),
+        write_run(tmp_path / "c", b=8, lr=0.1, status="diverged", test_acc=None, train_acc=0.1, seed=2),
         write_run(tmp_path / "d", b=8, lr=0.2, status="diverged", test_acc=0.1, seed=0),
     ]
     t = fig5.build(p)
     cells = t[t["kind"] == "cell"].set_index("lr")
     assert cells.loc[0.1, "test_acc"] == pytest.approx(0.7) and not cells.loc[0.1, "diverged"]
+    # the training accuracy of a cell is the mean over its seeds that did not diverge: (1.0 + 0.9) / 2
+    assert cells.loc[0.1, "train_acc"] == pytest.approx(0.95)
+    seeds = t[t["kind"] == "seed"].set_index("seed")
+    assert seeds.loc[1, "train_acc"] == pytest.approx(0.9) and np.isnan(seeds.loc[2, "train_acc"])
     assert cells.loc[0.1, "n_seeds"] == 3 and cells.loc[0.1, "is_best"]
     assert cells.loc[0.2, "diverged"] and not cells.loc[0.2, "is_best"]
 

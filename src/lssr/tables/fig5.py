@@ -53,6 +53,7 @@ COLUMNS = [
     "log2_b",
     "log2_lr",
     "test_acc",
+    "train_acc",
     "status",
     "diverged",
     "n_seeds",
@@ -112,6 +113,7 @@ def _cell(ds: str, b, lr, g: pd.DataFrame) -> dict:
         "b": int(b),
         "lr": float(lr),
         "test_acc": float(ok["acc"].mean()) if not ok.empty else np.nan,
+        "train_acc": float(ok["train"].mean()) if not ok.empty else np.nan,
         "status": "diverged" if diverged else "completed",
         "diverged": diverged,
         "n_seeds": len(g),
@@ -126,22 +128,26 @@ def _ghost(config: dict) -> float:
 
 
 def seed_rows(runs: list[Run]) -> pd.DataFrame:
-    """One row per run: (data set, b, η, seed), final test accuracy and whether it diverged."""
+    """One row per run: (data set, b, η, seed), final test and training accuracy and whether it diverged."""
     recs = []
     for r in runs:
-        acc = (r.meta.get("final") or {}).get("test_acc")
+        final = r.meta.get("final") or {}
+        acc = final.get("test_acc")
         acc = float(acc) if acc is not None else np.nan
+        train = final.get("train_acc")
+        train = float(train) if train is not None else np.nan
         div = r.status == "diverged" or not math.isfinite(acc)
         recs.append(
             {"dataset": r.dataset, "n": r.n, "replacement": r.replacement, "b": r.b, "lr": r.lr,
-             "seed": int(r.config.get("seed", 0)), "acc": acc, "div": div,
+             "seed": int(r.config.get("seed", 0)), "acc": acc, "train": train, "div": div,
              "ghost": _ghost(r.config)}
         )  # fmt: skip
     return pd.DataFrame(recs)
 
 
 def cells(runs: list[Run]) -> pd.DataFrame:
-    """Heatmap cells over (data set, b, η): mean final test accuracy over seeds, diverged flag, best η per b."""
+    """Heatmap cells over (data set, b, η): mean final test and training accuracy over the seeds that did not
+    diverge, diverged flag, best η per b (by test accuracy)."""
     raw = seed_rows(runs)
     if raw.empty:
         return pd.DataFrame()
@@ -241,6 +247,7 @@ def _seed_table(raw: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(
         {"kind": "seed", "dataset": raw["dataset"], "n": raw["n"], "replacement": raw["replacement"], "b": raw["b"],
          "lr": raw["lr"], "seed": raw["seed"], "test_acc": raw["acc"].where(~raw["div"]),
+         "train_acc": raw["train"].where(~raw["div"]),
          "status": np.where(raw["div"], "diverged", "completed"), "diverged": raw["div"]}
     )  # fmt: skip
 
