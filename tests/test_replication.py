@@ -121,6 +121,7 @@ def test_record_copies_the_files_and_writes_the_counts_it_read(tmp_path):
     # C1's decided values 0.05, 0.1, 0.5 (the NaN row is not-enough-data): range 0.05–0.5, markdown-escaped |
     assert "\\|x − 1\\| = 0.05–0.5 (3 subjects; pass if \\<= 0.2; 1 fail)" in c1
     # provenance, config, run time (60 + 120 + 30 + 15.5 + 4.5 = 230 s), best cells, figure links
+    assert page.startswith("# Replication record: tiny replication (CPU)\n")
     assert COMMIT in page and "2030-01-02 03:04 UTC" in page
     assert "tiny replication (CPU)" in page and "data set `digits-256`: source: digits, n: 256" in page
     assert "- fig5: model: digits\\_cnn, batch\\_norm: True, epochs: 2, batch\\_sizes: \\[16, 64\\]" in page

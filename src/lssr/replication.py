@@ -215,7 +215,7 @@ def replication_page(
     claims = _read_csv(results / "claims.csv")
     runs = _read_csv(results / "tables" / "runs.csv")
     lines = [
-        "# Replication record",
+        f"# Replication record: {md_text(raw.get('name', config.stem))}",
         "",
         _provenance(runs, now),
         "Written by `lssr replication-record` from the run's files, which are copied next to this page: "
