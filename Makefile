@@ -1,5 +1,6 @@
 # Two entry points for users: `make demo` (the demo pipeline) and `make test` (lint + the whole test suite,
-# the slow end-to-end tests included). `make test-fast` runs the tests not marked `slow`; `make lint` only lints.
+# the slow end-to-end tests included). `make replication` reruns the real-image configuration and rewrites its kept
+# record, docs/replication/ (the claims, verdicts, run table and figures, and a README.md listing each statement). `make test-fast` runs the tests not marked `slow`; `make lint` only lints.
 # All build .venv on first use: python3 -m venv, then the fully pinned CI environment (requirements-lock.txt,
 # the same versions next year) and this package on top (pip install --no-deps -e .).
 PYTHON ?= python3
@@ -8,7 +9,9 @@ BIN := $(VENV)/bin
 CORES ?= all
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: demo test test-fast lint lock bench-diagnostics bench-se bench-grid bench-monitor clean-results
+REPLICATION_CONFIG ?= config/cifar10-replication.yaml
+
+.PHONY: demo replication test test-fast lint lock bench-diagnostics bench-se bench-grid bench-monitor clean-results
 
 $(BIN)/lssr: pyproject.toml requirements-lock.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -19,6 +22,12 @@ $(BIN)/lssr: pyproject.toml requirements-lock.txt
 demo: $(BIN)/lssr
 	$(BIN)/snakemake --cores $(CORES)
 	$(BIN)/snakemake --report report.html
+
+replication: $(BIN)/lssr
+	$(BIN)/snakemake --cores $(CORES) --configfile $(REPLICATION_CONFIG)
+	$(BIN)/snakemake --configfile $(REPLICATION_CONFIG) --report report-replication.html
+	$(BIN)/lssr replication-record --results results --figures figures --config $(REPLICATION_CONFIG) \
+		--out docs/replication
 
 lint: $(BIN)/lssr
 	$(BIN)/ruff check .
@@ -54,4 +63,4 @@ lock:
 	rm -rf .lock-venv
 
 clean-results:
-	rm -rf results/* figures/* report.html .snakemake
+	rm -rf results/* figures/* report.html report-replication.html .snakemake

@@ -10,7 +10,7 @@ from lssr.config import check_workflow_schema
 min_version("8.0")
 
 
-# report.html opens with the verdict table (rule verdicts).
+# report.html opens with one line per claim (rule summary), then the verdict table (rule verdicts).
 report: "workflow/report/workflow.rst"
 
 
@@ -38,5 +38,6 @@ rule all:
     input:
         figure_targets(),
         "results/claims.csv",
+        "results/summary.csv",
         "results/verdicts.csv",
         "results/tables/runs.csv",

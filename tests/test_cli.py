@@ -13,7 +13,10 @@ import yaml
 import lssr
 
 SRC = Path(lssr.__file__).resolve().parents[1]
-COMMANDS = ("subset", "train", "train-batch", "table", "figure", "claims", "runs-table", "verdicts", "diagnose")
+COMMANDS = (
+    "subset", "train", "train-batch", "table", "figure", "claims", "runs-table", "verdicts", "summary",
+    "replication-record", "diagnose",
+)  # fmt: skip
 RUN = {
     "data": {"dataset": "digits", "n": 64},
     "model": {"name": "digits_cnn"},

@@ -19,8 +19,12 @@ FAKE = ROOT / "tests" / "fake_cluster" / "slurm"
 BIN = Path(sys.executable).parent
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
 TRAINING = ("train", "train_group_")
-# localrules (lssr runs-table, lssr verdicts: milliseconds each) and their outputs
-BOOKKEEPING = {"runs_table": "results/tables/runs.csv", "verdicts": "results/verdicts.csv"}
+# localrules (lssr runs-table, lssr summary, lssr verdicts: milliseconds each) and their outputs
+BOOKKEEPING = {
+    "runs_table": "results/tables/runs.csv",
+    "summary": "results/summary.csv",
+    "verdicts": "results/verdicts.csv",
+}
 
 sys.path.insert(0, str(FAKE))
 from fake_slurm import parse_options  # noqa: E402

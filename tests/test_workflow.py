@@ -145,6 +145,7 @@ def test_paper_dag_dry_run(tmp_path):
         "table": n_figs,
         "figure": n_figs,
         "claims": 1,
+        "summary": 1,
         "verdicts": 1,
         "runs_table": 1,
         "all": 1,
@@ -323,6 +324,10 @@ def test_end_to_end_local_and_fake_cluster(tmp_path):
     assert set(claims["kind"]) == {"claim", "check"}
     verdicts = pd.read_csv(local / "results" / "verdicts.csv")
     assert len(verdicts) == len(claims) and list(verdicts["verdict"]) == list(claims["verdict"])
+    summary = pd.read_csv(local / "results" / "summary.csv")
+    assert list(summary["claim"]) == [f"C{i}" for i in range(1, 10)] + ["K1"]
+    counts = summary[["pass", "fail", "inconclusive", "not-enough-data"]].to_numpy().sum()
+    assert counts == len(claims)
 
     # rerun: nothing to be done
     proc = smk(local, "--cores", "1", "--configfile", "config/test.yaml")

@@ -4,7 +4,8 @@ thin call of a typed entry point, imported inside the command so that ``lssr --h
 One-way flow: ``subset`` (raw data -> subset) -> ``train`` / ``train-batch`` (subset -> run; given a run config
 as ``--json``, as the workflow does, they first write it to the run folder's ``config.yaml``) ->
 ``table`` (runs -> table) -> ``figure`` (table -> figure) -> ``claims`` (tables -> claims) ->
-``runs-table`` (runs -> the report's run table).
+``runs-table`` (runs -> the report's run table) -> ``verdicts`` / ``summary`` (claims -> the report's tables) ->
+``replication-record`` (claims, tables, figures -> a kept record folder).
 """
 
 from __future__ import annotations
@@ -156,6 +157,22 @@ def cmd_verdicts(args: argparse.Namespace) -> None:
     print(f"wrote {len(table)} verdict rows to {args.out}")
 
 
+def cmd_summary(args: argparse.Namespace) -> None:
+    from .io import write_csv
+    from .report import summary_table
+
+    table = summary_table(_read_csv_arg(args.claims, "`lssr claims`"))
+    write_csv(args.out, table)
+    print(f"wrote {len(table)} statement rows to {args.out}")
+
+
+def cmd_replication_record(args: argparse.Namespace) -> None:
+    from .replication import write_replication_record
+
+    page = write_replication_record(args.results, args.figures, args.config, _out_folder(args.out))
+    print(f"wrote {page} and the files it links")
+
+
 def cmd_diagnose(args: argparse.Namespace) -> None:
     from .diagnostics.command import parse_model_args, run_diagnose
 
@@ -291,6 +308,22 @@ def _add_result_commands(sub) -> None:
     v.add_argument("--claims", required=True, help="results/claims.csv from `lssr claims`")
     v.add_argument("--out", required=True, help="output CSV (reStructuredText-escaped), e.g. results/verdicts.csv")
     v.set_defaults(func=cmd_verdicts)
+
+    s = sub.add_parser("summary", help="one line per claim (verdict counts, deciding statistic) opening report.html")
+    s.add_argument("--claims", required=True, help="results/claims.csv from `lssr claims`")
+    s.add_argument("--out", required=True, help="output CSV (reStructuredText-escaped), e.g. results/summary.csv")
+    s.set_defaults(func=cmd_summary)
+
+    rr = sub.add_parser(
+        "replication-record",
+        help="copy a finished run's claims, verdicts, summary, run table and figures into a kept folder with a "
+        "README.md (one line per statement of the paper, the config, run time, Figure 5's best cells)",
+    )
+    rr.add_argument("--results", default="results", help="the results folder (claims.csv, verdicts.csv, ...)")
+    rr.add_argument("--figures", default="figures", help="the figures folder (its *.png are copied)")
+    rr.add_argument("--config", required=True, help="the config file the run used, e.g. config/demo.yaml")
+    rr.add_argument("--out", default="docs/replication", help="output folder, replaced as a whole")
+    rr.set_defaults(func=cmd_replication_record)
 
 
 def _add_diagnose_command(sub) -> None:

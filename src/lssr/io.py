@@ -48,6 +48,40 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
             tmp_path.unlink()
 
 
+@contextmanager
+def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary folder next to ``path``; on success it replaces ``path`` (the old folder, if any, is
+    renamed aside and removed), so ``path`` holds either the old contents or all of the new ones."""
+    import shutil
+
+    from . import LssrError
+
+    path = Path(path)
+    tmp: Path | None = None
+    old: Path | None = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+        os.chmod(tmp, 0o777 & ~_umask())
+        yield tmp
+        if path.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
+            os.replace(path, old / path.name)
+        os.replace(tmp, path)
+        tmp = None
+    except OSError as exc:
+        if old is not None and not path.exists():
+            os.replace(old / path.name, path)  # put the old folder back
+        raise LssrError(
+            f"cannot write the folder {path}: {exc.strerror or exc}. Check that {path.parent} is writable and has "
+            f"free space, then rerun; nothing at {path} was changed."
+        ) from exc
+    finally:
+        for leftover in (tmp, old):
+            if leftover is not None and leftover.exists():
+                shutil.rmtree(leftover)
+
+
 def write_text(path: str | os.PathLike, text: str) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(text)

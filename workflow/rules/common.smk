@@ -27,6 +27,7 @@ JOB_RESOURCES = PLAN.settings.job_resources()
 localrules:
     all,
     runs_table,
+    summary,
     verdicts,
 
 

@@ -11,7 +11,19 @@ rule runs_table:
         "lssr runs-table --runs {params.runs} --out {output} > {log} 2>&1"
 
 
-# The verdict table that opens report.html (workflow/report/workflow.rst includes it).
+# The two tables that open report.html (workflow/report/workflow.rst includes them): one line per claim (summary),
+# then one line per claim row (verdicts).
+rule summary:
+    input:
+        "results/claims.csv",
+    output:
+        "results/summary.csv",
+    log:
+        "results/logs/summary.log",
+    shell:
+        "lssr summary --claims {input} --out {output} > {log} 2>&1"
+
+
 rule verdicts:
     input:
         "results/claims.csv",

@@ -1,0 +1,185 @@
+"""lssr replication-record: a finished run's files copied into a kept folder, with a README.md whose numbers are
+the ones in those files (checked here against the numbers this test wrote into a small fake results tree)."""
+
+import math
+import struct
+import zlib
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from lssr import LssrError
+from lssr.cli import main
+from lssr.replication import best_cells, write_replication_record
+
+ROOT = Path(__file__).resolve().parents[1]
+NOW = datetime(2030, 1, 2, 3, 4, tzinfo=timezone.utc)
+COMMIT = "0123456789abcdef0123456789abcdef01234567"
+
+
+def png(width: int, height: int, grey: int) -> bytes:
+    """A valid greyscale PNG of one colour."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    raw = b"".join(b"\0" + bytes([grey]) * width for _ in range(height))
+    head = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", head) + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b"")
+
+
+def claim(cid, verdict, value, subject, kind="claim", statistic="|x − 1|"):
+    return {
+        "claim": cid, "kind": kind, "source": f"Fig. {cid}", "subject": subject, "description": f"statement {cid}",
+        "statistic": statistic, "estimate": math.nan, "target": math.nan, "value": value, "comparison": "<=",
+        "threshold": 0.2, "verdict": verdict, "n_points": 9, "window": "", "notes": "",
+    }  # fmt: skip
+
+
+def run(name, b, lr, seed, train_acc, test_acc, wall):
+    return {
+        "run": name, "status": "completed", "steps": 10, "dataset": "imagefolder", "n": 64, "model": "digits_cnn",
+        "batch_norm": True, "loss": "ce", "b": b, "lr": lr, "seed": seed, "replacement": False,
+        "final_train_acc": train_acc, "final_test_acc": test_acc, "wall_time_s": wall, "git_commit": COMMIT,
+    }  # fmt: skip
+
+
+def fake_tree(root: Path) -> dict[str, Path]:
+    """results/ (claims, verdicts, summary, runs and fig5 tables), figures/ (two PNGs) and a config."""
+    res, figs = root / "results", root / "figures"
+    (res / "tables").mkdir(parents=True)
+    figs.mkdir()
+    claims = [
+        claim("C1", "pass", 0.1, "run a"), claim("C1", "pass", 0.05, "run b"), claim("C1", "fail", 0.5, "run c"),
+        claim("C1", "not-enough-data", math.nan, "run d"),
+        claim("C5", "not-enough-data", math.nan, "cifar10-jpeg"),
+        claim("C3", "inconclusive", 0.19, "b=8"), claim("C3", "pass", 0.01, "all b"),
+        claim("K1", "pass", 0.02, "all b", kind="check"),
+    ]  # fmt: skip
+    pd.DataFrame(claims).to_csv(res / "claims.csv", index=False)
+    (res / "verdicts.csv").write_text("claim,verdict\nC1,pass\n")
+    (res / "summary.csv").write_text("claim,verdict\nC1,fail\n")
+    runs = [
+        run("r8a", 8, 0.5, 0, 0.90, 0.50, 60.0), run("r8b", 8, 0.5, 1, 0.80, 0.40, 120.0),
+        run("r8c", 8, 1.0, 0, 0.30, 0.20, 30.0), run("fig1", "full", 0.5, 0, 0.99, 0.45, 15.5),
+        run("r16", 16, 0.25, 0, 0.70, 0.35, 4.5),
+    ]  # fmt: skip
+    pd.DataFrame(runs).to_csv(res / "tables" / "runs.csv", index=False)
+    fig5 = [
+        {"kind": "cell", "dataset": "cifar10-jpeg", "n": 64, "b": 8, "lr": 0.5, "test_acc": 0.45, "n_seeds": 2,
+         "is_best": True, "censored": ""},
+        {"kind": "cell", "dataset": "cifar10-jpeg", "n": 64, "b": 8, "lr": 1.0, "test_acc": 0.20, "n_seeds": 1,
+         "is_best": False, "censored": ""},
+        {"kind": "cell", "dataset": "cifar10-jpeg", "n": 64, "b": 16, "lr": 0.25, "test_acc": 0.35, "n_seeds": 1,
+         "is_best": True, "censored": "low"},
+        {"kind": "seed", "dataset": "cifar10-jpeg", "n": 64, "b": 8, "lr": 0.5, "seed": 0, "test_acc": 0.50},
+        {"kind": "seed", "dataset": "cifar10-jpeg", "n": 64, "b": 8, "lr": 0.5, "seed": 1, "test_acc": 0.40},
+        {"kind": "seed", "dataset": "cifar10-jpeg", "n": 64, "b": 8, "lr": 1.0, "seed": 0, "test_acc": 0.20},
+        {"kind": "seed", "dataset": "cifar10-jpeg", "n": 64, "b": 16, "lr": 0.25, "seed": 0, "test_acc": 0.35},
+    ]  # fmt: skip
+    pd.DataFrame(fig5).to_csv(res / "tables" / "fig5.csv", index=False)
+    (figs / "fig1.png").write_bytes(png(2, 3, 10))
+    (figs / "fig5.png").write_bytes(png(4, 1, 200))
+    (figs / "fig3.png").write_bytes(png(1, 1, 0))  # left by another config: not recorded
+    raw = yaml.safe_load((ROOT / "config" / "test.yaml").read_text())
+    raw.update(name="tiny replication (CPU)", figures=["fig1", "fig5"])
+    cfg = root / "replication.yaml"
+    cfg.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return {"results": res, "figures": figs, "config": cfg}
+
+
+def table_line(page: str, cid: str) -> str:
+    (line,) = [ln for ln in page.splitlines() if ln.startswith("|") and f"| {cid} |" in ln]
+    return line
+
+
+def test_record_copies_the_files_and_writes_the_counts_it_read(tmp_path):
+    t = fake_tree(tmp_path)
+    out = tmp_path / "docs" / "replication"
+    readme = write_replication_record(t["results"], t["figures"], t["config"], out, now=NOW)
+    assert readme == out / "README.md"
+    for src, dst in (
+        ("claims.csv", "claims.csv"), ("verdicts.csv", "verdicts.csv"), ("summary.csv", "summary.csv"),
+        ("tables/runs.csv", "runs.csv"), ("tables/fig5.csv", "fig5.csv"),
+    ):  # fmt: skip
+        assert (out / dst).read_bytes() == (t["results"] / src).read_bytes()
+    for name in ("fig1.png", "fig5.png"):
+        assert (out / "figures" / name).read_bytes() == (t["figures"] / name).read_bytes()
+    page = readme.read_text()
+    # one line per claim, in claim order, with the counts this test wrote
+    lines = [ln for ln in page.splitlines() if ln.startswith("| statement of the paper")]
+    assert len(lines) == 1
+    c1, c3, c5, k1 = (table_line(page, c) for c in ("C1", "C3", "C5", "K1"))
+    assert "2 pass, 1 fail, 0 inconclusive, 1 not-enough-data" in c1 and "**fail**" in c1 and "statement C1" in c1
+    assert "1 pass, 0 fail, 1 inconclusive, 0 not-enough-data" in c3 and "**inconclusive**" in c3
+    assert "0 pass, 0 fail, 0 inconclusive, 1 not-enough-data" in c5 and "none decided" in c5
+    assert "1 pass, 0 fail, 0 inconclusive, 0 not-enough-data" in k1
+    assert page.index(c1) < page.index(c3) < page.index(c5) < page.index(k1)
+    # C1's decided values 0.05, 0.1, 0.5 (the NaN row is not-enough-data): range 0.05–0.5, markdown-escaped |
+    assert "\\|x − 1\\| = 0.05–0.5 (3 subjects; pass if \\<= 0.2; 1 fail)" in c1
+    # provenance, config, run time (60 + 120 + 30 + 15.5 + 4.5 = 230 s), best cells, figure links
+    assert page.startswith("# Replication record: tiny replication (CPU)\n")
+    assert COMMIT in page and "2030-01-02 03:04 UTC" in page
+    assert "tiny replication (CPU)" in page and "data set `digits-256`: source: digits, n: 256" in page
+    assert "- fig5: model: digits\\_cnn, batch\\_norm: True, epochs: 2, batch\\_sizes: \\[16, 64\\]" in page
+    assert "230 s = 3.8 min" in page and "summed over the 5 runs" in page
+    # b = 8: η 0.5, train accuracy the mean of seeds 0 and 1 (0.90, 0.80), test accuracy the cell's 0.45
+    assert "| cifar10-jpeg | 8 | 0.5 | 85.0 % | 45.0 % | 2 |  |" in page
+    assert "| cifar10-jpeg | 16 | 0.25 | 70.0 % | 35.0 % | 1 | edge (low) |" in page
+    assert "[fig1](figures/fig1.png)" in page and "[fig5](figures/fig5.png)" in page
+    # only the figures the config builds: fig3.png, left in the folder by another config, is not recorded
+    assert sorted(p.name for p in (out / "figures").iterdir()) == ["fig1.png", "fig5.png"] and "fig3" not in page
+
+
+def test_best_cells_use_the_tables_train_accuracy_when_it_has_one(tmp_path):
+    t = fake_tree(tmp_path)
+    fig5 = pd.read_csv(t["results"] / "tables" / "fig5.csv").assign(train_acc=0.625)
+    best = best_cells(fig5, pd.read_csv(t["results"] / "tables" / "runs.csv"))
+    assert best["b"].tolist() == [8, 16] and best["lr"].tolist() == [0.5, 0.25]
+    assert best["train_acc"].tolist() == [0.625, 0.625]
+
+
+def test_missing_claims_names_the_file_and_the_command_and_keeps_the_old_record(tmp_path, capsys):
+    t = fake_tree(tmp_path)
+    out = tmp_path / "record"
+    write_replication_record(t["results"], t["figures"], t["config"], out, now=NOW)
+    before = (out / "README.md").read_bytes()
+    (t["results"] / "claims.csv").unlink()
+    with pytest.raises(LssrError, match=r"claims\.csv: no such file \(it is written by `lssr claims`"):
+        write_replication_record(t["results"], t["figures"], t["config"], out, now=NOW)
+    args = ["replication-record", "--results", str(t["results"]), "--figures", str(t["figures"]),
+            "--config", str(t["config"]), "--out", str(out)]  # fmt: skip
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "claims.csv" in err and "lssr claims" in err
+    assert (out / "README.md").read_bytes() == before  # the old record is untouched
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".record")) == []  # no temp folder left
+
+
+def test_record_replaces_the_old_folder_as_a_whole(tmp_path):
+    t = fake_tree(tmp_path)
+    out = tmp_path / "record"
+    out.mkdir()
+    (out / "stale.png").write_bytes(b"old")
+    write_replication_record(t["results"], t["figures"], t["config"], out, now=NOW)
+    assert not (out / "stale.png").exists()
+    assert sorted(p.name for p in out.iterdir()) == [
+        "README.md", "claims.csv", "fig5.csv", "figures", "runs.csv", "summary.csv", "verdicts.csv",
+    ]  # fmt: skip
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".record")] == []
+
+
+def test_missing_figures_or_config_are_one_line_errors(tmp_path):
+    t = fake_tree(tmp_path)
+    (t["figures"] / "fig5.png").unlink()
+    with pytest.raises(LssrError, match=r"fig5\.png: no such file \(it is written by `lssr figure fig5`"):
+        write_replication_record(t["results"], t["figures"], t["config"], tmp_path / "r")
+    (t["figures"] / "fig5.png").write_bytes(png(1, 1, 0))
+    (t["results"] / "tables" / "fig5.csv").unlink()
+    with pytest.raises(LssrError, match=r"fig5\.csv: no such file \(it is written by `lssr table fig5`"):
+        write_replication_record(t["results"], t["figures"], t["config"], tmp_path / "r")
+    with pytest.raises(LssrError, match="nope.yaml: no such config file"):
+        write_replication_record(t["results"], t["figures"], tmp_path / "nope.yaml", tmp_path / "r")
