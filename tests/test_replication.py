@@ -1,6 +1,7 @@
 """lssr replication-record: a finished run's files copied into a kept folder, with a README.md whose numbers are
 the ones in those files (checked here against the numbers this test wrote into a small fake results tree)."""
 
+import json
 import math
 import struct
 import zlib
@@ -81,6 +82,12 @@ def fake_tree(root: Path) -> dict[str, Path]:
         {"kind": "seed", "dataset": "cifar10-jpeg", "n": 64, "b": 16, "lr": 0.25, "seed": 0, "test_acc": 0.35},
     ]  # fmt: skip
     pd.DataFrame(fig5).to_csv(res / "tables" / "fig5.csv", index=False)
+    for job, secs in (("train/fig1", 15.5), ("train_group/b8", 120.0), ("train_group/b16", 4.5)):
+        (res / "benchmarks" / job).parent.mkdir(parents=True, exist_ok=True)
+        (res / "benchmarks" / f"{job}.tsv").write_text(f"s\th:m:s\tmax_rss\n{secs}\t0:00:00\t1.0\n")
+    timing = {"seconds": 1830, "cores": "2", "nproc": 2, "loadavg_before": "0.05 0.10 0.20",
+              "loadavg_after": "2.01 2.00 1.90", "finished_utc": "2030-01-02T03:00:00Z"}  # fmt: skip
+    (res / "replication-time.json").write_text(json.dumps(timing))
     (figs / "fig1.png").write_bytes(png(2, 3, 10))
     (figs / "fig5.png").write_bytes(png(4, 1, 200))
     (figs / "fig3.png").write_bytes(png(1, 1, 0))  # left by another config: not recorded
@@ -120,12 +127,15 @@ def test_record_copies_the_files_and_writes_the_counts_it_read(tmp_path):
     assert page.index(c1) < page.index(c3) < page.index(c5) < page.index(k1)
     # C1's decided values 0.05, 0.1, 0.5 (the NaN row is not-enough-data): range 0.05–0.5, markdown-escaped |
     assert "\\|x − 1\\| = 0.05–0.5 (3 subjects; pass if \\<= 0.2; 1 fail)" in c1
-    # provenance, config, run time (60 + 120 + 30 + 15.5 + 4.5 = 230 s), best cells, figure links
+    # provenance, config, run time, best cells, figure links
     assert page.startswith("# Replication record: tiny replication (CPU)\n")
     assert COMMIT in page and "2030-01-02 03:04 UTC" in page
     assert "tiny replication (CPU)" in page and "data set `digits-256`: source: digits, n: 256" in page
     assert "- fig5: model: digits\\_cnn, batch\\_norm: True, epochs: 2, batch\\_sizes: \\[16, 64\\]" in page
-    assert "230 s = 3.8 min" in page and "summed over the 5 runs" in page
+    # the Makefile's wall-clock file (1830 s) and the jobs' benchmark files (15.5 + 120 + 4.5 = 140 s over 3 jobs)
+    assert "1830 s = 30.5 min" in page and "before it started: 0.05 0.10 0.20" in page
+    assert "Training jobs: 3, their wall times summed 140 s = 2.3 min" in page
+    assert (out / "replication-time.json").read_bytes() == (t["results"] / "replication-time.json").read_bytes()
     # b = 8: η 0.5, train accuracy the mean of seeds 0 and 1 (0.90, 0.80), test accuracy the cell's 0.45
     assert "| cifar10-jpeg | 8 | 0.5 | 85.0 % | 45.0 % | 2 |  |" in page
     assert "| cifar10-jpeg | 16 | 0.25 | 70.0 % | 35.0 % | 1 | edge (low) |" in page
@@ -167,7 +177,7 @@ def test_record_replaces_the_old_folder_as_a_whole(tmp_path):
     write_replication_record(t["results"], t["figures"], t["config"], out, now=NOW)
     assert not (out / "stale.png").exists()
     assert sorted(p.name for p in out.iterdir()) == [
-        "README.md", "claims.csv", "fig5.csv", "figures", "runs.csv", "summary.csv", "verdicts.csv",
+        "README.md", "claims.csv", "fig5.csv", "figures", "replication-time.json", "runs.csv", "summary.csv", "verdicts.csv",
     ]  # fmt: skip
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".record")] == []
 

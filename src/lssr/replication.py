@@ -7,6 +7,7 @@ from the copied files and the config."""
 
 from __future__ import annotations
 
+import json
 import math
 import re
 import shutil
@@ -119,16 +120,40 @@ def _config_lines(config: Path, raw: dict, planned: list[str]) -> list[str]:
     return lines
 
 
-def _runtime_lines(runs: pd.DataFrame) -> list[str]:
-    if "wall_time_s" not in runs.columns or runs["wall_time_s"].isna().all():
-        return ["The run table has no wall times."]
-    wall = runs["wall_time_s"].astype(float)
-    total = float(wall.sum())
-    return [
-        f"Run time summed over the {int(wall.notna().sum())} runs of `runs.csv` (each run's `wall_time_s`; not the "
-        f"wall-clock time of the whole workflow, and runs trained together in one batched process each count that "
-        f"process's time): {total:.0f} s = {total / 60:.1f} min."
-    ]
+def _job_seconds(results: Path) -> tuple[float, int]:
+    """The summed wall time of the training jobs (Snakemake's ``benchmark:`` files, one per single run or Figure-5
+    group, under ``results/benchmarks/``) and their number."""
+    total, jobs = 0.0, 0
+    for f in sorted((results / "benchmarks").glob("*/*.tsv")):
+        t = pd.read_csv(f, sep="\t")
+        if "s" in t.columns and len(t):
+            total += float(t["s"].iloc[-1])
+            jobs += 1
+    return total, jobs
+
+
+def _runtime_lines(results: Path) -> list[str]:
+    lines = []
+    timing = results / "replication-time.json"
+    if timing.exists():
+        try:
+            t = json.loads(timing.read_text())
+        except json.JSONDecodeError as exc:
+            raise LssrError(f"{timing} is not valid JSON ({exc}); delete it and rerun `make replication`") from exc
+        lines.append(
+            f"Wall-clock time of the workflow (`make replication`, `--cores {md_text(t.get('cores'))}` on a machine "
+            f"with {md_text(t.get('nproc'))} cores, finished {md_text(t.get('finished_utc'))}): {t['seconds']} s = "
+            f"{t['seconds'] / 60:.1f} min. Load average (1, 5, 15 min) before it started: "
+            f"{md_text(t.get('loadavg_before'))}; when it ended: {md_text(t.get('loadavg_after'))} (written to "
+            "`replication-time.json` by the Makefile; a resumed run gives the time of its last invocation only)."
+        )
+    total, jobs = _job_seconds(results)
+    if jobs:
+        lines.append(
+            f"Training jobs: {jobs}, their wall times summed {total:.0f} s = {total / 60:.1f} min (Snakemake's "
+            "benchmark files; jobs run side by side, so this exceeds the wall-clock time on more than one core)."
+        )
+    return lines or ["No timing was recorded (no `replication-time.json`, no Snakemake benchmark files)."]
 
 
 def _train_acc(cell: pd.Series, seeds: pd.DataFrame, runs: pd.DataFrame) -> tuple[float, int]:
@@ -236,7 +261,7 @@ def replication_page(
         "",
         "## Run time",
         "",
-        *_runtime_lines(runs),
+        *_runtime_lines(results),
         "",
         "## Figure 5: the best η per b",
         "",
@@ -269,7 +294,8 @@ def write_replication_record(
     fig5_csv = _require(results / "tables" / "fig5.csv", "lssr table fig5", config) if "fig5" in planned else None
     page = replication_page(results, config, raw, planned, pngs, fig5_csv, now or datetime.now(timezone.utc))
     with atomic_dir(out) as tmp:
-        for src in [*sources.values(), *([fig5_csv] if fig5_csv else [])]:
+        timing = [results / "replication-time.json"] if (results / "replication-time.json").exists() else []
+        for src in [*sources.values(), *([fig5_csv] if fig5_csv else []), *timing]:
             shutil.copyfile(src, tmp / src.name)
         (tmp / "figures").mkdir()
         for p in pngs:
