@@ -177,7 +177,8 @@ def test_record_replaces_the_old_folder_as_a_whole(tmp_path):
     write_replication_record(t["results"], t["figures"], t["config"], out, now=NOW)
     assert not (out / "stale.png").exists()
     assert sorted(p.name for p in out.iterdir()) == [
-        "README.md", "claims.csv", "fig5.csv", "figures", "replication-time.json", "runs.csv", "summary.csv", "verdicts.csv",
+        "README.md", "claims.csv", "fig5.csv", "figures", "replication-time.json",
+        "runs.csv", "summary.csv", "verdicts.csv",
     ]  # fmt: skip
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".record")] == []
 
