@@ -15,6 +15,7 @@ import yaml
 from lssr import LssrError
 from lssr.cli import main
 from lssr.replication import best_cells, write_replication_record
+from lssr.workflow import plan
 
 ROOT = Path(__file__).resolve().parents[1]
 NOW = datetime(2030, 1, 2, 3, 4, tzinfo=timezone.utc)
@@ -82,7 +83,13 @@ def fake_tree(root: Path) -> dict[str, Path]:
         {"kind": "seed", "dataset": "cifar10-jpeg", "n": 64, "b": 16, "lr": 0.25, "seed": 0, "test_acc": 0.35},
     ]  # fmt: skip
     pd.DataFrame(fig5).to_csv(res / "tables" / "fig5.csv", index=False)
-    for job, secs in (("train/fig1", 15.5), ("train_group/b8", 120.0), ("train_group/b16", 4.5)):
+    raw = yaml.safe_load((ROOT / "config" / "test.yaml").read_text())
+    raw.update(name="tiny replication (CPU)", figures=["fig1", "fig5"])
+    # Snakemake's benchmark files of two of the config's training jobs, and one of a job another config planned
+    p = plan(raw)
+    single = next(r for r in p.runs if r not in p.grouped_runs)
+    jobs = ((f"train/{single}", 15.5), (f"train_group/{next(iter(p.groups))}", 124.5), ("train_group/other_b8", 99.0))
+    for job, secs in jobs:
         (res / "benchmarks" / job).parent.mkdir(parents=True, exist_ok=True)
         (res / "benchmarks" / f"{job}.tsv").write_text(f"s\th:m:s\tmax_rss\n{secs}\t0:00:00\t1.0\n")
     timing = {"seconds": 1830, "cores": "2", "nproc": 2, "loadavg_before": "0.05 0.10 0.20",
@@ -91,8 +98,6 @@ def fake_tree(root: Path) -> dict[str, Path]:
     (figs / "fig1.png").write_bytes(png(2, 3, 10))
     (figs / "fig5.png").write_bytes(png(4, 1, 200))
     (figs / "fig3.png").write_bytes(png(1, 1, 0))  # left by another config: not recorded
-    raw = yaml.safe_load((ROOT / "config" / "test.yaml").read_text())
-    raw.update(name="tiny replication (CPU)", figures=["fig1", "fig5"])
     cfg = root / "replication.yaml"
     cfg.write_text(yaml.safe_dump(raw, sort_keys=False))
     return {"results": res, "figures": figs, "config": cfg}
@@ -132,9 +137,9 @@ def test_record_copies_the_files_and_writes_the_counts_it_read(tmp_path):
     assert COMMIT in page and "2030-01-02 03:04 UTC" in page
     assert "tiny replication (CPU)" in page and "data set `digits-256`: source: digits, n: 256" in page
     assert "- fig5: model: digits\\_cnn, batch\\_norm: True, epochs: 2, batch\\_sizes: \\[16, 64\\]" in page
-    # the Makefile's wall-clock file (1830 s) and the jobs' benchmark files (15.5 + 120 + 4.5 = 140 s over 3 jobs)
+    # the Makefile's wall-clock file (1830 s) and the config's jobs' benchmark files (15.5 + 124.5 = 140 s, 2 jobs)
     assert "1830 s = 30.5 min" in page and "before it started: 0.05 0.10 0.20" in page
-    assert "Training jobs: 3, their wall times summed 140 s = 2.3 min" in page
+    assert "Training jobs: 2, their wall times summed 140 s = 2.3 min" in page
     assert (out / "replication-time.json").read_bytes() == (t["results"] / "replication-time.json").read_bytes()
     # b = 8: η 0.5, train accuracy the mean of seeds 0 and 1 (0.90, 0.80), test accuracy the cell's 0.45
     assert "| cifar10-jpeg | 8 | 0.5 | 85.0 % | 45.0 % | 2 |  |" in page

@@ -120,11 +120,19 @@ def _config_lines(config: Path, raw: dict, planned: list[str]) -> list[str]:
     return lines
 
 
-def _job_seconds(results: Path) -> tuple[float, int]:
-    """The summed wall time of the training jobs (Snakemake's ``benchmark:`` files, one per single run or Figure-5
-    group, under ``results/benchmarks/``) and their number."""
+def _job_seconds(results: Path, raw: dict) -> tuple[float, int]:
+    """The summed wall time of the config's training jobs (Snakemake's ``benchmark:`` file of each single run and
+    each Figure-5 group it plans, under ``results/benchmarks/``; other configs' jobs are not counted) and how many
+    of them have one."""
+    from .workflow import plan
+
+    p = plan(raw)
+    groups = list(p.groups) if p.settings.batch_runs else []
+    files = [f"train_group/{g}.tsv" for g in groups] + [f"train/{r}.tsv" for r in p.runs if r not in p.grouped_runs]
     total, jobs = 0.0, 0
-    for f in sorted((results / "benchmarks").glob("*/*.tsv")):
+    for f in (results / "benchmarks" / name for name in files):
+        if not f.exists():
+            continue
         t = pd.read_csv(f, sep="\t")
         if "s" in t.columns and len(t):
             total += float(t["s"].iloc[-1])
@@ -132,7 +140,7 @@ def _job_seconds(results: Path) -> tuple[float, int]:
     return total, jobs
 
 
-def _runtime_lines(results: Path) -> list[str]:
+def _runtime_lines(results: Path, raw: dict) -> list[str]:
     lines = []
     timing = results / "replication-time.json"
     if timing.exists():
@@ -147,7 +155,7 @@ def _runtime_lines(results: Path) -> list[str]:
             f"{md_text(t.get('loadavg_before'))}; when it ended: {md_text(t.get('loadavg_after'))} (written to "
             "`replication-time.json` by the Makefile; a resumed run gives the time of its last invocation only)."
         )
-    total, jobs = _job_seconds(results)
+    total, jobs = _job_seconds(results, raw)
     if jobs:
         lines.append(
             f"Training jobs: {jobs}, their wall times summed {total:.0f} s = {total / 60:.1f} min (Snakemake's "
@@ -261,7 +269,7 @@ def replication_page(
         "",
         "## Run time",
         "",
-        *_runtime_lines(results),
+        *_runtime_lines(results, raw),
         "",
         "## Figure 5: the best η per b",
         "",
