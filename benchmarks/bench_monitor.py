@@ -218,10 +218,12 @@ def main(argv: list[str] | None = None) -> int:
             flush=True,
         )
     # one measurement's cost, from every loop that measured (the 200-step loops may measure nothing)
-    loops = [p["monitor"] for p in pairs] + ([result["long"]["monitor"]] if "long" in result else [])
-    per_meas = [r["cost_seconds"] for m in loops for r in m["rows"]]
+    # (in plain steps of the same pair: the load moves both alike)
+    loops = [(p, args.steps) for p in pairs] + ([(result["long"], args.long_steps)] if "long" in result else [])
+    per_meas = [r["cost_seconds"] for p, _ in loops for r in p["monitor"]["rows"]]
+    in_steps = [r["cost_seconds"] / (p["plain"]["wall_s"] / n) for p, n in loops for r in p["monitor"]["rows"]]
     result["measurement_s_median"] = statistics.median(per_meas) if per_meas else None
-    result["measurement_in_plain_steps"] = statistics.median(per_meas) / plain_step if per_meas else None
+    result["measurement_in_plain_steps"] = statistics.median(in_steps) if in_steps else None
     write_json(args.out, result)
     print(
         f"overhead (median of {args.reps} side-by-side pairs): {result['overhead_median']:.3f}; "

@@ -393,13 +393,7 @@ def monitor_overhead() -> str:
 
     steps = r["settings"]["steps"]
     rows = [
-        row(
-            f"{steps} steps, pair {i + 1} ({' first, '.join(p['order'])} second)",
-            p["plain"],
-            p["monitor"],
-            p["ratio"] - 1,
-            p["losses_identical"],
-        )
+        row(f"{steps} steps, pair {i + 1}", p["plain"], p["monitor"], p["overhead"], p["losses_identical"])
         for i, p in enumerate(r["reps"])
     ]
     if "long" in r:
@@ -419,10 +413,16 @@ def monitor_overhead() -> str:
         ],
         rows,
     )
-    per = r.get("measurement_in_plain_steps")
+    loops = [(p, steps) for p in r["reps"]] + ([(r["long"], r["long"]["steps"])] if "long" in r else [])
+    costs = [
+        (x["cost_seconds"], x["cost_seconds"] / (p["plain"]["wall_s"] / n))
+        for p, n in loops
+        for x in p["monitor"]["rows"]
+    ]
     cost = (
-        f"one measurement {r['measurement_s_median']:.1f} s = {per:.0f} plain training steps (median)"
-        if per is not None
+        f"one measurement {span([c[0] for c in costs], '{:.1f}')} s, {span([c[1] for c in costs], '{:.0f}')} steps "
+        f"of the loop without the monitor in the same pair"
+        if costs
         else "no measurement taken"
     )
     load_avg = (
