@@ -34,8 +34,8 @@ from .batches import collect
 N_PROBE, BUDGET, SEED = 256, 0.10, 0
 #: Under a budget, the first measurement's cost is predicted as FIRST_COST gradient-equivalents (times one
 #: full gradient ∇L on the probe set, timed by the calibration), above the cost of a cold measurement at the
-#: defaults on a CIFAR-10 convnet (94 at step 1618 of make bench-monitor's loop, results/bench/monitor.json;
-#: warm-started ones 50 to 58); later predictions are the measured cost of the last measurement. The
+#: defaults on a CIFAR-10 convnet (57 at step 1308 of make bench-monitor's loop, results/bench/monitor.json;
+#: a warm-started one 61); later predictions are the measured cost of the last measurement. The
 #: calibration (two gradients on the probe set, the first one paying the one-time start of the per-sample
 #: machinery, the second timed) is estimated at CALIBRATION_COST training steps per n/B (probe samples per
 #: training batch).
