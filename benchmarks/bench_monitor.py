@@ -2,13 +2,18 @@
 
 A 200-step SGD loop (momentum 0.9, weight decay 5e-4, batch 128) of torchvision's ``shufflenet_v2_x0_5``
 (batch norm, 10 classes) on real CIFAR-10 images (/work/shared/data/cifar10-jpeg/train, a seeded subset,
-random crop and flip, decoded by an ``ImageFolder`` in the loop), timed with and without the monitor in
-interleaved repetitions from the same seed, then one pair of 2000-step loops (``--long-steps``), long
-enough for the budget to allow a second measurement. The monitor is built inside the timed region (drawing its
-probe set without the augmentation) with its defaults (n = 256, a 10% budget, the first call measuring θ_0).
-The overhead is the ratio of the two walls minus 1 (per pair, then the median). Also checks that the two
-loss curves are identical. Writes ``results/bench/monitor.json`` (every wall, the monitor's measurements and
-their cost, the load average, the versions); skips with a message when the CIFAR-10 folder is absent.
+random crop and flip, decoded by an ``ImageFolder`` in the loop), run without and with the monitor side by
+side: in one process the two loops take one step each in turn, each with its own global random state, so
+that the load of the shared machine falls on both alike (the monitor's clock leaves out the other loop's
+steps). Three such pairs, then one pair of 2000-step loops (``--long-steps``), long enough for the budget
+to allow measurements. The monitor is built inside its loop's timing (drawing its probe set without the
+augmentation) with its defaults (n = 256, a 10% budget: it times two gradients on the probe set once the
+budget allows it, then measures whenever the spent seconds plus the next measurement's predicted cost fit
+within 10% of its loop's seconds so far; a short loop may measure nothing, and the record says at which
+step the next measurement would fit). The overhead is the ratio of the two loops' walls minus 1 (per pair,
+then the median). Also checks that the two loss curves are identical. Writes ``results/bench/monitor.json``
+(every wall, the monitor's calibration, measurements and their cost, the load average, the versions); skips
+with a message when the CIFAR-10 folder is absent.
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ from torch.utils.data import DataLoader, Subset
 from torchvision import transforms as T
 
 import lssr
-from lssr.diagnostics.monitor import BUDGET, N_PROBE
+from lssr.diagnostics.monitor import BUDGET, CALIBRATION_COST, FIRST_COST, N_PROBE
 from lssr.io import write_json
 
 MEAN, STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
@@ -41,62 +46,106 @@ def loader(root: Path, n: int, batch: int, seed: int) -> DataLoader:
     return DataLoader(Subset(ds, idx), batch_size=batch, shuffle=True, drop_last=True)
 
 
-def run(args, data: DataLoader, monitored: bool, steps: int) -> dict:
-    """One timed loop of ``steps`` SGD steps from args.seed; the monitor (if any) built inside the timing."""
-    torch.manual_seed(args.seed)
-    model = getattr(torchvision.models, args.model)(num_classes=10)
-    opt = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9, weight_decay=5e-4)
-    model.train()
-    losses, rows = [], []
-    t0 = time.perf_counter()
-    mon = None
-    if monitored:
-        clean = T.Compose([T.ToTensor(), T.Normalize(MEAN, STD)])
-        mon = lssr.SharpnessMonitor(model, "ce", data, opt, transform=clean, callback=rows.append)
-    t_built = time.perf_counter()
-    step = 0
-    while step < steps:
-        for x, y in data:
-            if step == steps:
-                break
-            opt.zero_grad()
-            loss = F.cross_entropy(model(x), y)
-            loss.backward()
-            if mon is not None:
-                mon.step()
-            opt.step()
-            losses.append(loss.detach())
-            step += 1
-    wall = time.perf_counter() - t0
-    out = {"wall_s": wall, "losses": torch.stack(losses)}
-    if mon is not None:
-        out.update(
-            build_s=t_built - t0,
-            measurements=mon.measurements,
-            measured_steps=[r["step"] for r in rows],
-            measure_s=mon.spent_seconds,
-            train_s_seen_by_monitor=mon.train_seconds,
-            rows=[
-                {
-                    k: r[k]
-                    for k in (
-                        "step",
-                        "top_eig",
-                        "top_eig_reg",
-                        "threshold",
-                        "ias_b_128",
-                        "rho_b_128",
-                        "b_simple",
-                        "cost_hvps",
-                        "cost_seconds",
-                        "cost_gradient_equivalents",
-                        "cost_hvp_mode",
-                    )
-                }
-                for r in rows
-            ],
-        )
-    return out
+ROW_KEYS = (
+    "step",
+    "top_eig",
+    "top_eig_reg",
+    "threshold",
+    "ias_b_128",
+    "rho_b_128",
+    "b_simple",
+    "cost_hvps",
+    "cost_seconds",
+    "cost_gradient_equivalents",
+    "cost_hvp_mode",
+)
+
+
+class Loop:
+    """One SGD loop from args.seed (the monitor, if any, built inside its timing), advanced one step at a time
+    with its own global random state (swapped in around each step, so that two loops taking turns draw what
+    each would draw alone) and its own wall-time account."""
+
+    def __init__(self, args, data: DataLoader, monitored: bool, clock=time.perf_counter):
+        torch.manual_seed(args.seed)
+        self.model = getattr(torchvision.models, args.model)(num_classes=10)
+        self.opt = torch.optim.SGD(self.model.parameters(), lr=args.lr, momentum=0.9, weight_decay=5e-4)
+        self.model.train()
+        self.data, self.batches = data, None
+        self.losses, self.rows, self.calibrated, self.step_index = [], [], [], 0
+        self.rng = torch.get_rng_state()
+        self.mon, self.build_s = None, 0.0
+        t0 = time.perf_counter()
+        if monitored:
+            clean = T.Compose([T.ToTensor(), T.Normalize(MEAN, STD)])
+            self.mon = lssr.SharpnessMonitor(
+                self.model, "ce", data, self.opt, transform=clean, callback=self.rows.append, clock=clock
+            )
+            self.build_s = time.perf_counter() - t0
+        self.wall = self.build_s
+
+    def step(self) -> float:
+        """One training step (the monitor's call included); returns its wall seconds."""
+        torch.set_rng_state(self.rng)
+        t0 = time.perf_counter()
+        if self.batches is None:
+            self.batches = iter(self.data)
+        batch = next(self.batches, None)
+        if batch is None:  # a new epoch
+            self.batches = iter(self.data)
+            batch = next(self.batches)
+        x, y = batch
+        self.opt.zero_grad()
+        loss = F.cross_entropy(self.model(x), y)
+        loss.backward()
+        if self.mon is not None:
+            calibrating = self.mon.grad_seconds is None
+            self.mon.step()
+            if calibrating and self.mon.grad_seconds is not None:
+                self.calibrated.append(self.step_index)
+        self.opt.step()
+        self.losses.append(loss.detach())
+        self.step_index += 1
+        dt = time.perf_counter() - t0
+        self.rng = torch.get_rng_state()
+        self.wall += dt
+        return dt
+
+    def record(self) -> dict:
+        out = {"wall_s": self.wall}
+        mon = self.mon
+        if mon is not None:
+            nxt = mon.steps_to_next()
+            out.update(
+                build_s=self.build_s,
+                measurements=mon.measurements,
+                measured_steps=[r["step"] for r in self.rows],
+                measure_s=mon.spent_seconds,
+                train_s_seen_by_monitor=mon.train_seconds,
+                calibration_step=self.calibrated[0] if self.calibrated else None,
+                calibration_grad_s=mon.grad_seconds,
+                predicted_next_measurement_s=mon.predicted_seconds(),
+                next_measurement_fits_at_step=self.step_index + nxt if nxt is not None else None,
+                rows=[{k: r[k] for k in ROW_KEYS} for r in self.rows],
+            )
+        return out
+
+
+def pair(args, data: DataLoader, steps: int) -> dict:
+    """The loop without and with the monitor side by side: one step of each in turn (which goes first
+    alternating), so that the load of the shared machine falls on both alike. The monitor's clock leaves out
+    the plain loop's steps: it sees its own loop's time, as in a run of its own."""
+    plain_s = [0.0]
+    plain = Loop(args, data, False)
+    mon = Loop(args, data, True, clock=lambda: time.perf_counter() - plain_s[0])
+    for t in range(steps):
+        for loop in (plain, mon) if t % 2 == 0 else (mon, plain):
+            dt = loop.step()
+            if loop is plain:
+                plain_s[0] += dt
+    same = torch.equal(torch.stack(plain.losses), torch.stack(mon.losses))
+    p, m = plain.record(), mon.record()
+    return {"plain": p, "monitor": m, "overhead": m["wall_s"] / p["wall_s"] - 1.0, "losses_identical": same}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -123,40 +172,34 @@ def main(argv: list[str] | None = None) -> int:
     data = loader(args.data, args.train_n, args.batch, args.seed)
     pairs = []
     for rep in range(args.reps):
-        order = (False, True) if rep % 2 == 0 else (True, False)
-        res = {m: run(args, data, m, args.steps) for m in order}
-        plain, mon = res[False], res[True]
-        same = torch.equal(plain.pop("losses"), mon.pop("losses"))
-        pairs.append(
-            {
-                "order": ["monitor" if m else "plain" for m in order],
-                "plain": plain,
-                "monitor": mon,
-                "ratio": mon["wall_s"] / plain["wall_s"],
-                "losses_identical": same,
-            }
-        )
+        pairs.append(pair(args, data, args.steps))
+        mon = pairs[-1]["monitor"]
         print(
-            f"rep {rep}: plain {plain['wall_s']:.1f} s, monitor {mon['wall_s']:.1f} s "
-            f"({mon['measurements']} measurements at {mon['measured_steps']}), ratio {pairs[-1]['ratio']:.3f}, "
-            f"losses identical: {same}",
+            f"rep {rep}: plain {pairs[-1]['plain']['wall_s']:.1f} s, monitor {mon['wall_s']:.1f} s "
+            f"({mon['measurements']} measurements at {mon['measured_steps']}, calibration at step "
+            f"{mon['calibration_step']}), overhead {pairs[-1]['overhead']:.3f}, "
+            f"losses identical: {pairs[-1]['losses_identical']}",
             flush=True,
         )
-    ratios = [p["ratio"] for p in pairs]
+    overheads = [p["overhead"] for p in pairs]
     plain_step = statistics.median(p["plain"]["wall_s"] for p in pairs) / args.steps
-    per_meas = [r["cost_seconds"] for p in pairs for r in p["monitor"]["rows"]]
     result = {
         "what": "wall-time overhead of lssr.SharpnessMonitor at its default schedule in a training loop",
-        "overhead_median": statistics.median(ratios) - 1.0,
-        "overhead_per_rep": [r - 1.0 for r in ratios],
+        "method": "the loops without and with the monitor take one step each in turn in one process",
+        "overhead_median": statistics.median(overheads),
+        "overhead_per_rep": overheads,
         "goal_overhead": 0.10,
         "losses_identical_all_reps": all(p["losses_identical"] for p in pairs),
         "plain_step_s_median": plain_step,
-        "measurement_s_median": statistics.median(per_meas) if per_meas else None,
-        "measurement_in_plain_steps": statistics.median(per_meas) / plain_step if per_meas else None,
-        "monitor_defaults": {"n": N_PROBE, "budget": BUDGET},
+        "monitor_defaults": {
+            "n": N_PROBE,
+            "budget": BUDGET,
+            "first_cost_gradient_equivalents": FIRST_COST,
+            "calibration_cost_steps_per_n_over_b": CALIBRATION_COST,
+        },
         "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
         "loadavg_before": list(load_before),
+        "loadavg_after_reps": list(os.getloadavg()),
         "loadavg_after": list(os.getloadavg()),
         "cpu_count": os.cpu_count(),
         "torch": torch.__version__,
@@ -165,26 +208,26 @@ def main(argv: list[str] | None = None) -> int:
         "reps": pairs,
     }
     if args.long_steps:
-        plain, mon = run(args, data, False, args.long_steps), run(args, data, True, args.long_steps)
-        same = torch.equal(plain.pop("losses"), mon.pop("losses"))
-        result["long"] = {
-            "steps": args.long_steps,
-            "overhead": mon["wall_s"] / plain["wall_s"] - 1.0,
-            "losses_identical": same,
-            "plain": plain,
-            "monitor": mon,
-        }
+        result["long"] = {"steps": args.long_steps, **pair(args, data, args.long_steps)}
         result["loadavg_after"] = list(os.getloadavg())
+        lg = result["long"]
         print(
-            f"{args.long_steps} steps: plain {plain['wall_s']:.1f} s, monitor {mon['wall_s']:.1f} s "
-            f"({mon['measurements']} measurements at {mon['measured_steps']}), overhead "
-            f"{result['long']['overhead']:.3f}, losses identical: {same}",
+            f"{args.long_steps} steps: plain {lg['plain']['wall_s']:.1f} s, monitor {lg['monitor']['wall_s']:.1f} s "
+            f"({lg['monitor']['measurements']} measurements at {lg['monitor']['measured_steps']}), overhead "
+            f"{lg['overhead']:.3f}, losses identical: {lg['losses_identical']}",
             flush=True,
         )
+    # one measurement's cost, from every loop that measured (the 200-step loops may measure nothing)
+    # (in plain steps of the same pair: the load moves both alike)
+    loops = [(p, args.steps) for p in pairs] + ([(result["long"], args.long_steps)] if "long" in result else [])
+    per_meas = [r["cost_seconds"] for p, _ in loops for r in p["monitor"]["rows"]]
+    in_steps = [r["cost_seconds"] / (p["plain"]["wall_s"] / n) for p, n in loops for r in p["monitor"]["rows"]]
+    result["measurement_s_median"] = statistics.median(per_meas) if per_meas else None
+    result["measurement_in_plain_steps"] = statistics.median(in_steps) if in_steps else None
     write_json(args.out, result)
     print(
-        f"overhead (median of {args.reps} interleaved pairs): {result['overhead_median']:.3f}; "
-        f"one measurement = {result['measurement_in_plain_steps']:.1f} plain steps; wrote {args.out}"
+        f"overhead (median of {args.reps} side-by-side pairs): {result['overhead_median']:.3f}; "
+        f"one measurement = {result['measurement_in_plain_steps']} plain steps; wrote {args.out}"
     )
     return 0
 

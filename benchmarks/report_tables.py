@@ -2,7 +2,8 @@
 
 Every table in those pages that quotes a benchmark sits between ``<!-- begin: NAME -->`` and ``<!-- end: NAME -->``
 and is written by this script from the JSON under ``results/bench/`` (``diagnostics*.json`` from
-``make bench-diagnostics``, ``se_study.json`` from ``make bench-se``, ``bench_grid.json`` from ``make bench-grid``)
+``make bench-diagnostics``, ``se_study.json`` from ``make bench-se``, ``bench_grid.json`` from ``make bench-grid``,
+``monitor.json`` from ``make bench-monitor``)
 and, for the memory table, from ``config/paper.yaml`` through ``lssr.memory`` (``memory_table.py``).
 
     python benchmarks/report_tables.py            # rewrite the marked sections in place
@@ -370,6 +371,74 @@ def memory() -> str:
     return table(yaml.safe_load((ROOT / "config" / "paper.yaml").read_text()), 80.0)
 
 
+# -- make bench-monitor --------------------------------------------------------------------------------------------
+def monitor_overhead() -> str:
+    """The monitor's wall-time overhead at its default schedule, per loop pair (monitor.json)."""
+    r = load("monitor.json")
+
+    def row(label: str, plain: dict, mon: dict, overhead: float, same: bool) -> list:
+        calib = mon.get("calibration_step")
+        return [
+            label,
+            f"{plain['wall_s']:.1f}",
+            f"{mon['wall_s']:.1f}",
+            f"{overhead:+.1%}",
+            f"{mon['measurements']}"
+            + (f" (at {', '.join(map(str, mon['measured_steps']))})" if mon["measurements"] else ""),
+            "none" if calib is None else f"step {calib}, {mon['calibration_grad_s']:.2f} s per gradient",
+            f"{mon['measure_s']:.1f}",
+            "—" if mon.get("next_measurement_fits_at_step") is None else str(mon["next_measurement_fits_at_step"]),
+            "yes" if same else "no",
+        ]
+
+    steps = r["settings"]["steps"]
+    rows = [
+        row(f"{steps} steps, pair {i + 1}", p["plain"], p["monitor"], p["overhead"], p["losses_identical"])
+        for i, p in enumerate(r["reps"])
+    ]
+    if "long" in r:
+        lg = r["long"]
+        rows.append(row(f"{lg['steps']} steps", lg["plain"], lg["monitor"], lg["overhead"], lg["losses_identical"]))
+    table = md_table(
+        [
+            "loop",
+            "without monitor s",
+            "with monitor s",
+            "overhead",
+            "measurements",
+            "calibration",
+            "monitor s (calibration + measurements)",
+            "next measurement fits at step",
+            "losses identical",
+        ],
+        rows,
+    )
+    loops = [(p, steps) for p in r["reps"]] + ([(r["long"], r["long"]["steps"])] if "long" in r else [])
+    costs = [
+        (x["cost_seconds"], x["cost_seconds"] / (p["plain"]["wall_s"] / n))
+        for p, n in loops
+        for x in p["monitor"]["rows"]
+    ]
+    cost = (
+        f"one measurement {span([c[0] for c in costs], '{:.1f}')} s, {span([c[1] for c in costs], '{:.0f}')} steps "
+        f"of the loop without the monitor in the same pair"
+        if costs
+        else "no measurement taken"
+    )
+    load_avg = (
+        ", ".join(f"{x:.2f}" for x in r["loadavg_before"])
+        + " before; "
+        + ", ".join(f"{x:.2f}" for x in r["loadavg_after"])
+        + " after"
+    )
+    return (
+        f"{table}\n\nMedian overhead of the {steps}-step pairs: {r['overhead_median']:+.1%} (goal ≤ "
+        f"{r['goal_overhead']:.0%}); {cost}; {r['settings']['model']}, batch {r['settings']['batch']}, "
+        f"{r['settings']['threads']} thread, torch {r['torch']}; load average (1, 5, 15 min) {load_avg} "
+        f"on {r['cpu_count']} cores.\n"
+    )
+
+
 SECTIONS: dict[str, Callable[[], str]] = {
     "se-study": se_study,
     "diagnostics-setting": diagnostics_setting,
@@ -385,6 +454,7 @@ SECTIONS: dict[str, Callable[[], str]] = {
     "figure5-estimate": figure5_estimate,
     "checkpointing": checkpointing,
     "memory": memory,
+    "monitor-overhead": monitor_overhead,
 }
 
 

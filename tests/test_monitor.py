@@ -237,23 +237,107 @@ def test_a_resumed_run_continues_the_schedule_the_warm_start_and_the_csv(tmp_pat
     assert not Path(str(csv) + ".partial").exists()
 
 
-def test_the_budget_schedule_keeps_the_measured_share_of_wall_time():
-    """The first call measures; later calls measure only while the measurements' seconds plus the last one's
-    stay within budget x the training's seconds (the account set by hand: no timing in the test)."""
+class FakeClock:
+    """A wall clock that moves only when told (seconds)."""
+
+    def __init__(self, t=1000.0):
+        self.t = t
+
+    def __call__(self):
+        return self.t
+
+
+def budget_run(calls, clock, state=None, start=0):
+    """A 1/8 budget on a loader of batch B (so the calibration is estimated at 4 n/B = 12 steps), with fake
+    costs: 1 s per training step, 0.75 s then 0.5 s for the calibration's two gradients, 40 s for the first
+    (cold) measurement and 30 s for each later one. Returns the monitor, the measured steps, the calibration's
+    step and every call's (spent, train, steps_to_next) after the call."""
     model, ds = make()
-    mon = lssr.SharpnessMonitor(model.eval(), "ce", ds, n=N_PROBE, budget=0.1)
-    assert mon.due()
-    mon.measurements, mon.spent_seconds, mon.last_seconds = 1, 2.0, 2.0
-    mon.train_seconds = 39.0
-    assert not mon.due()
-    mon.train_seconds = 40.0
-    assert mon.due()
+    mon = lssr.SharpnessMonitor(model.eval(), "ce", DataLoader(ds, batch_size=B), n=N_PROBE, budget=0.125, clock=clock)
+    if state is not None:
+        mon.load_state_dict(state)
+    canned = lssr.diagnose(model, "ce", [mon.probe], batch_sizes=[B], replacement=True)
+
+    def fake_diagnose():
+        clock.t += 40.0 if mon.measurements == 0 else 30.0
+        return canned
+
+    gradients = []
+
+    def fake_gradient(*args, clock, **kwargs):
+        gradients.append(0.75 if not gradients else 0.5)
+        clock.t += gradients[-1]
+        return gradients[-1]
+
+    mon.diagnose = fake_diagnose
+    measured, calibrated, account = [], [], []
+    import lssr.diagnostics.monitor as monitor_module
+
+    real = monitor_module.gradient_seconds
+    monitor_module.gradient_seconds = fake_gradient
+    try:
+        for t in range(start, calls):
+            before = mon.grad_seconds
+            if mon.step() is not None:
+                measured.append(t)
+            if before is None and mon.grad_seconds is not None:
+                calibrated.append(t)
+            account.append((mon.spent_seconds, mon.train_seconds, mon.steps_to_next()))
+            clock.t += 1.0  # the training step
+    finally:
+        monitor_module.gradient_seconds = real
+    return mon, measured, calibrated, account
+
+
+def test_the_budget_schedule_measures_as_soon_as_the_predicted_cost_fits_and_never_overspends():
+    """With fake costs (no timing): the calibration at the first call t with t/8 >= 12 steps (t = 96), the
+    first measurement when t/8 >= 1.25 + 100 x 0.5 (t = 410), then whenever t/8 >= the spent seconds plus the
+    last measurement's (40 s then 30 s): t = 650, 810, 1050 (worked by hand). The spent seconds never exceed
+    1/8 of the training's at any call, and steps_to_next names the next measured call exactly once calibrated."""
+    assert (lssr.diagnostics.monitor.FIRST_COST, lssr.diagnostics.monitor.CALIBRATION_COST) == (100.0, 4.0)
+    mon, measured, calibrated, account = budget_run(1100, FakeClock())
+    assert calibrated == [96]
+    assert measured == [410, 650, 810, 1050]
+    assert all(spent <= 0.125 * train for spent, train, _ in account)
+    for t, (_, _, k) in enumerate(account):
+        following = [m for m in measured if m > t]
+        if t >= 96 and following:
+            assert t + 1 + k == following[0], t
+    assert mon.measurements == 4 and mon.spent_seconds == 1.25 + 40 + 3 * 30
+
+
+@pytest.mark.parametrize("cut", [10, 300, 700])
+def test_a_resumed_budget_schedule_makes_the_same_decisions(cut):
+    """Checkpointed before the calibration, before the first measurement or between measurements, a new
+    monitor (with a clock at another origin) loading the state continues the same decisions."""
+    _, measured, calibrated, _ = budget_run(1100, FakeClock())
+    first, m1, c1, _ = budget_run(cut, FakeClock())
+    state = first.state_dict()
+    _, m2, c2, _ = budget_run(1100, FakeClock(5e6), state=state, start=cut)
+    assert m1 + m2 == measured and c1 + c2 == calibrated
+
+
+def test_every_alone_measures_at_its_multiples_whatever_the_cost():
+    model, ds = make()
     every = lssr.SharpnessMonitor(model, "ce", ds, n=N_PROBE, every=4, budget=None)
     assert [s for s in range(12) if every.due(s)] == [0, 4, 8]
-    state = mon.state_dict()
-    again = lssr.SharpnessMonitor(model, "ce", ds, n=N_PROBE, budget=0.1)
-    again.load_state_dict(state)
-    assert (again.spent_seconds, again.last_seconds, again.train_seconds, again.measurements) == (2.0, 2.0, 40.0, 1)
+    assert every.steps_to_next() == 0 and not every.calibration_due()
+
+
+def test_the_calibration_gradient_leaves_the_training_state_as_it_was():
+    """calibrate() on a model in train mode (batch norm, dropout) with .grad set: modes, .grad, buffers,
+    parameters and the global random state are as before."""
+    model, ds = make()
+    model.train()
+    F.cross_entropy(model(ds.tensors[0][:8]), ds.tensors[1][:8]).backward()
+    saved = copy.deepcopy(model.state_dict()), [p.grad.clone() for p in model.parameters()], torch.get_rng_state()
+    mon = lssr.SharpnessMonitor(model, "ce", ds, n=N_PROBE)
+    assert mon.calibrate() > 0 and mon.spent_seconds > mon.grad_seconds
+    assert all(m.training for m in model.modules())
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, saved[0][k]), k
+    assert all(torch.equal(p.grad, g) for p, g in zip(model.parameters(), saved[1]))
+    assert torch.equal(torch.get_rng_state(), saved[2])
 
 
 @pytest.mark.parametrize(
@@ -328,7 +412,7 @@ sys.meta_path.insert(0, Block())
 import torch, lssr
 model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Tanh(), torch.nn.Linear(4, 2)).double()
 data = (torch.randn(20, 3, dtype=torch.float64), torch.randint(0, 2, (20,)))
-mon = lssr.SharpnessMonitor(model, "ce", data, n=10)
+mon = lssr.SharpnessMonitor(model, "ce", data, n=10, every=1)
 row = mon.step()
 assert row["top_eig"] > 0 and "lightning" not in sys.modules
 try:

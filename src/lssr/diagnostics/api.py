@@ -443,6 +443,105 @@ def measure(
     return Measurement(result, mom)
 
 
+@dataclass(frozen=True)
+class Prepared:
+    """The model, the per-sample loss and the samples of one :func:`diagnose` call, read into host memory."""
+
+    model: nn.Module
+    loss_fn: PerSampleLoss
+    module: nn.Module
+    inputs: Any
+    targets: Any
+    n_total: int
+    n_used: int
+    frozen: int
+    dtype: torch.dtype
+    device_type: str
+
+    def operator(self, chunk_size: int = CHUNK, per_sample_chunk: int | None = None) -> LossOperator:
+        """The :class:`LossOperator` of L = (1/n) Σ ℓ_i on these samples (call it under the bn / dropout policy)."""
+        return LossOperator(
+            self.module,
+            self.loss_fn,
+            self.inputs,
+            self.targets,
+            chunk_size=chunk_size,
+            per_sample_chunk=per_sample_chunk,
+            where="diagnose",
+            stream=True,
+            dtype=self.dtype,
+        )
+
+
+def prepare(
+    model: nn.Module,
+    loss: str | Callable | nn.Module,
+    data: Any,
+    *,
+    n: int | None = None,
+    seed: int = 0,
+    forward: Callable | None = None,
+    chunk_size: int = CHUNK,
+    dtype: torch.dtype | None = None,
+) -> Prepared:
+    """Checks and reads what :func:`diagnose` measures on (its arguments of the same names)."""
+    model = unwrap(model)
+    if not isinstance(model, nn.Module):
+        raise LssrError(f"diagnose: model must be a torch.nn.Module, got {type(model).__name__}")
+    loss_fn = PerSampleLoss(loss, where="diagnose")
+    batch, n_total = collect(data, n=n, seed=seed, chunk=chunk_size)
+    if forward is None:
+        pair = as_pair(batch)
+        if pair is None:
+            raise LssrError(
+                "diagnose: batches are not (inputs, targets) pairs; fix: pass forward=lambda model, batch: "
+                "(model(batch['x']), batch['y']) (naming your batch's keys)"
+            )
+        module, inputs, targets = model, pair[0], pair[1]
+    else:
+        module, inputs, targets = ForwardAdapter(model, forward), batch, None
+    params = [p for p in model.parameters()]
+    if not params:
+        raise LssrError("diagnose: the model has no parameters")
+    if dtype is None:
+        dt = params[0].dtype
+        dtype = torch.float32 if dt in (torch.float16, torch.bfloat16) else dt
+    return Prepared(
+        model=model,
+        loss_fn=loss_fn,
+        module=module,
+        inputs=inputs,
+        targets=targets,
+        n_total=n_total,
+        n_used=int(next(t for t in torch.utils._pytree.tree_leaves(batch) if isinstance(t, Tensor)).shape[0]),
+        frozen=sum(p.numel() for p in params if not p.requires_grad),
+        dtype=dtype,
+        device_type=params[0].device.type,
+    )
+
+
+def gradient_seconds(
+    model: nn.Module,
+    loss: str | Callable | nn.Module,
+    data: Any,
+    *,
+    forward: Callable | None = None,
+    bn: str = "refuse",
+    dropout: str = "refuse",
+    chunk_size: int = CHUNK,
+    dtype: torch.dtype | None = None,
+    clock: Callable[[], float] = time.perf_counter,
+) -> float:
+    """The wall seconds (by ``clock``) of reading ``data`` and computing one full gradient ∇L on it as
+    :func:`diagnose` does (same arguments), under the same guard: modes, ``.grad``, buffers and the global
+    random states are as before. The unit of ``Cost.gradient_equivalents``."""
+    t0 = clock()
+    prep = prepare(model, loss, data, forward=forward, chunk_size=chunk_size, dtype=dtype)
+    with _restoring(prep.model, bn, dropout), torch.autocast(prep.device_type, enabled=False):
+        prep.operator(chunk_size=chunk_size).gradient()
+    return clock() - t0
+
+
 def diagnose(
     model: nn.Module,
     loss: str | Callable | nn.Module,
@@ -501,45 +600,13 @@ def diagnose(
             raise LssrError(f"diagnose: unknown {name}={value!r}; known: {', '.join(known)}")
     if hvp_mode not in ("auto", *HVP_MODES):
         raise LssrError(f"diagnose: unknown hvp_mode={hvp_mode!r}; known: auto, {', '.join(HVP_MODES)}")
-    model = unwrap(model)
-    if not isinstance(model, nn.Module):
-        raise LssrError(f"diagnose: model must be a torch.nn.Module, got {type(model).__name__}")
-    loss_fn = PerSampleLoss(loss, where="diagnose")
-    batch, n_total = collect(data, n=n, seed=seed, chunk=chunk_size)
-    if forward is None:
-        pair = as_pair(batch)
-        if pair is None:
-            raise LssrError(
-                "diagnose: batches are not (inputs, targets) pairs; fix: pass forward=lambda model, batch: "
-                "(model(batch['x']), batch['y']) (naming your batch's keys)"
-            )
-        module, inputs, targets = model, pair[0], pair[1]
-    else:
-        module, inputs, targets = ForwardAdapter(model, forward), batch, None
-    params = [p for p in model.parameters()]
-    if not params:
-        raise LssrError("diagnose: the model has no parameters")
-    if dtype is None:
-        dt = params[0].dtype
-        dtype = torch.float32 if dt in (torch.float16, torch.bfloat16) else dt
-    frozen = sum(p.numel() for p in params if not p.requires_grad)
+    prep = prepare(model, loss, data, n=n, seed=seed, forward=forward, chunk_size=chunk_size, dtype=dtype)
     gen = generator if generator is not None else torch.Generator().manual_seed(int(seed))
     bs = tuple(sorted({int(b) for b in batch_sizes}))
-    n_used = int(next(t for t in torch.utils._pytree.tree_leaves(batch) if isinstance(t, Tensor)).shape[0])
     for b in bs:
-        gamma(n_used, b, replacement)  # a clear error for b out of range, before any work
-    with _restoring(model, bn, dropout), torch.autocast(params[0].device.type, enabled=False):
-        op = LossOperator(
-            module,
-            loss_fn,
-            inputs,
-            targets,
-            chunk_size=chunk_size,
-            per_sample_chunk=per_sample_chunk,
-            where="diagnose",
-            stream=True,
-            dtype=dtype,
-        )
+        gamma(prep.n_used, b, replacement)  # a clear error for b out of range, before any work
+    with _restoring(prep.model, bn, dropout), torch.autocast(prep.device_type, enabled=False):
+        op = prep.operator(chunk_size=chunk_size, per_sample_chunk=per_sample_chunk)
         _check_deterministic(op)
         mode = _choose_hvp_mode(op, hvp_mode)
         op.set_hvp_mode(mode)
@@ -558,9 +625,9 @@ def diagnose(
             eig_max_hvps=eig_max_hvps,
             generator=gen,
             store_mb=store_mb,
-            m_frozen=frozen,
-            reduction=loss_fn.reduction,
-            n_total=n_total,
+            m_frozen=prep.frozen,
+            reduction=prep.loss_fn.reduction,
+            n_total=prep.n_total,
             fd_rel_error=fd_err,
             started=t0,
         ).result

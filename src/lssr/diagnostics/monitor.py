@@ -2,10 +2,11 @@
 
 A thin, stateful user of :func:`.api.diagnose`: it draws a fixed probe set of n samples once (seeded, from
 the data set behind the user's loader, so every measurement sees the same samples and costs the same),
-decides when to measure (every k steps, and/or while the measurements' wall time stays within a fraction
-of the training's), warm-starts ‖H‖ from the last eigenvector, reads η, momentum β, dampening and weight
-decay λ from the optimiser, and writes one row per measurement (step, η, the stability threshold, ‖H‖,
-‖H‖ + λ, the moments and every b's tr(H S_b), ‖H‖_{S_b}, ρ_b, ...) to a CSV file and/or a callback.
+decides when to measure (every k steps, and/or when the next measurement, at its predicted cost, keeps the
+measurements' wall time within a fraction of the training's), warm-starts ‖H‖ from the last eigenvector,
+reads η, momentum β, dampening and weight decay λ from the optimiser, and writes one row per measurement
+(step, η, the stability threshold, ‖H‖, ‖H‖ + λ, the moments and every b's tr(H S_b), ‖H‖_{S_b}, ρ_b, ...)
+to a CSV file and/or a callback.
 Its own state (schedule, timings, warm start, CSV offset) goes into checkpoints through
 :meth:`SharpnessMonitor.state_dict`. The training run is not changed: the model's modes, parameters,
 ``.grad``, buffers, the optimiser and the global random states are as before each measurement.
@@ -24,12 +25,21 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset, Subset
 
 from .. import LssrError
 from ..io import CsvLog
-from .api import Diagnostics, diagnose, preserved_rng
+from .api import CHUNK, Diagnostics, diagnose, gradient_seconds, preserved_rng
 from .batches import collect
 
 #: The monitor's defaults: a probe set of N_PROBE samples drawn with SEED; without ``every`` or ``budget``,
-#: measure while the measurements' wall time stays within BUDGET of the training's.
+#: measure only when the measurements' wall time, the next one's predicted cost included, stays within
+#: BUDGET of the training's.
 N_PROBE, BUDGET, SEED = 256, 0.10, 0
+#: Under a budget, the first measurement's cost is predicted as FIRST_COST gradient-equivalents (times one
+#: full gradient ∇L on the probe set, timed by the calibration), above the cost of a cold measurement at the
+#: defaults on a CIFAR-10 convnet (57 at step 1308 of make bench-monitor's loop, results/bench/monitor.json;
+#: a warm-started one 61); later predictions are the measured cost of the last measurement. The
+#: calibration (two gradients on the probe set, the first one paying the one-time start of the per-sample
+#: machinery, the second timed) is estimated at CALIBRATION_COST training steps per n/B (probe samples per
+#: training batch).
+FIRST_COST, CALIBRATION_COST = 100.0, 4.0
 
 #: Columns before the diagnostics in every row.
 HEAD = ("step", "lr", "momentum", "dampening", "nesterov", "weight_decay", "threshold", "top_eig_reg", "edge_ratio")
@@ -117,10 +127,14 @@ class SharpnessMonitor:
         group); ``lr`` / ``momentum`` override it. Each row has the threshold (2 + 2β)/η of SGD
         (:func:`sgd_threshold`), ‖H‖ + λ (``top_eig_reg``: the top eigenvalue of the Hessian of L + (λ/2)‖θ‖²,
         the loss coupled weight decay descends) and their ratio ``edge_ratio``.
-    every: measure at steps 0, k, 2k, ... (None: any step). budget: measure only while the measurements'
-        wall time, with the next one's (estimated by the last), stays within ``budget`` times the training's
-        wall time between calls. Neither given: ``budget=BUDGET`` (10%); ``every`` alone: no budget. The first
-        call always measures (θ_0).
+    every: measure at steps 0, k, 2k, ... (None: any step); ``every`` alone measures at every multiple,
+        whatever it costs. budget: measure only when the measurements' wall time so far plus the next one's
+        predicted cost stays within ``budget`` times the training's wall time so far (between calls), so
+        the account holds at every step when predictions are not below the costs. The first prediction is
+        FIRST_COST gradient-equivalents of one gradient on the probe set, timed once (:meth:`calibrate`,
+        when the budget allows CALIBRATION_COST × the training step time × n / the training batch size);
+        later ones are the last measurement's cost. A short run may measure nothing (:meth:`steps_to_next`
+        says when the next measurement fits). Neither given: ``budget=BUDGET`` (10%); both: the multiples of k that fit.
     batch_sizes, replacement: the b of each row (default: the DataLoader's batch size); ``replacement=True``
         (default) gives them γ = 1, the value for batches drawn from a training set of N ≫ b samples, of
         which the probe set is a sample (without replacement from the probe set itself, γ = (n − b)/(n − 1)
@@ -128,7 +142,7 @@ class SharpnessMonitor:
     csv: a CSV file, one row per measurement, appended and fsynced in ``<csv>.partial`` and renamed onto
         ``csv`` by :meth:`close`; resumed runs cut it back to the checkpoint's rows. callback: called with
         each row (a dict). diagnose_kwargs: any further option of :func:`lssr.diagnose` (probes, exact,
-        eig_tol, hvp_mode, ...).
+        eig_tol, hvp_mode, ...). clock: the wall clock of the schedule (seconds; ``time.perf_counter``).
     """
 
     def __init__(
@@ -152,6 +166,7 @@ class SharpnessMonitor:
         replacement: bool = True,
         bn: str = "eval",
         dropout: str = "off",
+        clock: Callable[[], float] = time.perf_counter,
         **diagnose_kwargs: Any,
     ):
         if every is not None and (not isinstance(every, int) or every < 1):
@@ -164,15 +179,17 @@ class SharpnessMonitor:
         self.model, self.loss, self.optimizer = model, loss, optimizer
         self.every, self.budget = every, (BUDGET if every is None and budget is None else budget)
         self.seed = int(seed)
-        self.callback, self.forward = callback, forward
+        self.callback, self.forward, self.clock = callback, forward, clock
         self.lr, self.momentum = lr, momentum
         self.options = dict(replacement=replacement, bn=bn, dropout=dropout, **diagnose_kwargs)
+        loader_bs = getattr(data, "batch_size", None) if isinstance(data, DataLoader) else None
         if batch_sizes is None:
-            bs = getattr(data, "batch_size", None) if isinstance(data, DataLoader) else None
-            batch_sizes = (bs,) if bs else ()
+            batch_sizes = (loader_bs,) if loader_bs else ()
         self.batch_sizes = tuple(int(b) for b in batch_sizes)
         self.probe = draw_probe_set(data, n, self.seed, transform)
         self.n = int(torch.utils._pytree.tree_leaves(self.probe)[0].shape[0])
+        # the training's batch size (the loader's, else the largest b, else n): sizes the calibration's cost
+        self.train_batch = int(loader_bs or max(self.batch_sizes, default=0) or self.n)
         for b in self.batch_sizes:
             if b < 1 or (not replacement and b > self.n):
                 raise LssrError(
@@ -186,36 +203,113 @@ class SharpnessMonitor:
         self.steps = 0  # calls of step() so far: the index of the next optimiser step
         self.measurements = 0
         self.train_seconds = 0.0  # wall time between calls (the training)
-        self.spent_seconds = 0.0  # wall time inside measurements
-        self.last_seconds = 0.0
+        self.train_steps = 0  # the intervals between calls in train_seconds
+        self.spent_seconds = 0.0  # wall time inside measurements and the calibration
+        self.last_seconds = 0.0  # the last measurement's
+        self.grad_seconds: float | None = None  # the calibration: one gradient on the probe set
         self.eigenvector: torch.Tensor | None = None
         self.last: dict | None = None
         self._clock: float | None = None
+        self._resumed = False
 
     # -- schedule -------------------------------------------------------------------------------
 
+    def step_seconds(self) -> float | None:
+        """The training's mean wall seconds per step so far (None before one is timed)."""
+        return self.train_seconds / self.train_steps if self.train_steps else None
+
+    def predicted_seconds(self) -> float | None:
+        """The predicted wall seconds of the next measurement: the last one's; before any, FIRST_COST times the
+        calibration's gradient seconds (None before the calibration)."""
+        if self.measurements:
+            return self.last_seconds
+        return FIRST_COST * self.grad_seconds if self.grad_seconds is not None else None
+
+    def _fits(self, seconds: float) -> bool:
+        return self.spent_seconds + seconds <= self.budget * self.train_seconds
+
+    def _calibration_estimate(self) -> float | None:
+        t = self.step_seconds()
+        return None if t is None else CALIBRATION_COST * t * max(1.0, self.n / self.train_batch)
+
+    def calibration_due(self) -> bool:
+        """Whether the next call runs the calibration: under a budget, before the first measurement, once the
+        budget allows its estimated cost (CALIBRATION_COST × the mean step time × n / the training batch)."""
+        if self.budget is None or self.grad_seconds is not None or self.measurements:
+            return False
+        est = self._calibration_estimate()
+        return est is not None and self._fits(est)
+
     def due(self, step: int | None = None) -> bool:
-        """Whether a call at ``step`` (default: the next) measures under the schedule."""
+        """Whether a call at ``step`` (default: the next) measures under the schedule (with the account as it is
+        now)."""
         step = self.steps if step is None else int(step)
         if self.every is not None and step % self.every:
             return False
-        if self.budget is None or self.measurements == 0:
+        if self.budget is None:
             return True
-        return self.spent_seconds + self.last_seconds <= self.budget * self.train_seconds
+        predicted = self.predicted_seconds()
+        return predicted is not None and self._fits(predicted)
+
+    def steps_to_next(self) -> int | None:
+        """How many calls from now (0: the next) until the next measurement is due, at the training's mean step
+        time so far under a budget (before the calibration, with its estimate and a gradient estimated at the
+        training step time × n / the training batch size); None before a timed step under a budget."""
+        k = 0
+        if self.budget is not None:
+            t = self.step_seconds()
+            if t is None:
+                return None
+            predicted = self.predicted_seconds()
+            if predicted is None:
+                est = self._calibration_estimate()
+                predicted = est + FIRST_COST * est / CALIBRATION_COST
+            need = (self.spent_seconds + predicted) / self.budget - self.train_seconds
+            k = max(0, math.ceil(need / t) - 1) if t > 0 else 0  # call k sees (k + 1) more steps
+        if self.every is not None:
+            k += -(self.steps + k) % self.every
+        return k
 
     def step(self, step: int | None = None) -> dict | None:
         """One optimiser step: measures at the current θ when due (call it before ``optimizer.step()``,
         before or after ``backward``) and returns the row, else None. ``step``: the step's index (default:
-        the number of earlier calls)."""
-        now = time.perf_counter()
+        the number of earlier calls). A resumed run counts the training before its first call at the mean
+        step time of the checkpoint."""
+        now = self.clock()
         if self._clock is not None:
             self.train_seconds += now - self._clock
+            self.train_steps += 1
+        elif self._resumed and self.train_steps:
+            self.train_seconds += self.train_seconds / self.train_steps
+            self.train_steps += 1
+        self._resumed = False
         if step is not None:
             self.steps = int(step)
+        if self.calibration_due():
+            self.calibrate()
         row = self.measure() if self.due() else None
         self.steps += 1
-        self._clock = time.perf_counter()
+        self._clock = self.clock()
         return row
+
+    def calibrate(self) -> float:
+        """Computes the gradient ∇L on the probe set twice (as a measurement does) and keeps the second's wall
+        seconds (the first pays one-time starts) for the first measurement's predicted cost; both count in
+        the measurements' wall time. Returns the kept seconds."""
+        o = self.options
+        kw = dict(
+            forward=self.forward,
+            bn=o["bn"],
+            dropout=o["dropout"],
+            chunk_size=o.get("chunk_size", CHUNK),
+            dtype=o.get("dtype"),
+            clock=self.clock,
+        )
+        with preserved_rng():
+            first = gradient_seconds(self.model, self.loss, [self.probe], **kw)
+            self.grad_seconds = gradient_seconds(self.model, self.loss, [self.probe], **kw)
+        self.spent_seconds += first + self.grad_seconds
+        return self.grad_seconds
 
     # -- one measurement ------------------------------------------------------------------------
 
@@ -247,7 +341,7 @@ class SharpnessMonitor:
 
     def measure(self) -> dict:
         """Measures now (whatever the schedule), records the row (CSV, callback) and returns it."""
-        t0 = time.perf_counter()
+        t0 = self.clock()
         with preserved_rng():
             d = self.diagnose()
         if d.eigenvector is not None:
@@ -263,7 +357,7 @@ class SharpnessMonitor:
             self.callback(row)
         self.last = row
         self.measurements += 1
-        self.last_seconds = time.perf_counter() - t0
+        self.last_seconds = self.clock() - t0
         self.spent_seconds += self.last_seconds
         return row
 
@@ -287,14 +381,16 @@ class SharpnessMonitor:
     # -- checkpoints and the end ----------------------------------------------------------------
 
     def state_dict(self) -> dict:
-        """The schedule (steps, measurements, the wall-time account), the warm start (last eigenvector), the
-        last row and the CSV's byte offset: save it with the model's checkpoint."""
+        """The schedule (steps, measurements, the wall-time account, the calibration), the warm start (last
+        eigenvector), the last row and the CSV's byte offset: save it with the model's checkpoint."""
         return {
             "steps": self.steps,
             "measurements": self.measurements,
             "train_seconds": self.train_seconds,
+            "train_steps": self.train_steps,
             "spent_seconds": self.spent_seconds,
             "last_seconds": self.last_seconds,
+            "grad_seconds": self.grad_seconds,
             "eigenvector": self.eigenvector,
             "last": self.last,
             "csv_columns": list(self.csv.columns) if self.csv is not None else None,
@@ -312,13 +408,15 @@ class SharpnessMonitor:
                 f"{state['seed']}) differs from this monitor's (n = {self.n}, seed = {self.seed}); fix: the same n "
                 f"and seed"
             )
-        for key in ("steps", "measurements"):
+        for key in ("steps", "measurements", "train_steps"):
             setattr(self, key, int(state[key]))
         for key in ("train_seconds", "spent_seconds", "last_seconds"):
             setattr(self, key, float(state[key]))
+        self.grad_seconds = None if state["grad_seconds"] is None else float(state["grad_seconds"])
         self.eigenvector = state["eigenvector"]
         self.last = state["last"]
         self._clock = None
+        self._resumed = True
         if self.csv is not None:
             self.csv.close()
             self.csv.columns = list(state["csv_columns"] or [])
