@@ -11,7 +11,7 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
 REPLICATION_CONFIG ?= config/cifar10-replication.yaml
 
-.PHONY: demo replication test test-fast lint lock bench-diagnostics bench-se bench-grid bench-monitor clean-results
+.PHONY: demo replication test test-fast lint lock bench-diagnostics bench-se bench-grid bench-monitor bench-own-model clean-results
 
 $(BIN)/lssr: pyproject.toml requirements-lock.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -60,6 +60,18 @@ bench-grid: $(BIN)/lssr
 
 bench-monitor: $(BIN)/lssr
 	OMP_NUM_THREADS=1 $(BIN)/python benchmarks/bench_monitor.py
+
+# The peers (pyproject's `bench` extra) are installed only when pip's dry run leaves torch and torchvision as pinned;
+# otherwise the benchmark runs without them and its record says why.
+bench-own-model: $(BIN)/lssr
+	@if ! $(BIN)/python -c "import curvlinops, pyhessian" 2>/dev/null; then \
+	  $(BIN)/python -m pip install -q --dry-run --report .bench-extra.json -c constraints.txt -e ".[bench]" \
+	  && $(BIN)/python -c "import json, sys; r = json.load(open('.bench-extra.json'))['install']; \
+	    sys.exit(any(i['metadata']['name'].lower() in ('torch', 'torchvision') for i in r))" \
+	  && $(BIN)/python -m pip install -q -c constraints.txt -e ".[bench]" \
+	  || echo "bench-own-model: the bench extra would change torch/torchvision or cannot install; peers skipped"; \
+	  rm -f .bench-extra.json; fi
+	OMP_NUM_THREADS=1 $(BIN)/python benchmarks/bench_own_model.py
 
 # Regenerate the lock after changing dependencies: a fresh environment from pyproject's test extra
 # (torch and torchvision capped by constraints.txt), frozen without the project itself (also not under its old

@@ -203,6 +203,22 @@ def paper_schedule() -> tuple[int, int]:
     return probe["every"], probe.get("dense_until", 0)
 
 
+def own_model_cost_row() -> list:
+    """``lssr.diagnose`` on resnet18 (own_model.json), at initialisation and after training."""
+    d = load("own_model.json")
+    at = {p["point"]: p["lssr"] for p in d["points"]}
+    return [
+        "`lssr.diagnose` (‖H‖ and tr(H S_1) at 5% se) on torchvision's resnet18, 11.2M parameters",
+        "; ".join(
+            f"{k}: {L['counts']['hvp']} HVPs + {L['counts']['per_sample_pass']} per-sample passes = {L['ops']:.0f} "
+            f"gradients by op counts, {L['wall_ge']:.0f} by wall time"
+            for k, L in at.items()
+        ),
+        f"measured (CPU, n = {d['settings']['n']})",
+        "`own_model.json`",
+    ]
+
+
 def cost_summary() -> str:
     """The few numbers docs/PERFORMANCE.md leads with, each from its record."""
     from bench_report import figures_1_4_gpu_hours
@@ -250,6 +266,7 @@ def cost_summary() -> str:
             f"measured (CPU, cnn6, n = {d['settings']['n']})",
             "`diagnostics.json`",
         ],
+        own_model_cost_row(),
         [
             f"Figures 1–4 of config/paper.yaml (probes every step before {dense}, then every {every})",
             f"{p + t:.1f} GPU-h ({k} probed steps)",
@@ -364,6 +381,102 @@ def checkpointing() -> str:
     )
 
 
+# -- make bench-own-model -----------------------------------------------------------------------------------------
+def own_model() -> str:
+    d = load("own_model.json")
+    rows = []
+    for p in d["points"]:
+        ex, L, cl, ph = p["exact"], p["lssr"], p["curvlinops"], p["pyhessian"]
+        tag = p["point"]
+        rows.append(
+            [
+                tag,
+                f"lssr.diagnose ({L['estimator']}, {L['probes']} probes)",
+                L["top"],
+                f"{L['top_rel_err']:+.1e}",
+                L["tr_HS_1"],
+                f"{L['tr_HS_1_rel_err']:+.2%} ({L['tr_HS_1_err_in_se']:+.2f} se; se {100 * L['tr_HS_1_rel_se']:.2g}%)",
+                L["counts"]["hvp"],
+                f"{L['ops']:.0f}",
+                f"{L['wall_ge']:.0f}",
+            ]
+        )
+        if "skipped" in cl:
+            rows.append([tag, "curvlinops", "-", cl["skipped"], "-", "-", "-", "-", "-"])
+        else:
+            rows.append(
+                [
+                    tag,
+                    "curvlinops (eigsh + Hutch++ on GᵀHG/n)",
+                    cl["top"],
+                    f"{cl['top_rel_err']:+.1e}",
+                    cl["tr_HS_1"],
+                    f"{cl['tr_HS_1_rel_err']:+.2%}",
+                    cl["hvps"] + cl["trace_hvps"],
+                    f"{cl['total_ops']:.0f}",
+                    f"{cl['total_wall_ge']:.0f}",
+                ]
+            )
+        if "skipped" in ph:
+            rows.append([tag, "PyHessian", "-", ph["skipped"], "-", "-", "-", "-", "-"])
+        else:
+            rows.append(
+                [
+                    tag,
+                    "PyHessian (power iteration; trace() is tr H)",
+                    ph["top"],
+                    f"{ph['top_rel_err']:+.1e}",
+                    f"n/a (tr H = {ph['trace']['tr_H']:.4g})",
+                    "-",
+                    ph["hvps"] + ph["trace"]["hvps"],
+                    f"{ph['total_ops']:.0f}",
+                    f"{ph['total_wall_ge']:.0f}",
+                ]
+            )
+        rows.append(
+            [
+                tag,
+                f"exact (LOBPCG residual {ex['top_residual']:.0e}; one HVP per sample)",
+                ex["top"],
+                "-",
+                ex["tr_HS_1"],
+                "-",
+                ex["top_hvps"] + ex["trace_hvps"],
+                f"{ex['trace_ops'] + ex['top_hvps'] * p['ratios']['hvp']:.0f}",
+                f"{ex['trace_wall_ge'] + ex['top_wall_ge']:.0f}",
+            ]
+        )
+    table = md_table(
+        [
+            "point",
+            "method",
+            "‖H‖",
+            "‖H‖ error",
+            "tr(H S_1)",
+            "tr(H S_1) error",
+            "HVPs",
+            "gradients (op counts)",
+            "gradients (wall)",
+        ],
+        rows,
+    )
+    ratios = "; ".join(
+        f"{p['point']}: one gradient {p['t_grad_s']:.2f} s, HVP {p['ratios']['hvp']:.2f}, per-sample pass "
+        f"{p['ratios']['ps']:.1f} gradients"
+        for p in d["points"]
+    )
+    t = d["training"]
+    return (
+        table + f"\n\nn = {d['settings']['n']} images ({d['n_chosen_because']}); training: {t['steps']} SGD steps, "
+        f"batch {d['settings']['batch']}, η = {d['settings']['lr']}, train loss {t['train_loss_eval_mode']:.3f}, "
+        f"accuracy {t['train_accuracy_eval_mode']:.2f} (eval mode). {ratios}. Whole run {d['wall_s'] / 60:.0f} "
+        f"minutes, load average {d['loadavg_before'][0]:.1f} before, {d['loadavg_after'][0]:.1f} after. Goal "
+        f"≤ {d['goal_gradient_equivalents']:g} gradients after training: "
+        + ("met" if d["points"][-1]["lssr"]["goal_met"] else "not met")
+        + "."
+    )
+
+
 def memory() -> str:
     import yaml
     from memory_table import table
@@ -453,6 +566,7 @@ SECTIONS: dict[str, Callable[[], str]] = {
     "host-overhead": host_overhead,
     "figure5-estimate": figure5_estimate,
     "checkpointing": checkpointing,
+    "own-model": own_model,
     "memory": memory,
     "monitor-overhead": monitor_overhead,
 }
