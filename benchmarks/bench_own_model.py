@@ -15,12 +15,12 @@ SGD training on the same n images (train mode, then eval mode for the measuremen
   from lssr's eigenvector to a residual of 1e-6·‖H‖ (or ``--ref-max-hvps``; the residual reached is kept).
 
 Cost of each in gradient-equivalents (one full-batch gradient on the n images = 1), both ways for every method:
-op counts × the cost ratios measured at that point (``bench_peers.cost_ratios``), and wall seconds / the time of
-one gradient (the best of gradients timed before and after the methods; every method timed the same way, by
-``time.perf_counter`` around its call). Writes ``results/bench/own_model.json``; skips with a message when the
-CIFAR-10 folder is absent. n = 32 (not 128) and 60 training steps keep the whole run under 45 minutes on the shared
-2-core machine: the exact reference is n HVPs and a per-sample pass per point, and a per-sample pass of resnet18
-costs tens of gradients on a CPU.
+op counts × the cost ratios measured at that point (``bench_peers.cost_ratios``: HVPs by forward-over-reverse, and
+HVPs through a kept graph of ∇L with the cost of building it, which is how lssr's ``graph`` mode and PyHessian
+compute them), and wall seconds / the time of one gradient (the best of gradients timed before and after the
+methods; every method timed the same way, by ``time.perf_counter`` around its call). Writes
+``results/bench/own_model.json``; skips with a message when the CIFAR-10 folder is absent. ``--n`` (default 128)
+and 60 training steps: the exact reference is n HVPs, a per-sample pass and up to 100 HVPs of LOBPCG per point.
 """
 
 from __future__ import annotations
@@ -47,7 +47,15 @@ from lssr.losses import get_loss
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_monitor import MEAN, STD  # noqa: E402
-from bench_peers import cost_ratios, counted, curvlinops_peer, op_cost, pyhessian_top, timed  # noqa: E402
+from bench_peers import (  # noqa: E402
+    cost_ratios,
+    counted,
+    curvlinops_peer,
+    op_cost,
+    pyhessian_counting,
+    pyhessian_top,
+    timed,
+)
 
 GOAL = 40.0
 
@@ -88,28 +96,16 @@ def train(model: nn.Module, x, y, steps: int, batch: int, lr: float, seed: int) 
 def pyhessian_trace(model, x, y, max_iter: int, ratio: dict, seed: int) -> dict:
     """PyHessian 0.1 ``hessian(...).trace(maxIter=max_iter)``: Hutchinson's estimate of tr H (not tr(H S_1))."""
     try:
-        import importlib
-
-        mod = importlib.import_module("pyhessian.hessian")  # the module (the package exports the class `hessian`)
+        from pyhessian import hessian as ph
     except ImportError:
         return {"skipped": "pyhessian not importable (pip install pyhessian, or the `bench` extra)"}
     import copy
 
-    calls = [0]
-    orig = mod.hessian_vector_product
-
-    def counting(*a, **k):
-        calls[0] += 1
-        return orig(*a, **k)
-
-    mod.hessian_vector_product = counting
     torch.manual_seed(seed)
-    try:
-        m2 = copy.deepcopy(model)
-        t, tr = timed(lambda: mod.hessian(m2, nn.CrossEntropyLoss(), data=(x, y), cuda=False).trace(maxIter=max_iter))
-    finally:
-        mod.hessian_vector_product = orig
-    return {"tr_H": float(np.mean(tr)), "hvps": calls[0], "ops": calls[0] * ratio["hvp"] + 1.0, "wall": t}
+    m2 = copy.deepcopy(model)
+    with pyhessian_counting() as calls:
+        t, tr = timed(lambda: ph(m2, nn.CrossEntropyLoss(), data=(x, y), cuda=False).trace(maxIter=max_iter))
+    return {"tr_H": float(np.mean(tr)), "hvps": calls[0], "ops": calls[0] * ratio["hvp_graph"] + 1.0, "wall": t}
 
 
 def exact_tr_HS1(op: LossOperator, G: torch.Tensor) -> float:
@@ -126,14 +122,20 @@ def measure(model: nn.Module, x, y, args, label: str) -> dict:
     """Every method at the current θ (model in eval mode), with the exact reference and both cost counts."""
     model.eval()
     op = LossOperator(model, get_loss("ce"), x, y, chunk_size=len(y))
-    ratio = cost_ratios(op, reps=1)
+    ratio = cost_ratios(op, reps=1, graph=True)
     t_grads = [timed(op.gradient)[0] for _ in range(2)]
     print(f"[{label}] ratios {ratio}", flush=True)
 
     # lssr, its defaults
     t_lssr, d = timed(lambda: lssr.diagnose(model, "ce", (x, y), bn="eval", seed=args.seed))
     c = d.cost
-    counts = {"hvp": c.hvps, "grad": c.gradients, "per_sample_pass": c.per_sample_passes, "loss": c.loss_passes}
+    counts = {
+        "hvp": c.hvps,
+        "grad": c.gradients,
+        "per_sample_pass": c.per_sample_passes,
+        "loss": c.loss_passes,
+        "graph": c.graph_builds,
+    }
     sketch_hvps = c.hvps - d.top_eig_hvps
     out = {
         "point": label,
@@ -149,7 +151,7 @@ def measure(model: nn.Module, x, y, args, label: str) -> dict:
             "counts": counts,
             "hvp_mode": c.hvp_mode,
             "per_sample_mode": c.per_sample_mode,
-            "ops": op_cost(counts, ratio, op.n),
+            "ops": op_cost(counts, ratio, op.n, hvp_mode=c.hvp_mode),
             "wall": t_lssr,
             "self_reported_gradient_equivalents": c.gradient_equivalents,
             "self_reported_seconds": c.seconds,
@@ -158,7 +160,13 @@ def measure(model: nn.Module, x, y, args, label: str) -> dict:
     print(f"[{label}] lssr {t_lssr:.1f} s: {out['lssr']}", flush=True)
 
     # per-sample gradients G (one per-sample pass): the exact reference's and curvlinops' GᵀHG/n
-    t_g, G = timed(lambda: torch.cat([g for _, g in op.per_sample_grads()]))
+    def per_sample_matrix():
+        G = torch.empty(op.n, op.space.dim, dtype=op.dtype)
+        for _ in op.per_sample_grads(out=G):
+            pass
+        return G
+
+    t_g, G = timed(per_sample_matrix)
 
     t_ex, tr_exact, cnt = counted(op, lambda: exact_tr_HS1(op, G))
     x0 = d.eigenvector if d.eigenvector is not None and d.eigenvector.numel() == op.space.dim else None
@@ -234,7 +242,7 @@ def measure(model: nn.Module, x, y, args, label: str) -> dict:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", type=Path, default=Path("/work/shared/data/cifar10-jpeg"))
-    ap.add_argument("--n", type=int, default=32, help="images (128 does not fit 45 minutes on the 2-core machine)")
+    ap.add_argument("--n", type=int, default=128, help="images (default 128)")
     ap.add_argument("--train-steps", type=int, default=60)
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--lr", type=float, default=0.01)
@@ -280,13 +288,7 @@ def main(argv: list[str] | None = None) -> int:
     result = {
         "what": "lssr.diagnose on torchvision resnet18 (BN eval) against curvlinops, PyHessian and exact values",
         "goal_gradient_equivalents": GOAL,
-        "n_chosen_because": (
-            "n = 128 does not fit the 45-minute budget on the shared 2-core machine: the exact reference alone "
-            "is n HVPs and a per-sample pass per point, and a per-sample pass of resnet18 costs about 25 gradients "
-            "on CPU"
-        )
-        if args.n < 128
-        else "n = 128 as asked",
+        "n": args.n,
         "points": points,
         "training": trained,
         "peers": peers,

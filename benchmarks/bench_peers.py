@@ -9,7 +9,9 @@ n × n matrix GᵀHG/n whose trace is tr(H S_1)).
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import importlib
 import math
 import statistics
 import time
@@ -29,10 +31,14 @@ def timed(f):
     return time.perf_counter() - t0, out
 
 
-def op_cost(counts: dict, ratio: dict, n: int, extra_grads: float = 0.0) -> float:
-    """Gradient-equivalents of an op-count dict ({'hvp', 'per_sample_pass', 'grad', 'loss'}) × measured ratios."""
+def op_cost(counts: dict, ratio: dict, n: int, extra_grads: float = 0.0, hvp_mode: str = "forward") -> float:
+    """Gradient-equivalents of an op-count dict ({'hvp', 'per_sample_pass', 'grad', 'loss', 'graph'}) × measured
+    ratios; HVPs of ``hvp_mode='graph'`` (through a kept graph of ∇L) at ``ratio['hvp_graph']``, each build of
+    that graph at ``ratio['graph']``."""
+    hvp = ratio["hvp_graph"] if hvp_mode == "graph" else ratio["hvp"]
     return (
-        counts.get("hvp", 0) * ratio["hvp"]
+        counts.get("hvp", 0) * hvp
+        + counts.get("graph", 0) * ratio.get("graph", 1.0)
         + counts.get("per_sample_pass", 0) * ratio["ps"]
         + counts.get("grad", 0)
         + counts.get("loss", 0) * ratio["loss"]
@@ -69,9 +75,10 @@ def seeded_model(seed: int, loss_name: str):
     return CNN6(3, 10), get_loss(loss_name)
 
 
-def cost_ratios(op: LossOperator, reps: int = 2) -> dict:
+def cost_ratios(op: LossOperator, reps: int = 2, graph: bool = False) -> dict:
     """Seconds of a gradient and the cost of one HVP, one per-sample pass, one loss pass in gradients (medians
-    of interleaved repetitions, after a warm-up)."""
+    of interleaved repetitions, after a warm-up); with ``graph`` also one build of the kept graph of ∇L
+    (``graph``) and one HVP through it (``hvp_graph``, ``hvp_mode='graph'``)."""
     v = torch.randn(op.space.dim, generator=torch.Generator().manual_seed(1))
     ops = {
         "grad": op.gradient,
@@ -79,6 +86,12 @@ def cost_ratios(op: LossOperator, reps: int = 2) -> dict:
         "ps": lambda: [g for _, g in op.per_sample_grads()],
         "loss": op.loss,
     }
+    if graph:
+        kept = op.at(op.theta)
+        build = lambda: kept.set_hvp_mode("graph", graph_budget=1 << 40)  # noqa: E731
+        build()
+        ops["graph"] = build
+        ops["hvp_graph"] = lambda: kept.hvp(v)
     for f in ops.values():
         f()
     times = {k: [] for k in ops}
@@ -86,7 +99,7 @@ def cost_ratios(op: LossOperator, reps: int = 2) -> dict:
         for k, f in ops.items():
             times[k].append(timed(f)[0])
     t = {k: statistics.median(v) for k, v in times.items()}
-    return {"t_grad": t["grad"], "hvp": t["hvp"] / t["grad"], "ps": t["ps"] / t["grad"], "loss": t["loss"] / t["grad"]}
+    return {"t_grad": t["grad"], **{k: t[k] / t["grad"] for k in t if k != "grad"}}
 
 
 def timed_bundle(op: LossOperator, vector: torch.Tensor, args) -> dict:
@@ -194,17 +207,11 @@ def monte_carlo(
     return rows
 
 
-def pyhessian_top(model, lf, x, y, ratio: dict, seed: int) -> dict:
-    """PyHessian 0.1 ``hessian(model, criterion, data=(x, y)).eigenvalues(top_n=1, tol=1e-3)`` (power
-    iteration on double-backward HVPs; the full-batch graph with create_graph costs about one gradient)."""
-    try:
-        import pyhessian  # noqa: F401
-        from pyhessian import hessian as ph
-    except ImportError:
-        return {"skipped": "pyhessian not importable (pip install pyhessian, or the `bench` extra)"}
-    import importlib
-
-    mod = importlib.import_module("pyhessian.hessian")
+@contextlib.contextmanager
+def pyhessian_counting():
+    """Counts PyHessian's Hessian-vector products (calls of ``pyhessian.hessian.hessian_vector_product``, each
+    a backward pass through its kept graph of the gradient) while the block runs; yields ``[count]``."""
+    mod = importlib.import_module("pyhessian.hessian")  # the module (the package exports the class `hessian`)
     calls = [0]
     orig = mod.hessian_vector_product
 
@@ -213,16 +220,28 @@ def pyhessian_top(model, lf, x, y, ratio: dict, seed: int) -> dict:
         return orig(*a, **k)
 
     mod.hessian_vector_product = counting
-    m2 = copy.deepcopy(model)
-    torch.manual_seed(seed)
     try:
-        t, (ev, _) = timed(lambda: ph(m2, lf, data=(x, y), cuda=False).eigenvalues(top_n=1, tol=1e-3, maxIter=100))
+        yield calls
     finally:
         mod.hessian_vector_product = orig
+
+
+def pyhessian_top(model, lf, x, y, ratio: dict, seed: int) -> dict:
+    """PyHessian 0.1 ``hessian(model, criterion, data=(x, y)).eigenvalues(top_n=1, tol=1e-3)`` (power
+    iteration on double-backward HVPs; the full-batch graph with create_graph costs about one gradient)."""
+    try:
+        import pyhessian  # noqa: F401
+        from pyhessian import hessian as ph
+    except ImportError:
+        return {"skipped": "pyhessian not importable (pip install pyhessian, or the `bench` extra)"}
+    m2 = copy.deepcopy(model)
+    torch.manual_seed(seed)
+    with pyhessian_counting() as calls:
+        t, (ev, _) = timed(lambda: ph(m2, lf, data=(x, y), cuda=False).eigenvalues(top_n=1, tol=1e-3, maxIter=100))
     return {
         "top": float(ev[0]),
         "hvps": calls[0],
-        "ops": calls[0] * ratio["hvp"] + 1.0,
+        "ops": calls[0] * ratio.get("hvp_graph", ratio["hvp"]) + 1.0,
         "wall": t,
         "note": "tr(H S_1): n/a (PyHessian's trace() estimates tr H)",
     }

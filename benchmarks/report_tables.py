@@ -210,7 +210,8 @@ def own_model_cost_row() -> list:
     return [
         "`lssr.diagnose` (‖H‖ and tr(H S_1) at 5% se) on torchvision's resnet18, 11.2M parameters",
         "; ".join(
-            f"{k}: {L['counts']['hvp']} HVPs + {L['counts']['per_sample_pass']} per-sample passes = {L['ops']:.0f} "
+            f"{k}: {L['counts']['hvp']} HVPs ({L['hvp_mode']}) + {L['counts']['per_sample_pass']} per-sample passes "
+            f"= {L['ops']:.0f} "
             f"gradients by op counts, {L['wall_ge']:.0f} by wall time"
             for k, L in at.items()
         ),
@@ -391,7 +392,7 @@ def own_model() -> str:
         rows.append(
             [
                 tag,
-                f"lssr.diagnose ({L['estimator']}, {L['probes']} probes)",
+                f"lssr.diagnose ({L['estimator']}, {L['probes']} probes, HVPs: {L['hvp_mode']})",
                 L["top"],
                 f"{L['top_rel_err']:+.1e}",
                 L["tr_HS_1"],
@@ -461,13 +462,15 @@ def own_model() -> str:
         rows,
     )
     ratios = "; ".join(
-        f"{p['point']}: one gradient {p['t_grad_s']:.2f} s, HVP {p['ratios']['hvp']:.2f}, per-sample pass "
-        f"{p['ratios']['ps']:.1f} gradients"
+        f"{p['point']}: one gradient {p['t_grad_s']:.2f} s, HVP {p['ratios']['hvp']:.2f} (through a kept graph "
+        f"{p['ratios'].get('hvp_graph', float('nan')):.2f}, building it {p['ratios'].get('graph', float('nan')):.2f}), "
+        f"per-sample pass {p['ratios']['ps']:.1f} gradients"
         for p in d["points"]
     )
     t = d["training"]
+    why = f" ({d['n_chosen_because']})" if "n_chosen_because" in d else ""
     return (
-        table + f"\n\nn = {d['settings']['n']} images ({d['n_chosen_because']}); training: {t['steps']} SGD steps, "
+        table + f"\n\nn = {d['settings']['n']} images{why}; training: {t['steps']} SGD steps, "
         f"batch {d['settings']['batch']}, η = {d['settings']['lr']}, train loss {t['train_loss_eval_mode']:.3f}, "
         f"accuracy {t['train_accuracy_eval_mode']:.2f} (eval mode). {ratios}. Whole run {d['wall_s'] / 60:.0f} "
         f"minutes, load average {d['loadavg_before'][0]:.1f} before, {d['loadavg_after'][0]:.1f} after. Goal "

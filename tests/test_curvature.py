@@ -4,6 +4,7 @@ import pytest
 import torch
 from torch import nn
 
+from lssr import LssrError
 from lssr.curvature import (
     BatchNormModeError,
     LossOperator,
@@ -69,6 +70,16 @@ def test_hvp_gradient_and_per_sample_against_explicit(loss):
     H2 = torch.autograd.functional.hessian(as_function(model, lf, x, y), theta2)
     torch.testing.assert_close(op.at(theta2).hvp(v), H2 @ v, rtol=1e-10, atol=1e-13)
     assert op.hvp(v).dtype == torch.float64
+    # the kept first-order graph (hvp_mode 'graph'), over chunks that do not divide n, and rebuilt at θ'
+    kept = LossOperator(model, lf, x, y, chunk_size=3, hvp_mode="graph", graph_budget=1 << 30)
+    torch.testing.assert_close(kept.hvp(v), H @ v, rtol=1e-10, atol=1e-13)
+    hv, gv = kept.hvp(v, return_grad=True)
+    torch.testing.assert_close(gv, g, rtol=1e-10, atol=1e-13)
+    torch.testing.assert_close(kept.hvp_many(V), V @ H, rtol=1e-10, atol=1e-13)
+    torch.testing.assert_close(kept.at(theta2).hvp(v), H2 @ v, rtol=1e-10, atol=1e-13)
+    torch.testing.assert_close(kept.hvp(v), H @ v, rtol=1e-10, atol=1e-13)  # the original θ's graph untouched
+    with pytest.raises(LssrError, match="needs more than"):
+        LossOperator(model, lf, x, y, hvp_mode="graph", graph_budget=64)
 
 
 @pytest.mark.parametrize("loss", ["ce", "mse"])

@@ -138,7 +138,7 @@ def test_exact_mode_matches_dense_hessian_and_every_batch(kind, replacement):
         assert rel(row["tr_HS_b"], tr_HS_b) < 1e-8 and rel(row["ias_b"], tr_HS_b / tr_S_b) < 1e-8
     flat = d.to_dict(prefix="diag/")
     assert rel(flat["diag/ias_b_2"], d.at(2).ias_b) == 0 and "diag/tr_HS_b_3_se" in flat
-    assert "diag/cost_hvps" in flat and flat["diag/cost_hvp_mode"] == "forward"
+    assert "diag/cost_hvps" in flat and flat["diag/cost_hvp_mode"] == "graph"
 
 
 class Dicts(Dataset):
@@ -349,11 +349,14 @@ def test_hvp_modes_and_the_finite_difference_error_bound():
     soft = HardNet(exact=True).double()
     soft.load_state_dict(hard.state_dict())
     kw = dict(batch_sizes=[2], exact=True, eig_tol=1e-8, eig_max_hvps=200)
-    fwd = lssr.diagnose(soft, "ce", (x, y), **kw)
+    graph = lssr.diagnose(soft, "ce", (x, y), **kw)
+    fwd = lssr.diagnose(soft, "ce", (x, y), hvp_mode="forward", **kw)
     rev = lssr.diagnose(soft, "ce", (x, y), hvp_mode="reverse", **kw)
     fd = lssr.diagnose(hard, "ce", (x, y), **kw)
-    assert (fwd.cost.hvp_mode, rev.cost.hvp_mode, fd.cost.hvp_mode) == ("forward", "reverse", "fd")
+    modes = (graph.cost.hvp_mode, fwd.cost.hvp_mode, rev.cost.hvp_mode, fd.cost.hvp_mode)
+    assert modes == ("graph", "forward", "reverse", "fd")
     assert rel(rev.tr_HS_1, fwd.tr_HS_1) < 1e-10 and rel(rev.top_eig, fwd.top_eig) < 1e-8
+    assert rel(graph.tr_HS_1, fwd.tr_HS_1) < 1e-10 and rel(graph.top_eig, fwd.top_eig) < 1e-8
     assert 0 < fd.cost.fd_rel_error < 1e-5
     assert rel(fd.tr_HS_1, fwd.tr_HS_1) < 1e-5 and rel(fd.top_eig, fwd.top_eig) < 1e-5
     # the reported bound holds for single HVPs against the exact product
@@ -362,6 +365,24 @@ def test_hvp_modes_and_the_finite_difference_error_bound():
     for s in range(3):
         v = torch.randn(op.space.dim, generator=torch.Generator().manual_seed(s), dtype=torch.float64)
         assert float((op.hvp(v) - ex.hvp(v)).norm() / ex.hvp(v).norm()) < 1e-6
+
+
+def test_graph_mode_falls_back_when_the_graph_does_not_fit(monkeypatch):
+    """auto keeps the graph of ∇L only within the memory budget; past it, forward-over-reverse gives the same
+    numbers; an explicit hvp_mode='graph' that does not fit is a one-line error naming the other modes."""
+    import lssr.diagnostics.api as api
+
+    x, y = data("mlp", 8)
+    model = mlp()
+    kw = dict(batch_sizes=[2], exact=True, eig_tol=1e-8, eig_max_hvps=200)
+    kept = lssr.diagnose(model, "ce", (x, y), **kw)
+    monkeypatch.setattr(api, "memory_budget", lambda device: 256)
+    small = lssr.diagnose(model, "ce", (x, y), **kw)
+    assert (kept.cost.hvp_mode, small.cost.hvp_mode) == ("graph", "forward")
+    assert rel(small.tr_HS_1, kept.tr_HS_1) < 1e-10 and rel(small.top_eig, kept.top_eig) < 1e-8
+    with pytest.raises(LssrError) as e:
+        lssr.diagnose(model, "ce", (x, y), hvp_mode="graph", **kw)
+    assert "use hvp_mode 'forward' or 'reverse'" in one_line(e)
 
 
 def test_bad_inputs_give_one_line_errors():

@@ -363,13 +363,14 @@ def _add_diagnose_command(sub) -> None:
     a("--chunk-size", type=int, default=None, help="samples per chunk moved to the device (default 512)")
     a("--store-mb", type=float, default=None,
       help="sketch: keep the per-sample gradients (n x m numbers) in memory up to this many MiB, else recompute "
-      "them in each round of probes (default 1024)")
+      "them in each round of probes (default: a quarter of the memory available, at least 1024)")
     a("--bn", choices=("refuse", "eval"), default=None,
       help="batch norm in train mode: refuse (default), or eval (use its running statistics)")
     a("--dropout", choices=("refuse", "off"), default=None, help="active dropout: refuse, or off")
-    a("--hvp-mode", choices=("auto", "forward", "reverse", "fd"), default=None,
-      help="Hessian-vector products: auto (forward-over-reverse, else reverse-over-reverse, else a central "
-      "difference of gradients), or one of them")
+    a("--hvp-mode", choices=("auto", "graph", "forward", "reverse", "fd"), default=None,
+      help="Hessian-vector products: auto (graph: the graph of the gradient kept in memory, one backward pass "
+      "per product, when it fits a quarter of the memory available; else forward-over-reverse, else "
+      "reverse-over-reverse, else a central difference of gradients), or one of them")
     a("--device", default="cpu", help="torch device, e.g. cpu or cuda (default cpu)")
     a("--dtype", choices=("float32", "float64"), default=None, help="compute dtype (default: the model's)")
     a("--out", required=True, help="output folder for diagnostics.csv and diagnostics.json")

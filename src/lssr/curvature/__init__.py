@@ -44,7 +44,7 @@ from .functions import (
     split_state,
 )
 from .linalg import drop_tolerance, orth_against, orthonormal_pairs, orthonormalize, rayleigh_ritz
-from .operator import HVP_MODES, LossOperator, ParamSpace
+from .operator import HVP_MODES, GraphTooLarge, LossOperator, ParamSpace
 
 __all__ = [
     "BN_FIX",
@@ -62,6 +62,7 @@ __all__ = [
     "hvp_many_fn",
     "hvp_rev_fn",
     "lobpcg_top",
+    "GraphTooLarge",
     "loss_sum_fn",
     "orth_against",
     "orthonormal_pairs",

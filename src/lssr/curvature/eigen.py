@@ -12,7 +12,7 @@ from torch import nn
 
 from .. import LssrError
 from .functions import Params
-from .linalg import Pair, dot, drop_tolerance, orth_against, orthonormal_pairs, rayleigh_ritz
+from .linalg import Basis, Pair, dot, drop_tolerance, orth_against, orthonormal_pairs, rayleigh_ritz
 from .operator import LossOperator
 
 Tensor = torch.Tensor
@@ -25,7 +25,8 @@ class TopEig(NamedTuple):
     hvp_count: products made by the solver; residual: ‖Hx − λx‖/|λ|; converged: residual ≤ tol;
     hvector: H x (maintained by the recurrences); grad: ∇L, the primal output of the first HVP (or None);
     subspace: (V, HV), the last Rayleigh–Ritz basis (orthonormal rows) and its H-images, usable for
-    deflation; history: [(products so far, λ, relative residual)] per iteration.
+    deflation (None with ``keep``, whose basis may be large); history: [(products so far, λ, relative
+    residual)] per iteration.
     """
 
     value: float
@@ -66,9 +67,12 @@ def lobpcg_top(
     forward-over-reverse HVP yields for free (returned in ``grad``). ``subspace`` = (V, HV) are vectors whose
     images are already known (e.g. ∇L and sketch vectors): they stay in every Rayleigh–Ritz basis and the
     start is the top Ritz vector of span(V ∪ {x0}) (x0 may then be None). ``keep`` also keeps every
-    residual direction (the basis grows by one vector per product, up to ``max_basis``: an unpreconditioned
-    Davidson/Lanczos variant, never worse than LOBPCG's three-term basis).
+    residual direction (the basis grows by one vector per product, up to ``max_basis``, then restarts from the
+    kept subspace and the current Ritz vector: an unpreconditioned Davidson/Lanczos variant, never worse than
+    LOBPCG's three-term basis; :func:`_davidson_top`).
     """
+    if keep:
+        return _davidson_top(matvec, x0, tol, max_matvecs, first, subspace, max_basis)
     ref = x0 if x0 is not None else subspace[0] if subspace is not None else None
     drop = drop_tolerance(ref.dtype) if ref is not None else 1e-6
     kept = orthonormal_pairs(*subspace, rtol=drop) if subspace is not None else []
@@ -105,6 +109,61 @@ def lobpcg_top(
     ok = res <= tol * max(abs(lam), 1e-300)
     sub = (torch.stack([u for u, _ in last_basis]), torch.stack([hu for _, hu in last_basis]))
     return TopEig(lam, x, count, res / max(abs(lam), 1e-300), ok, Hx, extra, sub, history)
+
+
+def _davidson_top(matvec, x0, tol, max_matvecs, first, subspace, max_basis) -> TopEig:
+    """:func:`lobpcg_top` with ``keep``: Rayleigh–Ritz on span(subspace, x0, every residual so far), solved in
+    the small coordinates of :class:`.linalg.Basis` (no orthogonalisation in R^m: each product costs two
+    matrix-vector products with the basis). A residual is orthogonal to the current span in exact
+    arithmetic, so the Gram matrix stays well conditioned; dependent directions are dropped by the whitening."""
+    ref = x0 if x0 is not None else subspace[0] if subspace is not None else None
+    if ref is None:
+        raise LssrError("lobpcg_top: give a start vector x0 or a subspace")
+    drop = drop_tolerance(ref.dtype)
+    n_sub = subspace[0].shape[0] if subspace is not None else 0
+    basis = Basis(ref, capacity=min(max_basis, n_sub + 16) + 1)
+    if subspace is not None:
+        basis.extend(subspace[0], subspace[1])
+    extra = None
+    count = 0
+    if x0 is not None:
+        x = x0.reshape(-1) / x0.norm()
+        Hx, extra = first(x) if first is not None else (matvec(x), None)
+        count = 1
+        basis.extend(x, Hx)
+    if len(basis) == 0:
+        raise LssrError("lobpcg_top: the start vector and the subspace are all zero or not finite")
+    r0 = len(basis)  # the subspace and the start: every restart keeps them
+    lam, x, Hx = _ritz(basis, drop)
+    res = math.inf
+    history: list = []
+    while True:
+        r = torch.add(Hx, x, alpha=-lam)
+        res = float(r.norm())
+        scale = max(abs(lam), torch.finfo(x.dtype).tiny)
+        history.append((count, lam, res / scale))
+        if res <= tol * scale or count >= max_matvecs or not math.isfinite(lam) or not res > 0:
+            break
+        if len(basis) >= max(max_basis, r0 + 2):  # restart: the kept subspace, the start and the Ritz vector
+            basis.truncate(r0)
+            basis.extend(x, Hx)
+        w = r.div_(res)
+        hw = matvec(w)
+        count += 1
+        if basis.extend(w, hw) == 0:
+            break
+        lam, x, Hx = _ritz(basis, drop)
+    ok = res <= tol * max(abs(lam), 1e-300)
+    return TopEig(lam, x, count, res / max(abs(lam), 1e-300), ok, Hx, extra, None, history)
+
+
+def _ritz(basis: Basis, drop: float) -> tuple[float, Tensor, Tensor]:
+    """(λ, x, Hx): the top Ritz vector of the basis's span, normalised, and its Rayleigh quotient."""
+    c, _ = basis.top_ritz(drop)
+    x, Hx = basis.combine(c)
+    nrm = x.norm()
+    x, Hx = x.div_(nrm), Hx.div_(nrm)
+    return float(dot(x, Hx)), x, Hx
 
 
 def _start(matvec, x0, first, kept: list[Pair], drop: float, keep: bool) -> tuple[Tensor, Tensor, int, object]:

@@ -1,9 +1,11 @@
 """Flat parameter vectors (:class:`ParamSpace`) and :class:`LossOperator`: L, ∇L, H·v and per-sample
 gradients g_i of one model, loss and training set, accumulated over memory chunks and divided by n once.
 
-H·v comes in three modes (``hvp_mode``): ``forward`` (forward-over-reverse, the default), ``reverse``
-(reverse-over-reverse) and ``fd``, the central difference (∇L(θ + εv) − ∇L(θ − εv))/(2ε) of two full
-gradients, for models with an operation that has no second derivative in PyTorch."""
+H·v comes in four modes (``hvp_mode``): ``forward`` (forward-over-reverse, the default), ``reverse``
+(reverse-over-reverse), ``graph`` (reverse-over-reverse through the first-order graph of ∇L, built once at θ and
+kept in memory: each H·v is then one backward pass through it; used when the graph fits ``graph_budget``
+bytes) and ``fd``, the central difference (∇L(θ + εv) − ∇L(θ − εv))/(2ε) of two full gradients, for models
+with an operation that has no second derivative in PyTorch."""
 
 from __future__ import annotations
 
@@ -32,7 +34,11 @@ from .functions import (
 
 Tensor = torch.Tensor
 
-HVP_MODES = ("forward", "reverse", "fd")
+HVP_MODES = ("forward", "reverse", "graph", "fd")
+#: Default memory of one chunk of per-sample gradients (chunk × m numbers): on the CPU small chunks are
+#: fastest for large models (resnet18, m = 11.2M: a pass at chunk 1 took ~15 gradients' time, at 32 ~30-46);
+#: a GPU needs larger chunks to be busy. The chunk is at most 64 samples and at most ``chunk_size``.
+PER_SAMPLE_CHUNK_BYTES = {"cpu": 64 << 20, "other": 1 << 30}
 
 
 class ParamSpace:
@@ -49,14 +55,25 @@ class ParamSpace:
     def flatten(self, d: Params) -> Tensor:
         return torch.cat([d[k].reshape(-1) for k in self.names])
 
-    def flatten_batched(self, d: Params) -> Tensor:
+    def flatten_batched(self, d: Params, out: Tensor | None = None) -> Tensor:
+        """(k, m) from a dict of (k, *shape) tensors, written into ``out`` when given."""
         k = d[self.names[0]].shape[0]
-        return torch.cat([d[name].reshape(k, -1) for name in self.names], dim=1)
+        if out is None:
+            out = torch.empty(k, self.dim, dtype=d[self.names[0]].dtype, device=d[self.names[0]].device)
+        start = 0
+        for name, numel, shape in zip(self.names, self.numels, self.shapes):
+            out[:, start : start + numel].view(k, *shape).copy_(d[name])  # no intermediate copy of a strided source
+            start += numel
+        return out
 
-    def unflatten(self, v: Tensor) -> Params:
+    def unflatten(self, v: Tensor, copy: bool = False) -> Params:
+        """The parameter dict of a flat vector (or of a batch (k, m)): views of ``v``, or with ``copy`` tensors
+        that own their storage. Forward-mode AD (``make_dual``) copies the whole base storage of a view, so
+        primals and tangents of a ``jvp`` are passed as owned copies: one copy of v instead of one per tensor."""
         lead = v.shape[:-1]
         parts = v.split(self.numels, dim=-1)
-        return {k: p.reshape(*lead, *s) for k, p, s in zip(self.names, parts, self.shapes)}
+        out = {k: p.reshape(*lead, *s) for k, p, s in zip(self.names, parts, self.shapes)}
+        return {k: t.clone() for k, t in out.items()} if copy else out
 
     def zeros(self, *lead: int) -> Tensor:
         return torch.zeros(*lead, self.dim, dtype=self.dtype, device=self.device)
@@ -66,7 +83,7 @@ class LossOperator:
     """The training loss L, its gradient, its Hessian H and per-sample gradients at θ, on flat vectors.
 
     Counts what it evaluates (``counts``: full-data gradients, HVPs, loss passes, per-sample passes,
-    per-sample JVP directions), in units of full passes over the n samples.
+    per-sample JVP directions, builds of the kept graph of ∇L), in units of full passes over the n samples.
     """
 
     def __init__(
@@ -84,6 +101,7 @@ class LossOperator:
         stream: bool = False,
         hvp_mode: str = "forward",
         dtype: torch.dtype | None = None,
+        graph_budget: int | None = None,
     ):
         """``inputs``: a tensor (``targets`` alongside) or, for a :class:`~.functions.ForwardAdapter` model, the
         whole batch (any nest of tensors with a leading sample dimension; ``targets`` None). ``stream``: the
@@ -103,7 +121,7 @@ class LossOperator:
         self.space = ParamSpace(p)
         self.dtype, self.device = self.space.dtype, self.space.device
         self.theta = self.space.flatten(p) if params is None else params.to(self.device, self.dtype)
-        self.params = self.space.unflatten(self.theta)
+        self.params = self.space.unflatten(self.theta, copy=True)
         self.stream = bool(stream)
         self.x = inputs if self.stream else self._to_device(inputs)
         self.y = targets if (self.stream or targets is None) else targets.to(self.device)
@@ -117,23 +135,38 @@ class LossOperator:
             ny = "none" if self.y is None else self.y.shape[0]
             raise LssrError(f"{where}: need n >= 1 inputs and as many targets, got {self.n} and {ny}")
         self.chunk_size = int(chunk_size)
-        self.per_sample_chunk = int(per_sample_chunk or min(self.chunk_size, 64))
+        self.per_sample_chunk = int(per_sample_chunk or self._default_per_sample_chunk())
         self.vmap_budget = max(int(vmap_budget), 1)  # samples × tangents per vmapped call (bounds memory)
         self.default_hvp_batch = 8 if self.device.type == "cuda" else 1
         self.fd_step = float(torch.finfo(self.dtype).eps) ** (1 / 3)  # ε‖v‖/max(1, ‖θ‖) of the central difference
         self._losses = per_sample_losses_fn(model, self.per_sample)
         self._grad = grad(loss_sum_fn(model, self.per_sample))
-        self.set_hvp_mode(hvp_mode, where)
+        self._graph = None
+        self.counts = {"grad": 0, "hvp": 0, "loss": 0, "per_sample_pass": 0, "jvp": 0, "graph": 0}
+        self.set_hvp_mode(hvp_mode, where, graph_budget=graph_budget)
         self._hvp_many = hvp_many_fn(model, self.per_sample)
         self._psg = per_sample_grads_fn(model, self.per_sample)
         self.per_sample_mode = "vmap"  # or "loop" (see _per_sample_chunk)
         self._psjvp = per_sample_jvp_fn(model, self.per_sample)
-        self.counts = {"grad": 0, "hvp": 0, "loss": 0, "per_sample_pass": 0, "jvp": 0}
 
-    def set_hvp_mode(self, mode: str, where: str = "lssr.curvature") -> None:
-        """H·v by ``forward`` (forward-over-reverse), ``reverse`` (reverse-over-reverse) or ``fd``."""
+    def _default_per_sample_chunk(self) -> int:
+        budget = PER_SAMPLE_CHUNK_BYTES["cpu" if self.device.type == "cpu" else "other"]
+        per_sample = self.space.dim * torch.finfo(self.dtype).bits // 8
+        return max(1, min(self.chunk_size, 64, budget // max(per_sample, 1)))
+
+    def set_hvp_mode(self, mode: str, where: str = "lssr.curvature", graph_budget: int | None = None) -> None:
+        """H·v by ``forward`` (forward-over-reverse), ``reverse`` (reverse-over-reverse), ``graph`` or ``fd``.
+
+        ``graph`` builds the first-order graph of ∇L over all chunks now, counting the bytes of the tensors it
+        saves, and raises :class:`GraphTooLarge` (leaving the mode unchanged) when they exceed ``graph_budget``
+        (required for ``graph``)."""
         if mode not in HVP_MODES:
             raise LssrError(f"{where}: unknown hvp_mode {mode!r}; known: {', '.join(HVP_MODES)}")
+        self._graph = None
+        if mode == "graph":
+            if graph_budget is None:
+                raise LssrError(f"{where}: hvp_mode 'graph' needs a memory budget (graph_budget, bytes)")
+            self._graph = _FirstOrderGraph(self, int(graph_budget))
         self.hvp_mode = mode
         self._hvp = (hvp_rev_fn if mode == "reverse" else hvp_fn)(self.model, self.per_sample)
 
@@ -143,7 +176,9 @@ class LossOperator:
         other = object.__new__(LossOperator)
         other.__dict__.update(self.__dict__)
         other.theta = theta.to(self.device, self.dtype)
-        other.params = self.space.unflatten(other.theta)
+        other.params = self.space.unflatten(other.theta, copy=True)
+        if other._graph is not None:  # the kept graph belongs to θ: rebuild it at θ' (same budget)
+            other._graph = _FirstOrderGraph(other, self._graph.budget)
         return other
 
     def _to_device(self, tree):
@@ -212,16 +247,19 @@ class LossOperator:
         if self.hvp_mode == "fd":
             h = self.hvp_fd(v)
             return (h, self._gradient_at(self.params)) if return_grad else h
-        vt = self.space.unflatten(v.to(self.device, self.dtype))
-        g_tot, h_tot = self.space.zeros(), self.space.zeros()
+        if self._graph is not None:
+            h = self._graph.hvp(v.to(self.device, self.dtype)).div_(self.n)
+            return (h, self._graph.grad / self.n) if return_grad else h
+        vt = self.space.unflatten(v.to(self.device, self.dtype), copy=True)
+        g_tot = h_tot = None
         for x, y in self.chunks():
             g, h = self._hvp(self.params, self.buffers, x, y, vt)
-            h_tot += self.space.flatten(h)
+            h_tot = self.space.flatten(h) if h_tot is None else h_tot.add_(self.space.flatten(h))
             if return_grad:
-                g_tot += self.space.flatten(g)
+                g_tot = self.space.flatten(g) if g_tot is None else g_tot.add_(self.space.flatten(g))
         if return_grad:
-            return h_tot / self.n, g_tot / self.n
-        return h_tot / self.n
+            return h_tot.div_(self.n), g_tot.div_(self.n)
+        return h_tot.div_(self.n)
 
     def hvp_many(self, V: Tensor, batch: int | None = None) -> Tensor:
         """H V for k vectors (rows of V, shape (k, m)), ``batch`` tangents per vmap call (data chunks shrink
@@ -233,12 +271,15 @@ class LossOperator:
             return V.clone()
         batch = batch or self.default_hvp_batch
         if batch <= 1 or self.hvp_mode != "forward":
-            return torch.stack([self.hvp(v) for v in V])
+            out = V.new_empty(k, self.space.dim, device=self.device, dtype=self.dtype)
+            for i, v in enumerate(V):
+                out[i] = self.hvp(v)
+            return out
         out = []
         for s in range(0, k, batch):
             Vb = V[s : s + batch].to(self.device, self.dtype)
             self.counts["hvp"] += Vb.shape[0]
-            vt = self.space.unflatten(Vb)
+            vt = self.space.unflatten(Vb, copy=True)
             tot = self.space.zeros(Vb.shape[0])
             for x, y in self.chunks(self._vmap_chunk(Vb.shape[0])):
                 tot += self.space.flatten_batched(self._hvp_many(self.params, self.buffers, x, y, vt))
@@ -261,21 +302,22 @@ class LossOperator:
         return total / self.n
 
     # -- per-sample quantities --------------------------------------------------------------
-    def per_sample_grads(self, chunk: int | None = None) -> Iterator[tuple[slice, Tensor]]:
-        """Yield (slice of sample indices, G_c) with G_c of shape (chunk, m): the rows are g_iᵀ."""
+    def per_sample_grads(self, chunk: int | None = None, out: Tensor | None = None) -> Iterator[tuple[slice, Tensor]]:
+        """Yield (slice of sample indices, G_c) with G_c of shape (chunk, m): the rows are g_iᵀ. With ``out``
+        (an (n, m) matrix) each G_c is written into its rows ``out[slice]`` and yielded as that view."""
         chunk = chunk or self.per_sample_chunk
         self.counts["per_sample_pass"] += 1
         for s in range(0, self.n, chunk):
             sl = slice(s, min(s + chunk, self.n))
-            yield sl, self._per_sample_chunk(*self.take(sl)).detach()
+            yield sl, self._per_sample_chunk(*self.take(sl), None if out is None else out[sl]).detach()
 
-    def _per_sample_chunk(self, x, y) -> Tensor:
+    def _per_sample_chunk(self, x, y, out: Tensor | None = None) -> Tensor:
         """(chunk, m) per-sample gradients: vmapped, or, for a model that ``vmap`` cannot batch (``.item()``
         or data-dependent control flow in its forward pass), one gradient per sample (``per_sample_mode``
         becomes ``loop`` for the rest of the operator's life)."""
         if self.per_sample_mode == "vmap":
             try:
-                return self.space.flatten_batched(self._psg(self.params, self.buffers, x, y))
+                return self.space.flatten_batched(self._psg(self.params, self.buffers, x, y), out=out)
             except torch.OutOfMemoryError:
                 raise
             except (RuntimeError, NotImplementedError):
@@ -286,11 +328,68 @@ class LossOperator:
             xi = tree_map(lambda t: t[i : i + 1] if isinstance(t, Tensor) else t, x)
             yi = None if y is None else y[i : i + 1]
             rows.append(self.space.flatten(self._grad(self.params, self.buffers, xi, yi)))
-        return torch.stack(rows)
+        return torch.stack(rows, out=out)
 
     def per_sample_jvp(self, U: Tensor) -> Tensor:
         """(n, k) matrix of g_iᵀu_j for the rows u_j of U (k, m): forward mode, no per-sample gradients."""
         self.counts["jvp"] += U.shape[0]
-        Ut = self.space.unflatten(U.to(self.device, self.dtype))
+        Ut = self.space.unflatten(U.to(self.device, self.dtype), copy=True)
         size = self._vmap_chunk(U.shape[0])
         return torch.cat([self._psjvp(self.params, self.buffers, x, y, Ut).T for x, y in self.chunks(size)])
+
+
+class GraphTooLarge(LssrError):
+    """The first-order graph of ∇L needs more memory than the budget given for ``hvp_mode='graph'``."""
+
+
+class _FirstOrderGraph:
+    """Σ_i ∇ℓ_i(θ) over all chunks with its autograd graph kept (``create_graph``), so that H·v = the
+    vector-Jacobian product of that gradient with v, one backward pass each (divided by n by the caller).
+    Building it counts the bytes of every tensor the graphs save (shared storage once) and gives up with
+    :class:`GraphTooLarge` past ``budget``."""
+
+    def __init__(self, op: "LossOperator", budget: int):
+        self.budget = budget
+        self.space = op.space
+        seen: set = set()
+        used = [0]
+
+        def pack(t: Tensor) -> Tensor:
+            st = t.untyped_storage()
+            key = (st.data_ptr(), st.nbytes())
+            if key not in seen:
+                seen.add(key)
+                used[0] += st.nbytes()
+                if used[0] > budget:
+                    raise GraphTooLarge(
+                        f"hvp_mode 'graph': the graph of ∇L needs more than {budget / 2**20:.0f} MiB; "
+                        "use hvp_mode 'forward' or 'reverse'"
+                    )
+            return t
+
+        op.counts["graph"] += 1
+        self.leaves = {k: t.detach().requires_grad_(True) for k, t in op.params.items()}
+        grads = None
+        try:
+            with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+                for x, y in op.chunks():
+                    loss = op.per_sample(*model_outputs(op.model, self.leaves, op.buffers, x, y)).sum()
+                    gs = torch.autograd.grad(loss, list(self.leaves.values()), create_graph=True)
+                    grads = list(gs) if grads is None else [a + b for a, b in zip(grads, gs)]
+        except GraphTooLarge:
+            raise
+        except RuntimeError as e:  # an exception raised inside a hook during backward comes back wrapped
+            if "hvp_mode 'graph'" in str(e):
+                raise GraphTooLarge(str(e).splitlines()[0]) from None
+            raise
+        self.grads = grads
+        self.bytes = used[0]
+        self.grad = torch.cat([g.detach().reshape(-1) for g in grads])  # Σ_i g_i
+
+    def hvp(self, v: Tensor) -> Tensor:
+        """Σ_i ∇²ℓ_i v (flat)."""
+        vt = self.space.unflatten(v)
+        hs = torch.autograd.grad(
+            self.grads, list(self.leaves.values()), grad_outputs=[vt[k] for k in self.leaves], retain_graph=True
+        )
+        return torch.cat([h.reshape(-1) for h in hs])

@@ -24,8 +24,9 @@ from torch import nn
 
 from .. import LssrError
 from ..config import ProbeConfig, RunConfig
-from ..curvature import HVP_MODES, BatchNormModeError, ForwardAdapter, LossOperator, hvp_fn, hvp_rev_fn
+from ..curvature import HVP_MODES, BatchNormModeError, ForwardAdapter, GraphTooLarge, LossOperator, hvp_fn, hvp_rev_fn
 from ..losses import PerSampleLoss
+from ..memory import device_memory
 from ..scaling import gamma
 from .batches import as_pair, collect
 from .moments import Moments, gradient_moments, moments_frame, per_b
@@ -39,7 +40,10 @@ DROPOUT_OPTIONS = ("refuse", "off")
 PROBES, STAGE1, REL_SE, EIG_TOL = ProbeConfig.probes, ProbeConfig.stage1, ProbeConfig.rel_se, ProbeConfig.eig_tol
 CHUNK = RunConfig.chunk_size
 EIG_MAX_HVPS = 60
+#: The pipeline's cap on the per-sample gradients the sketch keeps in memory (MiB); :func:`diagnose` raises it
+#: to a quarter of the memory available on the device (:func:`store_limit_mb`).
 STORE_MB = 1024
+STORE_FRACTION = 0.25
 
 
 class RandomForwardError(LssrError):
@@ -50,8 +54,9 @@ class RandomForwardError(LssrError):
 class Cost:
     """What one :func:`diagnose` call spent: HVPs, full gradients, per-sample passes and loss passes over the n
     samples, wall seconds, the wall time in gradient-equivalents (seconds / the time of one full gradient
-    ∇L timed in the same call), the HVP mode and, for ``fd``, the measured relative error bound of its HVPs, and
-    how per-sample gradients were computed (``vmap``, or ``loop`` for a model that vmap cannot batch)."""
+    ∇L timed in the same call), the HVP mode and, for ``fd``, the measured relative error bound of its HVPs,
+    how per-sample gradients were computed (``vmap``, or ``loop`` for a model that vmap cannot batch) and, for
+    ``graph``, how many times the kept graph of ∇L was built (each about one gradient)."""
 
     hvps: int
     gradients: int
@@ -63,6 +68,7 @@ class Cost:
     hvp_mode: str
     fd_rel_error: float = math.nan
     per_sample_mode: str = "vmap"
+    graph_builds: int = 0
 
 
 @dataclass(frozen=True)
@@ -286,25 +292,40 @@ def _first_line(e: BaseException) -> str:
     return (str(e).strip().splitlines() or [""])[0][:200]
 
 
-def _choose_hvp_mode(op: LossOperator, mode: str) -> str:
-    """``auto``: forward-over-reverse when the model supports it, else reverse-over-reverse, else ``fd``
-    (tried on the first two samples)."""
+def _set_hvp_mode(op: LossOperator, mode: str) -> str:
+    """Sets and returns the operator's HVP mode. ``auto``: ``graph`` (the first-order graph of ∇L kept, one
+    backward pass per H·v) when the model has second derivatives in reverse mode and the graph fits
+    :func:`memory_budget`; else forward-over-reverse when the model supports it, else reverse-over-reverse,
+    else ``fd`` (support tried on the first two samples). An explicit ``graph`` that does not fit is an error."""
+    budget = memory_budget(op.device)
     if mode != "auto":
+        op.set_hvp_mode(mode, "diagnose", graph_budget=budget)
         return mode
     x, y = op.take(slice(0, min(op.n, 2)))
     v = {k: torch.ones_like(t) for k, t in op.params.items()}
+    supported = []
     for name, make in (("forward", hvp_fn), ("reverse", hvp_rev_fn)):
         try:
             make(op.model, op.per_sample)(op.params, op.buffers, x, y, v)
-            return name
+            supported.append(name)
         except torch.OutOfMemoryError:
             raise
         except (NotImplementedError, RuntimeError):
             continue
+    if "reverse" in supported:
+        try:
+            op.set_hvp_mode("graph", "diagnose", graph_budget=budget)
+            return "graph"
+        except GraphTooLarge:
+            pass
+    if supported:
+        op.set_hvp_mode(supported[0], "diagnose")
+        return supported[0]
     try:
         op._grad(op.params, op.buffers, x, y)
     except (NotImplementedError, RuntimeError) as e:
         raise LssrError(f"diagnose: the model's gradient cannot be computed: {_first_line(e)}") from None
+    op.set_hvp_mode("fd", "diagnose")
     return "fd"
 
 
@@ -366,17 +387,19 @@ def measure(
     n_total: int | None = None,
     fd_rel_error: float = math.nan,
     started: float | None = None,
+    counts_before: dict | None = None,
 ) -> Measurement:
     """The engine of :func:`diagnose` on a :class:`LossOperator` already built (the pipeline's probe calls it
     with the training set in memory): :func:`.moments.gradient_moments` (exact when ``exact``, or when None
     and n ≤ ``probes``), L, and the :class:`Diagnostics` they give. ``weights`` (n, k) asks for the batch
     gradients Σ_i W_ik g_i (in ``moments.weighted_grads``); ``timing`` times one more full gradient for
-    ``cost.gradient_equivalents`` (NaN without it)."""
+    ``cost.gradient_equivalents`` (NaN without it). ``started`` / ``counts_before``: the clock and the
+    operator's counts when the caller's work began (default: now)."""
     t0 = time.perf_counter() if started is None else started
     bs = tuple(sorted({int(b) for b in batch_sizes}))
     for b in bs:
         gamma(op.n, b, replacement)  # a clear error for b out of range
-    counts0 = dict(op.counts)
+    counts0 = dict(op.counts if counts_before is None else counts_before)
     init = eig_init.eigenvector if isinstance(eig_init, Diagnostics) else eig_init
     mom = gradient_moments(
         op,
@@ -415,6 +438,7 @@ def measure(
         hvp_mode=op.hvp_mode,
         fd_rel_error=fd_rel_error,
         per_sample_mode=op.per_sample_mode,
+        graph_builds=counts["graph"],
     )
     result = Diagnostics(
         n=op.n,
@@ -542,6 +566,19 @@ def gradient_seconds(
     return clock() - t0
 
 
+def memory_budget(device: torch.device) -> int:
+    """Bytes :func:`diagnose` may use for one kept structure (the per-sample gradients, the graph of ∇L):
+    ``STORE_FRACTION`` of the memory available on ``device`` now (:func:`lssr.memory.device_memory`), at least
+    ``STORE_MB`` MiB."""
+    free = device_memory(device)
+    return int(max(STORE_MB * 2**20, 0 if free is None else STORE_FRACTION * free))
+
+
+def store_limit_mb(device: torch.device) -> float:
+    """The default cap (MiB) on the per-sample gradients :func:`diagnose` keeps (:func:`memory_budget`)."""
+    return memory_budget(device) / 2**20
+
+
 def diagnose(
     model: nn.Module,
     loss: str | Callable | nn.Module,
@@ -567,7 +604,7 @@ def diagnose(
     dropout: str = "refuse",
     hvp_mode: str = "auto",
     generator: torch.Generator | None = None,
-    store_mb: float = STORE_MB,
+    store_mb: float | None = None,
 ) -> Diagnostics:
     """‖H‖, tr S_1, tr S_n, tr(H S_1) ± se, tr(H S_n), B_simple and, by identity (1), tr S_b, tr(H S_b),
     ‖H‖_{S_b}, ρ_b and tr(H S_b)/tr S_n for every b, of ``model`` on the training loss L = (1/n) Σ ℓ_i.
@@ -587,12 +624,17 @@ def diagnose(
         a vector or an earlier result's ``eigenvector``.
     dtype: the compute dtype (default the parameters', float32 for float16 / bfloat16 models).
     bn: ``refuse`` batch norm in train mode, or ``eval``: use its running statistics. dropout: ``refuse``
-        active dropout, or ``off``. hvp_mode: ``auto`` (forward-over-reverse, else reverse-over-reverse, else
-        ``fd``, a central difference of gradients with a measured error bound), or one of them.
+        active dropout, or ``off``. hvp_mode: ``auto`` (``graph``: the first-order graph of ∇L kept in
+        memory and each H·v one backward pass through it, when the model has reverse-mode second derivatives
+        and the graph fits a quarter of the memory available; else forward-over-reverse, else
+        reverse-over-reverse, else ``fd``, a central difference of gradients with a measured error bound), or
+        one of them.
     generator: draw the sketch's signs and the eigen-solver's start from this generator (advancing it)
         instead of one seeded with ``seed``.
     store_mb: the sketch keeps the per-sample gradients (n·m numbers) in memory when they take at most this
-        many MiB, else recomputes them in every round of added probes (a pass each).
+        many MiB, else recomputes them in every round of added probes (a pass each); None: a quarter of the
+        memory available on the device, at least 1024 (:func:`store_limit_mb`). Kept or recomputed, the
+        numbers are the same.
     """
     t0 = time.perf_counter()
     for name, value, known in (("bn", bn, BN_OPTIONS), ("dropout", dropout, DROPOUT_OPTIONS)):
@@ -608,8 +650,8 @@ def diagnose(
     with _restoring(prep.model, bn, dropout), torch.autocast(prep.device_type, enabled=False):
         op = prep.operator(chunk_size=chunk_size, per_sample_chunk=per_sample_chunk)
         _check_deterministic(op)
-        mode = _choose_hvp_mode(op, hvp_mode)
-        op.set_hvp_mode(mode)
+        counts0 = dict(op.counts)
+        mode = _set_hvp_mode(op, hvp_mode)
         fd_err = _fd_tune(op, gen, chunk_size) if mode == "fd" else math.nan
         return measure(
             op,
@@ -624,10 +666,11 @@ def diagnose(
             eig_tol=eig_tol,
             eig_max_hvps=eig_max_hvps,
             generator=gen,
-            store_mb=store_mb,
+            store_mb=store_limit_mb(op.device) if store_mb is None else store_mb,
             m_frozen=prep.frozen,
             reduction=prep.loss_fn.reduction,
             n_total=prep.n_total,
             fd_rel_error=fd_err,
             started=t0,
+            counts_before=counts0,
         ).result

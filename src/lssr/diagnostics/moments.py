@@ -147,7 +147,7 @@ def _sketch_moments(op: LossOperator, W, gen, hvps0, stage1, probes, eig_args, r
         done = used >= probes or (rel_se is not None and est.se <= rel_se * abs(est.value))
         if done or not math.isfinite(est.value):
             break
-        k = min(1 if stored else 2, probes - used)  # unstored G: each round costs a per-sample pass too
+        k = min(1 if stored is not None else 2, probes - used)  # unstored G: each round costs a per-sample pass too
         HY = torch.cat([HY, op.hvp_many(Y[used : used + k], batch=hvp_batch)])
         used += k
     return Moments(
@@ -209,24 +209,29 @@ def _exact_moments(op: LossOperator, W, gen, top, eig_init, eig_tol, eig_max_hvp
 
 
 def _sketch_pass1(op: LossOperator, W, probes: int, gen, store_mb: float):
-    """The per-sample pass of the sketch: (‖g_i‖², ∇L, [Y; G W] with Y_k = n^{-1/2} Σ_i z_ik g_i, the stored
-    chunks of per-sample gradients when they fit in ``store_mb`` MiB, else [])."""
+    """The per-sample pass of the sketch: (‖g_i‖², ∇L, [Y; G W] with Y_k = n^{-1/2} Σ_i z_ik g_i, and G, the
+    (n, m) matrix of per-sample gradients, when it fits in ``store_mb`` MiB, else None).
+
+    A stored G is filled chunk by chunk and reduced once (one matrix product for [Y; G W]); otherwise each
+    chunk's products are accumulated as it comes."""
     n, dev, dt = op.n, op.device, op.dtype
     Z1 = (rademacher(n, probes, gen) / math.sqrt(n)).to(dev, dt)
     W1 = Z1 if W is None else torch.cat([Z1, W], dim=1)
+    keep_g = n * op.space.dim * torch.finfo(dt).bits // 8 <= store_mb * 2**20
+    if keep_g:
+        G = torch.empty(n, op.space.dim, dtype=dt, device=dev)
+        for _ in op.per_sample_grads(out=G):
+            pass
+        sq = torch.linalg.vector_norm(G, dim=1).square()
+        return sq, G.sum(0) / n, W1.T @ G, G
     sq = torch.zeros(n, dtype=dt, device=dev)
     gsum = op.space.zeros()
     GW = op.space.zeros(W1.shape[1])
-    keep_g = n * op.space.dim * torch.finfo(dt).bits // 8 <= store_mb * 2**20
-    stored: list[tuple[slice, Tensor]] = []
     for sl, Gc in op.per_sample_grads():
-        sq[sl] = (Gc * Gc).sum(1)
+        sq[sl] = torch.linalg.vector_norm(Gc, dim=1).square()
         gsum += Gc.sum(0)
         GW += W1[sl].T @ Gc
-        if keep_g:
-            stored.append((sl, Gc))
-    grad = gsum / n
-    return sq, grad, GW, stored
+    return sq, gsum / n, GW, None
 
 
 def _first_block(op: LossOperator, grad, Y, top, eig_init, eig_tol, eig_max_hvps, hvp_batch):
@@ -249,19 +254,22 @@ def _first_block(op: LossOperator, grad, Y, top, eig_init, eig_tol, eig_max_hvps
 
 
 class _SampleProducts:
-    """G Vᵀ for the rows V of [D; HD], from the stored per-sample gradients or one per-sample pass per call
-    (only the rows of D not seen by an earlier call are computed)."""
+    """G Vᵀ for the rows V of [D; HD], from the stored per-sample gradients G (n, m) or one per-sample pass per
+    call (only the rows of D not seen by an earlier call are computed)."""
 
-    def __init__(self, op: LossOperator, stored: list):
+    def __init__(self, op: LossOperator, stored: Tensor | None):
         self.op, self.stored = op, stored
         self.G_D = self.G_HD = None
 
     def of(self, D: Tensor, HD: Tensor) -> tuple[Tensor, Tensor]:
         old = 0 if self.G_D is None else self.G_D.shape[1]
         new = torch.cat([D[old:], HD[old:]])
-        out = torch.zeros(self.op.n, new.shape[0], dtype=D.dtype, device=D.device)
-        for sl, Gc in self.stored or self.op.per_sample_grads():
-            out[sl] = Gc @ new.T
+        if self.stored is not None:
+            out = self.stored @ new.T
+        else:
+            out = torch.zeros(self.op.n, new.shape[0], dtype=D.dtype, device=D.device)
+            for sl, Gc in self.op.per_sample_grads():
+                out[sl] = Gc @ new.T
         k = D.shape[0] - old
         a, b = out[:, :k], out[:, k:]
         self.G_D = a if self.G_D is None else torch.cat([self.G_D, a], 1)
