@@ -135,6 +135,7 @@ def measure(model: nn.Module, x, y, args, label: str) -> dict:
         "per_sample_pass": c.per_sample_passes,
         "loss": c.loss_passes,
         "graph": c.graph_builds,
+        "jvp": c.jvps,
     }
     sketch_hvps = c.hvps - d.top_eig_hvps
     out = {

@@ -32,13 +32,14 @@ def timed(f):
 
 
 def op_cost(counts: dict, ratio: dict, n: int, extra_grads: float = 0.0, hvp_mode: str = "forward") -> float:
-    """Gradient-equivalents of an op-count dict ({'hvp', 'per_sample_pass', 'grad', 'loss', 'graph'}) × measured
-    ratios; HVPs of ``hvp_mode='graph'`` (through a kept graph of ∇L) at ``ratio['hvp_graph']``, each build of
-    that graph at ``ratio['graph']``."""
+    """Gradient-equivalents of an op-count dict ({'hvp', 'per_sample_pass', 'grad', 'loss', 'graph', 'jvp'}) ×
+    measured ratios; HVPs of ``hvp_mode='graph'`` (through a kept graph of ∇L) at ``ratio['hvp_graph']``, each
+    build of that graph at ``ratio['graph']``, each per-sample directional derivative at ``ratio['jvp']``."""
     hvp = ratio["hvp_graph"] if hvp_mode == "graph" else ratio["hvp"]
     return (
         counts.get("hvp", 0) * hvp
         + counts.get("graph", 0) * ratio.get("graph", 1.0)
+        + counts.get("jvp", 0) * ratio.get("jvp", 1.0)
         + counts.get("per_sample_pass", 0) * ratio["ps"]
         + counts.get("grad", 0)
         + counts.get("loss", 0) * ratio["loss"]
@@ -78,7 +79,8 @@ def seeded_model(seed: int, loss_name: str):
 def cost_ratios(op: LossOperator, reps: int = 2, graph: bool = False) -> dict:
     """Seconds of a gradient and the cost of one HVP, one per-sample pass, one loss pass in gradients (medians
     of interleaved repetitions, after a warm-up); with ``graph`` also one build of the kept graph of ∇L
-    (``graph``) and one HVP through it (``hvp_graph``, ``hvp_mode='graph'``)."""
+    (``graph``), one HVP through it (``hvp_graph``, ``hvp_mode='graph'``) and the directional derivatives of
+    the per-sample losses along one vector (``jvp``, forward mode)."""
     v = torch.randn(op.space.dim, generator=torch.Generator().manual_seed(1))
     ops = {
         "grad": op.gradient,
@@ -87,6 +89,8 @@ def cost_ratios(op: LossOperator, reps: int = 2, graph: bool = False) -> dict:
         "loss": op.loss,
     }
     if graph:
+        u = v.reshape(1, -1)
+        ops["jvp"] = lambda: op.per_sample_jvp(u)
         kept = op.at(op.theta)
         build = lambda: kept.set_hvp_mode("graph", graph_budget=1 << 40)  # noqa: E731
         build()

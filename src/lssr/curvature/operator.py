@@ -332,10 +332,11 @@ class LossOperator:
 
     def per_sample_jvp(self, U: Tensor) -> Tensor:
         """(n, k) matrix of g_iᵀu_j for the rows u_j of U (k, m): forward mode, no per-sample gradients."""
-        self.counts["jvp"] += U.shape[0]
         Ut = self.space.unflatten(U.to(self.device, self.dtype), copy=True)
         size = self._vmap_chunk(U.shape[0])
-        return torch.cat([self._psjvp(self.params, self.buffers, x, y, Ut).T for x, y in self.chunks(size)])
+        out = torch.cat([self._psjvp(self.params, self.buffers, x, y, Ut).T for x, y in self.chunks(size)])
+        self.counts["jvp"] += U.shape[0]
+        return out
 
 
 class GraphTooLarge(LssrError):

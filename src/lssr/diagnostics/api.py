@@ -55,8 +55,10 @@ class Cost:
     """What one :func:`diagnose` call spent: HVPs, full gradients, per-sample passes and loss passes over the n
     samples, wall seconds, the wall time in gradient-equivalents (seconds / the time of one full gradient
     ∇L timed in the same call), the HVP mode and, for ``fd``, the measured relative error bound of its HVPs,
-    how per-sample gradients were computed (``vmap``, or ``loop`` for a model that vmap cannot batch) and, for
-    ``graph``, how many times the kept graph of ∇L was built (each about one gradient)."""
+    how per-sample gradients were computed (``vmap``, or ``loop`` for a model that vmap cannot batch), for
+    ``graph`` how many times the kept graph of ∇L was built (each about one gradient), and the forward-mode
+    directional derivatives of the per-sample losses (``jvps``, each a pass over the n samples) that replaced
+    per-sample passes when the per-sample gradients were not kept."""
 
     hvps: int
     gradients: int
@@ -69,6 +71,7 @@ class Cost:
     fd_rel_error: float = math.nan
     per_sample_mode: str = "vmap"
     graph_builds: int = 0
+    jvps: int = 0
 
 
 @dataclass(frozen=True)
@@ -388,13 +391,16 @@ def measure(
     fd_rel_error: float = math.nan,
     started: float | None = None,
     counts_before: dict | None = None,
+    jvp_products: bool = False,
 ) -> Measurement:
     """The engine of :func:`diagnose` on a :class:`LossOperator` already built (the pipeline's probe calls it
     with the training set in memory): :func:`.moments.gradient_moments` (exact when ``exact``, or when None
     and n ≤ ``probes``), L, and the :class:`Diagnostics` they give. ``weights`` (n, k) asks for the batch
     gradients Σ_i W_ik g_i (in ``moments.weighted_grads``); ``timing`` times one more full gradient for
     ``cost.gradient_equivalents`` (NaN without it). ``started`` / ``counts_before``: the clock and the
-    operator's counts when the caller's work began (default: now)."""
+    operator's counts when the caller's work began (default: now). ``jvp_products``: when the per-sample
+    gradients are not kept, the sketch's per-sample products by forward mode instead of more per-sample passes
+    (:func:`.moments.gradient_moments`)."""
     t0 = time.perf_counter() if started is None else started
     bs = tuple(sorted({int(b) for b in batch_sizes}))
     for b in bs:
@@ -414,6 +420,7 @@ def measure(
         weights=weights,
         rel_se=rel_se,
         store_mb=store_mb,
+        jvp_products=jvp_products,
     )
     L = op.loss()
     seconds = time.perf_counter() - t0
@@ -439,6 +446,7 @@ def measure(
         fd_rel_error=fd_rel_error,
         per_sample_mode=op.per_sample_mode,
         graph_builds=counts["graph"],
+        jvps=counts["jvp"],
     )
     result = Diagnostics(
         n=op.n,
@@ -673,4 +681,5 @@ def diagnose(
             fd_rel_error=fd_err,
             started=t0,
             counts_before=counts0,
+            jvp_products=True,
         ).result

@@ -90,6 +90,7 @@ def gradient_moments(
     rel_se: float | None = None,
     hvp_batch: int | None = None,
     store_mb: float = 1024,
+    jvp_products: bool = False,
 ) -> Moments:
     """tr S_1, tr S_n, tr(H S_1), tr(H S_n) at the operator's θ, and ‖H‖ when ``top`` (see the module docstring).
 
@@ -106,6 +107,9 @@ def gradient_moments(
        kept from step 1, else one more per-sample pass) and :func:`.exchangeable.exchangeable_trace`; with
        ``rel_se``, more probes until se ≤ rel_se·|estimate| or ``probes`` are used (all of them when
        ``rel_se`` is None): one at a time when G is stored, two when each round costs a per-sample pass.
+       With ``jvp_products`` and G not stored, the products are directional derivatives of the per-sample
+       losses instead (one forward-mode pass per new direction, no per-sample pass; the same numbers up to
+       rounding).
 
     ``weights`` (n, k) asks for Σ_i W_ik g_i (e.g. batch gradients), accumulated in step 1 and returned in
     ``weighted_grads``.
@@ -122,10 +126,14 @@ def gradient_moments(
             f"variate), got probes={probes}, stage1={stage1}"
         )
     eig_args = (top, eig_init, eig_tol, eig_max_hvps)
-    return _sketch_moments(op, W, gen, hvps0, min(stage1, probes), probes, eig_args, rel_se, hvp_batch, store_mb)
+    return _sketch_moments(
+        op, W, gen, hvps0, min(stage1, probes), probes, eig_args, rel_se, hvp_batch, store_mb, jvp_products
+    )
 
 
-def _sketch_moments(op: LossOperator, W, gen, hvps0, stage1, probes, eig_args, rel_se, hvp_batch, store_mb):
+def _sketch_moments(
+    op: LossOperator, W, gen, hvps0, stage1, probes, eig_args, rel_se, hvp_batch, store_mb, jvp_products=False
+):
     """Sketch mode of :func:`gradient_moments` (its steps 1-4); ``eig_args``: top, eig_init, eig_tol, eig_max_hvps."""
     n = op.n
     top, eig_init, eig_tol, eig_max_hvps = eig_args
@@ -138,7 +146,7 @@ def _sketch_moments(op: LossOperator, W, gen, hvps0, stage1, probes, eig_args, r
         )
     Y = GW[:probes]
     base, Hbase, hgrad, HY, eig = _first_block(op, grad, Y[:stage1], top, eig_init, eig_tol, eig_max_hvps, hvp_batch)
-    products = _SampleProducts(op, stored)
+    products = _SampleProducts(op, stored, jvp_products)
     used = stage1
     while True:
         D, HD = torch.cat([base, Y[:used]]), torch.cat([Hbase, HY])
@@ -147,7 +155,7 @@ def _sketch_moments(op: LossOperator, W, gen, hvps0, stage1, probes, eig_args, r
         done = used >= probes or (rel_se is not None and est.se <= rel_se * abs(est.value))
         if done or not math.isfinite(est.value):
             break
-        k = min(1 if stored is not None else 2, probes - used)  # unstored G: each round costs a per-sample pass too
+        k = min(1 if products.cheap() else 2, probes - used)  # else each round costs a per-sample pass too
         HY = torch.cat([HY, op.hvp_many(Y[used : used + k], batch=hvp_batch)])
         used += k
     return Moments(
@@ -212,26 +220,34 @@ def _sketch_pass1(op: LossOperator, W, probes: int, gen, store_mb: float):
     """The per-sample pass of the sketch: (‖g_i‖², ∇L, [Y; G W] with Y_k = n^{-1/2} Σ_i z_ik g_i, and G, the
     (n, m) matrix of per-sample gradients, when it fits in ``store_mb`` MiB, else None).
 
-    A stored G is filled chunk by chunk and reduced once (one matrix product for [Y; G W]); otherwise each
-    chunk's products are accumulated as it comes."""
+    Per-sample gradients are written into a block of as many rows as fit ``store_mb`` (at least one chunk);
+    each full block is reduced by one matrix product, so [Y; G W] costs one pass over G whatever the chunk."""
     n, dev, dt = op.n, op.device, op.dtype
     Z1 = (rademacher(n, probes, gen) / math.sqrt(n)).to(dev, dt)
     W1 = Z1 if W is None else torch.cat([Z1, W], dim=1)
-    keep_g = n * op.space.dim * torch.finfo(dt).bits // 8 <= store_mb * 2**20
-    if keep_g:
-        G = torch.empty(n, op.space.dim, dtype=dt, device=dev)
-        for _ in op.per_sample_grads(out=G):
-            pass
-        sq = torch.linalg.vector_norm(G, dim=1).square()
-        return sq, G.sum(0) / n, W1.T @ G, G
+    row_bytes = op.space.dim * torch.finfo(dt).bits // 8
+    rows = min(n, max(op.per_sample_chunk, int(store_mb * 2**20 // max(row_bytes, 1))))
+    block = torch.empty(rows, op.space.dim, dtype=dt, device=dev)
     sq = torch.zeros(n, dtype=dt, device=dev)
-    gsum = op.space.zeros()
-    GW = op.space.zeros(W1.shape[1])
+    gsum = GW = None
+    start = 0  # first sample of the block
+
+    def flush(end: int):
+        nonlocal gsum, GW
+        B = block[: end - start]
+        sq[start:end] = torch.linalg.vector_norm(B, dim=1).square()
+        part_sum, part_w = B.sum(0), W1[start:end].T @ B
+        gsum = part_sum if gsum is None else gsum.add_(part_sum)
+        GW = part_w if GW is None else GW.add_(part_w)
+
     for sl, Gc in op.per_sample_grads():
-        sq[sl] = torch.linalg.vector_norm(Gc, dim=1).square()
-        gsum += Gc.sum(0)
-        GW += W1[sl].T @ Gc
-    return sq, gsum / n, GW, None
+        if sl.stop - start > rows:
+            flush(sl.start)
+            start = sl.start
+        block[sl.start - start : sl.stop - start] = Gc
+    flush(n)
+    stored = block if rows == n and n * row_bytes <= store_mb * 2**20 else None
+    return sq, gsum / n, GW, stored
 
 
 def _first_block(op: LossOperator, grad, Y, top, eig_init, eig_tol, eig_max_hvps, hvp_batch):
@@ -254,19 +270,37 @@ def _first_block(op: LossOperator, grad, Y, top, eig_init, eig_tol, eig_max_hvps
 
 
 class _SampleProducts:
-    """G Vᵀ for the rows V of [D; HD], from the stored per-sample gradients G (n, m) or one per-sample pass per
-    call (only the rows of D not seen by an earlier call are computed)."""
+    """G Vᵀ for the rows V of [D; HD]: from the stored per-sample gradients G (n, m); else, with ``jvp``, as
+    directional derivatives g_iᵀv of the per-sample losses (one forward-mode pass per direction, no per-sample
+    gradients; a model without forward-mode derivatives falls back to the next); else one per-sample pass per
+    call. Only the rows of D not seen by an earlier call are computed."""
 
-    def __init__(self, op: LossOperator, stored: Tensor | None):
-        self.op, self.stored = op, stored
+    def __init__(self, op: LossOperator, stored: Tensor | None, jvp: bool = False):
+        self.op, self.stored, self.jvp = op, stored, jvp
         self.G_D = self.G_HD = None
+
+    def cheap(self) -> bool:
+        """True when a call costs no per-sample pass."""
+        return self.stored is not None or self.jvp
+
+    def _by_jvp(self, new: Tensor) -> Tensor | None:
+        try:
+            return torch.cat([self.op.per_sample_jvp(v.reshape(1, -1)) for v in new], dim=1)
+        except torch.OutOfMemoryError:
+            raise
+        except (NotImplementedError, RuntimeError):
+            self.jvp = False
+            return None
 
     def of(self, D: Tensor, HD: Tensor) -> tuple[Tensor, Tensor]:
         old = 0 if self.G_D is None else self.G_D.shape[1]
         new = torch.cat([D[old:], HD[old:]])
+        out = None
         if self.stored is not None:
             out = self.stored @ new.T
-        else:
+        elif self.jvp:
+            out = self._by_jvp(new)
+        if out is None:
             out = torch.zeros(self.op.n, new.shape[0], dtype=D.dtype, device=D.device)
             for sl, Gc in self.op.per_sample_grads():
                 out[sl] = Gc @ new.T
