@@ -76,7 +76,7 @@ def lobpcg_top(
     ref = x0 if x0 is not None else subspace[0] if subspace is not None else None
     drop = drop_tolerance(ref.dtype) if ref is not None else 1e-6
     kept = orthonormal_pairs(*subspace, rtol=drop) if subspace is not None else []
-    x, Hx, count, extra = _start(matvec, x0, first, kept, drop, keep)
+    x, Hx, count, extra = _start(matvec, x0, first, kept, drop)
     lam = float(dot(x, Hx))
     p = Hp = None
     res = math.inf
@@ -104,8 +104,6 @@ def lobpcg_top(
         x, Hx, p, Hp = update
         lam = float(dot(x, Hx))
         last_basis = basis
-        if keep and len(kept) < max_basis:
-            kept = kept + local + [(w, hw)]
     ok = res <= tol * max(abs(lam), 1e-300)
     sub = (torch.stack([u for u, _ in last_basis]), torch.stack([hu for _, hu in last_basis]))
     return TopEig(lam, x, count, res / max(abs(lam), 1e-300), ok, Hx, extra, sub, history)
@@ -166,10 +164,9 @@ def _ritz(basis: Basis, drop: float) -> tuple[float, Tensor, Tensor]:
     return float(dot(x, Hx)), x, Hx
 
 
-def _start(matvec, x0, first, kept: list[Pair], drop: float, keep: bool) -> tuple[Tensor, Tensor, int, object]:
+def _start(matvec, x0, first, kept: list[Pair], drop: float) -> tuple[Tensor, Tensor, int, object]:
     """LOBPCG's start (x, Hx, products made, ``first``'s extra output): x0 normalised (one product), or the
-    first kept vector; with a kept subspace, the top Ritz vector of span(kept ∪ {x0}). With ``keep`` the
-    part of x0 outside span(kept) joins ``kept`` (in place)."""
+    first kept vector; with a kept subspace, the top Ritz vector of span(kept ∪ {x0})."""
     extra = None
     count = 0
     if x0 is not None:
@@ -188,8 +185,6 @@ def _start(matvec, x0, first, kept: list[Pair], drop: float, keep: bool) -> tupl
         xo, hxo = orth_against(x, Hx, kept)
         if float(xo.norm()) > drop:
             basis.append((xo / xo.norm(), hxo / xo.norm()))
-            if keep:
-                kept.append(basis[-1])
         c, _, _ = rayleigh_ritz(basis)
         c = c.to(x.dtype)
         x = sum(ci * u for ci, (u, _) in zip(c, basis))

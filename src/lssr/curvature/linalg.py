@@ -82,7 +82,9 @@ def rayleigh_ritz(basis: list[Pair]) -> tuple[Tensor, Tensor, Tensor]:
     return Li.T @ evecs[:, -1], evals, G
 
 
-def _gram64(X: Tensor, Y: Tensor, block: int = 1 << 18) -> Tensor:
+def gram64(X: Tensor, Y: Tensor, block: int = 1 << 18) -> Tensor:
+    """X Yᵀ in float64 (X, Y: (d, m) rows), over blocks of ``block`` columns converted to float64 one at a time,
+    so no float64 copy of X or Y is made."""
     out = torch.zeros(X.shape[0], Y.shape[0], dtype=torch.float64, device=X.device)
     for s in range(0, X.shape[1], block):
         out += X[:, s : s + block].double() @ Y[:, s : s + block].double().T
@@ -140,8 +142,8 @@ class Basis:
         torch.div(V, n0[:, None], out=self.V[k : k + j])
         torch.div(HV, n0[:, None], out=self.HV[k : k + j])
         new, hnew = self.V[k : k + j], self.HV[k : k + j]
-        a = _gram64(self.V[: k + j], hnew)  # (k + j, j): v_iᵀ H v_new
-        g = _gram64(self.V[: k + j], new)
+        a = gram64(self.V[: k + j], hnew)  # (k + j, j): v_iᵀ H v_new
+        g = gram64(self.V[: k + j], new)
         a[k:] = 0.5 * (a[k:] + a[k:].T)
         self.A[: k + j, k : k + j] = a
         self.A[k : k + j, : k + j] = a.T

@@ -32,6 +32,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ..curvature.linalg import gram64
+
 Array = np.ndarray
 
 
@@ -47,19 +49,10 @@ class TraceEstimate:
     residual_energy: float
 
 
-def gram64(X: torch.Tensor, Y: torch.Tensor, block: int = 1 << 18) -> Array:
-    """X Yᵀ in float64 (X, Y: (d, m) rows), over blocks of ``block`` columns converted to float64 one at a time,
-    so no float64 copy of X or Y is made."""
-    out = torch.zeros(X.shape[0], Y.shape[0], dtype=torch.float64, device=X.device)
-    for s in range(0, X.shape[1], block):
-        out += X[:, s : s + block].double() @ Y[:, s : s + block].double().T
-    return out.cpu().numpy()
-
-
 def small_products(D: torch.Tensor, HD: torch.Tensor, G_D: torch.Tensor, G_HD: torch.Tensor):
     """(M, C, A, B, norms²) in float64 with the rows of D rescaled to unit norm: M = D Dᵀ,
     C = ½(D HDᵀ + HD Dᵀ), A = G Dᵀ and B = G HDᵀ (``G_D``, ``G_HD``: the per-sample products, (n, d))."""
-    M, C = gram64(D, D), gram64(D, HD)
+    M, C = gram64(D, D).cpu().numpy(), gram64(D, HD).cpu().numpy()
     C = 0.5 * (C + C.T)
     sq = np.clip(np.diag(M).copy(), 0.0, None)
     scale = np.where(sq > 0, 1.0 / np.sqrt(np.where(sq > 0, sq, 1.0)), 0.0)
