@@ -4,6 +4,7 @@ tests/fake_cluster/slurm (jobs run on this machine; every sbatch call is logged 
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -72,15 +73,26 @@ def outputs(wd: Path) -> dict:
 
 
 def submissions(wd: Path) -> list[dict]:
-    """Every sbatch call: its rule (from the plugin's --comment rule_<name>[_wildcards_...]) and its options."""
+    """Every sbatch call: its job id, its rule (from the plugin's --comment rule_<name>[_wildcards_...]) and its
+    options."""
     log = wd / ".fake_slurm" / "sbatch.jsonl"
     subs = []
     for line in log.read_text().splitlines() if log.exists() else []:
-        argv = json.loads(line)["argv"]
-        opts, _ = parse_options(argv)
+        entry = json.loads(line)
+        opts, _ = parse_options(entry["argv"])
         rule = opts.get("--comment", "").removeprefix("rule_").split("_wildcards_")[0]
-        subs.append({"rule": rule, "opts": opts, "argv": argv})
+        subs.append({"jobid": entry["jobid"], "rule": rule, "opts": opts, "argv": entry["argv"]})
     return subs
+
+
+def reported_jobids(snakemake_log: Path) -> set[str]:
+    """The SLURM job ids snakemake says it submitted (the slurm plugin's "... submitted with SLURM jobid N")."""
+    text = snakemake_log.read_text() if snakemake_log.exists() else ""
+    return set(re.findall(r"submitted with SLURM jobid (\d+)", text))
+
+
+def tail(path: Path, chars: int = 4000) -> str:
+    return path.read_text()[-chars:] if path.exists() else f"({path} was not written)"
 
 
 def is_training(rule: str) -> bool:
@@ -127,25 +139,31 @@ def test_slurm_profile_end_to_end_and_cuda_submissions(tmp_path):
         assert (o["-t"], o["--mem"], o["--cpus-per-task"]) == tuple(map(str, want)), s["argv"]
 
     # device: cuda. This machine may have no GPU: the stand-in keeps GPU jobs pending (a busy GPU partition);
-    # snakemake is stopped (Ctrl-C, it scancels them) once every training job is in the queue.
+    # snakemake is stopped (Ctrl-C, it scancels them) once every training job is in the queue and snakemake has
+    # recorded its id (the plugin submits from several threads: a Ctrl-C during an sbatch call orphans that job).
     n_training = sum(is_training(s["rule"]) for s in subs)
     cfg["device"] = "cuda"
     (wd / "cuda.yaml").write_text(yaml.safe_dump(cfg))
     (wd / ".fake_slurm" / "sbatch.jsonl").unlink()
     env = cluster_env(wd, FAKE_SLURM_HOLD_GPU_JOBS="1")
-    proc = subprocess.Popen(
-        [*SNAKEMAKE, "--profile", "profiles/slurm", "--configfile", "cuda.yaml", *fast],
-        cwd=wd,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-        preexec_fn=default_sigint,
-    )
+    log = tmp_path / "snakemake-cuda.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen(
+            [*SNAKEMAKE, "--profile", "profiles/slurm", "--configfile", "cuda.yaml", *fast],
+            cwd=wd,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=default_sigint,
+        )
     try:
         t0 = time.monotonic()
-        while sum(is_training(s["rule"]) for s in submissions(wd)) < n_training:
-            assert proc.poll() is None, "snakemake ended before every training job was submitted"
+        while True:
+            ids = {s["jobid"] for s in submissions(wd) if is_training(s["rule"])}
+            if len(ids) == n_training and ids <= reported_jobids(log):
+                break
+            assert proc.poll() is None, f"snakemake ended before every training job was submitted:\n{tail(log)}"
             assert time.monotonic() - t0 < 600, "training jobs were not all submitted at once (a global GPU cap?)"
             time.sleep(0.5)
         os.killpg(proc.pid, signal.SIGINT)
@@ -163,7 +181,7 @@ def test_slurm_profile_end_to_end_and_cuda_submissions(tmp_path):
         want = (res["runtime"], res["mem_mb"], res["threads"])
         assert (o["-t"], o["--mem"], o["--cpus-per-task"]) == tuple(map(str, want)), s["argv"]
     states = [json.loads(p.read_text())["state"] for p in (wd / ".fake_slurm").glob("*.json")]
-    assert "PENDING" not in states and "RUNNING" not in states, "Ctrl-C did not cancel the queued jobs"
+    assert "PENDING" not in states and "RUNNING" not in states, f"Ctrl-C did not cancel the queued jobs:\n{tail(log)}"
 
 
 @pytest.mark.slow

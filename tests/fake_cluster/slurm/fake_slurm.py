@@ -121,9 +121,6 @@ def _next_id():
 def sbatch(argv):
     opts, script = parse_options(argv)
     jobid = _next_id()
-    with open(LOG, "a") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        fh.write(json.dumps({"jobid": jobid, "argv": argv}) + "\n")
     command = opts.get("--wrap") or shlex.join(["bash", *script])
     name = opts.get("--job-name") or opts.get("-J") or (Path(script[0]).name if script else "wrap")
     job = {
@@ -148,6 +145,9 @@ def sbatch(argv):
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
+    with open(LOG, "a") as fh:  # logged once the job exists, as squeue would show it
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        fh.write(json.dumps({"jobid": jobid, "argv": argv}) + "\n")
     print(jobid if "--parsable" in opts else f"Submitted batch job {jobid}")
 
 
