@@ -77,7 +77,8 @@ def seeded_model(seed: int, loss_name: str):
 
 
 def cost_ratios(op: LossOperator, reps: int = 2, graph: bool = False) -> dict:
-    """Seconds of a gradient and the cost of one HVP, one per-sample pass, one loss pass in gradients (medians
+    """Seconds of a gradient and the cost of one HVP, one per-sample pass (into one reused block, each chunk
+    reduced before the next), one loss pass in gradients (medians
     of interleaved repetitions, after a warm-up); with ``graph`` also one build of the kept graph of ∇L
     (``graph``), one HVP through it (``hvp_graph``, ``hvp_mode='graph'``) and the directional derivatives of
     the per-sample losses along one vector (``jvp``, forward mode)."""
@@ -85,7 +86,7 @@ def cost_ratios(op: LossOperator, reps: int = 2, graph: bool = False) -> dict:
     ops = {
         "grad": op.gradient,
         "hvp": lambda: op.hvp(v),
-        "ps": lambda: [g for _, g in op.per_sample_grads()],
+        "ps": lambda: [None for _ in op.per_sample_grads(reuse=True)],  # rows reduced as they come, as lssr does
         "loss": op.loss,
     }
     if graph:

@@ -64,6 +64,22 @@ def test_hvp_gradient_and_per_sample_against_explicit(loss):
         ]
     )
     torch.testing.assert_close(G, G_ref, rtol=1e-10, atol=1e-13)
+    # where the rows go: an (n, m) matrix, the views a callable returns, one reused block; one sample a chunk
+    into = torch.full_like(G_ref, torch.nan)
+    assert all(Gc.data_ptr() == into[sl].data_ptr() for sl, Gc in op.per_sample_grads(out=into))
+    torch.testing.assert_close(into, G_ref, rtol=1e-10, atol=1e-13)
+    blocks = {}
+
+    def block_for(sl):
+        return blocks.setdefault(sl.start, G_ref.new_full((sl.stop - sl.start, G.shape[1]), 7.0))
+
+    for sl, Gc in op.per_sample_grads(out=block_for):
+        assert Gc.data_ptr() == blocks[sl.start].data_ptr()
+    torch.testing.assert_close(torch.cat(list(blocks.values())), G_ref, rtol=1e-10, atol=1e-13)
+    seen = [(Gc.data_ptr(), Gc.clone()) for _, Gc in op.per_sample_grads(reuse=True)]
+    assert len({ptr for ptr, _ in seen}) == 1
+    torch.testing.assert_close(torch.cat([g for _, g in seen]), G_ref, rtol=1e-10, atol=1e-13)
+    torch.testing.assert_close(torch.cat([g for _, g in op.per_sample_grads(chunk=1)]), G_ref, rtol=1e-10, atol=1e-13)
     torch.testing.assert_close(op.per_sample_jvp(V), G_ref @ V.T, rtol=1e-10, atol=1e-13)
     # at other parameters
     theta2 = theta + 0.1 * v

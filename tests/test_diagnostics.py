@@ -176,7 +176,7 @@ def test_sketch_adds_probes_one_at_a_time_when_gradients_are_stored(monkeypatch)
 
     model, loss_fn, x, y = make_problem(12, seed=6)
     runs, rounds, real = {}, [], moments.exchangeable_trace
-    monkeypatch.setattr(moments, "exchangeable_trace", lambda D, *a: rounds.append(D.shape[0]) or real(D, *a))
+    monkeypatch.setattr(moments, "exchangeable_trace", lambda M, *a: rounds.append(M.shape[0]) or real(M, *a))
     for store_mb in (1024, 0):
         rounds.clear()
         op = LossOperator(model, loss_fn, x, y)

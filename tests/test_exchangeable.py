@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import torch
 
+from lssr.curvature.linalg import gram64
 from lssr.diagnostics.exchangeable import exchangeable_trace
 
 
@@ -31,7 +32,8 @@ def estimate(H, G, s: int, seed: int, base: bool = True):
     if base:
         D = torch.cat([G.mean(0, keepdim=True), D])
     HD = D @ H
-    return exchangeable_trace(D, HD, G @ D.T, G @ HD.T, (G * G).sum(1), 1 if base else 0, 1e-10)
+    M, DH = gram64(D, D), gram64(D, HD)
+    return exchangeable_trace(M, DH, G @ D.T, G @ HD.T, (G * G).sum(1), 1 if base else 0, 1e-10)
 
 
 def test_probes_spanning_every_gradient_give_the_exact_value():
@@ -83,3 +85,18 @@ def test_needs_three_probes():
     H, G = problem(0)
     with pytest.raises(ValueError, match="at least 3 probes"):
         estimate(H, G, 2, seed=0)
+
+
+def test_gram_matrices_grown_a_few_rows_at_a_time_equal_the_whole_products():
+    """The sketch adds probes in rounds and updates M = D Dᵀ and D HDᵀ for the new rows only: after rounds of
+    3, 1 and 2 rows (float32 rows, the products in float64) they equal the products of the whole matrices."""
+    from lssr.diagnostics.moments import _Grams
+
+    g = torch.Generator().manual_seed(3)
+    D, HD = torch.randn(6, 1000, generator=g), torch.randn(6, 1000, generator=g)
+    grams = _Grams()
+    for a, b in ((0, 3), (3, 4), (4, 6)):
+        M, DH = grams.add(D[a:b], HD[a:b])
+    assert M.dtype == DH.dtype == torch.float64
+    torch.testing.assert_close(M, D.double() @ D.double().T, rtol=1e-12, atol=1e-10)
+    torch.testing.assert_close(DH, D.double() @ HD.double().T, rtol=1e-12, atol=1e-10)

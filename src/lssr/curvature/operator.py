@@ -52,8 +52,11 @@ class ParamSpace:
         first = next(iter(params.values()))
         self.dtype, self.device = first.dtype, first.device
 
-    def flatten(self, d: Params) -> Tensor:
-        return torch.cat([d[k].reshape(-1) for k in self.names])
+    def flatten(self, d: Params, out: Tensor | None = None) -> Tensor:
+        """(m,) from a parameter dict, written into ``out`` when given."""
+        if out is None:
+            return torch.cat([d[k].reshape(-1) for k in self.names])
+        return self.flatten_batched({k: t.unsqueeze(0) for k, t in d.items()}, out=out.unsqueeze(0))[0]
 
     def flatten_batched(self, d: Params, out: Tensor | None = None) -> Tensor:
         """(k, m) from a dict of (k, *shape) tensors, written into ``out`` when given."""
@@ -302,33 +305,48 @@ class LossOperator:
         return total / self.n
 
     # -- per-sample quantities --------------------------------------------------------------
-    def per_sample_grads(self, chunk: int | None = None, out: Tensor | None = None) -> Iterator[tuple[slice, Tensor]]:
-        """Yield (slice of sample indices, G_c) with G_c of shape (chunk, m): the rows are g_iᵀ. With ``out``
-        (an (n, m) matrix) each G_c is written into its rows ``out[slice]`` and yielded as that view."""
+    def per_sample_grads(
+        self, chunk: int | None = None, out: Tensor | Callable[[slice], Tensor] | None = None, reuse: bool = False
+    ) -> Iterator[tuple[slice, Tensor]]:
+        """Yield (slice of sample indices, G_c) with G_c of shape (chunk, m): the rows are g_iᵀ.
+
+        Where G_c is written: ``out`` an (n, m) matrix: its rows ``out[slice]`` (yielded as that view); ``out``
+        a callable: the (len(slice), m) view it returns for the slice; ``reuse``: one scratch block, overwritten
+        by the next chunk (for a caller that reduces each chunk before asking for the next); else new memory.
+        Writing into memory already touched matters on the CPU: each new row of a large model is a fresh
+        allocation whose pages are faulted in again (about as costly as the row's backward pass)."""
         chunk = chunk or self.per_sample_chunk
         self.counts["per_sample_pass"] += 1
+        scratch = self._empty_rows(min(chunk, self.n)) if reuse and out is None else None
         for s in range(0, self.n, chunk):
             sl = slice(s, min(s + chunk, self.n))
-            yield sl, self._per_sample_chunk(*self.take(sl), None if out is None else out[sl]).detach()
+            if scratch is not None:
+                dest = scratch[: sl.stop - sl.start]
+            else:
+                dest = None if out is None else (out(sl) if callable(out) else out[sl])
+            yield sl, self._per_sample_chunk(*self.take(sl), dest).detach()
 
     def _per_sample_chunk(self, x, y, out: Tensor | None = None) -> Tensor:
         """(chunk, m) per-sample gradients: vmapped, or, for a model that ``vmap`` cannot batch (``.item()``
         or data-dependent control flow in its forward pass), one gradient per sample (``per_sample_mode``
         becomes ``loop`` for the rest of the operator's life)."""
-        if self.per_sample_mode == "vmap":
+        k = int(next(t for t in tree_leaves(x) if isinstance(t, Tensor)).shape[0])
+        if self.per_sample_mode == "vmap" and k > 1:  # one sample: its gradient, without vmap's batching rules
             try:
                 return self.space.flatten_batched(self._psg(self.params, self.buffers, x, y), out=out)
             except torch.OutOfMemoryError:
                 raise
             except (RuntimeError, NotImplementedError):
                 self.per_sample_mode = "loop"
-        rows = []
-        k = int(next(t for t in tree_leaves(x) if isinstance(t, Tensor)).shape[0])
+        out = self._empty_rows(k) if out is None else out
         for i in range(k):
             xi = tree_map(lambda t: t[i : i + 1] if isinstance(t, Tensor) else t, x)
             yi = None if y is None else y[i : i + 1]
-            rows.append(self.space.flatten(self._grad(self.params, self.buffers, xi, yi)))
-        return torch.stack(rows, out=out)
+            self.space.flatten(self._grad(self.params, self.buffers, xi, yi), out=out[i])
+        return out
+
+    def _empty_rows(self, k: int) -> Tensor:
+        return torch.empty(k, self.space.dim, dtype=self.dtype, device=self.device)
 
     def per_sample_jvp(self, U: Tensor) -> Tensor:
         """(n, k) matrix of g_iᵀu_j for the rows u_j of U (k, m): forward mode, no per-sample gradients."""

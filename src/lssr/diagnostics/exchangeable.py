@@ -32,8 +32,6 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..curvature.linalg import gram64
-
 Array = np.ndarray
 
 
@@ -49,10 +47,11 @@ class TraceEstimate:
     residual_energy: float
 
 
-def small_products(D: torch.Tensor, HD: torch.Tensor, G_D: torch.Tensor, G_HD: torch.Tensor):
-    """(M, C, A, B, norms²) in float64 with the rows of D rescaled to unit norm: M = D Dᵀ,
-    C = ½(D HDᵀ + HD Dᵀ), A = G Dᵀ and B = G HDᵀ (``G_D``, ``G_HD``: the per-sample products, (n, d))."""
-    M, C = gram64(D, D).cpu().numpy(), gram64(D, HD).cpu().numpy()
+def small_products(M: torch.Tensor, DH: torch.Tensor, G_D: torch.Tensor, G_HD: torch.Tensor):
+    """(M, C, A, B, norms²) in float64 with the rows of D rescaled to unit norm, from the Gram matrices
+    M = D Dᵀ and DH = D HDᵀ: C = ½(DH + DHᵀ), A = G Dᵀ and B = G HDᵀ (``G_D``, ``G_HD``: the per-sample
+    products, (n, d))."""
+    M, C = M.double().cpu().numpy(), DH.double().cpu().numpy()
     C = 0.5 * (C + C.T)
     sq = np.clip(np.diag(M).copy(), 0.0, None)
     scale = np.where(sq > 0, 1.0 / np.sqrt(np.where(sq > 0, sq, 1.0)), 0.0)
@@ -123,8 +122,8 @@ class _Small:
 
 
 def exchangeable_trace(
-    D: torch.Tensor,
-    HD: torch.Tensor,
+    M: torch.Tensor,
+    DH: torch.Tensor,
     G_D: torch.Tensor,
     G_HD: torch.Tensor,
     sq_g: torch.Tensor,
@@ -132,11 +131,13 @@ def exchangeable_trace(
     rtol: float,
 ) -> TraceEstimate:
     """tr(H S_1) with its jackknife standard error from directions D (the first ``r`` rows are the base, the
-    rest the probes n^{-1/2} Σ_i z_ik g_i), their images HD, the per-sample products G_D = G Dᵀ, G_HD = G HDᵀ
-    and the squared per-sample gradient norms ``sq_g`` (see the module docstring). ``rtol``: Gram eigenvalues
-    below rtol·max count as dependent directions. Needs at least 3 probes (the jackknife drops one and the
-    control variate needs another)."""
-    small = _Small(*small_products(D, HD, G_D, G_HD), sq_g.double().cpu().numpy(), rtol)
+    rest the probes n^{-1/2} Σ_i z_ik g_i) and their images HD, given as the Gram matrices M = D Dᵀ and
+    DH = D HDᵀ (float64, e.g. :func:`lssr.curvature.linalg.gram64`; a caller that grows D a few rows at a time
+    updates them for the new rows only), the per-sample products G_D = G Dᵀ, G_HD = G HDᵀ and the squared
+    per-sample gradient norms ``sq_g`` (see the module docstring). ``rtol``: Gram eigenvalues below rtol·max
+    count as dependent directions. Needs at least 3 probes (the jackknife drops one and the control variate
+    needs another)."""
+    small = _Small(*small_products(M, DH, G_D, G_HD), sq_g.double().cpu().numpy(), rtol)
     d = small.M.shape[0]
     probes = list(range(r, d))
     s = len(probes)

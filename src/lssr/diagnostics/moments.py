@@ -33,7 +33,7 @@ from torch import nn
 
 from .. import LssrError
 from ..curvature import LossOperator, TopEig, lobpcg_top, top_eigenvalue_op
-from ..curvature.linalg import drop_tolerance
+from ..curvature.linalg import drop_tolerance, gram64
 from ..scaling import batch_weight, concentration, instability_ratio, interaction_aware_sharpness, trace_b
 from .exchangeable import exchangeable_trace
 
@@ -145,18 +145,21 @@ def _sketch_moments(
             n, float(sq.mean()), nan, nan, nan, nan, grad, torch.full_like(grad, nan), "sketch", weighted_grads=weighted
         )
     Y = GW[:probes]
-    base, Hbase, hgrad, HY, eig = _first_block(op, grad, Y[:stage1], top, eig_init, eig_tol, eig_max_hvps, hvp_batch)
-    products = _SampleProducts(op, stored, jvp_products)
-    used = stage1
+    T, HT, r, eig = _first_block(op, grad, Y[:stage1], top, eig_init, eig_tol, eig_max_hvps, hvp_batch)
+    hgrad = HT[r - 1]
+    grams, products = _Grams(), _SampleProducts(op, stored, jvp_products)
+    rtol = max(drop_tolerance(op.dtype) ** 2, 1e-10)
+    used, new, Hnew = stage1, T, HT
     while True:
-        D, HD = torch.cat([base, Y[:used]]), torch.cat([Hbase, HY])
-        G_D, G_HD = products.of(D, HD)
-        est = exchangeable_trace(D, HD, G_D, G_HD, sq, base.shape[0], max(drop_tolerance(op.dtype) ** 2, 1e-10))
+        M, DH = grams.add(new, Hnew)
+        G_D, G_HD = products.add(new, Hnew)
+        est = exchangeable_trace(M, DH, G_D, G_HD, sq, r, rtol)
         done = used >= probes or (rel_se is not None and est.se <= rel_se * abs(est.value))
         if done or not math.isfinite(est.value):
             break
         k = min(1 if products.cheap() else 2, probes - used)  # else each round costs a per-sample pass too
-        HY = torch.cat([HY, op.hvp_many(Y[used : used + k], batch=hvp_batch)])
+        new = Y[used : used + k]
+        Hnew = op.hvp_many(new, batch=hvp_batch)
         used += k
     return Moments(
         n,
@@ -172,9 +175,9 @@ def _sketch_moments(
         hvps=op.counts["hvp"] - hvps0,
         weighted_grads=weighted,
         exact_part=est.exact_part,
-        subspace_dim=base.shape[0] + used - 1,
+        subspace_dim=r + used - 1,
         eig=eig,
-        block_hvps=base.shape[0] + stage1,
+        block_hvps=r + stage1,
         residual_energy=est.residual_energy,
     )
 
@@ -186,7 +189,7 @@ def _exact_moments(op: LossOperator, W, gen, top, eig_init, eig_tol, eig_max_hvp
     quad = torch.zeros(n, dtype=dt, device=dev)
     gsum, hsum = op.space.zeros(), op.space.zeros()
     GW = None if W is None else op.space.zeros(W.shape[1])
-    for sl, Gc in op.per_sample_grads():
+    for sl, Gc in op.per_sample_grads(reuse=True):
         HG = op.hvp_many(Gc, batch=hvp_batch)
         sq[sl] = (Gc * Gc).sum(1)
         quad[sl] = (Gc * HG).sum(1)
@@ -221,39 +224,42 @@ def _sketch_pass1(op: LossOperator, W, probes: int, gen, store_mb: float):
     (n, m) matrix of per-sample gradients, when it fits in ``store_mb`` MiB, else None).
 
     Per-sample gradients are written into a block of as many rows as fit ``store_mb`` (at least one chunk);
-    each full block is reduced by one matrix product, so [Y; G W] costs one pass over G whatever the chunk."""
+    each full block is reduced by one matrix product, so [Y; G W; Σ g_i] costs one pass over G whatever the
+    chunk, accumulated in place (no new memory per block)."""
     n, dev, dt = op.n, op.device, op.dtype
     Z1 = (rademacher(n, probes, gen) / math.sqrt(n)).to(dev, dt)
-    W1 = Z1 if W is None else torch.cat([Z1, W], dim=1)
+    ones = torch.ones(n, 1, dtype=dt, device=dev)  # its row of G W1 is Σ g_i
+    W1 = torch.cat([Z1, ones] if W is None else [Z1, W, ones], dim=1)
     row_bytes = op.space.dim * torch.finfo(dt).bits // 8
     rows = min(n, max(op.per_sample_chunk, int(store_mb * 2**20 // max(row_bytes, 1))))
     block = torch.empty(rows, op.space.dim, dtype=dt, device=dev)
     sq = torch.zeros(n, dtype=dt, device=dev)
-    gsum = GW = None
+    GW = torch.zeros(W1.shape[1], op.space.dim, dtype=dt, device=dev)
     start = 0  # first sample of the block
 
     def flush(end: int):
-        nonlocal gsum, GW
         B = block[: end - start]
         sq[start:end] = torch.linalg.vector_norm(B, dim=1).square()
-        part_sum, part_w = B.sum(0), W1[start:end].T @ B
-        gsum = part_sum if gsum is None else gsum.add_(part_sum)
-        GW = part_w if GW is None else GW.add_(part_w)
+        GW.addmm_(W1[start:end].T, B)
 
-    for sl, Gc in op.per_sample_grads():
+    def rows_of(sl: slice) -> Tensor:  # where the chunk's g_i are written: the block, reduced first when full
+        nonlocal start
         if sl.stop - start > rows:
             flush(sl.start)
             start = sl.start
-        block[sl.start - start : sl.stop - start] = Gc
+        return block[sl.start - start : sl.stop - start]
+
+    for _ in op.per_sample_grads(out=rows_of):
+        pass
     flush(n)
     stored = block if rows == n and n * row_bytes <= store_mb * 2**20 else None
-    return sq, gsum / n, GW, stored
+    return sq, GW[-1] / n, GW[:-1], stored
 
 
 def _first_block(op: LossOperator, grad, Y, top, eig_init, eig_tol, eig_max_hvps, hvp_batch):
-    """One batch of HVPs on [x0, ∇L, Y] (x0 = ``eig_init`` when given and ``top``) and, when ``top``, ‖H‖ by
-    LOBPCG keeping that span and every residual direction. Returns (base, H base, H∇L, HY, TopEig or None)
-    with base = [x0, ∇L]: the directions that do not depend on the probes' signs."""
+    """One batch of HVPs on T = [x0, ∇L, Y] (x0 = ``eig_init`` when given and ``top``) and, when ``top``, ‖H‖
+    by LOBPCG keeping that span and every residual direction. Returns (T, HT, r, TopEig or None) where the
+    first r rows of T, [x0, ∇L], are the directions that do not depend on the probes' signs."""
     dev, dt = op.device, op.dtype
     x0 = None
     if top and eig_init is not None and torch.isfinite(eig_init).all() and float(eig_init.norm()) > 0:
@@ -266,14 +272,36 @@ def _first_block(op: LossOperator, grad, Y, top, eig_init, eig_tol, eig_max_hvps
     if top:
         eig = lobpcg_top(op.hvp, None, subspace=(T, HT), keep=True, tol=eig_tol, max_matvecs=eig_max_hvps)
         eig = eig._replace(hvp_count=eig.hvp_count + (1 if x0 is not None else 0))
-    return base, HT[:r], HT[r - 1], HT[r:], eig
+    return T, HT, r, eig
+
+
+class _Grams:
+    """M = D Dᵀ and DH = D HDᵀ (float64) for directions D that arrive a few rows at a time: each call computes
+    only the products that involve the new rows, and no matrix in R^m is concatenated."""
+
+    def __init__(self):
+        self.D, self.HD = [], []
+        self.M = self.DH = None
+
+    def add(self, D: Tensor, HD: Tensor) -> tuple[Tensor, Tensor]:
+        if self.M is None:
+            self.M, self.DH = gram64(D, D), gram64(D, HD)
+        else:
+            old_D = torch.cat([gram64(b, D) for b in self.D])  # (old, new) of D_old D_newᵀ
+            old_H = torch.cat([gram64(b, HD) for b in self.D])  # D_old HD_newᵀ
+            new_H = torch.cat([gram64(D, b) for b in self.HD], dim=1)  # D_new HD_oldᵀ
+            self.M = torch.cat([torch.cat([self.M, old_D], 1), torch.cat([old_D.T, gram64(D, D)], 1)])
+            self.DH = torch.cat([torch.cat([self.DH, old_H], 1), torch.cat([new_H, gram64(D, HD)], 1)])
+        self.D.append(D)
+        self.HD.append(HD)
+        return self.M, self.DH
 
 
 class _SampleProducts:
-    """G Vᵀ for the rows V of [D; HD]: from the stored per-sample gradients G (n, m); else, with ``jvp``, as
-    directional derivatives g_iᵀv of the per-sample losses (one forward-mode pass per direction, no per-sample
-    gradients; a model without forward-mode derivatives falls back to the next); else one per-sample pass per
-    call. Only the rows of D not seen by an earlier call are computed."""
+    """G Vᵀ for the rows V of [D; HD], D given a few rows at a time (:meth:`add`): from the stored per-sample
+    gradients G (n, m); else, with ``jvp``, as directional derivatives g_iᵀv of the per-sample losses (one
+    forward-mode pass per direction, no per-sample gradients; a model without forward-mode derivatives falls
+    back to the next); else one per-sample pass per call."""
 
     def __init__(self, op: LossOperator, stored: Tensor | None, jvp: bool = False):
         self.op, self.stored, self.jvp = op, stored, jvp
@@ -283,28 +311,28 @@ class _SampleProducts:
         """True when a call costs no per-sample pass."""
         return self.stored is not None or self.jvp
 
-    def _by_jvp(self, new: Tensor) -> Tensor | None:
+    def _by_jvp(self, new: list[Tensor]) -> Tensor | None:
         try:
-            return torch.cat([self.op.per_sample_jvp(v.reshape(1, -1)) for v in new], dim=1)
+            return torch.cat([self.op.per_sample_jvp(v.reshape(1, -1)) for V in new for v in V], dim=1)
         except torch.OutOfMemoryError:
             raise
         except (NotImplementedError, RuntimeError):
             self.jvp = False
             return None
 
-    def of(self, D: Tensor, HD: Tensor) -> tuple[Tensor, Tensor]:
-        old = 0 if self.G_D is None else self.G_D.shape[1]
-        new = torch.cat([D[old:], HD[old:]])
+    def add(self, D: Tensor, HD: Tensor) -> tuple[Tensor, Tensor]:
+        """(G D_allᵀ, G HD_allᵀ) after appending the rows D (new directions) and HD (their images)."""
         out = None
         if self.stored is not None:
-            out = self.stored @ new.T
+            out = self.stored @ torch.cat([D, HD]).T  # one read of G for both
         elif self.jvp:
-            out = self._by_jvp(new)
+            out = self._by_jvp([D, HD])
         if out is None:
-            out = torch.zeros(self.op.n, new.shape[0], dtype=D.dtype, device=D.device)
-            for sl, Gc in self.op.per_sample_grads():
-                out[sl] = Gc @ new.T
-        k = D.shape[0] - old
+            k2 = D.shape[0] + HD.shape[0]
+            out = torch.zeros(self.op.n, k2, dtype=D.dtype, device=D.device)
+            for sl, Gc in self.op.per_sample_grads(reuse=True):
+                out[sl] = torch.cat([Gc @ D.T, Gc @ HD.T], dim=1)
+        k = D.shape[0]
         a, b = out[:, :k], out[:, k:]
         self.G_D = a if self.G_D is None else torch.cat([self.G_D, a], 1)
         self.G_HD = b if self.G_HD is None else torch.cat([self.G_HD, b], 1)
