@@ -5,8 +5,9 @@ training images at 32 px (a seeded subset of /work/shared/data/cifar10-jpeg/trai
 entropy, CPU, one torch thread, measured at two points: at initialisation (a flat spectrum) and after a short
 SGD training on the same n images (train mode, then eval mode for the measurement). At each point:
 
-- lssr: ``lssr.diagnose(model, "ce", (x, y), bn="eval")`` with its defaults: ‖H‖ (LOBPCG, tol 1e-3) and
-  tr(H S_1) by the sketch to a 5% jackknife standard error;
+- lssr: ``lssr.diagnose(model, "ce", (x, y), bn="eval", probes=48)``, its defaults otherwise: ‖H‖ (LOBPCG, tol
+  1e-3) and tr(H S_1) by the sketch to a 5% jackknife standard error (the default cap of 16 probes can stop
+  short of 5% on a flat spectrum; ``--probes`` sets the cap);
 - curvlinops: ``HessianLinearOperator`` with scipy ``eigsh(k=1, tol=1e-3)`` for ‖H‖, and ``hutchpp_trace`` on
   GᵀHG/n (G the n per-sample gradients, one per-sample pass) for tr(H S_1), with as many HVPs as lssr's sketch;
 - PyHessian: ``hessian(model, criterion, data=(x, y), cuda=False).eigenvalues(top_n=1)`` for ‖H‖, and its
@@ -127,7 +128,7 @@ def measure(model: nn.Module, x, y, args, label: str) -> dict:
     print(f"[{label}] ratios {ratio}", flush=True)
 
     # lssr, its defaults
-    t_lssr, d = timed(lambda: lssr.diagnose(model, "ce", (x, y), bn="eval", seed=args.seed))
+    t_lssr, d = timed(lambda: lssr.diagnose(model, "ce", (x, y), bn="eval", seed=args.seed, probes=args.probes))
     c = d.cost
     counts = {
         "hvp": c.hvps,
@@ -247,6 +248,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--train-steps", type=int, default=60)
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--lr", type=float, default=0.01)
+    ap.add_argument("--probes", type=int, default=48, help="lssr's cap on sketch probes (stops at 5%% se)")
     ap.add_argument("--ref-tol", type=float, default=1e-6)
     ap.add_argument("--ref-max-hvps", type=int, default=100)
     ap.add_argument("--seed", type=int, default=0)

@@ -372,6 +372,10 @@ class _FirstOrderGraph:
         self.space = op.space
         seen: set = set()
         used = [0]
+        too_large = GraphTooLarge(
+            f"hvp_mode 'graph': the graph of ∇L needs more than {budget / 2**20:.0f} MiB; "
+            "use hvp_mode 'forward' or 'reverse'"
+        )
 
         def pack(t: Tensor) -> Tensor:
             st = t.untyped_storage()
@@ -380,10 +384,7 @@ class _FirstOrderGraph:
                 seen.add(key)
                 used[0] += st.nbytes()
                 if used[0] > budget:
-                    raise GraphTooLarge(
-                        f"hvp_mode 'graph': the graph of ∇L needs more than {budget / 2**20:.0f} MiB; "
-                        "use hvp_mode 'forward' or 'reverse'"
-                    )
+                    raise too_large
             return t
 
         op.counts["graph"] += 1
@@ -397,9 +398,9 @@ class _FirstOrderGraph:
                     grads = list(gs) if grads is None else [a + b for a, b in zip(grads, gs)]
         except GraphTooLarge:
             raise
-        except RuntimeError as e:  # an exception raised inside a hook during backward comes back wrapped
-            if "hvp_mode 'graph'" in str(e):
-                raise GraphTooLarge(str(e).splitlines()[0]) from None
+        except RuntimeError:  # a hook's exception raised during backward comes back wrapped in a RuntimeError
+            if used[0] > budget:
+                raise too_large from None
             raise
         self.grads = grads
         self.bytes = used[0]
