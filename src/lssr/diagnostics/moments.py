@@ -287,8 +287,10 @@ class _Grams:
         if self.M is None:
             self.M, self.DH = gram64(D, D), gram64(D, HD)
         else:
-            old_D = torch.cat([gram64(b, D) for b in self.D])  # (old, new) of D_old D_newᵀ
-            old_H = torch.cat([gram64(b, HD) for b in self.D])  # D_old HD_newᵀ
+            k = D.shape[0]
+            both = torch.cat([D, HD])
+            old = torch.cat([gram64(b, both) for b in self.D])  # one read of each old block
+            old_D, old_H = old[:, :k], old[:, k:]  # D_old D_newᵀ, D_old HD_newᵀ
             new_H = torch.cat([gram64(D, b) for b in self.HD], dim=1)  # D_new HD_oldᵀ
             self.M = torch.cat([torch.cat([self.M, old_D], 1), torch.cat([old_D.T, gram64(D, D)], 1)])
             self.DH = torch.cat([torch.cat([self.DH, old_H], 1), torch.cat([new_H, gram64(D, HD)], 1)])
@@ -322,16 +324,15 @@ class _SampleProducts:
 
     def add(self, D: Tensor, HD: Tensor) -> tuple[Tensor, Tensor]:
         """(G D_allᵀ, G HD_allᵀ) after appending the rows D (new directions) and HD (their images)."""
-        out = None
-        if self.stored is not None:
-            out = self.stored @ torch.cat([D, HD]).T  # one read of G for both
-        elif self.jvp:
-            out = self._by_jvp([D, HD])
+        out = self._by_jvp([D, HD]) if self.stored is None and self.jvp else None
         if out is None:
-            k2 = D.shape[0] + HD.shape[0]
-            out = torch.zeros(self.op.n, k2, dtype=D.dtype, device=D.device)
-            for sl, Gc in self.op.per_sample_grads(reuse=True):
-                out[sl] = torch.cat([Gc @ D.T, Gc @ HD.T], dim=1)
+            new = torch.cat([D, HD]).T  # one read of G for both
+            if self.stored is not None:
+                out = self.stored @ new
+            else:
+                out = torch.zeros(self.op.n, new.shape[1], dtype=D.dtype, device=D.device)
+                for sl, Gc in self.op.per_sample_grads(reuse=True):
+                    out[sl] = Gc @ new
         k = D.shape[0]
         a, b = out[:, :k], out[:, k:]
         self.G_D = a if self.G_D is None else torch.cat([self.G_D, a], 1)
