@@ -91,6 +91,12 @@ def reported_jobids(snakemake_log: Path) -> set[str]:
     return set(re.findall(r"submitted with SLURM jobid (\d+)", text))
 
 
+def status_queries(wd: Path) -> list[float]:
+    """End times (time.time()) of the stand-in's status queries (sacct, squeue)."""
+    log = wd / ".fake_slurm" / "status.jsonl"
+    return [json.loads(line)["end"] for line in log.read_text().splitlines()] if log.exists() else []
+
+
 def tail(path: Path, chars: int = 4000) -> str:
     return path.read_text()[-chars:] if path.exists() else f"({path} was not written)"
 
@@ -139,8 +145,11 @@ def test_slurm_profile_end_to_end_and_cuda_submissions(tmp_path):
         assert (o["-t"], o["--mem"], o["--cpus-per-task"]) == tuple(map(str, want)), s["argv"]
 
     # device: cuda. This machine may have no GPU: the stand-in keeps GPU jobs pending (a busy GPU partition);
-    # snakemake is stopped (Ctrl-C, it scancels them) once every training job is in the queue and snakemake has
-    # recorded its id (the plugin submits from several threads: a Ctrl-C during an sbatch call orphans that job).
+    # snakemake is stopped (Ctrl-C, it scancels them) once every training job is in the queue, snakemake has
+    # recorded its id, and a status query has ended since. Two races of snakemake's own are kept out: the plugin
+    # submits from several threads (a Ctrl-C during an sbatch call orphans that job), and a status check takes
+    # the jobs off the list that Ctrl-C cancels until it has read their states. Right after a check there is
+    # no other for a while (the plugin waits 10 s longer after each check that finds no job finished).
     n_training = sum(is_training(s["rule"]) for s in subs)
     cfg["device"] = "cuda"
     (wd / "cuda.yaml").write_text(yaml.safe_dump(cfg))
@@ -166,6 +175,12 @@ def test_slurm_profile_end_to_end_and_cuda_submissions(tmp_path):
             assert proc.poll() is None, f"snakemake ended before every training job was submitted:\n{tail(log)}"
             assert time.monotonic() - t0 < 600, "training jobs were not all submitted at once (a global GPU cap?)"
             time.sleep(0.5)
+        reported = time.time()
+        while not [e for e in status_queries(wd) if e > reported]:
+            assert proc.poll() is None, f"snakemake ended before a status check:\n{tail(log)}"
+            assert time.monotonic() - t0 < 600, f"no status check after the submissions:\n{tail(log)}"
+            time.sleep(0.2)
+        time.sleep(1.0)  # the plugin puts the checked jobs back on its list
         os.killpg(proc.pid, signal.SIGINT)
         proc.wait(timeout=120)
     finally:

@@ -2,7 +2,8 @@
 
 Each command in this folder (sbatch, sacct, squeue, scontrol, scancel, sacctmgr, srun, sinfo) is a one-line
 wrapper around ``fake_slurm.py <command> ARGS``. State lives in ``$FAKE_SLURM_DIR`` (one JSON file per job);
-every sbatch call is appended, argv and all, as one JSON line to ``$FAKE_SLURM_LOG``.
+every sbatch call is appended, argv and all, as one JSON line to ``$FAKE_SLURM_LOG``, and the end time of every
+status query (sacct, squeue) as one JSON line to ``$FAKE_SLURM_DIR/status.jsonl``.
 
 Knobs for the tests (environment variables):
 - FAKE_SLURM_HOLD_GPU_JOBS=1: a job that requests a GPU (--gpus) is recorded and stays PENDING, as on a cluster
@@ -290,6 +291,12 @@ def main():
         "sinfo": sinfo,
         "srun": srun,
     }[cmd](argv)
+    if cmd in ("sacct", "squeue"):
+        sys.stdout.flush()
+        STATE.mkdir(parents=True, exist_ok=True)
+        with open(STATE / "status.jsonl", "a") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            fh.write(json.dumps({"cmd": cmd, "end": time.time()}) + "\n")
     return result or 0
 
 
