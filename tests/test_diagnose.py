@@ -493,10 +493,14 @@ def test_command_line_gives_the_python_numbers(tmp_path, monkeypatch, capsys):
         assert rel(row["tr_HS_b"], ref.at(b).tr_HS_b) < 1e-12 and rel(row["ias_b"], ref.at(b).ias_b) < 1e-12
     assert rel(saved["scalars"]["top_eig"], ref.top_eig) < 1e-12 and saved["scalars"]["n"] == 40
     assert saved["call"]["model_args"] == {"width": 6}
+    assert saved["call"]["device"] == ("cuda" if torch.cuda.is_available() else "cpu")  # --device auto, the default
 
     bad = argv[:-1] + [str(tmp_path / "out2"), "--checkpoint", str(tmp_path / "missing.pt")]
     assert main(bad) == 2
     assert "missing.pt: no such file" in capsys.readouterr().err
+    if not torch.cuda.is_available():
+        assert main(argv[:-1] + [str(tmp_path / "out3"), "--device", "cuda"]) == 2
+        assert "no CUDA device is available; use device: auto or cpu" in capsys.readouterr().err
 
 
 def test_command_line_on_an_image_folder(tmp_path, monkeypatch):

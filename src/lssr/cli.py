@@ -175,6 +175,7 @@ def cmd_replication_record(args: argparse.Namespace) -> None:
 
 def cmd_diagnose(args: argparse.Namespace) -> None:
     from .diagnostics.command import parse_model_args, run_diagnose
+    from .training import resolve_device
 
     options = {k: getattr(args, k) for k in DIAGNOSE_OPTIONS if getattr(args, k) is not None}
     options["exact"] = {"auto": None, "exact": True, "sketch": False}[args.estimator]
@@ -188,7 +189,7 @@ def cmd_diagnose(args: argparse.Namespace) -> None:
         out=_out_folder(args.out),
         split=args.split,
         resize=args.resize,
-        device=args.device,
+        device=str(resolve_device(args.device)),
         dtype=args.dtype,
         replacement=args.replacement,
         top=not args.no_top,
@@ -362,8 +363,10 @@ def _add_diagnose_command(sub) -> None:
     a("--eig-max-hvps", type=int, default=None, help="‖H‖: the most HVPs of the eigen-solver (default 60)")
     a("--chunk-size", type=int, default=None, help="samples per chunk moved to the device (default 512)")
     a("--store-mb", type=float, default=None,
-      help="sketch: keep the per-sample gradients (n x m numbers) in memory up to this many MiB, else recompute "
-      "them in each round of probes (default: a quarter of the memory available, at least 1024)")
+      help="sketch: keep the per-sample gradients (n x m numbers) in memory up to this many MiB; else the later "
+      "products with them are directional derivatives (forward mode), or, for a model without forward mode, a "
+      "per-sample pass in each round of probes (default: 1024 with forward mode, else a quarter of the memory "
+      "available, at least 1024); the numbers are the same either way")
     a("--bn", choices=("refuse", "eval"), default=None,
       help="batch norm in train mode: refuse (default), or eval (use its running statistics)")
     a("--dropout", choices=("refuse", "off"), default=None, help="active dropout: refuse, or off")
@@ -371,7 +374,8 @@ def _add_diagnose_command(sub) -> None:
       help="Hessian-vector products: auto (graph: the graph of the gradient kept in memory, one backward pass "
       "per product, when it fits a quarter of the memory available; else forward-over-reverse, else "
       "reverse-over-reverse, else a central difference of gradients), or one of them")
-    a("--device", default="cpu", help="torch device, e.g. cpu or cuda (default cpu)")
+    a("--device", default="auto",
+      help="torch device: auto (cuda when available, else cpu; the default), cpu, cuda or cuda:N")
     a("--dtype", choices=("float32", "float64"), default=None, help="compute dtype (default: the model's)")
     a("--out", required=True, help="output folder for diagnostics.csv and diagnostics.json")
     # fmt: on
