@@ -81,6 +81,10 @@ def test_hvp_gradient_and_per_sample_against_explicit(loss):
     torch.testing.assert_close(torch.cat([g for _, g in seen]), G_ref, rtol=1e-10, atol=1e-13)
     torch.testing.assert_close(torch.cat([g for _, g in op.per_sample_grads(chunk=1)]), G_ref, rtol=1e-10, atol=1e-13)
     torch.testing.assert_close(op.per_sample_jvp(V), G_ref @ V.T, rtol=1e-10, atol=1e-13)
+    W = torch.randn(2, len(y), dtype=torch.float64)  # Σ_i W_ji g_i, over chunks of 3 samples of 7
+    grads = op.counts["grad"]
+    torch.testing.assert_close(op.weighted_gradients(W), W @ G_ref, rtol=1e-10, atol=1e-13)
+    assert op.counts["grad"] == grads + 2
     # at other parameters
     theta2 = theta + 0.1 * v
     H2 = torch.autograd.functional.hessian(as_function(model, lf, x, y), theta2)

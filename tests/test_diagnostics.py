@@ -195,6 +195,25 @@ def test_sketch_adds_probes_one_at_a_time_when_gradients_are_stored(monkeypatch)
     assert loose.probes == 3 and op.counts["hvp"] == 1 + 3
 
 
+@pytest.mark.parametrize("jvp_products", [True, False])
+def test_probes_past_the_first_pass_are_sign_weighted_gradients(jvp_products):
+    """Per-sample gradients not kept: the first pass forms the first UPFRONT_PROBES·stage1 probes, each later one
+    is a gradient of the sign-weighted loss; the estimate is the one from the kept gradients (same signs)."""
+    import lssr.diagnostics.moments as moments
+
+    model, loss_fn, x, y = make_problem(16, seed=3)
+    kw = dict(probes=10, stage1=3, top=True, rel_se=None)
+    ops = {store: LossOperator(model, loss_fn, x, y, chunk_size=5, per_sample_chunk=4) for store in (1024, 0)}
+    kw.update(jvp_products=jvp_products)
+    kept, later = (gradient_moments(ops[s], generator=torch.Generator().manual_seed(4), store_mb=s, **kw) for s in ops)
+    assert kept.probes == later.probes == 10
+    assert ops[1024].counts["grad"] == 0
+    assert ops[0].counts["grad"] == 10 - moments.UPFRONT_PROBES * 3  # one gradient per later probe
+    for name in ("tr_S_1", "tr_S_n", "tr_HS_1", "tr_HS_1_se", "tr_HS_n"):
+        assert getattr(later, name) == pytest.approx(getattr(kept, name), rel=1e-10), name
+    assert later.eig.value == pytest.approx(kept.eig.value, rel=1e-10)
+
+
 def test_weighted_gradients_and_no_global_rng():
     model, loss_fn, x, y = make_problem(8, seed=5)
     op = LossOperator(model, loss_fn, x, y)

@@ -13,7 +13,7 @@ from typing import Callable, Iterator
 
 import torch
 from torch import nn
-from torch.func import grad
+from torch.func import grad, vjp
 from torch.utils._pytree import tree_leaves, tree_map
 
 from .. import LssrError
@@ -231,6 +231,24 @@ class LossOperator:
         for x, y in self.chunks():
             total += self.space.flatten(self._grad(params, self.buffers, x, y))
         return total / self.n
+
+    def weighted_gradients(self, W: Tensor) -> Tensor:
+        """(k, m) rows Σ_i W_ji ∇ℓ_i for the rows of W (k, n): one forward pass per chunk and one backward pass
+        per row (counted as k gradients), no per-sample gradients."""
+        W = W.to(self.device, self.dtype)
+        out = self._empty_rows(W.shape[0])
+        for s in range(0, self.n, self.chunk_size):
+            sl = slice(s, min(s + self.chunk_size, self.n))
+            x, y = self.take(sl)
+            _, pullback = vjp(lambda p: self._losses(p, self.buffers, x, y), self.params)
+            for j in range(W.shape[0]):
+                g = pullback(W[j, sl])[0]
+                if s == 0:
+                    self.space.flatten(g, out=out[j])
+                else:
+                    out[j] += self.space.flatten(g)
+        self.counts["grad"] += W.shape[0]
+        return out
 
     def fd_epsilon(self, v: Tensor) -> float:
         """ε of the central difference along v: ``fd_step``·max(1, ‖θ‖)/‖v‖."""

@@ -39,6 +39,12 @@ from .exchangeable import exchangeable_trace
 
 Tensor = torch.Tensor
 
+#: When the per-sample gradients are not kept, the first pass forms Y_k for the first ``UPFRONT_PROBES``·stage1
+#: probes only; each later probe is the gradient of the sign-weighted loss n^{-1/2} Σ_i z_ik ℓ_i (one gradient,
+#: the same Y_k up to rounding). A column formed in the pass costs a read and a write of all the others for every
+#: block of per-sample gradients, so one formed and never used (``probes`` is a cap) is paid for nothing.
+UPFRONT_PROBES = 2
+
 FRAME_COLUMNS = ["b", "tr_S_b", "tr_HS_b", "rho_b", "ias_b", "instability_b", "tr_S_1", "tr_S_n", "tr_HS_1", "tr_HS_n"]
 
 
@@ -98,7 +104,9 @@ def gradient_moments(
     from ``eig_init``. Sketch mode (``exact=False``):
 
     1. one pass of per-sample gradients: ‖g_i‖², ∇L = mean g_i and ``probes`` random-sign combinations
-       Y_k = n^{-1/2} Σ_i z_ik g_i (the signs from ``generator``; a fixed seed when None, never the global RNG);
+       Y_k = n^{-1/2} Σ_i z_ik g_i (the signs from ``generator``; a fixed seed when None, never the global RNG;
+       when the per-sample gradients are not kept, the first ``UPFRONT_PROBES``·``stage1`` only, each later
+       one a gradient of the sign-weighted loss when it is needed);
     2. one batch of HVPs on the base [x0, ∇L] (x0 = ``eig_init`` when given and ``top``) and the first
        ``stage1`` probes;
     3. ‖H‖: LOBPCG started from the top Ritz vector of span(x0, ∇L, Y), keeping that span and every residual
@@ -137,14 +145,16 @@ def _sketch_moments(
     """Sketch mode of :func:`gradient_moments` (its steps 1-4); ``eig_args``: top, eig_init, eig_tol, eig_max_hvps."""
     n = op.n
     top, eig_init, eig_tol, eig_max_hvps = eig_args
-    sq, grad, GW, stored = _sketch_pass1(op, W, probes, gen, store_mb)
-    weighted = None if W is None else GW[probes:]
+    Z = (rademacher(n, probes, gen) / math.sqrt(n)).to(op.device, op.dtype)
+    upfront = probes if _fits(op, store_mb) else min(probes, UPFRONT_PROBES * stage1)
+    sq, grad, GW, stored = _sketch_pass1(op, W, Z[:, :upfront], store_mb)
+    weighted = None if W is None else GW[upfront:]
     if not torch.isfinite(grad).all() or not torch.isfinite(sq).all():
         nan = math.nan
         return Moments(
             n, float(sq.mean()), nan, nan, nan, nan, grad, torch.full_like(grad, nan), "sketch", weighted_grads=weighted
         )
-    Y = GW[:probes]
+    Y = GW[:upfront]
     T, HT, r, eig = _first_block(op, grad, Y[:stage1], top, eig_init, eig_tol, eig_max_hvps, hvp_batch)
     hgrad = HT[r - 1]
     grams, products = _Grams(), _SampleProducts(op, stored, jvp_products)
@@ -159,6 +169,8 @@ def _sketch_moments(
             break
         k = min(1 if products.cheap() else 2, probes - used)  # else each round costs a per-sample pass too
         new = Y[used : used + k]
+        if new.shape[0] < k:  # probes past the first pass: gradients of the sign-weighted loss
+            new = torch.cat([new, op.weighted_gradients(Z[:, used + new.shape[0] : used + k].T)])
         Hnew = op.hvp_many(new, batch=hvp_batch)
         used += k
     return Moments(
@@ -219,18 +231,26 @@ def _exact_moments(op: LossOperator, W, gen, top, eig_init, eig_tol, eig_max_hvp
     )
 
 
-def _sketch_pass1(op: LossOperator, W, probes: int, gen, store_mb: float):
-    """The per-sample pass of the sketch: (‖g_i‖², ∇L, [Y; G W] with Y_k = n^{-1/2} Σ_i z_ik g_i, and G, the
-    (n, m) matrix of per-sample gradients, when it fits in ``store_mb`` MiB, else None).
+def _row_bytes(op: LossOperator) -> int:
+    return op.space.dim * torch.finfo(op.dtype).bits // 8
+
+
+def _fits(op: LossOperator, store_mb: float) -> bool:
+    """True when the (n, m) matrix of per-sample gradients fits in ``store_mb`` MiB (and is kept)."""
+    return op.n * _row_bytes(op) <= store_mb * 2**20
+
+
+def _sketch_pass1(op: LossOperator, W, Z, store_mb: float):
+    """The per-sample pass of the sketch: (‖g_i‖², ∇L, [Y; G W] with Y = Zᵀ G, i.e. Y_k = Σ_i Z_ik g_i, and G,
+    the (n, m) matrix of per-sample gradients, when it fits in ``store_mb`` MiB, else None).
 
     Per-sample gradients are written into a block of as many rows as fit ``store_mb`` (at least one chunk);
     each full block is reduced by one matrix product, so [Y; G W; Σ g_i] costs one pass over G whatever the
     chunk, accumulated in place (no new memory per block)."""
     n, dev, dt = op.n, op.device, op.dtype
-    Z1 = (rademacher(n, probes, gen) / math.sqrt(n)).to(dev, dt)
     ones = torch.ones(n, 1, dtype=dt, device=dev)  # its row of G W1 is Σ g_i
-    W1 = torch.cat([Z1, ones] if W is None else [Z1, W, ones], dim=1)
-    row_bytes = op.space.dim * torch.finfo(dt).bits // 8
+    W1 = torch.cat([Z, ones] if W is None else [Z, W, ones], dim=1)
+    row_bytes = _row_bytes(op)
     rows = min(n, max(op.per_sample_chunk, int(store_mb * 2**20 // max(row_bytes, 1))))
     block = torch.empty(rows, op.space.dim, dtype=dt, device=dev)
     sq = torch.zeros(n, dtype=dt, device=dev)
@@ -252,7 +272,7 @@ def _sketch_pass1(op: LossOperator, W, probes: int, gen, store_mb: float):
     for _ in op.per_sample_grads(out=rows_of):
         pass
     flush(n)
-    stored = block if rows == n and n * row_bytes <= store_mb * 2**20 else None
+    stored = block if rows == n and _fits(op, store_mb) else None
     return sq, GW[-1] / n, GW[:-1], stored
 
 
