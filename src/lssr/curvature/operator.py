@@ -152,10 +152,14 @@ class LossOperator:
         self.per_sample_mode = "vmap"  # or "loop" (see _per_sample_chunk)
         self._psjvp = per_sample_jvp_fn(model, self.per_sample)
 
+    @property
+    def row_bytes(self) -> int:
+        """Bytes of one vector in R^m (one per-sample gradient) in the compute dtype."""
+        return self.space.dim * torch.finfo(self.dtype).bits // 8
+
     def _default_per_sample_chunk(self) -> int:
         budget = PER_SAMPLE_CHUNK_BYTES["cpu" if self.device.type == "cpu" else "other"]
-        per_sample = self.space.dim * torch.finfo(self.dtype).bits // 8
-        return max(1, min(self.chunk_size, 64, budget // max(per_sample, 1)))
+        return max(1, min(self.chunk_size, 64, budget // max(self.row_bytes, 1)))
 
     def set_hvp_mode(self, mode: str, where: str = "lssr.curvature", graph_budget: int | None = None) -> None:
         """H·v by ``forward`` (forward-over-reverse), ``reverse`` (reverse-over-reverse), ``graph`` or ``fd``.

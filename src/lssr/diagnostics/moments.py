@@ -231,13 +231,9 @@ def _exact_moments(op: LossOperator, W, gen, top, eig_init, eig_tol, eig_max_hvp
     )
 
 
-def _row_bytes(op: LossOperator) -> int:
-    return op.space.dim * torch.finfo(op.dtype).bits // 8
-
-
 def _fits(op: LossOperator, store_mb: float) -> bool:
     """True when the (n, m) matrix of per-sample gradients fits in ``store_mb`` MiB (and is kept)."""
-    return op.n * _row_bytes(op) <= store_mb * 2**20
+    return op.n * op.row_bytes <= store_mb * 2**20
 
 
 def _sketch_pass1(op: LossOperator, W, Z, store_mb: float):
@@ -250,8 +246,7 @@ def _sketch_pass1(op: LossOperator, W, Z, store_mb: float):
     n, dev, dt = op.n, op.device, op.dtype
     ones = torch.ones(n, 1, dtype=dt, device=dev)  # its row of G W1 is Σ g_i
     W1 = torch.cat([Z, ones] if W is None else [Z, W, ones], dim=1)
-    row_bytes = _row_bytes(op)
-    rows = min(n, max(op.per_sample_chunk, int(store_mb * 2**20 // max(row_bytes, 1))))
+    rows = min(n, max(op.per_sample_chunk, int(store_mb * 2**20 // max(op.row_bytes, 1))))
     block = torch.empty(rows, op.space.dim, dtype=dt, device=dev)
     sq = torch.zeros(n, dtype=dt, device=dev)
     GW = torch.zeros(W1.shape[1], op.space.dim, dtype=dt, device=dev)
@@ -272,7 +267,7 @@ def _sketch_pass1(op: LossOperator, W, Z, store_mb: float):
     for _ in op.per_sample_grads(out=rows_of):
         pass
     flush(n)
-    stored = block if rows == n and _fits(op, store_mb) else None
+    stored = block if _fits(op, store_mb) else None  # then the block has all n rows
     return sq, GW[-1] / n, GW[:-1], stored
 
 
