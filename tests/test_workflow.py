@@ -1,6 +1,7 @@
 """The Snakemake workflow: config validation, the paper DAG, end-to-end runs (local and fake cluster),
 incremental rebuilds."""
 
+import fcntl
 import json
 import os
 import re
@@ -316,11 +317,10 @@ def outputs(wd: Path) -> dict:
 def test_yaml_run(tmp_path_factory, worker_id):
     """config/test.yaml run end to end, then `snakemake --report report.html`, once per test session: the xdist
     workers share one folder through a lock. Tests read it and copy it before changing anything."""
-    from filelock import FileLock
-
     base = tmp_path_factory.getbasetemp()
     wd = (base if worker_id == "master" else base.parent) / "test-yaml-run"
-    with FileLock(f"{wd}.lock"):
+    with open(f"{wd}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
         if not (wd / "report.html").exists():
             shutil.rmtree(wd, ignore_errors=True)
             workdir(wd)
