@@ -342,23 +342,25 @@ def _add_diagnose_command(sub) -> None:
     a("--model", required=True, metavar="MODULE:FUNCTION",
       help="model factory, e.g. torchvision.models:resnet18 or lssr.models:build_model (importable from PYTHONPATH)")
     a("--model-arg", action="append", default=[], metavar="KEY=VALUE",
-      help="keyword argument of the factory (repeat; values read as YAML), e.g. num_classes=10")
-    a("--checkpoint", default=None, help="state dict to load (a dict under model/state_dict also works)")
+      help="keyword argument of the factory (repeat; values read as YAML), e.g. num_classes=10 (default: none)")
+    a("--checkpoint", default=None,
+      help="state dict to load (a dict under model/state_dict also works; default: none, the factory's weights)")
     a("--data", required=True, help="a subset folder from `lssr subset`, or an image folder (<class>/<image>, or "
       "train/<class>/<image>; pixels scaled to [0, 1])")
     a("--split", choices=("train", "test"), default="train", help="which split of the data (default train)")
-    a("--resize", type=int, default=None, help="image folders: resize images to this many pixels")
+    a("--resize", type=int, default=None,
+      help="image folders: resize images to this many pixels (default: their own size)")
     a("--loss", default="ce", help="loss name: ce (cross-entropy) or mse (½‖f(x) − onehot(y)‖²); default ce")
     a("--batch-sizes", type=int, nargs="+", required=True, metavar="B", help="batch sizes b to report")
     a("--replacement", action="store_true", help="batches drawn with replacement (default: without)")
     a("--n", type=int, default=None, help="use a seeded subset of n samples (default: all)")
     a("--seed", type=int, default=None, help="seed of the subset and of the sketch's probes (default 0)")
     a("--estimator", choices=("auto", "exact", "sketch"), default="auto",
-      help="tr(H S_1) exactly (one HVP per sample) or by the sketch; auto: exact when n <= probes")
+      help="tr(H S_1) exactly (one HVP per sample) or by the sketch; auto (the default): exact when n <= probes")
     a("--probes", type=int, default=None, help="sketch: the most random-sign probes (default 16)")
     a("--stage1", type=int, default=None, help="sketch: probes of the first block, >= 3 (default 6)")
     a("--rel-se", type=float, default=None, help="sketch: add probes until se <= REL_SE x estimate (default 0.05)")
-    a("--no-top", action="store_true", help="skip ‖H‖ (the top Hessian eigenvalue)")
+    a("--no-top", action="store_true", help="skip ‖H‖ (the top Hessian eigenvalue; default: computed)")
     a("--eig-tol", type=float, default=None, help="‖H‖: LOBPCG relative residual to stop at (default 1e-3)")
     a("--eig-max-hvps", type=int, default=None, help="‖H‖: the most HVPs of the eigen-solver (default 60)")
     a("--chunk-size", type=int, default=None, help="samples per chunk moved to the device (default 512)")
@@ -369,10 +371,10 @@ def _add_diagnose_command(sub) -> None:
       "available, at least 1024); the numbers are the same either way")
     a("--bn", choices=("refuse", "eval"), default=None,
       help="batch norm in train mode: refuse (default), or eval (use its running statistics)")
-    a("--dropout", choices=("refuse", "off"), default=None, help="active dropout: refuse, or off")
+    a("--dropout", choices=("refuse", "off"), default=None, help="active dropout: refuse (default), or off")
     a("--hvp-mode", choices=("auto", "graph", "forward", "reverse", "fd"), default=None,
-      help="Hessian-vector products: auto (graph: the graph of the gradient kept in memory, one backward pass "
-      "per product, when it fits a quarter of the memory available; else forward-over-reverse, else "
+      help="Hessian-vector products: auto (the default; graph: the graph of the gradient kept in memory, one "
+      "backward pass per product, when it fits a quarter of the memory available; else forward-over-reverse, else "
       "reverse-over-reverse, else a central difference of gradients), or one of them")
     a("--device", default="auto",
       help="torch device: auto (cuda when available, else cpu; the default), cpu, cuda or cuda:N")
