@@ -531,7 +531,8 @@ def test_command_line_on_an_image_folder(tmp_path, monkeypatch):
             )
     out = tmp_path / "out"
     argv = ["diagnose", "--model", "userfactory:make", "--model-arg", "in_features=48", "--model-arg", "num_classes=2"]
-    argv += ["--data", str(tmp_path / "imgs"), "--batch-sizes", "2", "--dtype", "float64", "--out", str(out)]
+    argv += ["--data", str(tmp_path / "imgs"), "--batch-sizes", "2", "--dtype", "float64", "--device", "cpu"]
+    argv += ["--out", str(out)]
     assert main(argv) == 0
     ds = datasets.ImageFolder(str(tmp_path / "imgs" / "train"), transform=transforms.ToTensor())
     ref = lssr.diagnose(userfactory.make(in_features=48, num_classes=2).double(), "ce", ds, batch_sizes=[2])
