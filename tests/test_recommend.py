@@ -1,0 +1,221 @@
+"""lssr.recommend against independent oracles: per-sample gradients built with a known B_simple (a centred noise
+added to a mean gradient, so tr S_1 and tr S_N are known in closed form), eq. (12) written out here, tr(H S_b)
+averaged over every batch of a tiny linear-regression problem, and the interval's coverage of the true B_simple
+over repeated seeded draws from a population whose B_simple is known."""
+
+import itertools
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from lssr import LssrError
+from lssr.recommend import (
+    NoiseScale,
+    check_optimizer,
+    measure_and_recommend,
+    noise_scale,
+    noise_scale_from_diagnostics,
+    noise_scale_from_gradients,
+    recommend,
+)
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def gradients_with(n, d, b_simple, seed=0):
+    """n per-sample gradients g_i = μ + e_i with ‖μ‖² = 1 and Σ e_i = 0, (1/n) Σ‖e_i‖² = B_simple: then
+    tr S_N = ‖ḡ‖² = 1 and tr S_1 = 1 + B_simple exactly."""
+    rng = np.random.default_rng(seed)
+    e = rng.standard_normal((n, d))
+    e -= e.mean(0)
+    e *= math.sqrt(b_simple / np.mean((e * e).sum(1)))
+    mu = np.zeros(d)
+    mu[0] = 1.0
+    return mu + e
+
+
+def eq12_lr(b, b_ref, lr_ref, B, N=None):
+    """η(b) = η_ref ρ_b/ρ_{b_ref}, ρ_b = 1/(1 + (γ_{N,b}/b) B), γ = (N − b)/(N − 1) (N None: with replacement)."""
+    g = (lambda bb: 1.0) if N is None else (lambda bb: (N - bb) / (N - 1))
+    rho = lambda bb: 1.0 / (1.0 + g(bb) / bb * B)  # noqa: E731
+    return lr_ref * rho(b) / rho(b_ref)
+
+
+def test_the_recommended_curve_is_eq12_from_gradients_of_known_b_simple():
+    """The measured B_simple is the one built in, and η(b) is eq. (12) with it, with and without replacement;
+    LSR and SRSR are η_ref·b/b_ref and η_ref·√(b/b_ref); the regime follows x = (γ/b)·B_simple."""
+    N, B = 400, 50.0
+    G = gradients_with(N, 30, B)
+    ns = noise_scale_from_gradients(G, n_total=N)
+    assert ns.tr_S_n == pytest.approx(1.0, rel=1e-12)
+    assert ns.tr_S_1 == pytest.approx(1.0 + B, rel=1e-12)
+    assert ns.b_simple == pytest.approx(B, rel=1e-10)
+    assert ns.b_simple_se == 0.0  # all N samples: B_simple at θ is exact
+    bs = [1, 4, 8, 12, 16, 50, 200, 400]
+    for rep in (False, True):
+        rec = recommend(ns, 8, 0.1, bs, replacement=rep)
+        f = rec.frame()
+        want = [eq12_lr(b, 8, 0.1, B, None if rep else N) for b in bs]
+        np.testing.assert_allclose(f["lr"], want, rtol=1e-12)
+        np.testing.assert_allclose(f["lsr"], [0.1 * b / 8 for b in bs], rtol=1e-14)
+        np.testing.assert_allclose(f["srsr"], [0.1 * math.sqrt(b / 8) for b in bs], rtol=1e-14)
+        assert rec.lr(8) == pytest.approx(0.1)
+    f = recommend(ns, 8, 0.1, [4, 12, 16, 200], replacement=True).frame()
+    # x = 50/4 and 50/12 > 4, 1/4 < 50/16 < 4, 50/200 < 1/4
+    assert list(f["regime"]) == ["linear", "linear", "between", "saturated"]
+    # without replacement at b = N the batch is the whole set: ρ_N = 1, the saturated end
+    assert recommend(ns, 8, 0.1, [N]).frame()["rho_b"].iloc[0] == pytest.approx(1.0)
+
+
+def test_a_subset_of_the_training_set_gives_an_unbiased_tr_S_N():
+    """On n of N samples, ‖ḡ‖² overestimates ‖∇L_N‖² by (1/n − 1/N) s² in expectation; averaged over many draws
+    the corrected tr S_N is the population's (1) within its Monte-Carlo error, the raw one is not."""
+    N, n, B = 2000, 100, 40.0
+    G = gradients_with(N, 20, B, seed=1)
+    rng = np.random.default_rng(2)
+    est, raw = [], []
+    for _ in range(400):
+        S = G[rng.choice(N, n, replace=False)]
+        est.append(noise_scale_from_gradients(S, n_total=N).tr_S_n)
+        raw.append(float(np.square(S.mean(0)).sum()))
+    sem = np.std(est) / math.sqrt(len(est))
+    assert abs(np.mean(est) - 1.0) < 4 * sem
+    assert np.mean(raw) - 1.0 > 10 * sem  # the bias the correction removes: (1/n − 1/N)·B ≈ 0.38
+
+
+@pytest.mark.parametrize("population", ["finite", "infinite"])
+def test_the_interval_covers_the_true_b_simple_at_its_nominal_rate(population):
+    """300 seeded draws of n = 200 samples: the 90% interval of η(b) (b = 256 from b_ref = 8) covers the truth
+    (eq. (12) with the population's B_simple) in 90% ± 5% of them (3.3 binomial standard deviations), from a finite
+    training set (N = 3000, drawn without replacement, the interval narrowed by 1 − n/N) and from a Gaussian
+    population."""
+    n, B, R = 200, 30.0, 300
+    rng = np.random.default_rng(3)
+    if population == "finite":
+        N = 3000
+        pop = gradients_with(N, 20, B, seed=4)
+        draw = lambda: pop[rng.choice(N, n, replace=False)]  # noqa: E731
+    else:
+        N = None
+        mu = np.zeros(20)
+        mu[0] = 1.0
+        draw = lambda: mu + math.sqrt(B / 20) * rng.standard_normal((n, 20))  # noqa: E731
+    truth = eq12_lr(256, 8, 0.1, B, N)
+    hits = 0
+    for _ in range(R):
+        rec = recommend(noise_scale_from_gradients(draw(), n_total=N), 8, 0.1, [256], level=0.9)
+        row = rec.frame().iloc[0]
+        hits += row["lr_lo"] <= truth <= row["lr_hi"]
+    coverage = hits / R
+    print(f"coverage of the 90% interval ({population} population): {coverage:.3f}")
+    assert 0.85 <= coverage <= 0.95
+
+
+def test_the_noise_scale_of_a_model_is_that_of_its_per_sample_gradients_and_the_ceiling_is_brute_force():
+    """ℓ_i = ½(wᵀx_i − 1)² at w = 0: g_i = −x_i and H = (1/n) Σ x_i x_iᵀ. B_simple from the model equals the one of
+    −X; η_max(b) = 2·tr S_N / tr(H S_b) with S_b averaged over every batch of size b (all subsets without
+    replacement, all ordered draws with)."""
+    n, d = 8, 3
+    X = torch.tensor(gradients_with(n, d, 2.5, seed=5)) * -1.0
+    y = torch.ones(n, dtype=torch.float64)
+    net = nn.Linear(d, 1, bias=False).double()
+    nn.init.zeros_(net.weight)
+    loss = lambda out, t: 0.5 * (out[:, 0] - t) ** 2  # noqa: E731
+    Xn = X.numpy()
+    H = Xn.T @ Xn / n
+    gbar = -Xn.mean(0)
+    for rep in (False, True):
+        bs = [1, 2, 4] if rep else [1, 2, 4, 8]
+        rec, diag, ns = measure_and_recommend(net, loss, (X, y), 2, 0.05, bs, replacement=rep, exact=True)
+        ref = noise_scale_from_gradients(-Xn, n_total=n)
+        assert ns.b_simple == pytest.approx(ref.b_simple, rel=1e-10)
+        assert ns.b_simple == pytest.approx(2.5, rel=1e-10)
+        for b, cap in zip(bs, rec.frame()["lr_max"]):
+            if rep:
+                batches = list(itertools.product(range(n), repeat=b))
+            else:
+                batches = list(itertools.combinations(range(n), b))
+            S_b = np.mean([np.outer(-Xn[list(B)].mean(0), -Xn[list(B)].mean(0)) for B in batches], axis=0)
+            assert cap == pytest.approx(2 * (gbar @ gbar) / np.trace(H @ S_b), rel=1e-9)
+        rec_m = recommend(ns, 2, 0.05, bs, replacement=rep, momentum=0.9, diagnostics=diag)
+        np.testing.assert_allclose(rec_m.frame()["lr"], rec.frame()["lr"], rtol=1e-14)  # same β: same η ratio
+        np.testing.assert_allclose(rec_m.frame()["lr_max"], 1.9 * rec.frame()["lr_max"], rtol=1e-12)
+
+
+def test_a_model_on_a_subset_measures_the_training_sets_b_simple():
+    """noise_scale on a seeded subset (n of N) equals noise_scale_from_gradients of those samples' gradients with
+    n_total = N, and its se is positive (a sample of the training set)."""
+    N, n, d = 60, 20, 4
+    X = torch.tensor(gradients_with(N, d, 3.0, seed=6)) * -1.0
+    y = torch.ones(N, dtype=torch.float64)
+    net = nn.Linear(d, 1, bias=False).double()
+    nn.init.zeros_(net.weight)
+    loss = lambda out, t: 0.5 * (out[:, 0] - t) ** 2  # noqa: E731
+    from lssr.diagnostics.batches import subset_indices
+
+    idx = subset_indices(N, n, 0)
+    ns = noise_scale(net, loss, (X, y), n=n, seed=0)
+    ref = noise_scale_from_gradients(-X.numpy()[np.asarray(idx)], n_total=N)
+    assert ns.n == n and ns.n_total == N
+    assert ns.b_simple == pytest.approx(ref.b_simple, rel=1e-10)
+    assert ns.b_simple_se == pytest.approx(ref.b_simple_se, rel=1e-8) and ns.b_simple_se > 0
+
+
+def test_several_measurement_points_widen_the_interval_to_all_of_them():
+    """Two points (B_simple 20 and 80): η comes from the first; the interval of B_simple reaches both."""
+    a = noise_scale_from_gradients(gradients_with(100, 10, 20.0), n_total=100)
+    b = noise_scale_from_gradients(gradients_with(100, 10, 80.0), n_total=100)
+    rec = recommend([a, b], 8, 0.1, [64])
+    row = rec.frame().iloc[0]
+    assert row["lr"] == pytest.approx(eq12_lr(64, 8, 0.1, 20.0, 100))
+    assert rec.b_simple_lo == pytest.approx(20.0) and rec.b_simple_hi == pytest.approx(80.0)
+    assert row["lr_lo"] == pytest.approx(eq12_lr(64, 8, 0.1, 20.0, 100))
+    assert row["lr_hi"] == pytest.approx(eq12_lr(64, 8, 0.1, 80.0, 100))
+
+
+def test_a_diagnostics_dict_gives_b_simple_without_an_interval():
+    d = {"n": 100, "n_total": 100, "tr_S_1": 11.0, "tr_S_n": 1.0}
+    ns = noise_scale_from_diagnostics(d)
+    assert ns.b_simple == pytest.approx(10.0) and math.isnan(ns.b_simple_se)
+    row = recommend(d, 4, 0.1, [32]).frame().iloc[0]
+    assert row["lr"] == pytest.approx(eq12_lr(32, 4, 0.1, 10.0, 100))
+    assert math.isnan(row["lr_lo"]) and math.isnan(row["lr_max"])
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"lr_ref": 0.0}, "η_ref = 0.0 must be a finite number > 0"),
+        ({"lr_ref": -1.0}, "η_ref = -1.0"),
+        ({"b_ref": 0}, "b_ref = 0 is out of range"),
+        ({"batch_sizes": [8, 101]}, r"target b = 101 is out of range: without replacement b <= N = 100"),
+        ({"batch_sizes": [0]}, "target b = 0 is out of range"),
+        ({"optimizer": "adamw"}, "optimiser 'adamw' is adaptive"),
+        ({"optimizer": torch.optim.Adam([torch.zeros(1, requires_grad=True)])}, "optimiser 'adam' is adaptive"),
+        ({"optimizer": "lbfgs"}, "unknown optimiser 'lbfgs'"),
+        ({"momentum": 1.0}, "momentum"),
+    ],
+)
+def test_bad_inputs_get_one_line_errors(kwargs, match):
+    ns = noise_scale_from_gradients(gradients_with(100, 10, 20.0), n_total=100)
+    args = {"b_ref": 8, "lr_ref": 0.1, "batch_sizes": [16]} | kwargs
+    with pytest.raises(LssrError, match=match) as e:
+        recommend(ns, args.pop("b_ref"), args.pop("lr_ref"), args.pop("batch_sizes"), **args)
+    assert "\n" not in str(e.value)
+
+
+def test_a_vanishing_or_negative_b_simple_is_refused():
+    """tr S_N = 0 (centred gradients, a stationary point) and a negative B_simple both get the error naming the fix."""
+    G = gradients_with(50, 5, 3.0)
+    G[:, 0] -= 1.0  # mean zero
+    for ns in (noise_scale_from_gradients(G, n_total=50), NoiseScale(50, 50, 1.0, 2.0, -0.5, 0.1)):
+        with pytest.raises(LssrError, match="not a finite positive number.*fix: measure") as e:
+            recommend(ns, 8, 0.1, [16])
+        assert "\n" not in str(e.value)
+
+
+def test_check_optimizer_accepts_sgd_with_momentum():
+    assert check_optimizer(torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1, momentum=0.9)) == "sgd"
