@@ -219,3 +219,83 @@ def test_a_vanishing_or_negative_b_simple_is_refused():
 
 def test_check_optimizer_accepts_sgd_with_momentum():
     assert check_optimizer(torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1, momentum=0.9)) == "sgd"
+
+
+FACTORY = """
+import torch
+from torch import nn
+
+
+def make(width=8, num_classes=10, in_features=64):
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Flatten(), nn.Linear(in_features, width), nn.Tanh(), nn.Linear(width, num_classes))
+"""
+
+
+def test_the_command_line_measures_and_recommends_and_reads_its_own_json(tmp_path, monkeypatch, capsys):
+    """`lssr recommend` on a model factory and a digits subset at two checkpoints: the CSV's η is eq. (12) with
+    B_simple of lssr.recommend.noise_scale on the first checkpoint's model, the interval reaches the second's
+    B_simple, the PNG and JSON are written; given the diagnostics.json it wrote, the same table; given one of
+    `lssr diagnose`, the same η without an interval; bad inputs exit 2 with one line."""
+    import json
+
+    import pandas as pd
+
+    from lssr.cli import main
+    from lssr.data import SubsetSpec, build_subset, load_subset
+
+    (tmp_path / "userfactory.py").write_text(FACTORY)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import userfactory
+
+    subset = build_subset(SubsetSpec("digits", 64, seed=0), tmp_path / "subset")
+    sub = load_subset(subset)
+    nets = [userfactory.make(width=6), userfactory.make(width=6)]
+    with torch.no_grad():
+        for p in nets[1].parameters():
+            p.mul_(1.5)
+    ckpts = []
+    for k, net in enumerate(nets):
+        ckpts += ["--checkpoint", str(tmp_path / f"m{k}.pt")]
+        torch.save(net.state_dict(), tmp_path / f"m{k}.pt")
+    out = tmp_path / "out"
+    argv = ["recommend", "--model", "userfactory:make", "--model-arg", "width=6", *ckpts, "--data", str(subset)]
+    ref = ["--b-ref", "4", "--lr-ref", "0.05", "--batch-sizes", "2", "8", "32"]
+    argv += [*ref, "--out", str(out)]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "B_simple" in printed and "regime" in printed
+    B = [noise_scale(net, "ce", (sub.x_train, sub.y_train)).b_simple for net in nets]
+    frame = pd.read_csv(out / "recommendation.csv")
+    np.testing.assert_allclose(frame["lr"], [eq12_lr(b, 4, 0.05, B[0], 64) for b in (2, 8, 32)], rtol=1e-9)
+    saved = json.loads((out / "recommendation.json").read_text())
+    assert saved["b_simple_lo"] <= min(B) * (1 + 1e-9) and saved["b_simple_hi"] >= max(B) * (1 - 1e-9)
+    assert (out / "recommendation.png").stat().st_size > 10_000 and (out / "diagnostics-1.json").is_file()
+    assert np.isfinite(frame["lr_max"]).all() and (frame["lr_max"] > 0).all()
+
+    again = tmp_path / "again"
+    assert main(["recommend", "--diagnostics", str(out / "diagnostics.json"), str(out / "diagnostics-1.json"),
+                 *ref, "--out", str(again)]) == 0  # fmt: skip
+    pd.testing.assert_frame_equal(pd.read_csv(again / "recommendation.csv"), frame)
+
+    diag_out = tmp_path / "diag"
+    assert main(["diagnose", "--model", "userfactory:make", "--model-arg", "width=6", "--checkpoint", ckpts[1],
+                 "--data", str(subset), "--batch-sizes", "4", "--out", str(diag_out)]) == 0  # fmt: skip
+    assert main(["recommend", "--diagnostics", str(diag_out / "diagnostics.json"), *ref, "--out", str(again)]) == 0
+    row = pd.read_csv(again / "recommendation.csv").iloc[0]
+    # float32 sums in another order than noise_scale's
+    assert row["lr"] == pytest.approx(eq12_lr(2, 4, 0.05, B[0], 64), rel=1e-6) and np.isnan(row["lr_lo"])
+    capsys.readouterr()
+
+    for extra, message in (
+        (["--optimizer", "adam"], "optimiser 'adam' is adaptive"),
+        (["--lr-ref", "0"], "η_ref = 0.0 must be a finite number > 0"),
+        (["--batch-sizes", "65"], "target b = 65 is out of range: without replacement b <= N = 64"),
+    ):
+        assert (
+            main(["recommend", "--diagnostics", str(out / "diagnostics.json"), *ref, "--out", str(again), *extra]) == 2
+        )
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1
+    assert main(["recommend", *ref, "--out", str(again)]) == 2
+    assert "give --diagnostics FILE, or --model and --data" in capsys.readouterr().err

@@ -422,3 +422,66 @@ def measure_and_recommend(
         diagnostics=diag,
     )
     return rec, diag, noise
+
+
+# ---------------------------------------------------------------------------------------------
+# The plot
+# ---------------------------------------------------------------------------------------------
+
+
+def plot_recommendation(rec: Recommendation, path=None):
+    """η against b on log-log axes: the LSSR curve with its interval, the regimes (shaded: linear b with x > 4,
+    saturated x < 1/4), LSR and SRSR from the same reference, the reference point, the targets and the ceiling
+    η_max(b). Written to ``path`` when given; returns the matplotlib Figure."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    f = rec.frame()
+    lo_b = min([rec.b_ref, *f["b"]])
+    hi_b = max([rec.b_ref, *f["b"]])
+    hi_b = min(hi_b * 2, rec.n) if rec.n and not rec.replacement else hi_b * 2
+    grid = np.unique(np.geomspace(max(1, lo_b / 2), hi_b, 200).round().astype(int))
+    lr = rec.lr_ref * lr_ratio(grid, rec.b_ref, rec.b_simple, rec.n, rec.replacement)
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    x = regime_x(grid, rec.b_simple, rec.n, rec.replacement)
+    for mask, color, name in ((x > LINEAR_X, "tab:blue", "linear"), (x < SATURATED_X, "tab:orange", "saturated")):
+        if mask.any():
+            ax.axvspan(grid[mask].min(), grid[mask].max(), color=color, alpha=0.07, lw=0)
+            ax.text(np.sqrt(grid[mask].min() * grid[mask].max()), 0.98, name, transform=ax.get_xaxis_transform(),
+                    ha="center", va="top", fontsize=8, color=color)  # fmt: skip
+    if math.isfinite(rec.b_simple_lo):
+        ends = [
+            rec.lr_ref * lr_ratio(grid, rec.b_ref, e, rec.n, rec.replacement)
+            for e in (rec.b_simple_lo, rec.b_simple_hi)
+        ]
+        label = f"interval ({rec.level:.0%}; B_simple {rec.b_simple_lo:.3g}–{rec.b_simple_hi:.3g})"
+        ax.fill_between(grid, np.minimum(*ends), np.maximum(*ends), color="k", alpha=0.15, lw=0, label=label)
+    ax.plot(grid, lr, "k-", lw=2, label=f"LSSR (B_simple = {rec.b_simple:.3g})")
+    ax.plot(grid, rec.lr_ref * grid / rec.b_ref, "--", color="tab:blue", label="LSR")
+    ax.plot(grid, rec.lr_ref * np.sqrt(grid / rec.b_ref), ":", color="tab:green", label="SRSR")
+    ax.plot(f["b"], f["lr"], "ko", ms=4)
+    if np.isfinite(f["lr_max"]).any():
+        ax.plot(
+            f["b"], f["lr_max"], "v-", color="tab:red", ms=5, lw=1, label="ceiling η_max(b) = (2+2β) tr S_N / tr(H S_b)"
+        )
+    ax.plot(
+        [rec.b_ref],
+        [rec.lr_ref],
+        "*",
+        color="tab:purple",
+        ms=14,
+        label=f"reference (b = {rec.b_ref}, η = {rec.lr_ref:.3g})",
+    )
+    ax.set(xscale="log", yscale="log", xlabel="batch size b", ylabel="learning rate η")
+    ax.set_title("η for a new batch size (η ∝ ρ_b, eq. (12))", fontsize=10)
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    if path is not None:
+        from pathlib import Path
+
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=120)
+        plt.close(fig)
+    return fig
