@@ -299,3 +299,93 @@ def test_the_command_line_measures_and_recommends_and_reads_its_own_json(tmp_pat
         assert message in err and err.count("\n") == 1
     assert main(["recommend", *ref, "--out", str(again)]) == 2
     assert "give --diagnostics FILE, or --model and --data" in capsys.readouterr().err
+
+
+def lightning_setup(L, batch_size, opt="sgd"):
+    """A LightningModule of ℓ_i = ½(wᵀx_i − 1)² at w = 0 on 64 samples whose per-sample gradients −x_i have
+    B_simple = 6 exactly (all of the training set measured), its SGD (momentum 0.9) configured for b_ref = 8 with
+    η = 0.1 and a StepLR that keeps η (γ = 1); ``batch_size`` is the attribute BatchSizeFinder scales."""
+    from torch.utils.data import DataLoader, TensorDataset
+
+    X = torch.tensor(gradients_with(64, 5, 6.0, seed=7), dtype=torch.float32) * -1.0
+    ds = TensorDataset(X, torch.ones(64))
+
+    class Module(L.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.net = nn.Linear(5, 1, bias=False)
+            nn.init.zeros_(self.net.weight)
+            self.batch_size = batch_size
+
+        def forward(self, x):
+            return self.net(x)
+
+        def training_step(self, batch, _):
+            x, y = batch
+            return 0.5 * ((self(x)[:, 0] - y) ** 2).mean()
+
+        def train_dataloader(self):
+            return DataLoader(ds, batch_size=self.batch_size)
+
+        def configure_optimizers(self):
+            if opt == "adam":
+                return torch.optim.Adam(self.parameters(), lr=0.1)
+            sgd = torch.optim.SGD(self.parameters(), lr=0.1, momentum=0.9)
+            return [sgd], [torch.optim.lr_scheduler.StepLR(sgd, step_size=1, gamma=1.0)]
+
+    return Module()
+
+
+def fit(L, module, callback, extra=(), **kw):
+    trainer = L.Trainer(
+        callbacks=[*extra, callback],
+        accelerator="cpu",
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        logger=False,
+        num_sanity_val_steps=0,
+        **({"max_epochs": 1} | kw),
+    )
+    trainer.fit(module)
+    return trainer
+
+
+def test_in_lightning_the_learning_rate_follows_the_batch_size(caplog):
+    """A real Trainer at b = 32 with the optimiser tuned for b = 8: after fit every group's η and the scheduler's
+    base η are 0.1·ρ_32/ρ_8 (eq. (12) with B_simple = 6, N = 64), announced in one log line; follow=False logs
+    the same line ('would set') and leaves η at 0.1; BatchSizeFinder's new b gets its own η; Adam is refused."""
+    import logging
+
+    L = pytest.importorskip("lightning.pytorch", reason="lightning is an optional extra (pip install lightning)")
+    import lssr
+
+    caplog.set_level(logging.INFO)
+    module = lightning_setup(L, 32)
+    cb = lssr.LearningRateForBatchSize(8, loss=lambda out, t: 0.5 * (out[:, 0] - t) ** 2, n=None)
+    trainer = fit(L, module, cb)
+    want = eq12_lr(32, 8, 0.1, 6.0, 64)
+    assert cb.b_simple == pytest.approx(6.0, rel=1e-5)
+    assert trainer.optimizers[0].param_groups[0]["lr"] == pytest.approx(want, rel=1e-5)
+    assert trainer.lr_scheduler_configs[0].scheduler.base_lrs[0] == pytest.approx(want, rel=1e-5)
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("lssr:")]
+    assert len(lines) == 1 and "batch size 8 -> 32: set lr 0.1 -> " in lines[0]
+
+    caplog.clear()
+    source = noise_scale_from_gradients(gradients_with(64, 5, 6.0, seed=7), n_total=64)
+    cb = lssr.LearningRateForBatchSize(8, source, follow=False)
+    trainer = fit(L, lightning_setup(L, 32), cb, max_epochs=2)
+    assert trainer.optimizers[0].param_groups[0]["lr"] == pytest.approx(0.1)
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("lssr:")]
+    assert len(lines) == 1 and "would set (follow=False) lr 0.1 -> " in lines[0]
+
+    module = lightning_setup(L, 4)
+    finder = L.callbacks.BatchSizeFinder(mode="power", init_val=4, max_trials=2, steps_per_trial=1)
+    cb = lssr.LearningRateForBatchSize(8, source)
+    trainer = fit(L, module, cb, extra=[finder])
+    b = module.batch_size
+    assert b != 4 and cb.b_now == b
+    assert trainer.optimizers[0].param_groups[0]["lr"] == pytest.approx(eq12_lr(b, 8, 0.1, 6.0, 64), rel=1e-9)
+
+    with pytest.raises(LssrError, match="optimiser 'adam' is adaptive"):
+        fit(L, lightning_setup(L, 32, opt="adam"), lssr.LearningRateForBatchSize(8, source))
