@@ -362,7 +362,7 @@ def test_in_lightning_the_learning_rate_follows_the_batch_size(caplog):
 
     caplog.set_level(logging.INFO)
     module = lightning_setup(L, 32)
-    cb = lssr.LearningRateForBatchSize(8, loss=lambda out, t: 0.5 * (out[:, 0] - t) ** 2, n=None)
+    cb = lssr.LearningRateForBatchSize(8, loss=lambda out, t: 0.5 * (out[:, 0] - t) ** 2)  # n = 512 > 64: all
     trainer = fit(L, module, cb)
     want = eq12_lr(32, 8, 0.1, 6.0, 64)
     assert cb.b_simple == pytest.approx(6.0, rel=1e-5)
@@ -389,3 +389,26 @@ def test_in_lightning_the_learning_rate_follows_the_batch_size(caplog):
 
     with pytest.raises(LssrError, match="optimiser 'adam' is adaptive"):
         fit(L, lightning_setup(L, 32, opt="adam"), lssr.LearningRateForBatchSize(8, source))
+
+
+def test_the_validation_tables_in_the_docs_are_those_of_the_kept_record():
+    """docs/RECOMMEND.md's generated tables equal what benchmarks/recommend_validation.py makes of the kept
+    docs/recommend/validation.json (re-run the script with --tables after changing either)."""
+    import importlib.util
+    import json
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location(
+        "recommend_validation", root / "benchmarks" / "recommend_validation.py"
+    )
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    record = json.loads((root / "docs" / "recommend" / "validation.json").read_text())
+    text = (root / "docs" / "RECOMMEND.md").read_text()
+    made = mod.tables(record)
+    assert set(made) == {"recommend-summary", "recommend-coverage", "recommend-demo", "recommend-record"}
+    for key, table in made.items():
+        kept = re.search(rf"<!-- begin: {key} -->\n(.*?)<!-- end: {key} -->", text, re.S).group(1)
+        assert kept == table + "\n", key

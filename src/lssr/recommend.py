@@ -39,6 +39,7 @@ point's interval (how far B_simple moves along training).
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Iterable, Sequence
 
@@ -325,7 +326,7 @@ def recommend(
     diagnostics: a :class:`~lssr.Diagnostics` for the ceiling (default: the first point when it is one).
     """
     check_optimizer(optimizer)
-    if not (isinstance(lr_ref, (int, float)) and math.isfinite(lr_ref) and lr_ref > 0):
+    if not (isinstance(lr_ref, numbers.Real) and math.isfinite(lr_ref) and lr_ref > 0):
         raise LssrError(
             f"recommend: η_ref = {lr_ref!r} must be a finite number > 0; fix: the learning rate used at b_ref"
         )
@@ -429,10 +430,10 @@ def measure_and_recommend(
 # ---------------------------------------------------------------------------------------------
 
 
-def plot_recommendation(rec: Recommendation, path=None):
+def plot_recommendation(rec: Recommendation, path=None, observed: dict | None = None):
     """η against b on log-log axes: the LSSR curve with its interval, the regimes (shaded: linear b with x > 4,
-    saturated x < 1/4), LSR and SRSR from the same reference, the reference point, the targets and the ceiling
-    η_max(b). Written to ``path`` when given; returns the matplotlib Figure."""
+    saturated x < 1/4), LSR and SRSR from the same reference, the reference point, the targets, the ceiling
+    η_max(b) and, when given, ``observed`` {b: best η}. Written to ``path`` when given; returns the Figure."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -444,7 +445,7 @@ def plot_recommendation(rec: Recommendation, path=None):
     hi_b = min(hi_b * 2, rec.n) if rec.n and not rec.replacement else hi_b * 2
     grid = np.unique(np.geomspace(max(1, lo_b / 2), hi_b, 200).round().astype(int))
     lr = rec.lr_ref * lr_ratio(grid, rec.b_ref, rec.b_simple, rec.n, rec.replacement)
-    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    fig, ax = plt.subplots(figsize=(9.0, 4.4))
     x = regime_x(grid, rec.b_simple, rec.n, rec.replacement)
     for mask, color, name in ((x > LINEAR_X, "tab:blue", "linear"), (x < SATURATED_X, "tab:orange", "saturated")):
         if mask.any():
@@ -456,7 +457,8 @@ def plot_recommendation(rec: Recommendation, path=None):
             rec.lr_ref * lr_ratio(grid, rec.b_ref, e, rec.n, rec.replacement)
             for e in (rec.b_simple_lo, rec.b_simple_hi)
         ]
-        label = f"interval ({rec.level:.0%}; B_simple {rec.b_simple_lo:.3g}–{rec.b_simple_hi:.3g})"
+        span = " and every point" if len(rec.points) > 1 else ""
+        label = f"interval ({rec.level:.0%}{span}: B_simple {rec.b_simple_lo:.3g}–{rec.b_simple_hi:.3g})"
         ax.fill_between(grid, np.minimum(*ends), np.maximum(*ends), color="k", alpha=0.15, lw=0, label=label)
     ax.plot(grid, lr, "k-", lw=2, label=f"LSSR (B_simple = {rec.b_simple:.3g})")
     ax.plot(grid, rec.lr_ref * grid / rec.b_ref, "--", color="tab:blue", label="LSR")
@@ -464,7 +466,7 @@ def plot_recommendation(rec: Recommendation, path=None):
     ax.plot(f["b"], f["lr"], "ko", ms=4)
     if np.isfinite(f["lr_max"]).any():
         ax.plot(
-            f["b"], f["lr_max"], "v-", color="tab:red", ms=5, lw=1, label="ceiling η_max(b) = (2+2β) tr S_N / tr(H S_b)"
+            f["b"], f["lr_max"], "v-", color="tab:red", ms=5, lw=1, label="ceiling η_max(b) = 2(1+β) tr S_N / tr(H S_b)"
         )
     ax.plot(
         [rec.b_ref],
@@ -474,9 +476,12 @@ def plot_recommendation(rec: Recommendation, path=None):
         ms=14,
         label=f"reference (b = {rec.b_ref}, η = {rec.lr_ref:.3g})",
     )
+    if observed:
+        bs = sorted(observed)
+        ax.plot(bs, [observed[b] for b in bs], "s", mfc="none", color="tab:brown", ms=8, label="observed best η")
     ax.set(xscale="log", yscale="log", xlabel="batch size b", ylabel="learning rate η")
     ax.set_title("η for a new batch size (η ∝ ρ_b, eq. (12))", fontsize=10)
-    ax.legend(fontsize=7, loc="lower right")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     if path is not None:
         from pathlib import Path

@@ -42,8 +42,9 @@ class LearningRateForBatchSize(Callback):
 
     b_ref: the batch size the optimiser's η was configured (tuned) for. source: the B_simple measurement
         (a :class:`lssr.recommend.NoiseScale`, a :class:`lssr.Diagnostics`, or a sequence: the first is used);
-        None: measured with ``loss`` on ``n`` samples of ``data`` (default the training dataloader's data set) at
-        the model's θ when training starts (one gradient and one pass of per-sample gradients; ``bn`` /
+        None: measured with ``loss`` on a seeded draw of ``n`` samples (all when fewer) of ``data`` (default the
+        training dataloader's data set, read in order, through its own transform: pass ``data=`` for one without
+        augmentation) at the model's θ when training starts (one gradient and one pass of per-sample gradients; ``bn`` /
         ``dropout`` as for :func:`lssr.diagnose`). n_train: N, the training set's size (default: the
         measurement's); replacement: batches drawn with replacement. follow: False logs the recommendation
         and leaves η alone (the opt-out). Adam-type optimisers are refused (LssrError). ``history``: one dict per
@@ -81,7 +82,9 @@ class LearningRateForBatchSize(Callback):
         source = self.source
         if source is None:
             data = self.data if self.data is not None else trainer.train_dataloader
-            source = noise_scale(pl_module, self.loss, data, n=self.n, seed=self.seed, bn=self.bn, dropout=self.dropout)
+            data = getattr(data, "dataset", data) if hasattr(getattr(data, "dataset", None), "__len__") else data
+            n = self.n if self.n is None or not hasattr(data, "__len__") else min(self.n, len(data))
+            source = noise_scale(pl_module, self.loss, data, n=n, seed=self.seed, bn=self.bn, dropout=self.dropout)
         rec = recommend(source, self.b_ref, 1.0, [self.b_ref], n=self.n_train, replacement=self.replacement)
         self.b_simple, self.N = rec.b_simple, rec.n
 
