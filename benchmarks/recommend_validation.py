@@ -16,7 +16,9 @@ down without a loss blow-up (batch norm keeps the cross-entropy bounded).
 
 Batch norm: the grids train digits_cnn with batch norm in train mode; per-sample gradients need fixed statistics,
 so each measurement first sets the running statistics to the whole training set's (one pass in train mode with a
-cumulative average) and measures in eval mode.
+cumulative average) and measures in eval mode. One more point at initialisation keeps batch norm's initial
+running statistics (mean 0, variance 1: what ``--bn eval`` sees on a freshly built model), to show how much that
+choice moves B_simple; the plots' interval leaves it out.
 
     PYTHONPATH=src python benchmarks/recommend_validation.py            # measure, write the JSON, the tables
     PYTHONPATH=src python benchmarks/recommend_validation.py --tables   # only regenerate docs/RECOMMEND.md's tables
@@ -122,11 +124,11 @@ def recalibrated(model: torch.nn.Module, x: torch.Tensor) -> torch.nn.Module:
     return model.eval()
 
 
-def measure(model, sub, with_hessian: bool, b_ref: int, batch_sizes: list[int]):
+def measure(model, sub, with_hessian: bool, b_ref: int, batch_sizes: list[int], recalibrate: bool = True):
     from lssr.diagnostics.api import diagnose
     from lssr.recommend import noise_scale
 
-    model = recalibrated(model, sub.x_train)
+    model = recalibrated(model, sub.x_train) if recalibrate else model.eval()
     data = (sub.x_train, sub.y_train)
     t0 = time.perf_counter()
     ns = noise_scale(model, "ce", data)
@@ -195,13 +197,18 @@ def validate(name: str, spec: dict, work: Path) -> dict:
         res = measure(m, sub, s == seeds[0], b_ref, list(grid["b"]))
         if s == seeds[0]:
             diag0 = res.pop("_diag")
-        points.append({"where": f"init, seed {s}", "epochs": 0, **res})
+        points.append({"where": f"init, seed {s}", "epochs": 0, "bn": "training set", **res})
+    torch.manual_seed(seeds[0])
+    m = build_model("digits_cnn", C, K, batch_norm=True)
+    res = measure(m, sub, False, b_ref, [], recalibrate=False)
+    where = f"init, seed {seeds[0]}, batch norm's initial statistics (mean 0, variance 1)"
+    points.append({"where": where, "epochs": 0, "bn": "initial", **res})
     for e in spec["train_epochs"]:
         ckpt = train_at_reference(name, spec, subset_dir, b_ref, lr_ref, e, work)
         torch.manual_seed(0)
         m = build_model("digits_cnn", C, K, batch_norm=True)
         m.load_state_dict(torch.load(ckpt, map_location="cpu", weights_only=True))
-        points.append({"where": f"after {e} epoch{'s' * (e > 1)} at b_ref (seed 0)", "epochs": e,
+        points.append({"where": f"after {e} epoch{'s' * (e > 1)} at b_ref (seed 0)", "epochs": e, "bn": "training set",
                        **measure(m, sub, False, b_ref, [])})  # fmt: skip
 
     from lssr.recommend import NoiseScale
@@ -230,7 +237,8 @@ def validate(name: str, spec: dict, work: Path) -> dict:
             }
         )
     ceiling = recommend(NoiseScale(**points[0]["noise"]), b_ref, lr_ref, list(grid["b"]), diagnostics=diag0)
-    every = recommend([NoiseScale(**p["noise"]) for p in points], b_ref, lr_ref, targets, diagnostics=diag0)
+    kept = [NoiseScale(**p["noise"]) for p in points if p["bn"] == "training set"]
+    every = recommend(kept, b_ref, lr_ref, targets, diagnostics=diag0)
     plot = OUT / f"{'demo' if name.startswith('demo') else 'cifar10'}-init.png"
     fig = plot_recommendation(every, plot, observed=dict(zip(grid["b"].astype(int), grid["best_lr"])))
     del fig
