@@ -298,7 +298,7 @@ def test_the_command_line_measures_and_recommends_and_reads_its_own_json(tmp_pat
         err = capsys.readouterr().err
         assert message in err and err.count("\n") == 1
     assert main(["recommend", *ref, "--out", str(again)]) == 2
-    assert "give --diagnostics FILE, or --model and --data" in capsys.readouterr().err
+    assert "give --diagnostics FILE, --monitor-log CSV, or --model and --data" in capsys.readouterr().err
 
 
 def lightning_setup(L, batch_size, opt="sgd"):
@@ -412,3 +412,50 @@ def test_the_validation_tables_in_the_docs_are_those_of_the_kept_record():
     for key, table in made.items():
         kept = re.search(rf"<!-- begin: {key} -->\n(.*?)<!-- end: {key} -->", text, re.S).group(1)
         assert kept == table + "\n", key
+
+
+def test_a_sharpness_monitor_log_gives_the_points_latest_first(tmp_path, capsys):
+    """A SharpnessMonitor over 6 SGD steps of the linear problem (all 64 samples probed, so each row's B_simple is
+    exact at its θ): points_from_log orders its rows latest first; η comes from the latest row's B_simple, the
+    interval spans every row's, and the ceiling is the latest row's 2·tr S_N / tr(H S_b); `lssr recommend
+    --monitor-log` gives the same table."""
+    import pandas as pd
+
+    import lssr
+    from lssr.cli import main
+    from lssr.recommend import points_from_log
+
+    X = torch.tensor(gradients_with(64, 5, 6.0, seed=7)) * -1.0
+    y = torch.ones(64, dtype=torch.float64)
+    net = nn.Linear(5, 1, bias=False).double()
+    nn.init.zeros_(net.weight)
+    loss = lambda out, t: 0.5 * (out[:, 0] - t) ** 2  # noqa: E731
+    opt = torch.optim.SGD(net.parameters(), lr=0.05)
+    csv = tmp_path / "monitor.csv"
+    mon = lssr.SharpnessMonitor(net, loss, (X, y), opt, n=None, every=2, csv=csv, exact=True, replacement=False)
+    for step in range(6):
+        mon.step(step)
+        opt.zero_grad()
+        loss(net(X), y).mean().backward()
+        opt.step()
+    mon.close()
+    rows = pd.read_csv(csv)
+    points = points_from_log(csv)
+    assert [p["step"] for p in points] == sorted(rows["step"], reverse=True) and len(points) == 3
+    B = [(r.tr_S_1 - r.tr_S_n) / r.tr_S_n for r in rows.itertuples()]
+    assert B[0] == pytest.approx(6.0, rel=1e-9)
+    rec = recommend(points, 8, 0.1, [16, 32])
+    latest = rows.iloc[-1]
+    np.testing.assert_allclose(rec.frame()["lr"], [eq12_lr(b, 8, 0.1, B[-1], 64) for b in (16, 32)], rtol=1e-9)
+    assert rec.b_simple_lo == pytest.approx(min(B)) and rec.b_simple_hi == pytest.approx(max(B))
+    for b, cap in zip((16, 32), rec.frame()["lr_max"]):
+        w = (64 - b) / 63 / b
+        tr_HS_b = w * latest["tr_HS_1"] + (1 - w) * latest["tr_HS_n"]
+        assert cap == pytest.approx(2 * latest["tr_S_n"] / tr_HS_b, rel=1e-9)
+    out = tmp_path / "rec"
+    argv = ["recommend", "--monitor-log", str(csv), "--b-ref", "8", "--lr-ref", "0.1", "--batch-sizes", "16", "32"]
+    assert main([*argv, "--out", str(out)]) == 0
+    pd.testing.assert_frame_equal(pd.read_csv(out / "recommendation.csv"), rec.frame(), check_dtype=False)
+    capsys.readouterr()
+    assert main(["recommend", "--monitor-log", str(tmp_path / "none.csv"), *argv[3:], "--out", str(out)]) == 2
+    assert "none.csv: no such file" in capsys.readouterr().err

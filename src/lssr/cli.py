@@ -214,6 +214,7 @@ def cmd_recommend(args: argparse.Namespace) -> None:
         batch_sizes=args.batch_sizes,
         out=_out_folder(args.out),
         diagnostics=args.diagnostics,
+        monitor_log=args.monitor_log,
         model=args.model,
         model_args=parse_model_args(args.model_arg),
         checkpoints=args.checkpoint,
@@ -221,7 +222,7 @@ def cmd_recommend(args: argparse.Namespace) -> None:
         loss=args.loss,
         split=args.split,
         resize=args.resize,
-        device=str(resolve_device(args.device)) if not args.diagnostics else "cpu",
+        device=str(resolve_device(args.device)) if not (args.diagnostics or args.monitor_log) else "cpu",
         dtype=args.dtype,
         replacement=args.replacement,
         momentum=args.momentum,
@@ -433,9 +434,9 @@ def _add_recommend_command(sub) -> None:
         description="From a reference (--b-ref, --lr-ref) where training works, the learning rate of each target "
         "batch size by LSSR, η(b) = η_ref ρ_b/ρ_{b_ref} with ρ_b = 1/(1 + γ_{N,b} B_simple/b) (eq. (12)), with "
         "its interval, regime, LSR and SRSR values and the stability ceiling 2(1+β) tr S_N / tr(H S_b). B_simple "
-        "from existing diagnostics.json files (--diagnostics), or measured first on --model and --data (the "
-        "options of `lssr diagnose`; one point per --checkpoint). Writes OUT/recommendation.csv, .json and .png. "
-        "Plain or momentum SGD only. See docs/RECOMMEND.md.",
+        "from existing diagnostics.json files (--diagnostics), a SharpnessMonitor log (--monitor-log), or measured "
+        "first on --model and --data (the options of `lssr diagnose`; one point per --checkpoint). Writes "
+        "OUT/recommendation.csv, .json and .png. Plain or momentum SGD only. See docs/RECOMMEND.md.",
     )
     a = r.add_argument
     _add_model_data_options(a, required=False, several=True)
@@ -443,6 +444,9 @@ def _add_recommend_command(sub) -> None:
     a("--diagnostics", nargs="+", default=None, metavar="JSON",
       help="diagnostics.json of `lssr diagnose` or `lssr recommend` instead of measuring (several: points along "
       "training; the first gives η, the interval spans all)")
+    a("--monitor-log", default=None, metavar="CSV",
+      help="the CSV of lssr.SharpnessMonitor (e.g. over a short run at --b-ref) instead of measuring: its latest row "
+      "gives η, every row widens the interval")
     a("--b-ref", type=int, required=True, help="the reference batch size, where --lr-ref works")
     a("--lr-ref", type=float, required=True, help="the learning rate that works at --b-ref")
     a("--batch-sizes", type=int, nargs="+", required=True, metavar="B", help="target batch sizes b")

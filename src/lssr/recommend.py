@@ -173,6 +173,35 @@ def noise_scale(
     return noise_scale_from_samples(sq.numpy(), dots.numpy(), grad_sq, n_total or prep.n_total, label)
 
 
+def points_from_log(log, *, last: int | None = None) -> list[dict]:
+    """The measurements of a :class:`lssr.SharpnessMonitor` log (its CSV file, a DataFrame or its rows as
+    dicts) as points for :func:`recommend`, the latest first (it gives η; the others widen the interval):
+    each row's n, n_total, tr S_1, tr S_N, tr(H S_1), tr(H S_N), labelled by its step. ``last``: keep only the
+    latest ``last`` rows (e.g. the end of a short run at b_ref)."""
+    import pandas as pd
+
+    if isinstance(log, (str, bytes)) or hasattr(log, "__fspath__"):
+        from pathlib import Path
+
+        if not Path(log).is_file():
+            raise LssrError(f"monitor log {log}: no such file (SharpnessMonitor(csv=...) writes it)")
+        frame = pd.read_csv(log)
+    else:
+        frame = pd.DataFrame(log)
+    need = ["n", "n_total", "tr_S_1", "tr_S_n"]
+    missing = [c for c in need if c not in frame.columns]
+    if missing or frame.empty:
+        what = f"lacks the columns {', '.join(missing)}" if missing else "has no rows"
+        raise LssrError(f"monitor log: {what}; fix: give the CSV a SharpnessMonitor wrote")
+    keep = [c for c in ("step", *need, "tr_HS_1", "tr_HS_n") if c in frame.columns]
+    rows = frame[keep].dropna(subset=need).to_dict(orient="records")[::-1]
+    if last is not None:
+        rows = rows[: int(last)]
+    for r in rows:
+        r["label"] = f"step {int(r['step'])}" if "step" in r else ""
+    return rows
+
+
 # ---------------------------------------------------------------------------------------------
 # The rule
 # ---------------------------------------------------------------------------------------------
@@ -278,7 +307,8 @@ def _points(source) -> tuple[NoiseScale, ...]:
         if isinstance(s, NoiseScale):
             out.append(s)
         elif hasattr(s, "tr_S_1") and hasattr(s, "n_total") or isinstance(s, dict):
-            out.append(noise_scale_from_diagnostics(s, label=f"point {i}"))
+            label = s.get("label") if isinstance(s, dict) else None
+            out.append(noise_scale_from_diagnostics(s, label=label or f"point {i}"))
         else:
             raise LssrError(
                 f"recommend: cannot read B_simple from {type(s).__name__}; give a NoiseScale or Diagnostics"
@@ -317,7 +347,8 @@ def recommend(
     """η(b) = η_ref·ρ_b/ρ_{b_ref} (LSSR, eq. (12)) for each b of ``batch_sizes``, with its interval, regime, LSR
     and SRSR values and the stability ceiling η_max(b) = (2 + 2β)·tr S_N / tr(H S_b).
 
-    source: a :class:`NoiseScale` (:func:`noise_scale`), a :class:`~lssr.Diagnostics`, or a sequence of them
+    source: a :class:`NoiseScale` (:func:`noise_scale`), a :class:`~lssr.Diagnostics` (or a dict of its
+        scalars, e.g. a :class:`lssr.SharpnessMonitor` row: :func:`points_from_log`), or a sequence of them
         measured at several points of training (the first gives η; the interval spans them all).
     b_ref, lr_ref: a batch size and a learning rate where training works. n: the training set's size N
         (default: the first point's ``n_total``); replacement: batches drawn with replacement (γ = 1).
@@ -336,8 +367,12 @@ def recommend(
         raise LssrError(f"recommend: level = {level!r} must be in (0, 1), e.g. 0.9")
     points = _points(source)
     first = source[0] if isinstance(source, (list, tuple)) else source
-    if diagnostics is None and hasattr(first, "tr_HS_1"):
+    if diagnostics is None and (hasattr(first, "tr_HS_1") or isinstance(first, dict) and "tr_HS_1" in first):
         diagnostics = first
+    if isinstance(diagnostics, dict):
+        from types import SimpleNamespace
+
+        diagnostics = SimpleNamespace(**diagnostics)
     N = n if n is not None else points[0].n_total
     N = None if N is None else int(N)
     rep = bool(replacement)
@@ -408,6 +443,7 @@ def measure_and_recommend(
     from .diagnostics.api import diagnose
 
     common = dict(n=n, seed=seed, forward=forward, bn=bn, dropout=dropout)
+    diagnose_options.setdefault("top", False)  # the ceiling needs tr(H S_1) and tr(H S_N), not ‖H‖
     diag = diagnose(model, loss, data, **common, **diagnose_options)
     noise = noise_scale(model, loss, data, **common, chunk_size=diagnose_options.get("chunk_size"), n_total=n_train)
     rec = recommend(

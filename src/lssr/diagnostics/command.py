@@ -169,6 +169,7 @@ def run_recommend(
     batch_sizes: list[int],
     out: str,
     diagnostics: list[str] | None = None,
+    monitor_log: str | None = None,
     model: str | None = None,
     model_args: dict | None = None,
     checkpoints: list[str] | None = None,
@@ -185,22 +186,28 @@ def run_recommend(
     n_train: int | None = None,
     **options,
 ):
-    """:func:`lssr.recommend.recommend` on existing diagnostics.json files (``diagnostics``), or measured first on
+    """:func:`lssr.recommend.recommend` on existing diagnostics.json files (``diagnostics``), on the rows of a
+    SharpnessMonitor CSV (``monitor_log``, the latest first), or measured first on
     a model and data as ``lssr diagnose`` (one point per checkpoint, or the built model); writes
     ``out/recommendation.csv``, ``.json`` and ``.png`` and, when it measured, ``out/diagnostics[-k].json`` (with
     B_simple's se, readable by ``--diagnostics``)."""
-    from ..recommend import check_optimizer, noise_scale, plot_recommendation, recommend
+    from ..recommend import check_optimizer, noise_scale, plot_recommendation, points_from_log, recommend
 
     check_optimizer(optimizer)
     points, diags = [], []
-    if diagnostics:
+    if monitor_log:
+        points = points_from_log(monitor_log)
+        diags = [points[0] if "tr_HS_1" in points[0] else None]
+    elif diagnostics:
         for path in diagnostics:
             noise, diag = read_point(path)
             points.append(noise)
             diags.append(diag)
     else:
         if not model or not data:
-            raise LssrError("recommend: give --diagnostics FILE, or --model and --data to measure first")
+            raise LssrError(
+                "recommend: give --diagnostics FILE, --monitor-log CSV, or --model and --data to measure first"
+            )
         for k, ckpt in enumerate(checkpoints or [None]):
             net = build_from_factory(model, model_args or {})
             if ckpt:
