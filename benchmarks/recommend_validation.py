@@ -20,7 +20,7 @@ cumulative average) and measures in eval mode. One more point at initialisation 
 running statistics (mean 0, variance 1: what ``--bn eval`` sees on a freshly built model), to show how much that
 choice moves B_simple; the plots' interval leaves it out.
 
-    PYTHONPATH=src python benchmarks/recommend_validation.py            # measure, write the JSON, the tables
+    PYTHONPATH=src python benchmarks/recommend_validation.py --cifar-root DIR   # measure; the JSON, the tables
     PYTHONPATH=src python benchmarks/recommend_validation.py --tables   # only regenerate docs/RECOMMEND.md's tables
 
 The demo's grid is read from figures/data/fig5.csv (`make demo`; --demo-fig5 names another). Writes
@@ -50,6 +50,8 @@ ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "docs" / "recommend"
 DOC = ROOT / "docs" / "RECOMMEND.md"
 CHANCE_FACTOR = 2.0
+#: The record's data root, as config/cifar10-replication.yaml names it (relative to the repository).
+CIFAR_DEFAULT = (ROOT / "../shared/data/cifar10-jpeg").resolve()
 
 GRIDS = {
     "demo (digits-1k)": {
@@ -64,7 +66,7 @@ GRIDS = {
             "dataset": "imagefolder",
             "n": 1024,
             "seed": 0,
-            "root": "/work/shared/data/cifar10-jpeg",
+            "root": "CIFAR_ROOT",
             "num_classes": 10,
             "resize": 8,
         },  # fmt: skip
@@ -73,7 +75,7 @@ GRIDS = {
             "--seed",
             "0",
             "--root",
-            "/work/shared/data/cifar10-jpeg",
+            "CIFAR_ROOT",
             "--resize",
             "8",
             "--num-classes",
@@ -369,11 +371,18 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--tables", action="store_true", help="only regenerate the tables from the kept JSON")
     ap.add_argument("--demo-fig5", default=GRIDS["demo (digits-1k)"]["fig5"], help="the demo's figures/data/fig5.csv")
+    ap.add_argument("--cifar-root", default=str(CIFAR_DEFAULT), help="the CIFAR-10 image-folder tree (train/<class>/)")
     args = ap.parse_args(argv)
     path = OUT / "validation.json"
     if not args.tables:
         torch.set_num_threads(1)
         GRIDS["demo (digits-1k)"]["fig5"] = args.demo_fig5
+        record_grid = GRIDS["record (CIFAR-10-1k, 8 px)"]
+        record_grid["data"]["root"] = args.cifar_root
+        record_grid["subset"] = [args.cifar_root if a == "CIFAR_ROOT" else a for a in record_grid["subset"]]
+        for what, given in (("--demo-fig5 (run `make demo`)", args.demo_fig5), ("--cifar-root", args.cifar_root)):
+            if not Path(given).exists():
+                raise SystemExit(f"{what}: {given} does not exist")
         t0 = time.perf_counter()
         with tempfile.TemporaryDirectory() as tmp:
             grids = [validate(name, spec, Path(tmp)) for name, spec in GRIDS.items()]
