@@ -342,11 +342,15 @@ def fig3_table(ratio_below: float, ratio_above: float, xmin_below: float, xmin_a
                 "step": f"{regime}{t}",
                 "regime": regime,
                 "curve": f"{regime}{t}",
+                "ias_n": TWO * (0.9 if regime == "below" else 1.1),
+                "two_over_eta": TWO,
+                "excluded": "",
             }
             rows += [{**base, "panel": "ratio", "alpha": a, "x": a, "y": ratio} for a in (0.25, 0.5)]
             x = np.linspace(0, 2, 21)
             y = np.where(x < xmin, -x / xmin, -(2 - x) / (2 - xmin))
-            rows += [{**base, "panel": "valley", "x": xi, "y": yi, "x_min": xmin, "x_min_quad": 1.0}
+            rows += [{**base, "panel": "valley", "x": xi, "y": yi, "x_min": xmin, "x_min_se": 0.0,
+                      "x_min_quad": 1.0}
                      for xi, yi in zip(x, y)]  # fmt: skip
     return pd.DataFrame(rows)
 
@@ -390,6 +394,126 @@ def test_trap_c7_quadratic_valleys_are_neither_shifted(tmp_path, below, above):
     right = right[right["statistic"].str.startswith("fraction of profiles")]
     assert right["verdict"].tolist() == ["fail", "fail"] and right["value"].tolist() == [0.0, 0.0]
     assert all("0 right-shifted, 0 left-shifted, 6 within" in n for n in right["notes"])
+
+
+def shifted_profile(eta_h: float, x_min: float, s: np.ndarray) -> np.ndarray:
+    """ΔL(s) = −s + ½·η‖H‖_{S_n}·s² + c·s^p (units of η‖∇L‖²): a quadratic with a quartic (right shift, p = 4) or
+    cubic (left shift, p = 3) term whose c puts the true minimum at ``x_min`` = 2s*/s_z, s* and s_z found here from
+    the polynomial's own roots (the oracle)."""
+    from scipy.optimize import brentq
+
+    power = 4 if x_min > 1 else 3
+
+    def true_x(c):
+        p = np.polynomial.Polynomial([0.0, -1.0, 0.5 * eta_h] + [0.0] * (power - 3) + [c])
+        crit = p.deriv().roots()
+        crit = crit[(np.abs(crit.imag) < 1e-12) & (crit.real > 0)].real
+        if not len(crit):
+            return np.nan
+        s_star = crit[np.argmin(p(crit))]
+        zeros = p.roots()
+        zeros = np.sort(zeros[(np.abs(zeros.imag) < 1e-12) & (zeros.real > s_star)].real)
+        return 2 * s_star / zeros[0] - x_min if len(zeros) else np.nan
+
+    if x_min == 1:
+        c = 0.0
+    else:
+        cs = np.linspace(0, 3 * eta_h if x_min > 1 else -(eta_h**2) / 8, 400)[1:]
+        v = np.array([true_x(c) for c in cs])
+        i = int(np.flatnonzero(np.isfinite(v) & (np.sign(v) != np.sign(v[0])))[0])
+        c = brentq(true_x, cs[i - 1], cs[i])
+    return -s + 0.5 * eta_h * s**2 + c * s**power
+
+
+def valley_run(path, profiles, lr: float = 0.04, noise: float = 0.0, grid=None):
+    """A GD run folder with one probed step per (η‖H‖_{S_n}, x_min) in ``profiles`` on the probe's default s grid;
+    ``noise`` adds Gaussian noise of that standard deviation to ΔL (its minimum is about −1/(2η‖H‖))."""
+    from lssr.config import ProbeConfig
+
+    grid = np.array(ProbeConfig().valley_s if grid is None else grid)
+    rng = np.random.default_rng(0)
+    rows = []
+    for t, (eta_h, x_min) in enumerate(profiles):
+        f = shifted_profile(eta_h, x_min, grid) + noise * rng.standard_normal(len(grid)) * (grid != 0)
+        r = {"step": t, "lr": lr, "two_over_eta": 2 / lr, "ias_n": eta_h / lr, "tr_S_n": 1.0, "tr_HS_n": eta_h / lr}
+        for sv, fv in zip(grid, f):
+            r[f"valley_dL_s{sv:g}"] = fv
+            r[f"valley_quad_s{sv:g}"] = -sv + 0.5 * eta_h * sv**2
+        rows.append(r)
+    return write_run(path, loss="mse", lr=lr, diag=pd.DataFrame(rows))
+
+
+def c7_right(path, profiles, **kw) -> pd.DataFrame:
+    from lssr.tables import fig3
+
+    r = pd.DataFrame(valleys.claim_c7(fig3.build([valley_run(path, profiles, **kw)])))
+    return r[r["statistic"].str.startswith("fraction of profiles")].set_index(
+        np.where(r.loc[r["statistic"].str.startswith("fraction of profiles"), "statistic"].str.contains("< 2/η"),
+                 "below", "above"))  # fmt: skip
+
+
+def test_trap_c7_right_shifts_in_narrow_valleys_are_seen(tmp_path):
+    """Valleys truly right-shifted (x_min = 1.10-1.18) at η‖H‖_{S_n} = 1.8-1.95 and 2.2-2.3 on the default s grid: a
+    three-point parabola read them as x = 0.93-0.99 (left); the fit over the whole valley finds them right-shifted,
+    so the right-shift row passes below 2/η and the left-shift row fails above it."""
+    below = [(1.8, 1.1), (1.85, 1.12), (1.9, 1.18), (1.95, 1.1), (1.8, 1.15), (1.9, 1.12)]
+    above = [(2.2, 1.15), (2.25, 1.18), (2.3, 1.15), (2.2, 1.17), (2.3, 1.18), (2.25, 1.15)]
+    r = c7_right(tmp_path / "v", below + above)
+    assert r.loc["below", "verdict"] == "pass" and r.loc["below", "value"] == 1.0
+    assert r.loc["above", "verdict"] == "fail" and r.loc["above", "value"] == 0.0
+    # above 2/η the narrowest valleys hold 4 grid points: those the cubic fit cannot pin down are unresolved, not left
+    assert "0 left-shifted" in r.loc["above", "notes"] and "3 right-shifted" in r.loc["above", "notes"]
+    # a finer s grid (probe.valley_s at steps of 0.125) resolves every one of them
+    fine = c7_right(tmp_path / "f", below + above, grid=np.arange(-0.5, 2.51, 0.125))
+    assert "6 right-shifted" in fine.loc["above", "notes"] and "none left out" in fine.loc["above", "notes"]
+
+
+@pytest.mark.parametrize("noise", [0.0, 1e-3])
+def test_power_c7_shifts_of_a_tenth_across_the_edge(tmp_path, noise):
+    """The paper's effect at ±0.1: right-shifted by 0.1 at η‖H‖_{S_n} = 1.4-1.9, left-shifted by 0.1 at 2.1-2.6, on
+    the default s grid, with and without noise on ΔL (0.1% of the valley's depth 1/(2η‖H‖) ≈ 0.2-0.36): both rows
+    pass; the reverse (left below, right above) fails both."""
+    below, above = np.linspace(1.4, 1.9, 6), np.linspace(2.1, 2.6, 6)
+    r = c7_right(tmp_path / "p", [(e, 1.1) for e in below] + [(e, 0.9) for e in above], noise=noise)
+    assert r["verdict"].tolist() == ["pass", "pass"], r[["verdict", "notes"]]
+    rev = c7_right(tmp_path / "r", [(e, 0.9) for e in below] + [(e, 1.1) for e in above], noise=noise)
+    assert rev["verdict"].tolist() == ["fail", "fail"], rev[["verdict", "notes"]]
+
+
+def test_trap_c7_profiles_left_out_are_counted(tmp_path):
+    """Below 2/η at η‖H‖_{S_n} = 0.85 (zero at s = 2.35 of a grid ending at 2.5), half the profiles right-shifted by
+    0.08 and half left-shifted by 0.08: the left-shifted valleys close beyond s = 2.5 and have no minimum to read.
+    They are counted (3 of 6 left out, with the reason), and since counting them either way changes the verdict, the
+    row is inconclusive instead of passing at 3/3."""
+    r = c7_right(tmp_path / "d", [(0.85, 1.08), (0.85, 0.92)] * 3 + [(2.4, 1.0)] * 6)
+    row = r.loc["below"]
+    assert row["verdict"] == "inconclusive" and row["n_points"] == 6
+    assert "3 of 6 profiles left out: 3: valley not closed within s ≤ 2.5" in row["notes"]
+    assert (row["ci_lo"], row["ci_hi"]) == (0.5, 1.0)
+
+
+def test_trap_c7_left_panel_compares_curvatures_with_a_tolerance():
+    """Round-off (a constant Hessian: ratio 1 ± 6e-8) is neither larger nor smaller; with ∇LᵀH∇L < 0 below 2/η
+    (‖H‖_{S_n} = −0.5, ‖H_α‖_{S_n} = −0.5 − 0.5α, so the ratio 1 + α > 1) the curvature is smaller, and the
+    "larger" row fails."""
+    t = fig3_table(1.0, 1.0, 1.0, 1.0)
+    ratio = t["panel"] == "ratio"
+    t.loc[ratio, "y"] = 1.0 + 6e-8 * np.where(np.arange(ratio.sum()) % 2, 1, -1)
+    left = pd.DataFrame(valleys.claim_c7(t)).iloc[:2]
+    assert left["verdict"].tolist() == ["fail", "fail"] and left["value"].tolist() == [0.0, 0.0]
+    neg = fig3_table(1.0, 0.9, 1.0, 1.0)
+    below = (neg["panel"] == "ratio") & (neg["regime"] == "below")
+    neg.loc[below, "ias_n"] = -0.5
+    neg.loc[below, "y"] = 1.0 + neg.loc[below, "alpha"]  # (−0.5 − 0.5α)/(−0.5)
+    r = pd.DataFrame(valleys.claim_c7(neg))
+    assert r["verdict"].iloc[0] == "fail" and r["value"].iloc[0] == 0.0
+
+
+def test_power_c7_left_panel_detects_a_few_percent():
+    """‖H_α‖_{S_n} 3% above ‖H‖_{S_n} below 2/η and 3% below it above 2/η (Figure 3 left shows tens of percent): both
+    left-panel rows pass."""
+    r = pd.DataFrame(valleys.claim_c7(fig3_table(1.03, 0.97, 1.0, 1.0)))
+    assert r["verdict"].iloc[:2].tolist() == ["pass", "pass"]
 
 
 # --- C8 / C9: the Figure S1 table ----------------------------------------------------------------------------
