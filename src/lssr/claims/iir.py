@@ -111,7 +111,8 @@ def _c3_run(g: pd.DataFrame) -> tuple[list[dict], dict]:
         window = f"steps {int(first['window_start'])}-{int(first['window_end'])}: {rule}"
         notes = (f"median level 2ρ_b/η = {float(first['level_median']):.4g}; {CI_LEVEL:.0%} interval of the median "
                  f"ratio [{lo:.3g}, {hi:.3g}] (steps resampled in blocks, ‖H‖_{{S_b}} and 2ρ_b/η within their "
-                 f"standard errors; {N_BOOT} draws, seed ({BOOT_SEED}, crc32 of the run)); pass: inside [{C3_LOWER:g}, {C3_UPPER:g}]")  # fmt: skip
+                 f"standard errors; {N_BOOT} draws, seed ({BOOT_SEED}, crc32 of the run)); pass: inside "
+                 f"[{C3_LOWER:g}, {C3_UPPER:g}]")  # fmt: skip
     else:
         window, notes = f"empty: {rule}", rule
     stat = "median(‖H‖_{S_b} / (2ρ_b/η))"
@@ -159,8 +160,10 @@ def _c3_shape(p: pd.DataFrame, entries: list[dict]) -> list[dict]:
         verdict = "pass"
     else:
         verdict = "inconclusive"
-    rise_txt = (f"rise of the plateau b={used[0]['b']} → b={used[-1]['b']}: {rise:.3g}, {CI_LEVEL:.0%} interval "
-                f"[{r_lo:.3g}, {r_hi:.3g}] (pass: above 0, with Spearman > {C3_MIN_SPEARMAN:g})") if len(used) >= 2 else ""  # fmt: skip
+    rise_txt = ""
+    if len(used) >= 2:
+        rise_txt = (f"rise of the plateau b={used[0]['b']} → b={used[-1]['b']}: {rise:.3g}, {CI_LEVEL:.0%} interval "
+                    f"[{r_lo:.3g}, {r_hi:.3g}] (pass: above 0, with Spearman > {C3_MIN_SPEARMAN:g})")  # fmt: skip
     b_max = max(e["b"] for e in entries)
     top = [e for e in entries if e["b"] == b_max]
     top_used = [e for e in top if np.isfinite(e["plateau"])]
