@@ -629,6 +629,49 @@ def test_c8_unresolved_crossing_is_not_enough_data():
     assert set(r["verdict"]) == {"not-enough-data"} and "not resolved" in r["notes"].iloc[0]
 
 
+def s1_series(cos: np.ndarray, steps: np.ndarray, cross: float) -> pd.DataFrame:
+    """A Figure S1 table of one GD run with the given cos(q_1, ∇L) at the probed steps and ‖H‖ > 2/η from ``cross``."""
+    return pd.DataFrame({"run": "g", "loss": "ce", "optimizer": "GD", "b": 64, "lr": ETA, "step": steps,
+                         "cos_q1_grad": np.clip(cos, -1, 1), "cos_consecutive": -0.5, "cross_step": cross,
+                         "edge_step": cross})  # fmt: skip
+
+
+def test_trap_c8_a_steady_trend_is_not_a_rise_at_the_crossing():
+    """cos(q_1, ∇L) rising 0.015 per step throughout (probed every 2 steps, ‖H‖ crossing 2/η at step 100): the median
+    rises by 0.3 across the crossing, but by as much at every other time of the run, so the rise row does not pass
+    (it passed at 0.3 ≥ 0.2 with no placebo)."""
+    steps = np.arange(0, 200, 2)
+    r = pd.DataFrame(alignment.claim_c8(s1_series(0.3 + 0.015 * (steps - 80), steps, 100.0)))
+    assert r["verdict"].iloc[0] in ("fail", "inconclusive") and r["ci_lo"].iloc[0] < 0.2
+    assert r["estimate"].iloc[0] == pytest.approx(0.3, abs=0.02)
+
+
+def test_trap_c8_noise_about_one_half_is_neither_a_rise_nor_alignment():
+    """A flat 0.5 with noise of sd 0.25, probed every 4 steps (5 points per window), 200 draws: the rise row passes in
+    at most 2 draws, both rows together in none (without the placebo and the interval, both passed in 20 of 200);
+    the level row, whose true value sits exactly on its threshold 0.5, passes at most at its interval's one-sided
+    error rate (5 points: 1/32 ≈ 3%, so at most 5% of the draws)."""
+    steps = np.arange(0, 200, 4)
+    rise_pass = level_pass = both = 0
+    for seed in range(200):
+        cos = 0.5 + 0.25 * np.random.default_rng(seed).standard_normal(len(steps))
+        v = verdict_of(alignment.claim_c8(s1_series(cos, steps, 60.0)))
+        rise_pass += v[0] == "pass"
+        level_pass += v[1] == "pass"
+        both += v == ["pass", "pass"]
+    assert rise_pass <= 2 and both == 0 and level_pass <= 10, (rise_pass, level_pass, both)
+
+
+@pytest.mark.parametrize("every", [1, 4])
+def test_power_c8_alignment_at_the_crossing(every):
+    """cos(q_1, ∇L) ≈ 0.05 before the crossing at step 60, ≈ 0.85 from 3 steps after it to the end (noise sd 0.1),
+    probed every step or every 4: both rows pass."""
+    steps = np.arange(0, 200, every)
+    noise = 0.1 * np.random.default_rng(1).standard_normal(len(steps))
+    r = alignment.claim_c8(s1_series(np.where(steps >= 63, 0.85, 0.05) + noise, steps, 60.0))
+    assert verdict_of(r) == ["pass", "pass"], pd.DataFrame(r)[["value", "ci_lo", "ci_hi", "notes"]]
+
+
 # --- all together --------------------------------------------------------------------------------------------
 def all_tables() -> dict[str, pd.DataFrame]:
     return {
