@@ -107,12 +107,15 @@ def _c3_run(g: pd.DataFrame) -> tuple[list[dict], dict]:
     rule = str(first["window_rule"])
     boot_ratio, boot_plateau = window_medians(w, str(first["run"]))
     lo, hi = _ci(boot_ratio)
+    dropped = len(w) - len(ratio)
     if len(w):
         window = f"steps {int(first['window_start'])}-{int(first['window_end'])}: {rule}"
         notes = (f"median level 2ρ_b/η = {float(first['level_median']):.4g}; {CI_LEVEL:.0%} interval of the median "
                  f"ratio [{lo:.3g}, {hi:.3g}] (steps resampled in blocks, ‖H‖_{{S_b}} and 2ρ_b/η within their "
                  f"standard errors; {N_BOOT} draws, seed ({BOOT_SEED}, crc32 of the run)); pass: inside "
                  f"[{C3_LOWER:g}, {C3_UPPER:g}]")  # fmt: skip
+        if dropped:
+            notes += f"; {dropped} of {len(w)} window steps without a measured ‖H‖_{{S_b}} or ρ_b left out"
     else:
         window, notes = f"empty: {rule}", rule
     stat = "median(‖H‖_{S_b} / (2ρ_b/η))"
