@@ -208,6 +208,18 @@ def test_c3_every_run_counted_or_listed_as_excluded():
     r = pd.DataFrame(iir.claim_c3(t))
     spear = r[r["statistic"].str.startswith("Spearman")].iloc[0]
     assert spear["n_points"] == 4 and "excluded b=32 (b32): ‖H‖ never reached 2ρ_b/η" in spear["notes"]
+    # b = 32's plateau could sit anywhere: above every other one, the rank correlation of the 5 b's would be 0.4
+    assert spear["verdict"] == "inconclusive" and "could be 0.4" in spear["notes"]
+
+
+def test_trap_c3_an_excluded_b_that_could_change_the_rank_correlation_is_inconclusive():
+    """Three b's with a plateau rising with b and two more without one: placed above and below the others, the two
+    excluded plateaus would give a Spearman of 0.5 or less, so the row is inconclusive, saying why."""
+    t = sgd_fig4({64: 1.0, 512: 1.0, 4096: 1.0})
+    t = pd.concat([t, sgd_fig4({8: 1.0, 16: 1.0}, reached=False)], ignore_index=True)
+    spear = pd.DataFrame(iir.claim_c3(t)).query("statistic.str.startswith('Spearman')").iloc[0]
+    assert spear["value"] == 1.0 and spear["verdict"] == "inconclusive"
+    assert "the exclusions could change the verdict" in spear["notes"]
 
 
 def test_trap_c3_saturation_only_where_rho_b_is_near_one():

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import warnings
 import zlib
 
 import numpy as np
@@ -136,6 +137,27 @@ def _c3_run(g: pd.DataFrame) -> tuple[list[dict], dict]:
     return rows, entry
 
 
+def _worst_spearman(used: list[dict], left: list[dict]) -> float:
+    """The smallest Spearman(b, plateau) over every placement of the excluded runs' plateaus below or above all
+    measured ones (the extremes of their ranks); the measured value when none is excluded (NaN below 2 b)."""
+    from itertools import product
+
+    from scipy.stats import spearmanr
+
+    if len({e["b"] for e in used} | {e["b"] for e in left}) < 2:
+        return np.nan
+    vals = [e["plateau"] for e in used]
+    lo, hi = (min(vals) - 1, max(vals) + 1) if vals else (0.0, 1.0)
+    bs = [e["b"] for e in used] + [e["b"] for e in left]
+    out = np.inf
+    for place in product((lo, hi), repeat=min(len(left), 10)):
+        with warnings.catch_warnings():  # a constant placement has no correlation: NaN, skipped
+            warnings.simplefilter("ignore")
+            s = spearmanr(bs[: len(used) + len(place)], vals + list(place)).statistic
+        out = min(out, float(s)) if np.isfinite(s) else out
+    return out
+
+
 def _c3_shape(p: pd.DataFrame, entries: list[dict]) -> list[dict]:
     """C3 shape rows of one SGD panel: Spearman(b, plateau) over every run with a window together with the rise of
     the plateau from the smallest to the largest b (its interval above 0), and the largest b's plateau against
@@ -163,6 +185,11 @@ def _c3_shape(p: pd.DataFrame, entries: list[dict]) -> list[dict]:
         verdict = "pass"
     else:
         verdict = "inconclusive"
+    worst = _worst_spearman(used, left)
+    if verdict == "pass" and worst <= C3_MIN_SPEARMAN:
+        verdict = "inconclusive"
+        excluded += (f"; with the excluded b's plateaus anywhere the Spearman could be {worst:.2g} ≤ "
+                     f"{C3_MIN_SPEARMAN:g}: the exclusions could change the verdict")  # fmt: skip
     rise_txt = ""
     if len(used) >= 2:
         rise_txt = (f"rise of the plateau b={used[0]['b']} → b={used[-1]['b']}: {rise:.3g}, {CI_LEVEL:.0%} interval "
