@@ -8,6 +8,7 @@ import zlib
 from datetime import datetime, timezone
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
@@ -83,6 +84,11 @@ def fake_tree(root: Path) -> dict[str, Path]:
         {"kind": "seed", "dataset": "cifar10-jpeg", "n": 64, "b": 16, "lr": 0.25, "seed": 0, "test_acc": 0.35},
     ]  # fmt: skip
     pd.DataFrame(fig5).to_csv(res / "tables" / "fig5.csv", index=False)
+    x = np.linspace(2.0, 9.0, 8)  # C1's table: the normalised loss change on eq. (9)'s line, η = 0.2
+    fig1 = {"run": "fig1", "loss": "mse", "optimizer": "GD", "b": 64, "lr": 0.2, "step": np.arange(8),
+            "instability_ratio": x, "instability_ratio_se": 0.0, "norm_change": 0.02 * (x - 10.0), "phase": "early",
+            "two_over_eta": 10.0}  # fmt: skip
+    pd.DataFrame(fig1).to_csv(res / "tables" / "fig1.csv", index=False)
     raw = yaml.safe_load((ROOT / "config" / "test.yaml").read_text())
     raw.update(name="tiny replication (CPU)", figures=["fig1", "fig5"])
     # Snakemake's benchmark files of two of the config's training jobs, and one of a job another config planned
@@ -115,7 +121,7 @@ def test_record_copies_the_files_and_writes_the_counts_it_read(tmp_path):
     assert readme == out / "README.md"
     for src, dst in (
         ("claims.csv", "claims.csv"), ("verdicts.csv", "verdicts.csv"), ("summary.csv", "summary.csv"),
-        ("tables/runs.csv", "runs.csv"), ("tables/fig5.csv", "fig5.csv"),
+        ("tables/runs.csv", "runs.csv"), ("tables/fig5.csv", "fig5.csv"), ("tables/fig1.csv", "fig1.csv"),
     ):  # fmt: skip
         assert (out / dst).read_bytes() == (t["results"] / src).read_bytes()
     for name in ("fig1.png", "fig5.png"):
@@ -147,6 +153,29 @@ def test_record_copies_the_files_and_writes_the_counts_it_read(tmp_path):
     assert "[fig1](figures/fig1.png)" in page and "[fig5](figures/fig5.png)" in page
     # only the figures the config builds: fig3.png, left in the folder by another config, is not recorded
     assert sorted(p.name for p in (out / "figures").iterdir()) == ["fig1.png", "fig5.png"] and "fig3" not in page
+
+
+def test_record_alone_recomputes_its_claims(tmp_path):
+    """The record keeps every table a claim reads of the figures its config builds (fig1.csv, and fig5.csv, checked
+    byte for byte above): `lssr claims` run on the record's fig1.csv gives back the record's claims.csv row for row
+    (here claims.csv holds Figure 1's claims only)."""
+    import subprocess
+    import sys
+
+    from lssr.claims import check_claims, read_tables
+
+    t = fake_tree(tmp_path)
+    tables = t["results"] / "tables"
+    check_claims(read_tables([("fig1", tables / "fig1.csv")])).to_csv(t["results"] / "claims.csv", index=False)
+    out = tmp_path / "record"
+    write_replication_record(t["results"], t["figures"], t["config"], out, now=NOW)
+    lssr = Path(sys.executable).with_name("lssr")
+    again = tmp_path / "again.csv"
+    cmd = [str(lssr), "claims", "--table", f"fig1={out / 'fig1.csv'}", "--out", str(again)]
+    subprocess.run(cmd, check=True, capture_output=True)
+    kept, redone = pd.read_csv(out / "claims.csv"), pd.read_csv(again)
+    pd.testing.assert_frame_equal(kept, redone)
+    assert set(kept.loc[kept["claim"] == "C1", "verdict"]) == {"pass"}  # read from the copied fig1.csv
 
 
 def test_best_cells_use_the_tables_train_accuracy_when_it_has_one(tmp_path):
@@ -182,7 +211,7 @@ def test_record_replaces_the_old_folder_as_a_whole(tmp_path):
     write_replication_record(t["results"], t["figures"], t["config"], out, now=NOW)
     assert not (out / "stale.png").exists()
     assert sorted(p.name for p in out.iterdir()) == [
-        "README.md", "claims.csv", "fig5.csv", "figures", "replication-time.json",
+        "README.md", "claims.csv", "fig1.csv", "fig5.csv", "figures", "replication-time.json",
         "runs.csv", "summary.csv", "verdicts.csv",
     ]  # fmt: skip
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".record")] == []

@@ -454,7 +454,8 @@ def test_fig4_sgd_levels_and_smoothing(runs):
     assert set(t["b"]) == {8, 32, 128, 512}
     for b, g in t.groupby("b"):
         assert g["level_median"].iloc[0] == pytest.approx(2 * float(eq12(RHO, N, b)) / 0.08)
-        assert g["window_start"].iloc[0] == fig4.SGD_DELAY  # ‖H‖ = 1.5 × 2/η ≥ 2ρ_b/η from step 0
+        # the last quarter of steps 0-79: from step 59.25 on
+        assert g["window_start"].iloc[0] == 60 and g["window_end"].iloc[0] == 79
         # ‖H‖_{S_b}/(2ρ_b/η) equals instability/(2/η) by construction
         np.testing.assert_allclose(g["value"] / g["level"], g["instability_ratio"] / g["two_over_eta"])
         raw = g["value"].reset_index(drop=True)
@@ -462,19 +463,30 @@ def test_fig4_sgd_levels_and_smoothing(runs):
     assert t.groupby("b")["level_median"].first().is_monotonic_increasing
 
 
-def test_fig4_sgd_window_opens_from_the_top_eigenvalue_not_from_ias_b(tmp_path):
-    """The SGD window opens SGD_DELAY steps after ‖H‖ first reaches 2ρ_b/η, whatever ‖H‖_{S_b} does; a run whose
-    ‖H‖ never gets there has no window and says why."""
+def test_fig4_sgd_window_is_the_last_quarter_of_the_steps(tmp_path):
+    """The SGD window is the last quarter of the run's steps whatever ‖H‖_{S_b} does (here far below its level) and
+    whenever ‖H‖ reached 2ρ_b/η (step 30); a run whose ‖H‖ never gets there has no window and says why."""
     lr, b = 0.08, 64
     level = 2 * float(eq12(RHO, N, b)) / lr
     d = sgd_diag(lr, b, ratio_level=0.3)  # ‖H‖_{S_b} far below its level throughout
     d["top_eig"] = np.where(d["step"] < 30, 0.5 * level, 1.2 * level)
     t = fig4.build([write_run(tmp_path / "low", loss="mse", lr=lr, b=b, diag=d)])
-    assert t["window_start"].iloc[0] == 30 + fig4.SGD_DELAY and t["window_end"].iloc[0] == d["step"].max()
-    assert t.loc[t["in_window"], "step"].min() == 50 and (t.loc[t["in_window"], "value"] < 0.5 * level).all()
+    assert t["window_start"].iloc[0] == 60 and t["window_end"].iloc[0] == d["step"].max() == 79
+    assert t.loc[t["in_window"], "step"].min() == 60 and (t.loc[t["in_window"], "value"] < 0.5 * level).all()
+    assert "‖H‖ first ≥ 2ρ_b/η at step 30" in t["window_rule"].iloc[0]
     d["top_eig"] = 0.9 * level
     never = fig4.build([write_run(tmp_path / "never", loss="mse", lr=lr, b=b, diag=d)])
     assert not never["in_window"].any() and "never reached 2ρ_b/η" in never["window_rule"].iloc[0]
+
+
+def test_trap_fig4_sgd_window_counts_steps_not_probed_rows(tmp_path):
+    """Probes every step until 50, then every 25 steps up to 1000 (89 rows): the last quarter of the steps is
+    750-1000 (11 probes), not the last quarter of the rows (22 probes from step 475)."""
+    lr, b = 0.08, 64
+    d = sgd_diag(lr, b, T=1001)
+    d = d[(d["step"] < 50) | (d["step"] % 25 == 0)].reset_index(drop=True)
+    t = fig4.build([write_run(tmp_path / "sparse", loss="mse", lr=lr, b=b, diag=d)])
+    assert len(t) == 89 and t["window_start"].iloc[0] == 750 and t["in_window"].sum() == 11
 
 
 # ---------------------------------------------------------------------------------------------

@@ -21,6 +21,7 @@ import yaml
 from . import LssrError
 from .claims.common import VERDICTS
 from .io import atomic_dir
+from .registry import claim_tables
 from .report import statement_summary
 
 #: file in the results folder -> the command that writes it (named in the error when it is missing)
@@ -254,7 +255,8 @@ def replication_page(
         "Written by `lssr replication-record` from the run's files, which are copied next to this page: "
         "`claims.csv` (every claim row with its statistic, threshold and verdict), `summary.csv` and "
         "`verdicts.csv` (the two tables that open report.html, text escaped for reStructuredText), `runs.csv` "
-        "(one row per training run), `fig5.csv` (the Figure-5 heatmap, when the config builds it) and the figures.",
+        "(one row per training run), every figure table a claim reads (`fig1.csv`, `fig4.csv`, `fig5.csv`, ...: "
+        "`lssr claims --table fig1=fig1.csv ...` recomputes claims.csv from them) and the figures.",
         "",
         "## One line per statement of the paper",
         "",
@@ -291,19 +293,23 @@ def write_replication_record(
     *,
     now: datetime | None = None,
 ) -> Path:
-    """Copy ``claims.csv``, ``verdicts.csv``, ``summary.csv``, ``tables/runs.csv`` (and ``tables/fig5.csv`` when the
-    config builds Figure 5) of ``results`` and the PNGs of the figures ``config`` builds from ``figures`` into
-    ``out`` (replaced as a whole, atomically) and write ``out/README.md``; returns its path."""
+    """Copy ``claims.csv``, ``verdicts.csv``, ``summary.csv``, ``tables/runs.csv`` and every table a claim reads of
+    the figures ``config`` builds (``tables/fig1.csv``, ``fig4.csv``, ..., :func:`lssr.registry.claim_tables`, so
+    that each claim row can be recomputed from the record alone: ``lssr claims --table fig1=fig1.csv ...``) of
+    ``results`` and the PNGs of those figures from ``figures`` into ``out`` (replaced as a whole, atomically) and
+    write ``out/README.md``; returns its path."""
     results, figures, config, out = Path(results), Path(figures), Path(config), Path(out)
     raw = read_config(config)
     sources = {name: _require(results / name, cmd, config) for name, cmd in RECORD_FILES.items()}
     planned = planned_figures(raw)
     pngs = [_require(figures / f"{f}.png", f"lssr figure {f}", config) for f in planned]
-    fig5_csv = _require(results / "tables" / "fig5.csv", "lssr table fig5", config) if "fig5" in planned else None
+    claim_csvs = [_require(results / "tables" / f"{f}.csv", f"lssr table {f}", config) for f in planned
+                  if f in claim_tables()]  # fmt: skip
+    fig5_csv = results / "tables" / "fig5.csv" if "fig5" in planned else None
     page = replication_page(results, config, raw, planned, pngs, fig5_csv, now or datetime.now(timezone.utc))
     with atomic_dir(out) as tmp:
         timing = [results / "replication-time.json"] if (results / "replication-time.json").exists() else []
-        for src in [*sources.values(), *([fig5_csv] if fig5_csv else []), *timing]:
+        for src in [*sources.values(), *claim_csvs, *timing]:
             shutil.copyfile(src, tmp / src.name)
         (tmp / "figures").mkdir()
         for p in pngs:

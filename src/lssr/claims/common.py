@@ -129,15 +129,16 @@ def interval_verdict(lo: float, hi: float, comparison: str, threshold: float) ->
     return "inconclusive"
 
 
-def line_fit(x, y, x_se=None) -> dict:
+def line_fit(x, y, x_se=None, seed: int = BOOT_SEED) -> dict:
     """The line y = a + β x through the finite pairs, corrected for noise in x (errors in variables).
 
     β = s_xy / (s_xx − mean(se_x²)) is the method-of-moments estimator (Fuller, *Measurement Error Models*,
     §1.1): least squares divides by s_xx, which noise in x inflates, so its slope is flattened by the
     reliability λ = 1 − mean(se_x²)/s_xx; this one is not. ``x_se`` are the standard errors of x (0 or NaN:
     exact). Returns slope, intercept, x_intercept (−a/β), reliability, n, and the :data:`CI_LEVEL` percentile
-    intervals of slope and x-intercept from :data:`N_BOOT` pairs-bootstrap resamples (generator seed
-    :data:`BOOT_SEED`); all NaN below 2 distinct x. The intervals are (−inf, inf) when λ < :data:`MIN_RELIABILITY`.
+    intervals of slope and x-intercept from :data:`N_BOOT` pairs-bootstrap resamples (generator seed ``seed``,
+    :data:`BOOT_SEED` by default), with the resampled slopes (``slope_boot``, ±inf where a resample has no slope);
+    all NaN below 2 distinct x. The intervals are (−inf, inf) when λ < :data:`MIN_RELIABILITY`.
     """
     x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
     se = np.zeros_like(x) if x_se is None else np.nan_to_num(np.asarray(x_se, dtype=float), nan=0.0)
@@ -145,7 +146,7 @@ def line_fit(x, y, x_se=None) -> dict:
     x, y, se = x[ok], y[ok], se[ok]
     nan = float("nan")
     out = {"slope": nan, "intercept": nan, "x_intercept": nan, "reliability": nan, "n": int(ok.sum()),
-           "slope_ci": (nan, nan), "x_intercept_ci": (nan, nan)}  # fmt: skip
+           "slope_ci": (nan, nan), "x_intercept_ci": (nan, nan), "slope_boot": np.full(N_BOOT, nan)}  # fmt: skip
     if len(np.unique(x)) < 2:
         return out
 
@@ -165,11 +166,12 @@ def line_fit(x, y, x_se=None) -> dict:
     if not lam >= MIN_RELIABILITY:
         out.update(slope_ci=(-np.inf, np.inf), x_intercept_ci=(-np.inf, np.inf))
         return out
-    idx = np.random.default_rng(BOOT_SEED).integers(0, len(x), (N_BOOT, len(x)))
+    idx = np.random.default_rng(seed).integers(0, len(x), (N_BOOT, len(x)))
     b_beta, _, b_xint, _ = fit(x[idx], y[idx], se[idx])
     q = [(1 - CI_LEVEL) / 2, 1 - (1 - CI_LEVEL) / 2]
     # a resample whose x has no spread beyond its noise has no slope: it widens the interval to ±inf
     b_beta, b_xint = np.where(np.isnan(b_beta), np.inf, b_beta), np.where(np.isnan(b_xint), np.inf, b_xint)
+    out["slope_boot"] = b_beta
     out["slope_ci"] = tuple(float(v) for v in np.quantile(b_beta, q, method="inverted_cdf"))
     out["x_intercept_ci"] = tuple(float(v) for v in np.quantile(b_xint, q, method="inverted_cdf"))
     return out

@@ -7,6 +7,7 @@ import numpy as np
 import pandas as pd
 
 from .common import (
+    BOOT_SEED,
     CI_LEVEL,
     MIN_POINTS,
     MIN_RELIABILITY,
@@ -49,6 +50,10 @@ C2_MIN_TOP = 1.0
 #: "a more gentle slope than η²/2" (Fig. 2): the whole interval of the fitted slope after the edge below the
 #: quadratic one (pass); the whole interval at or above it: fail; else inconclusive.
 C6_MAX_SLOPE_RATIO = 1.0
+#: ... and gentler than the same run's own early slope (C1's fit on its early phase, the locally quadratic regime):
+#: the whole interval of (slope after − early slope)/(η²/2) below 0 (pass), at or above it (fail), else inconclusive;
+#: so that a run whose slope is 0.85 η²/2 before and after the edge does not count as gentler after it.
+C6_MAX_SLOPE_DIFF = 0.0
 
 
 def _fit_notes(fit: dict, has_se: bool) -> str:
@@ -157,9 +162,49 @@ def claim_c2(fig4: pd.DataFrame | None) -> list[dict]:
     return [r for _, g in gd.groupby("run", sort=True) for r in _c2_run(g)]
 
 
+def unstable_fits(x, y, x_se, two: float) -> tuple[dict, dict]:
+    """(corrected, naive): the slope of y on x over the unstable regime (measured x > 2/η), fitted with the
+    errors-in-variables correction of :func:`line_fit` and by plain least squares.
+
+    Selecting on a noisy x truncates its noise, so neither is unbiased: least squares on the selected points is
+    flattened by the noise (biased towards 0), while the correction computed from the selected points' own spread
+    over-corrects (biased away from 0). The two bracket the slope, and C6 decides on their union: gentler only when
+    the corrected slope's interval is, steeper only when the naive one is. Without standard errors of x both are
+    least squares."""
+    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    sel = np.isfinite(x) & (x > two)
+    se = None if x_se is None else np.asarray(x_se, dtype=float)[sel]
+    corrected = line_fit(x[sel], y[sel], se)
+    naive = line_fit(x[sel], y[sel], None) if se is not None else corrected
+    return corrected, naive
+
+
+def _quantiles(d: np.ndarray) -> tuple[float, float]:
+    """The :data:`CI_LEVEL` percentile interval of bootstrap draws, NaN draws counted as +inf."""
+    d = np.where(np.isnan(d), np.inf, d)
+    q = [(1 - CI_LEVEL) / 2, 1 - (1 - CI_LEVEL) / 2]
+    return tuple(float(v) for v in np.quantile(d, q, method="inverted_cdf"))
+
+
+def _diff_interval(after: dict, early: dict, ref: float) -> tuple[float, float]:
+    """The :data:`CI_LEVEL` interval of (slope after − early slope)/ref from the two fits' independent bootstrap
+    draws; (−inf, inf) when either fit has no interval (noise in x too large), NaN when either has no slope."""
+    if not (np.isfinite(after["slope"]) and np.isfinite(early["slope"])):
+        return np.nan, np.nan
+    if not (np.all(np.isfinite(after["slope_ci"])) and np.all(np.isfinite(early["slope_ci"]))):
+        return -np.inf, np.inf
+    return _quantiles((np.asarray(after["slope_boot"]) - np.asarray(early["slope_boot"])) / ref)
+
+
+def _union(a: tuple[float, float], b: tuple[float, float]) -> tuple[float, float]:
+    """[lower end of a, upper end of b] (the naive fit's lower end, the corrected fit's upper end)."""
+    return (a[0], b[1]) if not (np.isnan(a[0]) or np.isnan(b[1])) else (np.nan, np.nan)
+
+
 def claim_c6(fig2: pd.DataFrame | None) -> list[dict]:
-    """C6 per run of the Figure 2 table: slope of the normalised loss change on the instability ratio
-    after the edge (phase ``eos``), over all of it and over its unstable regime (ratio > 2/η), / (η²/2)."""
+    """C6 per run of the Figure 2 table: slope of the normalised loss change on the instability ratio after the edge
+    (phase ``eos``), over all of it and over its unstable regime (ratio > 2/η, selected by calibrated x), against
+    η²/2 and against the same run's early slope (phase ``early``, C1's fit)."""
     if fig2 is None:
         return [missing(C6, "table fig2 not given")]
     if fig2.empty or "phase" not in fig2.columns:
@@ -169,19 +214,41 @@ def claim_c6(fig2: pd.DataFrame | None) -> list[dict]:
         first = g.iloc[0]
         eta, two = float(first["lr"]), float(first["two_over_eta"])
         ref = eta**2 / 2
-        eos = g[g["phase"] == "eos"]
+        eos, early = g[g["phase"] == "eos"], g[g["phase"] == "early"]
         window = f"after the edge (phase eos), steps {int(eos['step'].min())}-{int(eos['step'].max())}" if len(eos) \
             else "after the edge: empty (the run never entered the edge of stability)"  # fmt: skip
-        for part, sub in (("", eos), (" (unstable regime)", eos[eos["instability_ratio"] > two])):
-            se = _x_se(sub)
-            fit = line_fit(sub["instability_ratio"], sub["norm_change"], se)
+        se_e = _x_se(eos)
+        fit_all = line_fit(eos["instability_ratio"], eos["norm_change"], se_e)
+        fit_uns, fit_naive = unstable_fits(eos["instability_ratio"], eos["norm_change"], se_e, two)
+        se_0 = _x_se(early)
+        # an independent generator for the early fit, so that the difference's draws are independent
+        fit_0 = line_fit(early["instability_ratio"], early["norm_change"], se_0, seed=BOOT_SEED + 1)
+        early_txt = (f"early slope {fit_0['slope']:.4g} = {fit_0['slope'] / ref:.3g} η²/2 over {fit_0['n']} "
+                     "early-phase steps (C1's fit)")  # fmt: skip
+        for part, fit, naive in (("", fit_all, fit_all), (" (unstable regime)", fit_uns, fit_naive)):
             s, n = fit["slope"], fit["n"]
-            lo, hi = fit["slope_ci"][0] / ref, fit["slope_ci"][1] / ref
+            fit_how = _fit_notes(fit, se_e is not None)
+            lo, hi = _union(naive["slope_ci"], fit["slope_ci"])
+            lo, hi = lo / ref, hi / ref
+            d_lo, d_hi = _union(_diff_interval(naive, fit_0, ref), _diff_interval(fit, fit_0, ref))
+            if naive is not fit:
+                fit_how += (f"; selected on the measured x > 2/η, so the interval runs from the least-squares fit's "
+                            f"lower end (slope {naive['slope'] / ref:.3g} η²/2, flattened by the noise) to the "
+                            f"corrected fit's upper end (over-corrected by the selection)")  # fmt: skip
             rows.append(
                 row(C6, subject(first), f"slope/(η²/2) after the edge{part}", s / ref, "<", C6_MAX_SLOPE_RATIO,
                     n, MIN_POINTS, estimate=s, target=ref, window=window + part, ci=(lo, hi),
                     verdict=interval_verdict(lo, hi, "<", C6_MAX_SLOPE_RATIO),
                     notes=f"fitted slope {s:.4g} vs η²/2 = {ref:.4g}; {CI_LEVEL:.0%} interval of slope/(η²/2) "
-                    f"[{lo:.3g}, {hi:.3g}]; {_fit_notes(fit, se is not None)}")
+                    f"[{lo:.3g}, {hi:.3g}]; {fit_how}")
+            )  # fmt: skip
+            diff = (s - fit_0["slope"]) / ref
+            rows.append(
+                row(C6, subject(first), f"(slope after the edge{part} − early slope)/(η²/2)", diff, "<",
+                    C6_MAX_SLOPE_DIFF, min(n, fit_0["n"]), MIN_POINTS, estimate=s, target=fit_0["slope"],
+                    window=f"{window}{part}; early phase, {len(early)} steps", ci=(d_lo, d_hi),
+                    verdict=interval_verdict(d_lo, d_hi, "<", C6_MAX_SLOPE_DIFF),
+                    notes=f"{early_txt}; {CI_LEVEL:.0%} interval of the difference [{d_lo:.3g}, {d_hi:.3g}] (the two "
+                    f"fits bootstrapped independently); {fit_how}")
             )  # fmt: skip
     return rows

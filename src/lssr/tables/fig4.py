@@ -4,10 +4,14 @@ Windows (read by claims C2 and C3):
 - GD: from the first step with ‖H‖_{S_n} ≥ 2/η; for CE runs the window ends at the first later step
   where the training loss falls below 1e-2 × its first probed value or the training accuracy reaches
   100% (the CE sharpness decays once the loss goes to 0), for MSE at the end of the run.
-- SGD: from :data:`SGD_DELAY` steps after the first probed step where ‖H‖ itself reaches the level 2ρ_b/η
-  (before it ‖H‖_{S_b} ≤ ‖H‖ cannot be at its level), to the end of the run, for CE to the same end as GD.
-  The window is chosen without looking at ‖H‖_{S_b}, the quantity C3 tests. No window (all ``in_window``
-  False, ``level_median`` NaN) when ‖H‖ never reaches the level or was not measured; ``window_rule`` says which.
+- SGD: the last :data:`SGD_FINAL_FRACTION` of the run's steps (counted in steps, not probed rows), up to the
+  end of the run, for CE to the same end as GD: where a ‖H‖_{S_b} that "reaches its level after a few steps and
+  stays there" (Fig. 4(d)) must be at it, however late it got there. The window depends on the step count and
+  the loss only, never on ‖H‖_{S_b}, the quantity C3 tests, nor on a trigger that small b meet at step 0. No window
+  (all ``in_window`` False, ``level_median`` NaN) when ‖H‖ was not measured or never reached the level 2ρ_b/η by
+  the window's end (then ‖H‖_{S_b} ≤ ‖H‖ cannot be at its level: the run never sharpened); ``window_rule`` says
+  which. ``value_se`` and ``level_se`` are the standard errors of ‖H‖_{S_b} and of 2ρ_b/η at each step (from
+  the sketch's se of tr(H S_1) and of tr(S_1); 0 where those are exact).
 
 Each b's level 2ρ_b/η is reported per step and as its median over the window (``level_median``).
 ``value_smooth`` is a centred rolling median over ``smooth_window`` probed steps (default 5,
@@ -21,13 +25,15 @@ from typing import Iterable
 import numpy as np
 import pandas as pd
 
+from .. import scaling
 from .runs import Run, RunLike, base_columns, diag_runs, first_index, for_b, ias_n
 
 CE_LOSS_DROP = 1e-2  # CE window end: training loss below this fraction of its first probed value
 SMOOTH_WINDOW = 5
-#: SGD window: ‖H‖_{S_b} is given this many steps after ‖H‖ reaches 2ρ_b/η to rise to its level, as ‖H‖_{S_n}
-#: "soars from 0 to 2/η in a few steps after ‖H‖ exceeds 2/η" (§5.1, Prop. 4.1; the 20 steps of claim C8).
-SGD_DELAY = 20
+#: SGD window: the last quarter of the run's steps. Fig. 4(d): "after a few steps (around 125)" the curves "reach
+#: the threshold" and stay at it, so the end of training is where every b must be at its level; a quarter keeps
+#: a curve that gets there as late as 3/4 of the run (step 150 of 200) inside the claim.
+SGD_FINAL_FRACTION = 0.25
 
 COLUMNS = [
     "panel",
@@ -42,7 +48,9 @@ COLUMNS = [
     "quantity",
     "value",
     "value_smooth",
+    "value_se",
     "level",
+    "level_se",
     "level_smooth",
     "level_median",
     "two_over_eta",
@@ -103,19 +111,20 @@ def gd_window(run: Run, ias: np.ndarray, loss: np.ndarray, acc: np.ndarray) -> t
 def sgd_window(
     run: Run, steps: np.ndarray, top: np.ndarray, level: np.ndarray, loss: np.ndarray, acc: np.ndarray
 ) -> tuple[int | None, int, str]:
-    """(start, end (exclusive), rule) of an SGD run's window: from SGD_DELAY steps after the first probed step
-    with ‖H‖ ≥ 2ρ_b/η; for CE until the end rule of GD. Chosen from ‖H‖, ρ_b and the loss, never ‖H‖_{S_b}."""
+    """(start, end (exclusive), rule) of an SGD run's window: the probed steps in the last SGD_FINAL_FRACTION of
+    the steps [first probed step, last step of the run or, for CE, of GD's end rule]. Chosen from the step count,
+    the loss and ‖H‖ (which must have reached 2ρ_b/η by then), never from ‖H‖_{S_b}."""
     end_rule = CE_END_RULE if run.loss == "ce" else "to the end of the run"
-    rule = f"from {SGD_DELAY} steps after the first step with ‖H‖ ≥ 2ρ_b/η {end_rule}"
     if not np.isfinite(top).any():
-        return None, 0, "‖H‖ not measured: no window (C3's window opens where ‖H‖ reaches 2ρ_b/η)"
-    cross = first_index(np.isfinite(top) & np.isfinite(level) & (top >= level))
+        return None, 0, "‖H‖ not measured: no window (C3 needs ‖H‖ ≥ 2ρ_b/η, where ‖H‖_{S_b} can reach its level)"
+    end_idx = ce_end(0, loss, acc) if run.loss == "ce" else len(steps)
+    t0, t1 = int(steps[0]), int(steps[end_idx - 1])
+    first = t1 - SGD_FINAL_FRACTION * (t1 - t0)  # in steps: probes may be sparse after a dense start
+    start = first_index(steps[:end_idx] >= first)
+    rule = f"the last {SGD_FINAL_FRACTION:g} of steps {t0}-{t1}, {end_rule}"
+    cross = first_index(np.isfinite(top[:end_idx]) & np.isfinite(level[:end_idx]) & (top[:end_idx] >= level[:end_idx]))
     if cross is None:
-        return None, 0, "‖H‖ never reached 2ρ_b/η (the run never sharpened enough): no window"
-    start = first_index(steps >= steps[cross] + SGD_DELAY)
-    if start is None:
-        return None, 0, f"‖H‖ reached 2ρ_b/η at step {steps[cross]}, < {SGD_DELAY} steps before the end: no window"
-    end_idx = ce_end(start, loss, acc) if run.loss == "ce" else len(steps)
+        return None, 0, f"‖H‖ never reached 2ρ_b/η by step {t1} (the run never sharpened enough): no window"
     return start, end_idx, f"{rule} (‖H‖ first ≥ 2ρ_b/η at step {steps[cross]})"
 
 
@@ -140,6 +149,7 @@ def gd_panel(run: Run, panel: str, smooth_window: int) -> pd.DataFrame:
         "level": two,
         "level_smooth": two,
         "level_median": two,
+        "level_se": 0.0,
         "two_over_eta": two,
         "instability_ratio": ias,
         "train_loss": loss,
@@ -152,9 +162,28 @@ def gd_panel(run: Run, panel: str, smooth_window: int) -> pd.DataFrame:
     parts = []
     for q, v in (("top_eig", top), ("ias_n", ias)):
         parts.append(
-            pd.DataFrame({**common, "quantity": q, "value": v, "value_smooth": smooth(pd.Series(v), smooth_window)})
+            pd.DataFrame(
+                {
+                    **common,
+                    "quantity": q,
+                    "value": v,
+                    "value_smooth": smooth(pd.Series(v), smooth_window),
+                    "value_se": 0.0 if q == "ias_n" else np.nan,
+                }
+            )  # fmt: skip
         )
     return pd.concat(parts, ignore_index=True)
+
+
+def sgd_standard_errors(run: Run, q: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """Standard errors of ‖H‖_{S_b} = tr(H S_b)/tr(S_b) and of 2ρ_b/η = 2 tr(S_n)/(η tr(S_b)) per step:
+    se(tr H S_b)/tr(S_b) = ``instability_se``·ρ_b, and 2ρ_b/η · se(tr S_b)/tr(S_b) with se(tr S_b) = (γ/b)·se(tr S_1)
+    (0 where tr(S_1) is exact, as from per-sample gradients)."""
+    rho, tr_s_b = q["rho_b"].to_numpy(float), q["tr_S_b"].to_numpy(float)
+    value_se = (q["instability_se"] * q["rho_b"]).to_numpy(float)
+    se_s1 = run.col("tr_S_1_se").fillna(0.0).to_numpy(float)
+    level_se = 2.0 * rho / run.lr * scaling.batch_weight(run.n, run.b, run.replacement) * se_s1 / tr_s_b
+    return value_se, level_se
 
 
 def sgd_panel(run: Run, panel: str, smooth_window: int) -> pd.DataFrame:
@@ -164,6 +193,7 @@ def sgd_panel(run: Run, panel: str, smooth_window: int) -> pd.DataFrame:
     q = for_b(run)
     ias = q["ias_b"].to_numpy(float)
     level = (2.0 * q["rho_b"] / run.lr).to_numpy(float)
+    value_se, level_se = sgd_standard_errors(run, q)
     inst = q["instability"].to_numpy(float)
     loss, acc = run.col("loss").to_numpy(float), train_acc(run, steps)
     start, end_idx, rule = sgd_window(run, steps, run.col("top_eig").to_numpy(float), level, loss, acc)
@@ -179,7 +209,9 @@ def sgd_panel(run: Run, panel: str, smooth_window: int) -> pd.DataFrame:
             "quantity": "ias_b",
             "value": ias,
             "value_smooth": smooth(pd.Series(ias), smooth_window),
+            "value_se": value_se,
             "level": level,
+            "level_se": level_se,
             "level_smooth": smooth(pd.Series(level), smooth_window),
             "level_median": lvl_med,
             "two_over_eta": two,
