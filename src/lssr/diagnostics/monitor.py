@@ -38,7 +38,7 @@ from .api import (
     unwrap,
 )
 from .batches import collect
-from .stream import Window, check_groups, flat_grad, row_products, stream_estimates
+from .stream import Window, check_groups, grads_of, row_products, stream_estimates
 
 #: The monitor's defaults: a probe set of N_PROBE samples drawn with SEED; without ``every`` or ``budget``,
 #: measure only when the measurements' wall time, the next one's predicted cost included, stays within
@@ -375,7 +375,7 @@ class SharpnessMonitor:
         if step is not None:
             self.steps = int(step)
         if self.stream is None:
-            self.stream = bool(self._stream_auto and flat_grad(self._trainable()) is not None)
+            self.stream = bool(self._stream_auto and grads_of(self._trainable()) is not None)
         if self.stream:
             row = self._stream_step()
         else:
@@ -396,16 +396,15 @@ class SharpnessMonitor:
         steps and the row's predicted cost (the last row's) fits the budget; a calibration row of
         :func:`lssr.diagnose` at the multiples of ``calibrate_every`` when it fits."""
         t0 = self.clock()
-        g = flat_grad(self._trainable())
+        params = self._trainable()
+        g = grads_of(params)
         if g is None:
             raise LssrError(
                 "SharpnessMonitor: the streaming mode reads the training's gradients, but no parameter has a .grad; "
                 "fix: call monitor.step() after loss.backward() and before optimizer.step(), or stream=False"
             )
         if self._window is None:
-            self._window = Window(
-                g.numel(), self.groups, dtype=g.dtype, device=g.device, generator=self._gen, start=self.steps
-            )
+            self._window = Window(params, self.groups, generator=self._gen, start=self.steps)
         self._window.add(g)
         self.spent_seconds += self.clock() - t0
         row = None

@@ -36,38 +36,44 @@ from .. import LssrError
 Tensor = torch.Tensor
 
 
-def flat_grad(params: list[nn.Parameter], out: Tensor | None = None) -> Tensor | None:
-    """The ``.grad`` of ``params`` as one flat vector (zeros for a parameter without one); None when no parameter
-    has a gradient (the call came before ``backward``)."""
+def grads_of(params: list[nn.Parameter]) -> list[Tensor] | None:
+    """The ``.grad`` of each of ``params`` (zeros for a parameter without one, e.g. unused in the step); None when
+    no parameter has a gradient (the call came before ``backward``)."""
     if all(p.grad is None for p in params):
         return None
-    parts = [p.grad.reshape(-1) if p.grad is not None else torch.zeros(p.numel(), dtype=p.dtype) for p in params]
-    if out is None:
-        return torch.cat([t.detach() for t in parts])
-    return torch.cat([t.detach() for t in parts], out=out)
+    return [p.grad.detach() if p.grad is not None else torch.zeros_like(p) for p in params]
 
 
 class Window:
-    """The running sums of one window of training gradients g_t (length m), in M round-robin groups."""
+    """The running sums of one window of training gradients g_t (length m), in M round-robin groups: per step
+    two in-place additions and a norm over the parameters (``torch._foreach`` kernels, no flat copy)."""
 
-    def __init__(self, dim: int, groups: int, *, dtype: torch.dtype, device, generator: torch.Generator, start: int):
+    def __init__(self, params: list[Tensor], groups: int, *, generator: torch.Generator, start: int):
         self.M = int(groups)
         self.start = int(start)
-        self.A = torch.zeros(self.M, dim, dtype=dtype, device=device)  # Σ_{t∈i} g_t
-        self.Z = torch.zeros(self.M, dim, dtype=dtype, device=device)  # Σ_{t∈i} z_t g_t
+        first = params[0]
+        dim = sum(p.numel() for p in params)
+        self.A = torch.zeros(self.M, dim, dtype=first.dtype, device=first.device)  # Σ_{t∈i} g_t
+        self.Z = torch.zeros(self.M, dim, dtype=first.dtype, device=first.device)  # Σ_{t∈i} z_t g_t
+        sizes = [p.numel() for p in params]
+        self._A = [[v.view(p.shape) for v, p in zip(self.A[i].split(sizes), params)] for i in range(self.M)]
+        self._Z = [[v.view(p.shape) for v, p in zip(self.Z[i].split(sizes), params)] for i in range(self.M)]
         self.q = [0.0] * self.M  # Σ_{t∈i} ‖g_t‖²
         self.k = [0] * self.M
         self.w = [0.0] * self.M  # Σ_{t∈i} z_t
         self.steps = 0
         self.generator = generator
+        self._signs: list[float] = []
 
-    def add(self, g: Tensor) -> None:
-        """Adds one step's mini-batch gradient g_t (flat)."""
+    def add(self, grads: list[Tensor]) -> None:
+        """Adds one step's mini-batch gradient g_t (one tensor per parameter)."""
         i = self.steps % self.M
-        z = 1.0 if int(torch.randint(0, 2, (1,), generator=self.generator)) else -1.0
-        self.A[i].add_(g)
-        self.Z[i].add_(g, alpha=z)
-        self.q[i] += float(g.double().square().sum()) if g.dtype != torch.float64 else float(g.dot(g))
+        if not self._signs:
+            self._signs = (torch.randint(0, 2, (256,), generator=self.generator) * 2 - 1).double().tolist()
+        z = self._signs.pop()
+        torch._foreach_add_(self._A[i], grads)
+        torch._foreach_add_(self._Z[i], grads, alpha=z)
+        self.q[i] += float(torch.stack(torch._foreach_norm(grads)).double().square().sum())
         self.k[i] += 1
         self.w[i] += z
         self.steps += 1
@@ -76,15 +82,11 @@ class Window:
         """Every group has at least two steps (the within-group centring needs them)."""
         return min(self.k) >= 2
 
-    def vectors(self) -> tuple[Tensor, Tensor, Tensor]:
-        """(ḡ_i, u_i, ḡ_{−i}) for every group, each (M, m): the group means, the centred sign sketches
-        Σ_{t∈i} z_t (g_t − ḡ_i) and the other groups' means."""
+    def sketches(self) -> Tensor:
+        """The centred sign sketches u_i = Σ_{t∈i} z_t (g_t − ḡ_i) of the groups, (M, m)."""
         k = torch.tensor(self.k, dtype=self.A.dtype, device=self.A.device).unsqueeze(1)
         w = torch.tensor(self.w, dtype=self.A.dtype, device=self.A.device).unsqueeze(1)
-        mean = self.A / k
-        u = self.Z - w * mean
-        rest = (self.A.sum(0, keepdim=True) - self.A) / (sum(self.k) - k)
-        return mean, u, rest
+        return self.Z - w * (self.A / k)
 
 
 def jackknife(values: Tensor) -> float:
@@ -133,38 +135,34 @@ def check_groups(groups: int, window: int) -> None:
 
 
 def row_products(op, window: Window, x: Tensor | None) -> tuple[float, Tensor, float, Tensor, float]:
-    """The HVP part of a row, three products with the Hessian H_P of the row's probe samples: H_P ḡ (ḡ the
-    window's mean gradient), H_P U (U = Σ_i u_i, the centred sign sketches of all groups) and H_P x (x the unit
-    warm start of ‖H‖, the window's mean direction at the first row).
+    """The HVP part of a row, two products with the Hessian H_P of the row's probe samples: H_P v with
+    v = ḡ + c U (ḡ the window's mean gradient, U = Σ_i u_i the centred sign sketches of all groups,
+    c² = (1 − 1/K)/(K − M)) and H_P x (x the unit warm start of ‖H‖; the window's mean direction at first).
 
-    Returns (tr(H S_b), its M leave-one-group-out values, ‖H‖ ≈ xᵀH_Px, the next warm start (x + H_Px/xᵀH_Px,
-    normalised: a power step of I + H/‖H‖, which averages the rows' fresh probe samples), the
-    relative residual ‖H_Px − (xᵀH_Px) x‖/|xᵀH_Px|). tr(H S_b) = ḡᵀH_Pḡ + (1 − 1/K) UᵀH_PU/(K − M):
-    E[ḡᵀHḡ] = μᵀHμ + tr(H C_b)/K and E[UᵀHU] = Σ_i (k_i − 1) tr(H C_b) = (K − M) tr(H C_b) (the signs make the
-    cross terms between steps vanish), so it is unbiased when E H_P = H. The leave-one-group-out values are
-    first order in group i for the mean part and replace u_iᵀH_Pu_i by its unbiased estimate u_iᵀH_PU in the
-    noise part; H_P is held fixed (the spread of the probe samples is not in them)."""
-    mean, u, _ = window.vectors()
+    Returns (tr(H S_b) = vᵀH_Pv, its M leave-one-group-out values, ‖H‖ ≈ xᵀH_Px, the next warm start, the
+    relative residual ‖H_Px − (xᵀH_Px) x‖/|xᵀH_Px|). Over the signs E[ḡᵀHU] = 0 and E[UᵀHU] = Σ_{t}
+    (g_t − ḡ_{i(t)})ᵀH(g_t − ḡ_{i(t)}), whose mean over the gradients is (K − M) tr(H C_b), while
+    E[ḡᵀHḡ] = μᵀHμ + tr(H C_b)/K: so vᵀHv is unbiased for μᵀHμ + tr(H C_b) = tr(H S_b) when E H_P = H.
+    Leaving group i out removes its share p_i = w_iᵀH_Pv (w_i = A_i/K + c u_i, Σ_i w_i = v) and rescales by
+    K/(K − k_i); H_P is held fixed, so the spread of the probe samples is not in the standard error. The next
+    warm start is x + H_Px/(xᵀH_Px), normalised: a power step of I + H/‖H‖, which averages over the rows'
+    fresh probe samples."""
+    u = window.sketches()
     K, M = float(window.steps), window.M
     gbar = window.A.sum(0) / K
-    U = u.sum(0)
+    c = math.sqrt((1 - 1 / K) / (K - M))
+    v = gbar + c * u.sum(0)
     if x is None:
         x = gbar / gbar.norm() if float(gbar.norm()) > 0 else torch.ones_like(gbar) / math.sqrt(gbar.numel())
-    Hg, HU, Hx = (op.hvp(v).to(gbar.dtype) for v in (gbar, U, x))
-    m = float(gbar.double() @ Hg.double())
-    c = float(U.double() @ HU.double())
+    Hv, Hx = (op.hvp(t).to(gbar.dtype) for t in (v, x))
+    ths = float(v.double() @ Hv.double())
     k = torch.tensor(window.k, dtype=torch.float64)
-    ths = m + (1 - 1 / K) * c / (K - M)
-    A64 = window.A.double()
-    m_loo = m - 2 * ((A64 - k.unsqueeze(1) * gbar.double()) @ Hg.double()) / (K - k)
-    c_loo = c - u.double() @ HU.double()
-    K_loo = K - k
-    ths_loo = m_loo + (1 - 1 / K_loo) * c_loo / (K_loo - (M - 1))
+    p = (window.A.double() / K + c * u.double()) @ Hv.double()
+    ths_loo = (ths - p) * K / (K - k)
     lam = float(x.double() @ Hx.double())
     rel = float((Hx - lam * x).norm()) / max(abs(lam), 1e-300)
     step = x + Hx / lam if lam > 0 and math.isfinite(lam) else x
-    nxt = step / step.norm()
-    return ths, ths_loo, lam, nxt, rel
+    return ths, ths_loo, lam, step / step.norm(), rel
 
 
 def stream_estimates(window: Window, ths: float, ths_loo: Tensor, lam: float, b: int | None, gamma: float) -> dict:
