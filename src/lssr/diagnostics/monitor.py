@@ -396,7 +396,9 @@ class SharpnessMonitor:
         steps and the row's predicted cost (the last row's) fits the budget; a calibration row of
         :func:`lssr.diagnose` at the multiples of ``calibrate_every`` when it fits."""
         t0 = self.clock()
-        params = self._trainable()
+        if self._window is None:
+            self._params = self._trainable()  # the window's parameters (listed once: a walk of the modules costs)
+        params = self._params
         g = grads_of(params)
         if g is None:
             raise LssrError(

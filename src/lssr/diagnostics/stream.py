@@ -45,8 +45,8 @@ def grads_of(params: list[nn.Parameter]) -> list[Tensor] | None:
 
 
 class Window:
-    """The running sums of one window of training gradients g_t (length m), in M round-robin groups: per step
-    two in-place additions and a norm over the parameters (``torch._foreach`` kernels, no flat copy)."""
+    """The running sums of one window of training gradients g_t (length m), in M round-robin groups: per step one
+    copy of the gradients into a flat buffer, a dot product and two in-place additions."""
 
     def __init__(self, params: list[Tensor], groups: int, *, generator: torch.Generator, start: int):
         self.M = int(groups)
@@ -55,9 +55,7 @@ class Window:
         dim = sum(p.numel() for p in params)
         self.A = torch.zeros(self.M, dim, dtype=first.dtype, device=first.device)  # Σ_{t∈i} g_t
         self.Z = torch.zeros(self.M, dim, dtype=first.dtype, device=first.device)  # Σ_{t∈i} z_t g_t
-        sizes = [p.numel() for p in params]
-        self._A = [[v.view(p.shape) for v, p in zip(self.A[i].split(sizes), params)] for i in range(self.M)]
-        self._Z = [[v.view(p.shape) for v, p in zip(self.Z[i].split(sizes), params)] for i in range(self.M)]
+        self._g = torch.empty(dim, dtype=first.dtype, device=first.device)
         self.q = [0.0] * self.M  # Σ_{t∈i} ‖g_t‖²
         self.k = [0] * self.M
         self.w = [0.0] * self.M  # Σ_{t∈i} z_t
@@ -71,9 +69,10 @@ class Window:
         if not self._signs:
             self._signs = (torch.randint(0, 2, (256,), generator=self.generator) * 2 - 1).double().tolist()
         z = self._signs.pop()
-        torch._foreach_add_(self._A[i], grads)
-        torch._foreach_add_(self._Z[i], grads, alpha=z)
-        self.q[i] += float(torch.stack(torch._foreach_norm(grads)).double().square().sum())
+        g = torch.cat([t.reshape(-1) for t in grads], out=self._g)
+        self.A[i].add_(g)
+        self.Z[i].add_(g, alpha=z)
+        self.q[i] += float(g.dot(g))
         self.k[i] += 1
         self.w[i] += z
         self.steps += 1
@@ -100,8 +99,7 @@ def jackknife(values: Tensor) -> float:
 def window_moments(A: Tensor, q, k) -> tuple[float, float, Tensor, Tensor]:
     """(tr S_b, tr S_n) of a window and their M leave-one-group-out values, from the group sums A (M, m), the
     groups' Σ‖g_t‖² q and step counts k."""
-    A64 = A.double()
-    G = A64 @ A64.T
+    G = (A @ A.T).double()
     q = torch.tensor(q, dtype=torch.float64)
     k = torch.tensor(k, dtype=torch.float64)
     S2, Q, K = G.sum(), q.sum(), k.sum()
@@ -155,11 +153,11 @@ def row_products(op, window: Window, x: Tensor | None) -> tuple[float, Tensor, f
     if x is None:
         x = gbar / gbar.norm() if float(gbar.norm()) > 0 else torch.ones_like(gbar) / math.sqrt(gbar.numel())
     Hv, Hx = (op.hvp(t).to(gbar.dtype) for t in (v, x))
-    ths = float(v.double() @ Hv.double())
+    ths = float(v @ Hv)
     k = torch.tensor(window.k, dtype=torch.float64)
-    p = (window.A.double() / K + c * u.double()) @ Hv.double()
+    p = (torch.addmm(window.A @ Hv.unsqueeze(1), u, Hv.unsqueeze(1), beta=1 / K, alpha=c)).squeeze(1).double()
     ths_loo = (ths - p) * K / (K - k)
-    lam = float(x.double() @ Hx.double())
+    lam = float(x @ Hx)
     rel = float((Hx - lam * x).norm()) / max(abs(lam), 1e-300)
     step = x + Hx / lam if lam > 0 and math.isfinite(lam) else x
     return ths, ths_loo, lam, step / step.norm(), rel
