@@ -24,6 +24,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, IterableDataset, Subset
 
 from .. import LssrError
+from ..curvature import GraphTooLarge
 from ..io import CsvLog
 from .api import (
     CHUNK,
@@ -55,7 +56,7 @@ FIRST_COST, CALIBRATION_COST = 100.0, 4.0
 
 #: The streaming mode's defaults (:mod:`.stream`): a row every WINDOW training steps (the window of mini-batch
 #: gradients it averages), HVPs on STREAM_N fresh probe samples per row in GROUPS groups (the jackknife's).
-WINDOW, STREAM_N, GROUPS = 100, 64, 8
+WINDOW, STREAM_N, GROUPS = 80, 32, 8
 
 #: Columns before the diagnostics in every row.
 HEAD = ("step", "lr", "momentum", "dampening", "nesterov", "weight_decay", "threshold", "top_eig_reg", "edge_ratio")
@@ -445,8 +446,14 @@ class SharpnessMonitor:
             )
             with _restoring(prep.model, o["bn"], o["dropout"]), torch.autocast(prep.device_type, enabled=False):
                 op = prep.operator(chunk_size=self.stream_n)
-                if self._hvp_mode is None:
-                    self._hvp_mode = _set_hvp_mode(op, o.get("hvp_mode", "auto"))
+                if self._hvp_mode is None and o.get("hvp_mode", "auto") == "auto":
+                    try:  # the kept graph of ∇L when it works (the cheapest HVPs), without trying the others first
+                        op.set_hvp_mode("graph", "SharpnessMonitor", graph_budget=memory_budget(op.device))
+                        self._hvp_mode = "graph"
+                    except (GraphTooLarge, NotImplementedError, RuntimeError):
+                        self._hvp_mode = _set_hvp_mode(op, "auto")
+                elif self._hvp_mode is None:
+                    self._hvp_mode = _set_hvp_mode(op, o["hvp_mode"])
                 else:
                     op.set_hvp_mode(self._hvp_mode, "SharpnessMonitor", graph_budget=memory_budget(op.device))
                 ths, ths_loo, theta, self._x, rel = row_products(op, w, self._x)
