@@ -100,23 +100,20 @@ def test_the_streaming_estimators_are_unbiased(run, key):
     assert all(r["kind"] == "stream" and r["window_steps"] == WINDOW for r in rows)
 
 
-@pytest.mark.parametrize(
-    "key, low, cover_min",
-    [("tr_S_b", 0.65, 0.8), ("tr_S_n", 0.65, 0.8), ("tr_S_1", 0.65, 0.8), ("tr_HS_b", 0.45, 0.65)],
-)
-def test_the_rows_standard_errors_match_their_spread(run, key, low, cover_min):
-    """The rows' jackknife variances average to at least ``low`` and at most 1.6 times the variance of the rows'
-    values (the jackknife of the U-statistic tr S_n is conservative, about 1.4 here), and enough rows cover the
-    truth within 2 standard errors (a t distribution with M − 1 = 7 degrees of freedom covers 91%). tr(H S_b)'s
-    standard error leaves out the spread of the row's probe samples (H_P is held fixed), so it is smaller than
-    the rows' spread (about 0.65 of the variance here)."""
+@pytest.mark.parametrize("key", ["tr_S_b", "tr_S_n", "tr_S_1", "tr_HS_b", "top_eig"])
+def test_the_rows_standard_errors_match_their_spread(run, key):
+    """From the ninth row on (a full spread of consecutive rows, a settled ‖H‖), the rows' squared standard
+    errors average to between 0.65 and 1.6 times the variance of the rows' values (the jackknife of the
+    U-statistic tr S_n is conservative, about 1.4 here), and at least 80% of the rows cover the truth within 2
+    standard errors (a t distribution with 7 degrees of freedom covers 91%)."""
     truth, rows = run
+    rows = rows[8:]
     v = torch.tensor([r[key] for r in rows], dtype=torch.float64)
     se = torch.tensor([r[f"{key}_se"] for r in rows], dtype=torch.float64)
     ratio = float(se.square().mean() / v.var())
-    assert low <= ratio <= 1.6, (key, ratio)
+    assert 0.65 <= ratio <= 1.6, (key, ratio)
     cover = float(((v - truth[key]).abs() <= 2 * se).double().mean())
-    assert cover >= cover_min, (key, cover)
+    assert cover >= 0.8, (key, cover)
 
 
 def test_the_top_eigenvalue_converges_to_the_dense_one(run):

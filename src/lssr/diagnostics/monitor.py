@@ -39,7 +39,7 @@ from .api import (
     unwrap,
 )
 from .batches import collect
-from .stream import Window, check_groups, grads_of, row_products, stream_estimates
+from .stream import Window, check_groups, grads_of, row_products, stream_estimates, successive_se
 
 #: The monitor's defaults: a probe set of N_PROBE samples drawn with SEED; without ``every`` or ``budget``,
 #: measure only when the measurements' wall time, the next one's predicted cost included, stays within
@@ -57,6 +57,10 @@ FIRST_COST, CALIBRATION_COST = 100.0, 4.0
 #: The streaming mode's defaults (:mod:`.stream`): a row every WINDOW training steps (the window of mini-batch
 #: gradients it averages), HVPs on STREAM_N fresh probe samples per row in GROUPS groups (the jackknife's).
 WINDOW, STREAM_N, GROUPS = 80, 32, 8
+
+#: The curvature terms whose standard error is at least the spread of the last SPREAD_ROWS streaming rows
+#: (:func:`.stream.successive_se`): it holds the probe samples' spread, which the window's jackknife leaves out.
+SPREAD_KEYS, SPREAD_ROWS = ("tr_HS_b", "ias_b", "top_eig"), 8
 
 #: Columns before the diagnostics in every row.
 HEAD = ("step", "lr", "momentum", "dampening", "nesterov", "weight_decay", "threshold", "top_eig_reg", "edge_ratio")
@@ -163,6 +167,10 @@ def draw_probe_set(data: Any, n: int | None, seed: int, transform: Callable | No
     return batch
 
 
+def _nan_to(x: float, value: float = 0.0) -> float:
+    return value if math.isnan(x) else x
+
+
 def _map_style(data: Any) -> Dataset | None:
     """The map-style data set behind ``data`` (itself, or a DataLoader's), else None."""
     if isinstance(data, DataLoader):
@@ -264,6 +272,7 @@ class SharpnessMonitor:
         self._source = _map_style(data)
         self._window: Window | None = None
         self._x: torch.Tensor | None = None  # the warm start of ‖H‖
+        self._recent: list[dict] = []  # the last SPREAD_ROWS rows' curvature terms
         self._hvp_mode: str | None = None
         self._gen = torch.Generator().manual_seed(self.seed)
         self.stream_rows = 0
@@ -462,6 +471,10 @@ class SharpnessMonitor:
         if not o["replacement"] and b is not None and self.train_size and self.train_size > 1:
             gam = (self.train_size - b) / (self.train_size - 1)
         est = stream_estimates(w, ths, ths_loo, theta, b, gam)
+        # the spread of consecutive rows (fresh probe samples each): in the standard errors of the curvature terms
+        self._recent = (self._recent + [{k: est[k] for k in SPREAD_KEYS}])[-SPREAD_ROWS:]
+        for key in SPREAD_KEYS:
+            est[f"{key}_se"] = max(_nan_to(est[f"{key}_se"]), successive_se([r[key] for r in self._recent]))
         extra = dict(
             kind="stream",
             window_start=w.start,
@@ -639,6 +652,7 @@ class SharpnessMonitor:
             "stream_rows": self.stream_rows,
             "last_stream_seconds": self.last_stream_seconds,
             "stream_x": self._x,
+            "stream_recent": list(self._recent),
             "hvp_mode": self._hvp_mode,
             "stream_generator": self._gen.get_state(),
         }
@@ -663,6 +677,7 @@ class SharpnessMonitor:
         self.stream_rows = int(state.get("stream_rows", 0))
         self.last_stream_seconds = float(state.get("last_stream_seconds", 0.0))
         self._x = state.get("stream_x")
+        self._recent = list(state.get("stream_recent", []))
         self._hvp_mode = state.get("hvp_mode")
         if state.get("stream_generator") is not None:
             self._gen.set_state(state["stream_generator"])

@@ -1,27 +1,25 @@
 """The monitor's streaming estimates: tr S_b, tr S_n, tr S_1, B_simple, ρ_b, tr(H S_b), ‖H‖_{S_b} and ‖H‖
-from the mini-batch gradients g_t that training computes anyway, and a few Hessian-vector products per row.
+from the mini-batch gradients g_t that training computes anyway, and two Hessian-vector products per row.
 
 A window is K consecutive training steps t with mini-batch gradients g_t (batch size b), dealt round-robin
 into M groups (group i: k_i steps, sum A_i = Σ_{t∈i} g_t, Σ_{t∈i} ‖g_t‖², and the sign sketch
 Z_i = Σ_{t∈i} z_t g_t with z_t = ±1 from the monitor's own generator). Treating the g_t of a window as
-independent draws at one θ (batches from a training set of N ≫ Kb samples; the parameters move during the
-window, so each row describes the window's average, and the cross terms below see ∇L(θ_s)ᵀ∇L(θ_t)):
+independent draws at one θ (batches drawn with replacement, or from a training set of N ≫ b·B_simple samples):
 
-- tr S_b = E‖g_b‖²: the mean of ‖g_t‖²;
+- tr S_b = E‖g_b‖²: the mean of ‖g_t‖² (the window's mean of tr S_b(θ_t));
 - tr S_n = ‖∇L‖²: the U-statistic Σ_{s≠t} g_sᵀg_t / (K(K − 1)) (McCandlish et al. 2018's unbiased
-  combination of |G|² at batch sizes b and Kb);
+  combination of |G|² at batch sizes b and Kb). Its cross terms see ∇L(θ_s)ᵀ∇L(θ_t): when ∇L changes sign
+  from step to step (the oscillation of the edge of stability) they cancel, and the estimate falls below the
+  window's mean of ‖∇L(θ_t)‖², down to the square of its mean gradient;
 - by identity (1), S_b − S_n = (γ_{N,b}/b)(S_1 − S_n): tr S_1 = tr S_n + (b/γ)(tr S_b − tr S_n),
   B_simple = (tr S_1 − tr S_n)/tr S_n, ρ_b = tr S_n/tr S_b;
-- tr(H S_b) = E[g_bᵀ H g_b] with H from samples independent of the g_t: per group i, a fresh batch of
-  probe samples with Hessian H_i (E H_i = H) and e_i = ḡ_{−i}ᵀ H_i ḡ_i + u_iᵀ H_i u_i/(k_i − 1), where ḡ_i is
-  group i's mean gradient, ḡ_{−i} the other groups' and u_i = Σ_{t∈i} z_t (g_t − ḡ_i); E e_i = μᵀHμ +
-  tr(H C_b) = tr(H S_b) (μ = ∇L, C_b = S_b − S_n);
-- ‖H‖: a Rayleigh–Ritz step per row in the span of the last row's Ritz vector x and residual r, with the
-  probe samples' Hessian H_P = mean_i H_i (warm-started across rows); the row's value is xᵀH_Px ± the spread of
-  xᵀH_ix over the groups.
+- tr(H S_b) = E[g_bᵀ H g_b]: vᵀH_Pv with v = ḡ + U/√K, U the centred sign sketch and H_P the Hessian of
+  fresh probe samples, independent of the g_t (:func:`row_products`): unbiased for the window's mean of
+  g_tᵀHg_t whatever the drift of θ;
+- ‖H‖: xᵀH_Px for a warm-started x that a damped power step per row moves towards the top eigenvector.
 
-Every standard error is the delete-one-group jackknife over the M groups. Four tangents per group (ḡ_i,
-u_i, x, r): the cost of a row is 4 Hessian-vector products on its probe samples.
+Standard errors: the delete-one-group jackknife over the M groups; for tr(H S_b), ‖H‖_{S_b} and ‖H‖ at least the
+spread of consecutive rows (:func:`successive_se`), which holds the spread of the probe samples.
 """
 
 from __future__ import annotations
@@ -34,6 +32,9 @@ from torch import nn
 from .. import LssrError
 
 Tensor = torch.Tensor
+
+#: The weight of the new direction in the damped power step of ‖H‖'s warm start (:func:`row_products`).
+EIG_STEP = 0.5
 
 
 def grads_of(params: list[nn.Parameter]) -> list[Tensor] | None:
@@ -78,14 +79,8 @@ class Window:
         self.steps += 1
 
     def ready(self) -> bool:
-        """Every group has at least two steps (the within-group centring needs them)."""
+        """Every group has at least two steps."""
         return min(self.k) >= 2
-
-    def sketches(self) -> Tensor:
-        """The centred sign sketches u_i = Σ_{t∈i} z_t (g_t − ḡ_i) of the groups, (M, m)."""
-        k = torch.tensor(self.k, dtype=self.A.dtype, device=self.A.device).unsqueeze(1)
-        w = torch.tensor(self.w, dtype=self.A.dtype, device=self.A.device).unsqueeze(1)
-        return self.Z - w * (self.A / k)
 
 
 def jackknife(values: Tensor) -> float:
@@ -122,6 +117,15 @@ def derived(tb, tn, ths, lam, b: int | None, gamma: float) -> dict:
     return out
 
 
+def successive_se(values: list[float]) -> float:
+    """The standard deviation of one value from the spread of consecutive ones: √(Σ (x_r − x_{r−1})² / (2(R − 1)))
+    over R ≥ 3 values (the mean squared successive difference, which a slow trend barely inflates); NaN for fewer."""
+    if len(values) < 3 or not all(math.isfinite(v) for v in values):
+        return math.nan
+    d = [(b - a) ** 2 for a, b in zip(values, values[1:])]
+    return math.sqrt(sum(d) / (2 * len(d)))
+
+
 def check_groups(groups: int, window: int) -> None:
     if not isinstance(groups, int) or groups < 2:
         raise LssrError(f"SharpnessMonitor: groups must be an integer >= 2, got {groups!r}")
@@ -133,33 +137,34 @@ def check_groups(groups: int, window: int) -> None:
 
 
 def row_products(op, window: Window, x: Tensor | None) -> tuple[float, Tensor, float, Tensor, float]:
-    """The HVP part of a row, two products with the Hessian H_P of the row's probe samples: H_P v with
-    v = ḡ + c U (ḡ the window's mean gradient, U = Σ_i u_i the centred sign sketches of all groups,
-    c² = (1 − 1/K)/(K − M)) and H_P x (x the unit warm start of ‖H‖; the window's mean direction at first).
+    """The HVP part of a row, two products with the Hessian H_P of the probe samples: H_P v with v = ḡ + U/√K
+    (ḡ the window's mean gradient, U = Σ_t z_t (g_t − ḡ) its centred sign sketch) and H_P x (x the unit warm
+    start of ‖H‖; the window's mean direction at first).
 
     Returns (tr(H S_b) = vᵀH_Pv, its M leave-one-group-out values, ‖H‖ ≈ xᵀH_Px, the next warm start, the
-    relative residual ‖H_Px − (xᵀH_Px) x‖/|xᵀH_Px|). Over the signs E[ḡᵀHU] = 0 and E[UᵀHU] = Σ_{t}
-    (g_t − ḡ_{i(t)})ᵀH(g_t − ḡ_{i(t)}), whose mean over the gradients is (K − M) tr(H C_b), while
-    E[ḡᵀHḡ] = μᵀHμ + tr(H C_b)/K: so vᵀHv is unbiased for μᵀHμ + tr(H C_b) = tr(H S_b) when E H_P = H.
-    Leaving group i out removes its share p_i = w_iᵀH_Pv (w_i = A_i/K + c u_i, Σ_i w_i = v) and rescales by
-    K/(K − k_i); H_P is held fixed, so the spread of the probe samples is not in the standard error. The next
-    warm start is x + H_Px/(xᵀH_Px), normalised: a power step of I + H/‖H‖, which averages over the rows'
-    fresh probe samples."""
-    u = window.sketches()
-    K, M = float(window.steps), window.M
+    relative residual ‖H_Px − (xᵀH_Px) x‖/|xᵀH_Px|). Over the signs E[ḡᵀH_PU] = 0 and E[UᵀH_PU] =
+    Σ_t (g_t − ḡ)ᵀH_P(g_t − ḡ), so E[vᵀH_Pv] = (1/K) Σ_t g_tᵀH_Pg_t exactly, whatever the gradients (their
+    drift and oscillation over the window included); for independent g_t at one θ its mean is tr(H_P S_b).
+    Leaving group i out removes its share p_i = w_iᵀH_Pv (w_i = A_i/K + (Z_i − w_i ḡ)/√K, Σ_i w_i = v) and
+    rescales by K/(K − k_i). The next warm start is x + EIG_STEP · H_Px/‖H_Px‖, normalised: a damped power step
+    (Oja's iteration) that averages over the rows' fresh probe samples, so that x follows the top eigenvector of
+    their mean H rather than of one row's H_P; xᵀH_Px is then an unbiased estimate of xᵀHx ≤ ‖H‖."""
+    K = float(window.steps)
     gbar = window.A.sum(0) / K
-    c = math.sqrt((1 - 1 / K) / (K - M))
-    v = gbar + c * u.sum(0)
+    w = torch.tensor(window.w, dtype=gbar.dtype, device=gbar.device).unsqueeze(1)
+    parts = window.A / K + (window.Z - w * gbar) / math.sqrt(K)  # w_i, (M, m)
+    v = parts.sum(0)
     if x is None:
         x = gbar / gbar.norm() if float(gbar.norm()) > 0 else torch.ones_like(gbar) / math.sqrt(gbar.numel())
     Hv, Hx = (op.hvp(t).to(gbar.dtype) for t in (v, x))
     ths = float(v @ Hv)
     k = torch.tensor(window.k, dtype=torch.float64)
-    p = (torch.addmm(window.A @ Hv.unsqueeze(1), u, Hv.unsqueeze(1), beta=1 / K, alpha=c)).squeeze(1).double()
+    p = (parts @ Hv).double()
     ths_loo = (ths - p) * K / (K - k)
     lam = float(x @ Hx)
     rel = float((Hx - lam * x).norm()) / max(abs(lam), 1e-300)
-    step = x + Hx / lam if lam > 0 and math.isfinite(lam) else x
+    nrm = float(Hx.norm())
+    step = x + EIG_STEP * Hx / nrm if nrm > 0 and math.isfinite(nrm) else x
     return ths, ths_loo, lam, step / step.norm(), rel
 
 
