@@ -58,9 +58,10 @@ FIRST_COST, CALIBRATION_COST = 100.0, 4.0
 #: gradients it averages), HVPs on STREAM_N fresh probe samples per row in GROUPS groups (the jackknife's).
 WINDOW, STREAM_N, GROUPS = 80, 32, 8
 
-#: The curvature terms whose standard error is at least the spread of the last SPREAD_ROWS streaming rows
-#: (:func:`.stream.successive_se`): it holds the probe samples' spread, which the window's jackknife leaves out.
-SPREAD_KEYS, SPREAD_ROWS = ("tr_HS_b", "ias_b", "top_eig"), 8
+#: The terms whose standard error comes from (tr S_n), or is at least, the spread of the last SPREAD_ROWS
+#: streaming rows (:func:`.stream.successive_se`): each row has fresh probe samples, whose spread the window's
+#: jackknife leaves out.
+SPREAD_KEYS, SPREAD_ROWS = ("tr_S_n", "tr_HS_b", "top_eig"), 8
 
 #: Columns before the diagnostics in every row.
 HEAD = ("step", "lr", "momentum", "dampening", "nesterov", "weight_decay", "threshold", "top_eig_reg", "edge_ratio")
@@ -78,6 +79,8 @@ STREAM_COLS = (
     "tr_S_b_se",
     "tr_S_n",
     "tr_S_n_se",
+    "tr_S_n_window",
+    "tr_S_n_window_se",
     "tr_S_1",
     "tr_S_1_se",
     "b_simple",
@@ -465,22 +468,25 @@ class SharpnessMonitor:
                     self._hvp_mode = _set_hvp_mode(op, o["hvp_mode"])
                 else:
                     op.set_hvp_mode(self._hvp_mode, "SharpnessMonitor", graph_budget=memory_budget(op.device))
-                ths, ths_loo, theta, self._x, rel = row_products(op, w, self._x)
+                prod = row_products(op, w, self._x)
+                self._x = prod["x"]
         b = self.stream_b
         gam = 1.0
         if not o["replacement"] and b is not None and self.train_size and self.train_size > 1:
             gam = (self.train_size - b) / (self.train_size - 1)
-        est = stream_estimates(w, ths, ths_loo, theta, b, gam)
-        # the spread of consecutive rows (fresh probe samples each): in the standard errors of the curvature terms
-        self._recent = (self._recent + [{k: est[k] for k in SPREAD_KEYS}])[-SPREAD_ROWS:]
-        for key in SPREAD_KEYS:
-            est[f"{key}_se"] = max(_nan_to(est[f"{key}_se"]), successive_se([r[key] for r in self._recent]))
+        # the spread of consecutive rows (fresh probe samples and batches each) in the standard errors
+        self._recent = (self._recent + [{k: prod[k] for k in SPREAD_KEYS}])[-SPREAD_ROWS:]
+        spread = {k: successive_se([r[k] for r in self._recent]) for k in SPREAD_KEYS}
+        est = stream_estimates(w, prod, spread["tr_S_n"], b, gam)
+        for key in ("tr_HS_b", "top_eig"):
+            est[f"{key}_se"] = max(_nan_to(est[f"{key}_se"]), spread[key])
+        est["ias_b_se"] = max(est["ias_b_se"], _nan_to(spread["tr_HS_b"]) / abs(est["tr_S_b"]))
         extra = dict(
             kind="stream",
             window_start=w.start,
             window_steps=w.steps,
             b=b if b is not None else math.nan,
-            top_eig_residual=rel,
+            top_eig_residual=prod["top_eig_residual"],
             probe_n=op.n,
             groups=w.M,
         )
@@ -574,6 +580,8 @@ class SharpnessMonitor:
                 tr_S_b_se=a.tr_S_b_se,
                 tr_S_n=d.tr_S_n,
                 tr_S_n_se=0.0,
+                tr_S_n_window=math.nan,
+                tr_S_n_window_se=math.nan,
                 tr_S_1=d.tr_S_1,
                 tr_S_1_se=0.0,
                 b_simple=d.b_simple,

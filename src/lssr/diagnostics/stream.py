@@ -78,6 +78,11 @@ class Window:
         self.w[i] += z
         self.steps += 1
 
+    @property
+    def last(self) -> Tensor:
+        """The last step's gradient g_t (flat)."""
+        return self._g
+
     def ready(self) -> bool:
         """Every group has at least two steps."""
         return min(self.k) >= 2
@@ -105,15 +110,44 @@ def window_moments(A: Tensor, q, k) -> tuple[float, float, Tensor, Tensor]:
     return tb, tn, Q_loo / K_loo, (S2_loo - Q_loo) / (K_loo * (K_loo - 1))
 
 
-def derived(tb, tn, ths, lam, b: int | None, gamma: float) -> dict:
-    """The row's quantities from tr S_b, tr S_n, tr(H S_b) and ‖H‖ (floats or tensors of leave-one-out values)."""
-    noise = tb - tn
-    out = {"tr_S_b": tb, "tr_S_n": tn, "tr_HS_b": ths, "ias_b": ths / tb, "rho_b": tn / tb, "top_eig": lam}
+def _rel(se: float, x: float) -> float:
+    return se / abs(x) if x != 0 else math.inf
+
+
+def stream_estimates(window: Window, products: dict, tn_se: float, b: int | None, gamma: float) -> dict:
+    """Every streaming quantity of a row with its standard error (``<name>_se``): tr S_b (the window's mean of
+    ‖g_t‖², jackknife), tr S_n (g_Pᵀg_last from :func:`row_products`, with ``tn_se`` from the spread of
+    consecutive rows), ``tr_S_n_window`` (the window's U-statistic, jackknife), tr(H S_b) (jackknife), ‖H‖ (no
+    standard error here), and by the delta method ρ_b = tr S_n/tr S_b, ‖H‖_{S_b} = tr(H S_b)/tr S_b and, by
+    identity (1) with γ = γ_{N,b}, tr S_1 = tr S_n + (b/γ)(tr S_b − tr S_n) and B_simple = (tr S_1 − tr S_n)/tr S_n."""
+    tb, tnw, tb_loo, tnw_loo = window_moments(window.A, window.q, window.k)
+    tb_se, tnw_se = jackknife(tb_loo), jackknife(tnw_loo)
+    tn, ths, lam = products["tr_S_n"], products["tr_HS_b"], products["top_eig"]
+    ths_se = jackknife(products["tr_HS_b_loo"])
+    out = {
+        "tr_S_b": tb,
+        "tr_S_b_se": tb_se,
+        "tr_S_n": tn,
+        "tr_S_n_se": tn_se,
+        "tr_S_n_window": tnw,
+        "tr_S_n_window_se": tnw_se,
+        "tr_HS_b": ths,
+        "tr_HS_b_se": ths_se,
+        "top_eig": lam,
+        "top_eig_se": math.nan,
+        "rho_b": tn / tb,
+        "rho_b_se": abs(tn / tb) * math.hypot(_rel(tn_se, tn), _rel(tb_se, tb)),
+        "ias_b": ths / tb,
+        "ias_b_se": abs(ths / tb) * math.hypot(_rel(ths_se, ths), _rel(tb_se, tb)),
+    }
     if b is not None and gamma > 0:
-        out["tr_S_1"] = tn + (b / gamma) * noise
-        out["b_simple"] = (b / gamma) * noise / tn
+        f = b / gamma
+        out["tr_S_1"] = tn + f * (tb - tn)
+        out["tr_S_1_se"] = math.hypot((f - 1) * tn_se, f * tb_se)
+        out["b_simple"] = f * (tb - tn) / tn if tn != 0 else math.nan
+        out["b_simple_se"] = f * abs(tb / tn) * math.hypot(_rel(tb_se, tb), _rel(tn_se, tn)) if tn != 0 else math.nan
     else:
-        out["tr_S_1"] = out["b_simple"] = math.nan
+        out["tr_S_1"] = out["tr_S_1_se"] = out["b_simple"] = out["b_simple_se"] = math.nan
     return out
 
 
@@ -136,15 +170,18 @@ def check_groups(groups: int, window: int) -> None:
         )
 
 
-def row_products(op, window: Window, x: Tensor | None) -> tuple[float, Tensor, float, Tensor, float]:
+def row_products(op, window: Window, x: Tensor | None) -> dict:
     """The HVP part of a row, two products with the Hessian H_P of the probe samples: H_P v with v = ḡ + U/√K
     (ḡ the window's mean gradient, U = Σ_t z_t (g_t − ḡ) its centred sign sketch) and H_P x (x the unit warm
     start of ‖H‖; the window's mean direction at first).
 
-    Returns (tr(H S_b) = vᵀH_Pv, its M leave-one-group-out values, ‖H‖ ≈ xᵀH_Px, the next warm start, the
-    relative residual ‖H_Px − (xᵀH_Px) x‖/|xᵀH_Px|). Over the signs E[ḡᵀH_PU] = 0 and E[UᵀH_PU] =
-    Σ_t (g_t − ḡ)ᵀH_P(g_t − ḡ), so E[vᵀH_Pv] = (1/K) Σ_t g_tᵀH_Pg_t exactly, whatever the gradients (their
-    drift and oscillation over the window included); for independent g_t at one θ its mean is tr(H_P S_b).
+    Returns ``tr_HS_b`` = vᵀH_Pv, its M leave-one-group-out values ``tr_HS_b_loo``, ``tr_S_n`` = g_Pᵀg_last (the
+    probe samples' gradient, a by-product of the first product, against the window's last mini-batch gradient:
+    both at the current θ and independent, so unbiased for ‖∇L(θ)‖²), ``top_eig`` ≈ xᵀH_Px, the next warm start
+    ``x`` and the relative residual ``top_eig_residual`` = ‖H_Px − (xᵀH_Px) x‖/|xᵀH_Px|. Over the signs
+    E[ḡᵀH_PU] = 0 and E[UᵀH_PU] = Σ_t (g_t − ḡ)ᵀH_P(g_t − ḡ), so E[vᵀH_Pv] = (1/K) Σ_t g_tᵀH_Pg_t exactly,
+    whatever the gradients (their drift and oscillation over the window included); for independent g_t at one θ
+    its mean is tr(H_P S_b), and over fresh probe samples tr(H S_b).
     Leaving group i out removes its share p_i = w_iᵀH_Pv (w_i = A_i/K + (Z_i − w_i ḡ)/√K, Σ_i w_i = v) and
     rescales by K/(K − k_i). The next warm start is x + EIG_STEP · H_Px/‖H_Px‖, normalised: a damped power step
     (Oja's iteration) that averages over the rows' fresh probe samples, so that x follows the top eigenvector of
@@ -156,7 +193,9 @@ def row_products(op, window: Window, x: Tensor | None) -> tuple[float, Tensor, f
     v = parts.sum(0)
     if x is None:
         x = gbar / gbar.norm() if float(gbar.norm()) > 0 else torch.ones_like(gbar) / math.sqrt(gbar.numel())
-    Hv, Hx = (op.hvp(t).to(gbar.dtype) for t in (v, x))
+    Hv, gP = op.hvp(v, return_grad=True)
+    Hv, gP = Hv.to(gbar.dtype), gP.to(gbar.dtype)
+    Hx = op.hvp(x).to(gbar.dtype)
     ths = float(v @ Hv)
     k = torch.tensor(window.k, dtype=torch.float64)
     p = (parts @ Hv).double()
@@ -165,17 +204,11 @@ def row_products(op, window: Window, x: Tensor | None) -> tuple[float, Tensor, f
     rel = float((Hx - lam * x).norm()) / max(abs(lam), 1e-300)
     nrm = float(Hx.norm())
     step = x + EIG_STEP * Hx / nrm if nrm > 0 and math.isfinite(nrm) else x
-    return ths, ths_loo, lam, step / step.norm(), rel
-
-
-def stream_estimates(window: Window, ths: float, ths_loo: Tensor, lam: float, b: int | None, gamma: float) -> dict:
-    """Every streaming quantity of a window with its jackknife standard error (``<name>_se``): tr S_b, tr S_n,
-    tr S_1, B_simple, ρ_b, tr(H S_b), ‖H‖_{S_b} = tr(H S_b)/tr S_b; ‖H‖ (``lam``) without one (NaN)."""
-    tb, tn, tb_loo, tn_loo = window_moments(window.A, window.q, window.k)
-    full = derived(tb, tn, ths, lam, b, gamma)
-    loo = derived(tb_loo, tn_loo, ths_loo, math.nan, b, gamma)
-    out = {}
-    for key, value in full.items():
-        out[key] = float(value)
-        out[f"{key}_se"] = jackknife(loo[key]) if isinstance(loo[key], Tensor) else math.nan
-    return out
+    return dict(
+        tr_HS_b=ths,
+        tr_HS_b_loo=ths_loo,
+        tr_S_n=float(gP @ window.last),
+        top_eig=lam,
+        x=step / step.norm(),
+        top_eig_residual=rel,
+    )
