@@ -170,6 +170,20 @@ def check_groups(groups: int, window: int) -> None:
         )
 
 
+def ritz2(x: Tensor, Hx: Tensor, v: Tensor, Hv: Tensor) -> tuple[float, Tensor, Tensor]:
+    """The top Ritz pair of H in span{x, v} from the images H x and H v (x unit): (θ, y, H y) with y unit; (xᵀHx,
+    x, Hx) when v adds no direction."""
+    vv = v - (x @ v) * x
+    n = float(vv.norm())
+    if not n > 1e-6 * float(v.norm()) or not math.isfinite(n):
+        return float(x @ Hx), x, Hx
+    vv, Hvv = vv / n, (Hv - (x @ v) * Hx) / n
+    B = torch.tensor([[float(x @ Hx), float(x @ Hvv)], [float(vv @ Hx), float(vv @ Hvv)]], dtype=torch.float64)
+    vals, vecs = torch.linalg.eigh(0.5 * (B + B.T))
+    c0, c1 = float(vecs[0, -1]), float(vecs[1, -1])
+    return float(vals[-1]), c0 * x + c1 * vv, c0 * Hx + c1 * Hvv
+
+
 def row_products(op, window: Window, x: Tensor | None) -> dict:
     """The HVP part of a row, two products with the Hessian H_P of the probe samples: H_P v with v = ḡ + U/√K
     (ḡ the window's mean gradient, U = Σ_t z_t (g_t − ḡ) its centred sign sketch) and H_P x (x the unit warm
@@ -178,14 +192,16 @@ def row_products(op, window: Window, x: Tensor | None) -> dict:
     Returns ``tr_HS_b`` = vᵀH_Pv, its M leave-one-group-out values ``tr_HS_b_loo``, ``tr_S_n`` = g_Pᵀg_last (the
     probe samples' gradient, a by-product of the first product, against the window's last mini-batch gradient:
     both at the current θ and independent, so unbiased for ‖∇L(θ)‖²), ``top_eig`` ≈ xᵀH_Px, the next warm start
-    ``x`` and the relative residual ``top_eig_residual`` = ‖H_Px − (xᵀH_Px) x‖/|xᵀH_Px|. Over the signs
+    ``x`` and the relative residual ``top_eig_residual`` = ‖H_Py − θ y‖/|θ| of the top Ritz pair (θ, y) in
+    span{x, v} (:func:`ritz2`, free with the two products: the mean gradient leans towards the top eigenvector),
+    the row's ‖H‖. Over the signs
     E[ḡᵀH_PU] = 0 and E[UᵀH_PU] = Σ_t (g_t − ḡ)ᵀH_P(g_t − ḡ), so E[vᵀH_Pv] = (1/K) Σ_t g_tᵀH_Pg_t exactly,
     whatever the gradients (their drift and oscillation over the window included); for independent g_t at one θ
     its mean is tr(H_P S_b), and over fresh probe samples tr(H S_b).
     Leaving group i out removes its share p_i = w_iᵀH_Pv (w_i = A_i/K + (Z_i − w_i ḡ)/√K, Σ_i w_i = v) and
-    rescales by K/(K − k_i). The next warm start is x + EIG_STEP · H_Px/‖H_Px‖, normalised: a damped power step
-    (Oja's iteration) that averages over the rows' fresh probe samples, so that x follows the top eigenvector of
-    their mean H rather than of one row's H_P; xᵀH_Px is then an unbiased estimate of xᵀHx ≤ ‖H‖."""
+    rescales by K/(K − k_i). The next warm start is y + EIG_STEP · H_Py/‖H_Py‖, normalised: a damped power step
+    (Oja's iteration) that averages over the rows' fresh probe samples, so that it follows the top eigenvector of
+    their mean H rather than of one row's H_P."""
     K = float(window.steps)
     gbar = window.A.sum(0) / K
     w = torch.tensor(window.w, dtype=gbar.dtype, device=gbar.device).unsqueeze(1)
@@ -200,7 +216,7 @@ def row_products(op, window: Window, x: Tensor | None) -> dict:
     k = torch.tensor(window.k, dtype=torch.float64)
     p = (parts @ Hv).double()
     ths_loo = (ths - p) * K / (K - k)
-    lam = float(x @ Hx)
+    lam, x, Hx = ritz2(x, Hx, v, Hv)
     rel = float((Hx - lam * x).norm()) / max(abs(lam), 1e-300)
     nrm = float(Hx.norm())
     step = x + EIG_STEP * Hx / nrm if nrm > 0 and math.isfinite(nrm) else x
