@@ -5,8 +5,10 @@ that match the rows' spread."""
 
 from __future__ import annotations
 
+import copy
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -203,3 +205,41 @@ def test_the_streaming_mode_needs_gradients_and_a_long_enough_window():
         mon.step()
     with pytest.raises(LssrError, match="window"):
         lssr.SharpnessMonitor(model, "ce", ds, window=10, groups=8)
+
+
+def test_the_lightning_callback_runs_the_streaming_mode(tmp_path):
+    """lssr.SharpnessCallback with the streaming mode in a real lightning Trainer (CPU, 32 steps, a row every 16):
+    its rows are the plain loop's streaming rows at the same steps on the same trajectory."""
+    L = pytest.importorskip("lightning.pytorch", reason="lightning is an optional extra (pip install lightning)")
+    from test_monitor import N_PROBE, lightning_module, lightning_trainer, make
+    from test_monitor import B as B2
+
+    net, ds = make()
+    net.drop.p = 0.0  # the two runs draw dropout masks at different points of the global RNG stream
+    init = copy.deepcopy(net)
+    kw = dict(n=N_PROBE, window=16, stream_n=8, stream=True, budget=math.inf)
+    logged = []
+    loader = DataLoader(ds, batch_size=B2, shuffle=False)
+    trainer = lightning_trainer(
+        L,
+        lssr.SharpnessCallback("ce", callback=logged.append, **kw),
+        max_steps=32,
+        logger=False,
+        enable_checkpointing=False,
+    )
+    trainer.fit(lightning_module(L)(net), loader)
+
+    rows = []
+    model = init
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.5, weight_decay=1e-3)
+    mon = lssr.SharpnessMonitor(model, "ce", loader, opt, callback=rows.append, **kw)
+    model.train()
+    for _, (x, y) in zip(range(32), [b for _ in range(6) for b in loader]):
+        opt.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        mon.step()
+        opt.step()
+    assert [r["step"] for r in logged] == [r["step"] for r in rows] == [15, 31]
+    assert all(r["kind"] == "stream" for r in logged)
+    for key in ("tr_S_b", "tr_S_n", "tr_S_n_window", "tr_HS_b", "top_eig", "rho_b", "ias_b"):
+        assert np.allclose([r[key] for r in logged], [r[key] for r in rows], rtol=1e-9, atol=1e-12), key

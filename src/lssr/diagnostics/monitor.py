@@ -1,15 +1,16 @@
-"""``lssr.SharpnessMonitor``: :func:`lssr.diagnose` along a training run, at θ_t before the update.
+"""``lssr.SharpnessMonitor``: the sharpness diagnostics along a training run, at θ_t before the update.
 
-A thin, stateful user of :func:`.api.diagnose`: it draws a fixed probe set of n samples once (seeded, from
-the data set behind the user's loader, so every measurement sees the same samples and costs the same),
-decides when to measure (every k steps, and/or when the next measurement, at its predicted cost, keeps the
-measurements' wall time within a fraction of the training's), warm-starts ‖H‖ from the last eigenvector,
-reads η, momentum β, dampening and weight decay λ from the optimiser, and writes one row per measurement
-(step, η, the stability threshold, ‖H‖, ‖H‖ + λ, the moments and every b's tr(H S_b), ‖H‖_{S_b}, ρ_b, ...)
-to a CSV file and/or a callback.
+Called after ``backward()`` with its defaults, it runs in its streaming mode (:mod:`.stream`): rows every ``window``
+steps from the training's own mini-batch gradients and two HVPs on fresh samples. Otherwise (and for calibration
+rows) it is a thin, stateful user of :func:`.api.diagnose`: it draws a fixed probe set of n samples once (seeded,
+from the data set behind the user's loader, so every measurement sees the same samples and costs the same), decides
+when to measure (every k steps, and/or when the next measurement, at its predicted cost, keeps the measurements'
+wall time within a fraction of the training's), warm-starts ‖H‖ from the last eigenvector, reads η, momentum β,
+dampening and weight decay λ from the optimiser, and writes one row per measurement (step, η, the stability
+threshold, ‖H‖, ‖H‖ + λ, the moments and every b's tr(H S_b), ‖H‖_{S_b}, ρ_b, ...) to a CSV file and/or a callback.
 Its own state (schedule, timings, warm start, CSV offset) goes into checkpoints through
-:meth:`SharpnessMonitor.state_dict`. The training run is not changed: the model's modes, parameters,
-``.grad``, buffers, the optimiser and the global random states are as before each measurement.
+:meth:`SharpnessMonitor.state_dict`. The training run is not changed: the model's modes, parameters, ``.grad``,
+buffers, the optimiser and the global random states are as before each measurement.
 """
 
 from __future__ import annotations
@@ -212,6 +213,14 @@ class SharpnessMonitor:
         ``csv`` by :meth:`close`; resumed runs cut it back to the checkpoint's rows. callback: called with
         each row (a dict). diagnose_kwargs: any further option of :func:`lssr.diagnose` (probes, exact,
         eig_tol, hvp_mode, ...). clock: the wall clock of the schedule (seconds; ``time.perf_counter``).
+    stream: the streaming mode (:mod:`.stream`): None (default) chooses it at the first call when neither
+        ``every`` nor ``budget`` was given and the trainable parameters have gradients (the call came after
+        ``backward``); True / False force it on / off. Each call adds the mini-batch gradient to the window; a
+        row closes the window after ``window`` steps (WINDOW) when its predicted cost (the last row's) fits the
+        budget, from the window's gradients and two HVPs on ``stream_n`` (STREAM_N) fresh samples of the data
+        set; ``groups`` (GROUPS) round-robin groups of steps give the jackknife standard errors. Rows hold
+        HEAD and STREAM_COLS. ``calibrate_every``: also a row of :func:`lssr.diagnose` on the probe set (kind
+        ``diagnose``, same columns) at those multiples, when it fits the budget.
     """
 
     def __init__(
