@@ -171,8 +171,9 @@ def draw_probe_set(data: Any, n: int | None, seed: int, transform: Callable | No
     return batch
 
 
-def _nan_to(x: float, value: float = 0.0) -> float:
-    return value if math.isnan(x) else x
+def _larger(a: float, b: float) -> float:
+    """The larger of two standard errors, either of which may be NaN (unknown); NaN when both are."""
+    return b if math.isnan(a) else a if math.isnan(b) else max(a, b)
 
 
 def _map_style(data: Any) -> Dataset | None:
@@ -455,7 +456,7 @@ class SharpnessMonitor:
         return batch
 
     def measure_stream(self) -> dict:
-        """Closes the window: the streaming row (:mod:`.stream`) from its gradients and three HVPs on fresh probe
+        """Closes the window: the streaming row (:mod:`.stream`) from its gradients and two HVPs on fresh probe
         samples; records it (CSV, callback) and starts the next window."""
         t0 = self.clock()
         w, self._window = self._window, None
@@ -488,8 +489,8 @@ class SharpnessMonitor:
         spread = {k: successive_se([r[k] for r in self._recent]) for k in SPREAD_KEYS}
         est = stream_estimates(w, prod, spread["tr_S_n"], b, gam)
         for key in ("tr_HS_b", "top_eig"):
-            est[f"{key}_se"] = max(_nan_to(est[f"{key}_se"]), spread[key])
-        est["ias_b_se"] = max(est["ias_b_se"], _nan_to(spread["tr_HS_b"]) / abs(est["tr_S_b"]))
+            est[f"{key}_se"] = _larger(est[f"{key}_se"], spread[key])
+        est["ias_b_se"] = _larger(est["ias_b_se"], spread["tr_HS_b"] / abs(est["tr_S_b"]))
         extra = dict(
             kind="stream",
             window_start=w.start,
