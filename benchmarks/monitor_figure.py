@@ -40,6 +40,9 @@ def figure(rows: pd.DataFrame, title: str = ""):
     ax.set_xlabel("training step (last step of each row's window)")
     ax.set_ylabel("curvature")
     ax.set_yscale("symlog", linthresh=1.0)
+    vals = pd.concat([stream["top_eig"], stream["ias_b"], rt, stream["threshold"]]).dropna()
+    if len(vals):  # the values set the range; a band wider than it is cut (early rows' spread is large)
+        ax.set_ylim(min(-1.0, 1.5 * float(vals.min())), 3.0 * float(vals.max()))
     ax.legend(fontsize=8, ncol=2)
     if title:
         ax.set_title(title, fontsize=9)

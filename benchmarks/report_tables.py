@@ -594,7 +594,7 @@ def monitor_accuracy() -> str:
     eig = r["summary"]["top_eig"]["rel_diff"]
     st = r["settings"]
     return (
-        f"{table}\n\n‖H‖ (no streaming standard error): streaming / reference − 1 = {span(eig, '{:+.2f}')}. "
+        f"{table}\n\n‖H‖: streaming / reference − 1 = {span(eig, '{:+.2f}')}. "
         f"{r['model']}, m = {r['m']}, N = {st['n']} CIFAR-10 images at {st['px']} px, b = {st['batch']} with "
         f"replacement, η = {st['lr']}, β = 0.9, a row every {st['window']} steps; {st['rows']} rows compared after "
         f"{st['warmup']}; {r['wall_s']:.0f} s, load average {r['loadavg_before'][0]:.2f} before, "

@@ -47,9 +47,8 @@ from .stream import Window, check_groups, grads_of, row_products, stream_estimat
 #: BUDGET of the training's.
 N_PROBE, BUDGET, SEED = 256, 0.10, 0
 #: Under a budget, the first measurement's cost is predicted as FIRST_COST gradient-equivalents (times one
-#: full gradient ∇L on the probe set, timed by the calibration), above the cost of a cold measurement at the
-#: defaults on a CIFAR-10 convnet (57 at step 1308 of make bench-monitor's loop, results/bench/monitor.json;
-#: a warm-started one 61); later predictions are the measured cost of the last measurement. The
+#: full gradient ∇L on the probe set, timed by the calibration), above the cost of a measurement at the defaults
+#: on a CIFAR-10 convnet; later predictions are the measured cost of the last measurement. The
 #: calibration (two gradients on the probe set, the first one paying the one-time start of the per-sample
 #: machinery, the second timed) is estimated at CALIBRATION_COST training steps per n/B (probe samples per
 #: training batch).
