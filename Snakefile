@@ -10,7 +10,8 @@ from lssr.config import check_workflow_schema
 min_version("8.0")
 
 
-# report.html opens with one line per claim (rule summary), then the verdict table (rule verdicts).
+# report.html opens with one line per claim (rule summary), then the verdict table (rule verdicts); its stylesheet,
+# workflow/report/report.css, reaches every `snakemake --report` through the workflow profile (profiles/default).
 report: "workflow/report/workflow.rst"
 
 

@@ -311,7 +311,7 @@ def test_c5_largest_stable_eta_row():
     assert never.loc["stable", "verdict"] == "not-enough-data"
 
 
-def test_c5_seed_resampling_covers_the_known_best_eta():
+def test_fig5_table_bootstrap_covers_the_known_best_eta():
     """Coverage on synthetic heatmaps with a known best-η curve (3 seeds, accuracy noise of the order of one grid
     step's accuracy drop): the per-b 95% intervals of the Figure 5 table's bootstrap (each cell's seeds resampled)
     hold the true best η in at least 90% of the cases."""

@@ -100,3 +100,24 @@ def test_gram_matrices_grown_a_few_rows_at_a_time_equal_the_whole_products():
     assert M.dtype == DH.dtype == torch.float64
     torch.testing.assert_close(M, D.double() @ D.double().T, rtol=1e-12, atol=1e-10)
     torch.testing.assert_close(DH, D.double() @ HD.double().T, rtol=1e-12, atol=1e-10)
+
+
+@pytest.mark.parametrize("s", [4, 6])
+def test_the_se_is_the_delete_one_jackknife_over_the_probes(s):
+    """The se is the delete-one jackknife of the estimate over the s probes, written out here: the estimate
+    recomputed with probe j's row removed from the directions (j = 1..s), then √((s − 1)/s · Σ_j (v_(j) − v̄)²)."""
+    H, G = problem(2)
+    n = G.shape[0]
+    gen = torch.Generator().manual_seed(7)
+    Z = (torch.randint(0, 2, (n, s), generator=gen).double() * 2 - 1) / n**0.5
+    D = torch.cat([G.mean(0, keepdim=True), Z.T @ G])  # the base ∇L, then the probes
+
+    def trace(rows):
+        d = D[rows]
+        hd = d @ H
+        return exchangeable_trace(gram64(d, d), gram64(d, hd), G @ d.T, G @ hd.T, (G * G).sum(1), 1, 1e-10)
+
+    full = trace(list(range(s + 1)))
+    loo = np.array([trace([0] + [k for k in range(1, s + 1) if k != j]).value for j in range(1, s + 1)])
+    jackknife = np.sqrt((s - 1) / s * ((loo - loo.mean()) ** 2).sum())
+    assert full.se == pytest.approx(jackknife, rel=1e-9) and full.se > 0

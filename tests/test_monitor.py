@@ -525,7 +525,7 @@ def test_a_lightning_trainer_logs_the_plain_monitors_numbers(tmp_path):
 
 
 def guide_blocks():
-    root = Path(lssr.__file__).resolve().parents[2]
+    root = Path(__file__).resolve().parents[1]
     section = (root / "docs" / "DIAGNOSTICS.md").read_text().split("## During training", 1)[1]
     return [b.split("```", 1)[0] for b in section.split("```python\n")[1:]]
 

@@ -8,7 +8,8 @@ Shared: ``config`` (every default and value rule), ``registry`` (the figures), `
 ``losses``, ``io``; ``workflow`` plans the Snakemake DAG and ``cli`` is the command line.
 See docs/ARCHITECTURE.md. The public diagnostics call on your own model is :func:`lssr.diagnose`
 (docs/DIAGNOSTICS.md); during training :class:`lssr.SharpnessMonitor` (a plain loop) and
-:class:`lssr.SharpnessCallback` (PyTorch Lightning, an optional extra).
+:class:`lssr.SharpnessCallback` (PyTorch Lightning, an optional extra). The learning rate for a new batch size:
+:mod:`lssr.recommend` (docs/RECOMMEND.md) and, in Lightning, :class:`lssr.LearningRateForBatchSize`.
 """
 
 __version__ = "0.1.0"
@@ -33,4 +34,8 @@ def __getattr__(name: str):
         from .diagnostics.lightning_callback import SharpnessCallback
 
         return SharpnessCallback
+    if name == "LearningRateForBatchSize":
+        from .diagnostics.lightning_lr import LearningRateForBatchSize
+
+        return LearningRateForBatchSize
     raise AttributeError(f"module 'lssr' has no attribute {name!r}")

@@ -137,3 +137,116 @@ def run_diagnose(
         {"scalars": result.scalars(), "per_b": frame.to_dict(orient="records"), "call": call},
     )
     return result
+
+
+def read_point(path: str):
+    """(NoiseScale, Diagnostics-like namespace) of a diagnostics.json written by ``lssr diagnose`` (B_simple
+    without its se) or by ``lssr recommend`` (with the se, under ``noise``)."""
+    import json
+    from types import SimpleNamespace
+
+    from ..recommend import NoiseScale, noise_scale_from_diagnostics
+
+    p = Path(path)
+    if not p.is_file():
+        raise LssrError(f"--diagnostics {path}: no such file (it is written by `lssr diagnose` or `lssr recommend`)")
+    try:
+        obj = json.loads(p.read_text())
+        scalars = obj["scalars"]
+    except (ValueError, KeyError, TypeError):
+        raise LssrError(f"--diagnostics {path}: not a diagnostics.json (no 'scalars'); give one `lssr diagnose` wrote")
+    missing = [k for k in ("n", "tr_S_1", "tr_S_n", "tr_HS_1", "tr_HS_n") if k not in scalars]
+    if missing:
+        raise LssrError(f"--diagnostics {path}: 'scalars' lacks {', '.join(missing)}")
+    noise = NoiseScale(**obj["noise"]) if "noise" in obj else noise_scale_from_diagnostics(scalars, label=str(path))
+    return noise, SimpleNamespace(**scalars)
+
+
+def run_recommend(
+    *,
+    b_ref: int,
+    lr_ref: float,
+    batch_sizes: list[int],
+    out: str,
+    diagnostics: list[str] | None = None,
+    monitor_log: str | None = None,
+    model: str | None = None,
+    model_args: dict | None = None,
+    checkpoints: list[str] | None = None,
+    data: str | None = None,
+    loss: str = "ce",
+    split: str = "train",
+    resize: int | None = None,
+    device: str = "cpu",
+    dtype: str | None = None,
+    replacement: bool = False,
+    momentum: float = 0.0,
+    optimizer: str = "sgd",
+    level: float = 0.9,
+    n_train: int | None = None,
+    **options,
+):
+    """:func:`lssr.recommend.recommend` on existing diagnostics.json files (``diagnostics``), on the rows of a
+    SharpnessMonitor CSV (``monitor_log``, the latest first), or measured first on
+    a model and data as ``lssr diagnose`` (one point per checkpoint, or the built model); writes
+    ``out/recommendation.csv``, ``.json`` and ``.png`` and, when it measured, ``out/diagnostics[-k].json`` (with
+    B_simple's se, readable by ``--diagnostics``)."""
+    from ..recommend import check_optimizer, noise_scale, plot_recommendation, points_from_log, recommend
+
+    check_optimizer(optimizer)
+    points, diags = [], []
+    if monitor_log:
+        points = points_from_log(monitor_log)
+        diags = [points[0] if "tr_HS_1" in points[0] else None]
+    elif diagnostics:
+        for path in diagnostics:
+            noise, diag = read_point(path)
+            points.append(noise)
+            diags.append(diag)
+    else:
+        if not model or not data:
+            raise LssrError(
+                "recommend: give --diagnostics FILE, --monitor-log CSV, or --model and --data to measure first"
+            )
+        for k, ckpt in enumerate(checkpoints or [None]):
+            net = build_from_factory(model, model_args or {})
+            if ckpt:
+                load_checkpoint(net, ckpt)
+            dt = {"float32": torch.float32, "float64": torch.float64}.get(dtype) if dtype else None
+            if dtype and dt is None:
+                raise LssrError(f"--dtype {dtype!r}: known: float32, float64")
+            net = (net.to(dt) if dt else net).to(device)
+            samples = load_data(data, split, resize)
+            diag = diagnose(net, loss, samples, batch_sizes=[b_ref], dtype=dt, replacement=replacement, **options)
+            keep = {k: options[k] for k in ("n", "seed", "bn", "dropout", "chunk_size") if k in options}
+            noise = noise_scale(net, loss, samples, dtype=dt, n_total=n_train, label=ckpt or "built model", **keep)
+            points.append(noise)
+            diags.append(diag)
+            call = {"model": model, "model_args": model_args, "checkpoint": ckpt, "data": data, "split": split}
+            call.update(loss=loss, device=device, dtype=dtype, resize=resize, **options)
+            name = "diagnostics.json" if k == 0 else f"diagnostics-{k}.json"
+            write_json(
+                Path(out) / name,
+                {
+                    "scalars": diag.scalars(),
+                    "per_b": diag.frame().to_dict(orient="records"),
+                    "noise": noise.to_dict(),
+                    "call": call,
+                },
+            )
+    rec = recommend(
+        points,
+        b_ref,
+        lr_ref,
+        batch_sizes,
+        n=n_train,
+        replacement=replacement,
+        momentum=momentum,
+        optimizer=optimizer,
+        level=level,
+        diagnostics=diags[0],
+    )
+    write_csv(Path(out) / "recommendation.csv", rec.frame())
+    write_json(Path(out) / "recommendation.json", rec.to_dict())
+    plot_recommendation(rec, Path(out) / "recommendation.png")
+    return rec
