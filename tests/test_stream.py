@@ -207,6 +207,47 @@ def test_the_streaming_mode_needs_gradients_and_a_long_enough_window():
         lssr.SharpnessMonitor(model, "ce", ds, window=10, groups=8)
 
 
+def test_the_streaming_mode_refuses_batch_norm_in_train_mode():
+    """Training gradients with batch statistics and HVPs with running statistics are two losses: refused at the
+    first call, naming the layer and the fix; the same model in eval mode streams."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 6), torch.nn.BatchNorm1d(6), torch.nn.Linear(6, 3)).double()
+    _, ds = tiny()
+    x, y = ds.tensors
+    mon = lssr.SharpnessMonitor(model, "ce", DataLoader(ds, batch_size=B), stream=True, window=WINDOW)
+    model.train()
+    F.cross_entropy(model(x[:B]), y[:B]).backward()
+    with pytest.raises(LssrError, match=r"batch norm in train mode \(1\).*fix: stream=False") as err:
+        mon.step()
+    assert "\n" not in str(err.value)
+    model.eval()
+    mon.step()
+    assert mon.stream and mon._window is not None and mon._window.steps == 1
+
+
+@pytest.mark.parametrize("stream", [None, False, "not given"])
+def test_the_default_mode_is_diagnose_rows_not_the_streaming_mode(stream):
+    """Without stream=True a call after backward() measures lssr.diagnose on the probe set: the row's ‖H‖ and
+    tr S_n are the dense truths at θ on the probe set (all N samples here), and it has no streaming column."""
+    model, ds = tiny()
+    x, y = ds.tensors
+    kw = {} if stream == "not given" else dict(stream=stream)
+    rows = []
+    mon = lssr.SharpnessMonitor(model, "ce", DataLoader(ds, batch_size=B), every=1, n=N, callback=rows.append, **kw)
+    F.cross_entropy(model(x[:B]), y[:B]).backward()
+    mon.step()
+    truth = truths(model, ds)
+    assert not mon.stream and len(rows) == 1 and "kind" not in rows[0]
+    assert rows[0]["top_eig"] == pytest.approx(truth["top_eig"], rel=1e-6)
+    assert rows[0]["tr_S_n"] == pytest.approx(truth["tr_S_n"], rel=1e-9)
+    # neither every nor budget (the 10% budget): no streaming window either, whatever the gradients
+    quiet = []
+    mon = lssr.SharpnessMonitor(model, "ce", DataLoader(ds, batch_size=B), n=N, callback=quiet.append, **kw)
+    for _ in range(3):
+        mon.step()
+    assert not mon.stream and mon._window is None and all("kind" not in r for r in quiet)
+
+
 def test_the_lightning_callback_runs_the_streaming_mode(tmp_path):
     """lssr.SharpnessCallback with the streaming mode in a real lightning Trainer (CPU, 32 steps, a row every 16):
     its rows are the plain loop's streaming rows at the same steps on the same trajectory."""
@@ -216,6 +257,7 @@ def test_the_lightning_callback_runs_the_streaming_mode(tmp_path):
 
     net, ds = make()
     net.drop.p = 0.0  # the two runs draw dropout masks at different points of the global RNG stream
+    net.bn = torch.nn.Identity()  # the streaming mode refuses batch norm in train mode
     init = copy.deepcopy(net)
     kw = dict(n=N_PROBE, window=16, stream_n=8, stream=True, budget=math.inf)
     logged = []

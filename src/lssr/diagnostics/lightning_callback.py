@@ -1,10 +1,8 @@
 """``lssr.SharpnessCallback``: :class:`.monitor.SharpnessMonitor` inside ``lightning.pytorch.Trainer.fit``.
 
 Needs the optional ``lightning`` package (``pip install "lssr-eos[lightning]"``); the rest of lssr never
-imports it. The monitor is called in ``on_before_optimizer_step`` (θ_t after ``backward``, before the
-update: the gradients are there, unscaled under mixed precision and summed over accumulated micro-batches, so
-the monitor's default is its streaming mode) and logs each row's numbers through every logger of the trainer at
-``trainer.global_step``.
+imports it. The monitor measures in ``on_before_optimizer_step`` (θ_t after ``backward``, before the
+update) and logs each row's numbers through every logger of the trainer at ``trainer.global_step``.
 """
 
 from __future__ import annotations

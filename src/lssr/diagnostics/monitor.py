@@ -1,13 +1,14 @@
 """``lssr.SharpnessMonitor``: the sharpness diagnostics along a training run, at θ_t before the update.
 
-Called after ``backward()`` with its defaults, it runs in its streaming mode (:mod:`.stream`): rows every ``window``
-steps from the training's own mini-batch gradients and two HVPs on fresh samples. Otherwise (and for calibration
-rows) it is a thin, stateful user of :func:`.api.diagnose`: it draws a fixed probe set of n samples once (seeded,
+A thin, stateful user of :func:`.api.diagnose`: it draws a fixed probe set of n samples once (seeded,
 from the data set behind the user's loader, so every measurement sees the same samples and costs the same), decides
 when to measure (every k steps, and/or when the next measurement, at its predicted cost, keeps the measurements'
 wall time within a fraction of the training's), warm-starts ‖H‖ from the last eigenvector, reads η, momentum β,
 dampening and weight decay λ from the optimiser, and writes one row per measurement (step, η, the stability
 threshold, ‖H‖, ‖H‖ + λ, the moments and every b's tr(H S_b), ‖H‖_{S_b}, ρ_b, ...) to a CSV file and/or a callback.
+With ``stream=True`` (opt-in) it runs its streaming mode (:mod:`.stream`) instead: rows every ``window`` steps
+from the training's own mini-batch gradients and HVPs on fresh samples (calibration rows of :func:`.api.diagnose`
+on the probe set with ``calibrate_every``).
 Its own state (schedule, timings, warm start, CSV offset) goes into checkpoints through
 :meth:`SharpnessMonitor.state_dict`. The training run is not changed: the model's modes, parameters, ``.grad``,
 buffers, the optimiser and the global random states are as before each measurement.
@@ -32,6 +33,7 @@ from .api import (
     Diagnostics,
     _restoring,
     _set_hvp_mode,
+    _train_mode_bn,
     diagnose,
     gradient_seconds,
     memory_budget,
@@ -47,8 +49,9 @@ from .stream import Window, check_groups, grads_of, row_products, stream_estimat
 #: BUDGET of the training's.
 N_PROBE, BUDGET, SEED = 256, 0.10, 0
 #: Under a budget, the first measurement's cost is predicted as FIRST_COST gradient-equivalents (times one
-#: full gradient ∇L on the probe set, timed by the calibration), above the cost of a measurement at the defaults
-#: on a CIFAR-10 convnet; later predictions are the measured cost of the last measurement. The
+#: full gradient ∇L on the probe set, timed by the calibration), above the cost of a cold measurement at the
+#: defaults on a CIFAR-10 convnet (57 at step 1308 of make bench-monitor's loop, results/bench/monitor.json;
+#: a warm-started one 61); later predictions are the measured cost of the last measurement. The
 #: calibration (two gradients on the probe set, the first one paying the one-time start of the per-sample
 #: machinery, the second timed) is estimated at CALIBRATION_COST training steps per n/B (probe samples per
 #: training batch).
@@ -213,12 +216,12 @@ class SharpnessMonitor:
         ``csv`` by :meth:`close`; resumed runs cut it back to the checkpoint's rows. callback: called with
         each row (a dict). diagnose_kwargs: any further option of :func:`lssr.diagnose` (probes, exact,
         eig_tol, hvp_mode, ...). clock: the wall clock of the schedule (seconds; ``time.perf_counter``).
-    stream: the streaming mode (:mod:`.stream`): None (default) chooses it at the first call when neither
-        ``every`` nor ``budget`` was given and the trainable parameters have gradients (the call came after
-        ``backward``); True / False force it on / off. Each call adds the mini-batch gradient to the window; a
-        row closes the window after ``window`` steps (WINDOW) when its predicted cost (the last row's) fits the
-        budget, from the window's gradients and two HVPs on ``stream_n`` (STREAM_N) fresh samples of the data
-        set; ``groups`` (GROUPS) round-robin groups of steps give the jackknife standard errors. Rows hold
+    stream: False (default; None is the same) measures the rows above with :func:`lssr.diagnose`; True turns on
+        the streaming mode (:mod:`.stream`; call :meth:`step` after ``backward``; refused for batch norm in train
+        mode; its ‖H‖ lags during training, see docs/DIAGNOSTICS.md). Each call adds the mini-batch gradient to
+        the window; a row closes the window after ``window`` steps (WINDOW) when its predicted cost (the last
+        row's) fits the budget, from the window's gradients and two HVPs on ``stream_n`` (STREAM_N) fresh samples
+        of the data set; ``groups`` (GROUPS) round-robin groups of steps give the jackknife standard errors. Rows hold
         HEAD and STREAM_COLS. ``calibrate_every``: also a row of :func:`lssr.diagnose` on the probe set (kind
         ``diagnose``, same columns) at those multiples, when it fits the budget.
     """
@@ -245,7 +248,7 @@ class SharpnessMonitor:
         bn: str = "eval",
         dropout: str = "off",
         clock: Callable[[], float] = time.perf_counter,
-        stream: bool | None = None,
+        stream: bool | None = False,
         window: int = WINDOW,
         stream_n: int = STREAM_N,
         groups: int = GROUPS,
@@ -253,7 +256,7 @@ class SharpnessMonitor:
         **diagnose_kwargs: Any,
     ):
         if stream not in (None, True, False):
-            raise LssrError(f"SharpnessMonitor: stream must be True, False or None (automatic), got {stream!r}")
+            raise LssrError(f"SharpnessMonitor: stream must be True or False (None: False), got {stream!r}")
         check_groups(groups, window)
         if not isinstance(stream_n, int) or stream_n < 1:
             raise LssrError(f"SharpnessMonitor: stream_n must be a positive integer, got {stream_n!r}")
@@ -274,10 +277,7 @@ class SharpnessMonitor:
         self.callback, self.forward, self.clock = callback, forward, clock
         self.lr, self.momentum = lr, momentum
         self.options = dict(replacement=replacement, bn=bn, dropout=dropout, **diagnose_kwargs)
-        # the streaming mode: None until the first call decides (streaming when it sees the training's gradients
-        # and neither every nor budget was given)
-        self.stream = stream
-        self._stream_auto = every is None and budget is None
+        self.stream = bool(stream)  # the opt-in streaming mode (:mod:`.stream`)
         self.window, self.groups = int(window), int(groups)
         self.stream_n = int(stream_n)
         self.calibrate_every = calibrate_every
@@ -335,8 +335,6 @@ class SharpnessMonitor:
         return FIRST_COST * self.grad_seconds if self.grad_seconds is not None else None
 
     def _fits(self, seconds: float) -> bool:
-        if self.budget == math.inf:
-            return True
         return self.spent_seconds + seconds <= self.budget * self.train_seconds
 
     def _calibration_estimate(self) -> float | None:
@@ -396,8 +394,6 @@ class SharpnessMonitor:
         self._resumed = False
         if step is not None:
             self.steps = int(step)
-        if self.stream is None:
-            self.stream = bool(self._stream_auto and grads_of(self._trainable()) is not None)
         if self.stream:
             row = self._stream_step()
         else:
@@ -419,6 +415,14 @@ class SharpnessMonitor:
         :func:`lssr.diagnose` at the multiples of ``calibrate_every`` when it fits."""
         t0 = self.clock()
         if self._window is None:
+            bns = _train_mode_bn(unwrap(self.model))
+            if bns:
+                raise LssrError(
+                    f"SharpnessMonitor: batch norm in train mode ({bns[0]}): the streaming mode reads training "
+                    "gradients computed with batch statistics while its Hessian-vector products would use running "
+                    "statistics, so rows would mix two losses; fix: stream=False (diagnose rows with bn='eval'), "
+                    "or a model without batch norm"
+                )
             self._params = self._trainable()  # the window's parameters (listed once: a walk of the modules costs)
         params = self._params
         g = grads_of(params)
@@ -433,12 +437,15 @@ class SharpnessMonitor:
         self.spent_seconds += self.clock() - t0
         row = None
         w = self._window
-        if w.steps >= self.window and w.ready() and (self.budget is None or self._fits(self.last_stream_seconds)):
+        if w.steps >= self.window and w.ready() and self._stream_fits(self.last_stream_seconds):
             row = self.measure_stream()
         if self.calibrate_every is not None and self.steps % self.calibrate_every == 0:
-            if self.budget is None or self._fits(self.last_seconds if self.measurements else 0.0):
+            if self._stream_fits(self.last_seconds if self.measurements else 0.0):
                 row = self.measure(kind="diagnose")
         return row
+
+    def _stream_fits(self, seconds: float) -> bool:
+        return self.budget is None or self.budget == math.inf or self._fits(seconds)
 
     def _stream_batch(self):
         """The row's probe samples: ``stream_n`` fresh samples of the training data set drawn with a seed of the
