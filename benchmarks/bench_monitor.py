@@ -1,18 +1,19 @@
-"""The wall-time overhead of ``lssr.SharpnessMonitor`` at its defaults (``make bench-monitor``, ~15 minutes).
+"""The wall-time overhead of ``lssr.SharpnessMonitor`` at its default schedule (``make bench-monitor``, ~13 minutes).
 
 A 200-step SGD loop (momentum 0.9, weight decay 5e-4, batch 128) of torchvision's ``shufflenet_v2_x0_5``
 (batch norm, 10 classes) on real CIFAR-10 images (/work/shared/data/cifar10-jpeg/train, a seeded subset,
 random crop and flip, decoded by an ``ImageFolder`` in the loop), run without and with the monitor side by
 side: in one process the two loops take one step each in turn, each with its own global random state, so
 that the load of the shared machine falls on both alike (the monitor's clock leaves out the other loop's
-steps). Three such pairs, then one pair of 2000-step loops (``--long-steps``). The monitor is built inside its
-loop's timing with its defaults and called after ``backward()``, so it runs in its streaming mode: every step
-it adds the mini-batch gradient to the window, and every ``WINDOW`` steps it closes the window with a row
-(two HVPs on ``STREAM_N`` fresh training samples), within its budget. The overhead is the ratio of the two
-loops' walls minus 1 (per pair, then the median). Also checks that the two loss curves are identical. Writes
-``results/bench/monitor.json`` (every wall, the rows, their cost, the load average, the versions) and the long
-loop's monitor CSV (``--csv``, the data of the guide's figure: ``benchmarks/monitor_figure.py``); skips with a
-message when the CIFAR-10 folder is absent.
+steps). Three such pairs, then one pair of 2000-step loops (``--long-steps``), long enough for the budget
+to allow measurements. The monitor is built inside its loop's timing (drawing its probe set without the
+augmentation) with its defaults (n = 256, a 10% budget: it times two gradients on the probe set once the
+budget allows it, then measures whenever the spent seconds plus the next measurement's predicted cost fit
+within 10% of its loop's seconds so far; a short loop may measure nothing, and the record says at which
+step the next measurement would fit). The overhead is the ratio of the two loops' walls minus 1 (per pair,
+then the median). Also checks that the two loss curves are identical. Writes ``results/bench/monitor.json``
+(every wall, the monitor's calibration, measurements and their cost, the load average, the versions); skips
+with a message when the CIFAR-10 folder is absent.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from torch.utils.data import DataLoader, Subset
 from torchvision import transforms as T
 
 import lssr
-from lssr.diagnostics.monitor import BUDGET, GROUPS, N_PROBE, STREAM_N, WINDOW
+from lssr.diagnostics.monitor import BUDGET, CALIBRATION_COST, FIRST_COST, N_PROBE
 from lssr.io import write_json
 
 MEAN, STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
@@ -47,26 +48,16 @@ def loader(root: Path, n: int, batch: int, seed: int) -> DataLoader:
 
 ROW_KEYS = (
     "step",
-    "kind",
-    "window_start",
-    "window_steps",
-    "threshold",
     "top_eig",
-    "top_eig_residual",
-    "tr_S_b",
-    "tr_S_b_se",
-    "tr_S_n",
-    "tr_S_n_se",
-    "rho_b",
-    "rho_b_se",
+    "top_eig_reg",
+    "threshold",
+    "ias_b_128",
+    "rho_b_128",
     "b_simple",
-    "b_simple_se",
-    "tr_HS_b",
-    "tr_HS_b_se",
-    "ias_b",
-    "ias_b_se",
-    "rho_threshold",
+    "cost_hvps",
     "cost_seconds",
+    "cost_gradient_equivalents",
+    "cost_hvp_mode",
 )
 
 
@@ -75,20 +66,20 @@ class Loop:
     with its own global random state (swapped in around each step, so that two loops taking turns draw what
     each would draw alone) and its own wall-time account."""
 
-    def __init__(self, args, data: DataLoader, monitored: bool, clock=time.perf_counter, csv: Path | None = None):
+    def __init__(self, args, data: DataLoader, monitored: bool, clock=time.perf_counter):
         torch.manual_seed(args.seed)
         self.model = getattr(torchvision.models, args.model)(num_classes=10)
         self.opt = torch.optim.SGD(self.model.parameters(), lr=args.lr, momentum=0.9, weight_decay=5e-4)
         self.model.train()
         self.data, self.batches = data, None
-        self.losses, self.rows, self.step_index = [], [], 0
+        self.losses, self.rows, self.calibrated, self.step_index = [], [], [], 0
         self.rng = torch.get_rng_state()
         self.mon, self.build_s = None, 0.0
         t0 = time.perf_counter()
         if monitored:
             clean = T.Compose([T.ToTensor(), T.Normalize(MEAN, STD)])
             self.mon = lssr.SharpnessMonitor(
-                self.model, "ce", data, self.opt, transform=clean, callback=self.rows.append, clock=clock, csv=csv
+                self.model, "ce", data, self.opt, transform=clean, callback=self.rows.append, clock=clock
             )
             self.build_s = time.perf_counter() - t0
         self.wall = self.build_s
@@ -108,7 +99,10 @@ class Loop:
         loss = F.cross_entropy(self.model(x), y)
         loss.backward()
         if self.mon is not None:
+            calibrating = self.mon.grad_seconds is None
             self.mon.step()
+            if calibrating and self.mon.grad_seconds is not None:
+                self.calibrated.append(self.step_index)
         self.opt.step()
         self.losses.append(loss.detach())
         self.step_index += 1
@@ -121,32 +115,29 @@ class Loop:
         out = {"wall_s": self.wall}
         mon = self.mon
         if mon is not None:
-            mon.close()
+            nxt = mon.steps_to_next()
             out.update(
                 build_s=self.build_s,
-                stream=mon.stream,
-                rows_count=len(self.rows),
-                first_row_step=self.rows[0]["step"] if self.rows else None,
-                row_steps=[r["step"] for r in self.rows],
-                max_gap=max(
-                    (b - a for a, b in zip([-1] + [r["step"] for r in self.rows], [r["step"] for r in self.rows])),
-                    default=None,
-                ),
+                measurements=mon.measurements,
+                measured_steps=[r["step"] for r in self.rows],
                 measure_s=mon.spent_seconds,
-                rows_s=sum(r["cost_seconds"] for r in self.rows),
                 train_s_seen_by_monitor=mon.train_seconds,
+                calibration_step=self.calibrated[0] if self.calibrated else None,
+                calibration_grad_s=mon.grad_seconds,
+                predicted_next_measurement_s=mon.predicted_seconds(),
+                next_measurement_fits_at_step=self.step_index + nxt if nxt is not None else None,
                 rows=[{k: r[k] for k in ROW_KEYS} for r in self.rows],
             )
         return out
 
 
-def pair(args, data: DataLoader, steps: int, csv: Path | None = None) -> dict:
+def pair(args, data: DataLoader, steps: int) -> dict:
     """The loop without and with the monitor side by side: one step of each in turn (which goes first
     alternating), so that the load of the shared machine falls on both alike. The monitor's clock leaves out
     the plain loop's steps: it sees its own loop's time, as in a run of its own."""
     plain_s = [0.0]
     plain = Loop(args, data, False)
-    mon = Loop(args, data, True, clock=lambda: time.perf_counter() - plain_s[0], csv=csv)
+    mon = Loop(args, data, True, clock=lambda: time.perf_counter() - plain_s[0])
     for t in range(steps):
         for loop in (plain, mon) if t % 2 == 0 else (mon, plain):
             dt = loop.step()
@@ -170,9 +161,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", type=Path, default=Path("results/bench/monitor.json"))
-    ap.add_argument(
-        "--csv", type=Path, default=Path("docs/figures/monitor_rows.csv"), help="the long loop's monitor CSV"
-    )
     args = ap.parse_args(argv)
     if not (args.data / "train").is_dir():
         print(
@@ -188,23 +176,27 @@ def main(argv: list[str] | None = None) -> int:
         mon = pairs[-1]["monitor"]
         print(
             f"rep {rep}: plain {pairs[-1]['plain']['wall_s']:.1f} s, monitor {mon['wall_s']:.1f} s "
-            f"({mon['rows_count']} rows at {mon['row_steps']}), overhead {pairs[-1]['overhead']:.3f}, "
+            f"({mon['measurements']} measurements at {mon['measured_steps']}, calibration at step "
+            f"{mon['calibration_step']}), overhead {pairs[-1]['overhead']:.3f}, "
             f"losses identical: {pairs[-1]['losses_identical']}",
             flush=True,
         )
     overheads = [p["overhead"] for p in pairs]
     plain_step = statistics.median(p["plain"]["wall_s"] for p in pairs) / args.steps
     result = {
-        "what": "wall-time overhead of lssr.SharpnessMonitor at its defaults (streaming mode) in a training loop",
+        "what": "wall-time overhead of lssr.SharpnessMonitor at its default schedule in a training loop",
         "method": "the loops without and with the monitor take one step each in turn in one process",
         "overhead_median": statistics.median(overheads),
         "overhead_per_rep": overheads,
-        "goal_overhead": 0.05,
-        "goal_rows_long": 20,
-        "goal_first_row_within": 100,
+        "goal_overhead": 0.10,
         "losses_identical_all_reps": all(p["losses_identical"] for p in pairs),
         "plain_step_s_median": plain_step,
-        "monitor_defaults": {"n": N_PROBE, "budget": BUDGET, "window": WINDOW, "stream_n": STREAM_N, "groups": GROUPS},
+        "monitor_defaults": {
+            "n": N_PROBE,
+            "budget": BUDGET,
+            "first_cost_gradient_equivalents": FIRST_COST,
+            "calibration_cost_steps_per_n_over_b": CALIBRATION_COST,
+        },
         "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
         "loadavg_before": list(load_before),
         "loadavg_after_reps": list(os.getloadavg()),
@@ -216,34 +208,26 @@ def main(argv: list[str] | None = None) -> int:
         "reps": pairs,
     }
     if args.long_steps:
-        args.csv.parent.mkdir(parents=True, exist_ok=True)
-        result["long"] = {"steps": args.long_steps, **pair(args, data, args.long_steps, csv=args.csv)}
+        result["long"] = {"steps": args.long_steps, **pair(args, data, args.long_steps)}
         result["loadavg_after"] = list(os.getloadavg())
         lg = result["long"]
         print(
             f"{args.long_steps} steps: plain {lg['plain']['wall_s']:.1f} s, monitor {lg['monitor']['wall_s']:.1f} s "
-            f"({lg['monitor']['rows_count']} rows, the first at step {lg['monitor']['first_row_step']}), overhead "
+            f"({lg['monitor']['measurements']} measurements at {lg['monitor']['measured_steps']}), overhead "
             f"{lg['overhead']:.3f}, losses identical: {lg['losses_identical']}",
             flush=True,
         )
-    # one row's cost (in plain steps of the same pair: the load moves both alike)
+    # one measurement's cost, from every loop that measured (the 200-step loops may measure nothing)
+    # (in plain steps of the same pair: the load moves both alike)
     loops = [(p, args.steps) for p in pairs] + ([(result["long"], args.long_steps)] if "long" in result else [])
     per_meas = [r["cost_seconds"] for p, _ in loops for r in p["monitor"]["rows"]]
     in_steps = [r["cost_seconds"] / (p["plain"]["wall_s"] / n) for p, n in loops for r in p["monitor"]["rows"]]
-    result["row_s_median"] = statistics.median(per_meas) if per_meas else None
-    result["row_in_plain_steps"] = statistics.median(in_steps) if in_steps else None
-    if "long" in result:
-        lm = result["long"]["monitor"]
-        result["long_goals_met"] = {
-            "rows": lm["rows_count"] >= result["goal_rows_long"],
-            "first_row": lm["first_row_step"] is not None and lm["first_row_step"] < result["goal_first_row_within"],
-            "overhead": result["long"]["overhead"] <= result["goal_overhead"],
-            "losses_identical": result["long"]["losses_identical"],
-        }
+    result["measurement_s_median"] = statistics.median(per_meas) if per_meas else None
+    result["measurement_in_plain_steps"] = statistics.median(in_steps) if in_steps else None
     write_json(args.out, result)
     print(
         f"overhead (median of {args.reps} side-by-side pairs): {result['overhead_median']:.3f}; "
-        f"one row = {result['row_in_plain_steps']} plain steps; wrote {args.out}"
+        f"one measurement = {result['measurement_in_plain_steps']} plain steps; wrote {args.out}"
     )
     return 0
 

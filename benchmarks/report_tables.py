@@ -489,20 +489,21 @@ def memory() -> str:
 
 # -- make bench-monitor --------------------------------------------------------------------------------------------
 def monitor_overhead() -> str:
-    """The monitor's wall-time overhead at its defaults (streaming mode), per loop pair (monitor.json)."""
+    """The monitor's wall-time overhead at its default schedule, per loop pair (monitor.json)."""
     r = load("monitor.json")
 
     def row(label: str, plain: dict, mon: dict, overhead: float, same: bool) -> list:
+        calib = mon.get("calibration_step")
         return [
             label,
             f"{plain['wall_s']:.1f}",
             f"{mon['wall_s']:.1f}",
             f"{overhead:+.1%}",
-            str(mon["rows_count"]),
-            "—" if mon["first_row_step"] is None else str(mon["first_row_step"]),
-            "—" if mon["max_gap"] is None or mon["rows_count"] < 2 else str(mon["max_gap"]),
-            f"{mon['rows_s']:.1f}",
+            f"{mon['measurements']}"
+            + (f" (at {', '.join(map(str, mon['measured_steps']))})" if mon["measurements"] else ""),
+            "none" if calib is None else f"step {calib}, {mon['calibration_grad_s']:.2f} s per gradient",
             f"{mon['measure_s']:.1f}",
+            "—" if mon.get("next_measurement_fits_at_step") is None else str(mon["next_measurement_fits_at_step"]),
             "yes" if same else "no",
         ]
 
@@ -520,11 +521,10 @@ def monitor_overhead() -> str:
             "without monitor s",
             "with monitor s",
             "overhead",
-            "rows",
-            "first row at step",
-            "most steps between rows",
-            "rows s",
-            "monitor s (rows + per-step sums)",
+            "measurements",
+            "calibration",
+            "monitor s (calibration + measurements)",
+            "next measurement fits at step",
             "losses identical",
         ],
         rows,
@@ -536,10 +536,10 @@ def monitor_overhead() -> str:
         for x in p["monitor"]["rows"]
     ]
     cost = (
-        f"one row {span([c[0] for c in costs], '{:.2f}')} s, {span([c[1] for c in costs], '{:.1f}')} steps "
+        f"one measurement {span([c[0] for c in costs], '{:.1f}')} s, {span([c[1] for c in costs], '{:.0f}')} steps "
         f"of the loop without the monitor in the same pair"
         if costs
-        else "no row taken"
+        else "no measurement taken"
     )
     load_avg = (
         ", ".join(f"{x:.2f}" for x in r["loadavg_before"])
@@ -547,23 +547,11 @@ def monitor_overhead() -> str:
         + ", ".join(f"{x:.2f}" for x in r["loadavg_after"])
         + " after"
     )
-    d = r["monitor_defaults"]
-    goals = ""
-    if "long_goals_met" in r:
-        met = r["long_goals_met"]
-        goals = (
-            f" The {r['long']['steps']}-step loop: at least {r['goal_rows_long']} rows "
-            f"({'met' if met['rows'] else 'not met'}), the first within {r['goal_first_row_within']} steps "
-            f"({'met' if met['first_row'] else 'not met'}), overhead at most {r['goal_overhead']:.0%} "
-            f"({'met' if met['overhead'] else 'not met'}), losses identical "
-            f"({'met' if met['losses_identical'] else 'not met'})."
-        )
     return (
         f"{table}\n\nMedian overhead of the {steps}-step pairs: {r['overhead_median']:+.1%} (goal ≤ "
-        f"{r['goal_overhead']:.0%}); {cost}; monitor defaults: a row every {d['window']} steps, "
-        f"{d['stream_n']} probe samples per row, {d['groups']} groups, budget {d['budget']:.0%}; "
-        f"{r['settings']['model']}, batch {r['settings']['batch']}, {r['settings']['threads']} thread, torch "
-        f"{r['torch']}; load average (1, 5, 15 min) {load_avg} on {r['cpu_count']} cores.{goals}\n"
+        f"{r['goal_overhead']:.0%}); {cost}; {r['settings']['model']}, batch {r['settings']['batch']}, "
+        f"{r['settings']['threads']} thread, torch {r['torch']}; load average (1, 5, 15 min) {load_avg} "
+        f"on {r['cpu_count']} cores.\n"
     )
 
 
