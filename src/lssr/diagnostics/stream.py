@@ -1,5 +1,6 @@
 """The monitor's streaming estimates: tr S_b, tr S_n, tr S_1, B_simple, ρ_b, tr(H S_b), ‖H‖_{S_b} and ‖H‖
-from the mini-batch gradients g_t that training computes anyway, and two Hessian-vector products per row.
+from the mini-batch gradients g_t that training computes anyway, and two Hessian-vector products per row
+(``SharpnessMonitor(..., stream=True)``, opt-in; the monitor's default rows are :func:`lssr.diagnose`'s).
 
 A window is K consecutive training steps t with mini-batch gradients g_t (batch size b), dealt round-robin
 into M groups (group i: k_i steps, sum A_i = Σ_{t∈i} g_t, Σ_{t∈i} ‖g_t‖², and the sign sketch
@@ -16,7 +17,11 @@ independent draws at one θ (batches drawn with replacement, or from a training 
 - tr(H S_b) = E[g_bᵀ H g_b]: vᵀH_Pv with v = ḡ + U/√K, U the centred sign sketch and H_P the Hessian of
   fresh probe samples, independent of the g_t (:func:`row_products`): unbiased for the window's mean of
   g_tᵀHg_t whatever the drift of θ;
-- ‖H‖: xᵀH_Px for a warm-started x that a damped power step per row moves towards the top eigenvector.
+- ‖H‖: xᵀH_Px for a warm-started x that a damped power step per row moves towards the top eigenvector: it
+  settles on ‖H‖ at a fixed θ but lags while θ moves (a lower estimate during training).
+
+The training's g_t and the HVPs must be gradients of one loss: the monitor refuses batch norm in train mode
+(batch statistics in g_t, running statistics in the HVPs).
 
 Standard errors: the delete-one-group jackknife over the M groups; for tr(H S_b), ‖H‖_{S_b} and ‖H‖ at least the
 spread of consecutive rows (:func:`successive_se`), which holds the spread of the probe samples.
