@@ -555,6 +555,41 @@ def monitor_overhead() -> str:
     )
 
 
+def monitor_accuracy() -> str:
+    """The streaming rows against lssr.diagnose on all N training samples (monitor_accuracy.json)."""
+    r = load("monitor_accuracy.json")
+    names = {
+        "tr_S_b": "tr S_b",
+        "tr_S_n": "tr S_n",
+        "tr_S_n_window": "tr S_n, the window's U-statistic",
+        "tr_S_1": "tr S_1",
+        "b_simple": "B_simple",
+        "rho_b": "ρ_b",
+        "tr_HS_b": "tr(H S_b)",
+        "ias_b": "‖H‖_{S_b}",
+    }
+    rows = [
+        [
+            names[k],
+            f"{s['within_3_se']}/{s['rows']}",
+            f"{s['coverage_1_se']:.2f}",
+            f"{s['coverage_2_se']:.2f}",
+            span([abs(z) for z in s["z"]], "{:.1f}"),
+        ]
+        for k, s in ((k, r["summary"][k]) for k in names)
+    ]
+    table = md_table(["quantity", "rows within 3 se", "coverage at 1 se", "coverage at 2 se", "z, absolute"], rows)
+    eig = r["summary"]["top_eig"]["rel_diff"]
+    st = r["settings"]
+    return (
+        f"{table}\n\n‖H‖: streaming / reference − 1 = {span(eig, '{:+.2f}')}. "
+        f"{r['model']}, m = {r['m']}, N = {st['n']} CIFAR-10 images at {st['px']} px, b = {st['batch']} with "
+        f"replacement, η = {st['lr']}, β = 0.9, a row every {st['window']} steps; {st['rows']} rows compared after "
+        f"{st['warmup']}; {r['wall_s']:.0f} s, load average {r['loadavg_before'][0]:.2f} before, "
+        f"{r['loadavg_after'][0]:.2f} after.\n"
+    )
+
+
 SECTIONS: dict[str, Callable[[], str]] = {
     "se-study": se_study,
     "diagnostics-setting": diagnostics_setting,
@@ -572,6 +607,7 @@ SECTIONS: dict[str, Callable[[], str]] = {
     "own-model": own_model,
     "memory": memory,
     "monitor-overhead": monitor_overhead,
+    "monitor-accuracy": monitor_accuracy,
 }
 
 

@@ -1,15 +1,17 @@
-"""``lssr.SharpnessMonitor``: :func:`lssr.diagnose` along a training run, at θ_t before the update.
+"""``lssr.SharpnessMonitor``: the sharpness diagnostics along a training run, at θ_t before the update.
 
-A thin, stateful user of :func:`.api.diagnose`: it draws a fixed probe set of n samples once (seeded, from
-the data set behind the user's loader, so every measurement sees the same samples and costs the same),
-decides when to measure (every k steps, and/or when the next measurement, at its predicted cost, keeps the
-measurements' wall time within a fraction of the training's), warm-starts ‖H‖ from the last eigenvector,
-reads η, momentum β, dampening and weight decay λ from the optimiser, and writes one row per measurement
-(step, η, the stability threshold, ‖H‖, ‖H‖ + λ, the moments and every b's tr(H S_b), ‖H‖_{S_b}, ρ_b, ...)
-to a CSV file and/or a callback.
+A thin, stateful user of :func:`.api.diagnose`: it draws a fixed probe set of n samples once (seeded,
+from the data set behind the user's loader, so every measurement sees the same samples and costs the same), decides
+when to measure (every k steps, and/or when the next measurement, at its predicted cost, keeps the measurements'
+wall time within a fraction of the training's), warm-starts ‖H‖ from the last eigenvector, reads η, momentum β,
+dampening and weight decay λ from the optimiser, and writes one row per measurement (step, η, the stability
+threshold, ‖H‖, ‖H‖ + λ, the moments and every b's tr(H S_b), ‖H‖_{S_b}, ρ_b, ...) to a CSV file and/or a callback.
+With ``stream=True`` (opt-in) it runs its streaming mode (:mod:`.stream`) instead: rows every ``window`` steps
+from the training's own mini-batch gradients and HVPs on fresh samples (calibration rows of :func:`.api.diagnose`
+on the probe set with ``calibrate_every``).
 Its own state (schedule, timings, warm start, CSV offset) goes into checkpoints through
-:meth:`SharpnessMonitor.state_dict`. The training run is not changed: the model's modes, parameters,
-``.grad``, buffers, the optimiser and the global random states are as before each measurement.
+:meth:`SharpnessMonitor.state_dict`. The training run is not changed: the model's modes, parameters, ``.grad``,
+buffers, the optimiser and the global random states are as before each measurement.
 """
 
 from __future__ import annotations
@@ -24,9 +26,23 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, IterableDataset, Subset
 
 from .. import LssrError
+from ..curvature import GraphTooLarge
 from ..io import CsvLog
-from .api import CHUNK, Diagnostics, diagnose, gradient_seconds, preserved_rng
+from .api import (
+    CHUNK,
+    Diagnostics,
+    _restoring,
+    _set_hvp_mode,
+    _train_mode_bn,
+    diagnose,
+    gradient_seconds,
+    memory_budget,
+    prepare,
+    preserved_rng,
+    unwrap,
+)
 from .batches import collect
+from .stream import Window, check_groups, grads_of, row_products, stream_estimates, successive_se
 
 #: The monitor's defaults: a probe set of N_PROBE samples drawn with SEED; without ``every`` or ``budget``,
 #: measure only when the measurements' wall time, the next one's predicted cost included, stays within
@@ -41,8 +57,51 @@ N_PROBE, BUDGET, SEED = 256, 0.10, 0
 #: training batch).
 FIRST_COST, CALIBRATION_COST = 100.0, 4.0
 
+#: The streaming mode's defaults (:mod:`.stream`): a row every WINDOW training steps (the window of mini-batch
+#: gradients it averages), HVPs on STREAM_N fresh probe samples per row in GROUPS groups (the jackknife's).
+WINDOW, STREAM_N, GROUPS = 80, 32, 8
+
+#: The terms whose standard error comes from (tr S_n), or is at least, the spread of the last SPREAD_ROWS
+#: streaming rows (:func:`.stream.successive_se`): each row has fresh probe samples, whose spread the window's
+#: jackknife leaves out.
+SPREAD_KEYS, SPREAD_ROWS = ("tr_S_n", "tr_HS_b", "top_eig"), 8
+
 #: Columns before the diagnostics in every row.
 HEAD = ("step", "lr", "momentum", "dampening", "nesterov", "weight_decay", "threshold", "top_eig_reg", "edge_ratio")
+#: The streaming mode's columns after HEAD (calibration rows of :func:`lssr.diagnose` have the same ones):
+#: ``kind`` (``stream`` or ``diagnose``), the window of steps averaged (``window_start`` .. ``step``,
+#: ``window_steps`` of them; 0 for a calibration row, measured at θ_step), the training batch size b, each
+#: quantity with its standard error, ``rho_threshold`` = ρ_b × threshold (2ρ_b/η without momentum), the probe
+#: samples of the row's HVPs and its cost.
+STREAM_COLS = (
+    "kind",
+    "window_start",
+    "window_steps",
+    "b",
+    "tr_S_b",
+    "tr_S_b_se",
+    "tr_S_n",
+    "tr_S_n_se",
+    "tr_S_n_window",
+    "tr_S_n_window_se",
+    "tr_S_1",
+    "tr_S_1_se",
+    "b_simple",
+    "b_simple_se",
+    "rho_b",
+    "rho_b_se",
+    "tr_HS_b",
+    "tr_HS_b_se",
+    "ias_b",
+    "ias_b_se",
+    "top_eig",
+    "top_eig_se",
+    "top_eig_residual",
+    "rho_threshold",
+    "probe_n",
+    "groups",
+    "cost_seconds",
+)
 
 
 def sgd_threshold(lr: float, momentum: float = 0.0, dampening: float = 0.0, nesterov: bool = False) -> float:
@@ -114,6 +173,20 @@ def draw_probe_set(data: Any, n: int | None, seed: int, transform: Callable | No
     return batch
 
 
+def _larger(a: float, b: float) -> float:
+    """The larger of two standard errors, either of which may be NaN (unknown); NaN when both are."""
+    return b if math.isnan(a) else a if math.isnan(b) else max(a, b)
+
+
+def _map_style(data: Any) -> Dataset | None:
+    """The map-style data set behind ``data`` (itself, or a DataLoader's), else None."""
+    if isinstance(data, DataLoader):
+        data = data.dataset
+    if isinstance(data, Dataset) and not isinstance(data, IterableDataset) and hasattr(data, "__len__"):
+        return data
+    return None
+
+
 class SharpnessMonitor:
     """Measures :func:`lssr.diagnose` of ``model`` on a fixed probe set at θ_t, before the update, during a
     training loop; call :meth:`step` once per optimiser step (before ``optimizer.step()``).
@@ -143,6 +216,14 @@ class SharpnessMonitor:
         ``csv`` by :meth:`close`; resumed runs cut it back to the checkpoint's rows. callback: called with
         each row (a dict). diagnose_kwargs: any further option of :func:`lssr.diagnose` (probes, exact,
         eig_tol, hvp_mode, ...). clock: the wall clock of the schedule (seconds; ``time.perf_counter``).
+    stream: False (default; None is the same) measures the rows above with :func:`lssr.diagnose`; True turns on
+        the streaming mode (:mod:`.stream`; call :meth:`step` after ``backward``; refused for batch norm in train
+        mode; its ‖H‖ lags during training, see docs/DIAGNOSTICS.md). Each call adds the mini-batch gradient to
+        the window; a row closes the window after ``window`` steps (WINDOW) when its predicted cost (the last
+        row's) fits the budget, from the window's gradients and two HVPs on ``stream_n`` (STREAM_N) fresh samples
+        of the data set; ``groups`` (GROUPS) round-robin groups of steps give the jackknife standard errors. Rows hold
+        HEAD and STREAM_COLS. ``calibrate_every``: also a row of :func:`lssr.diagnose` on the probe set (kind
+        ``diagnose``, same columns) at those multiples, when it fits the budget.
     """
 
     def __init__(
@@ -167,8 +248,22 @@ class SharpnessMonitor:
         bn: str = "eval",
         dropout: str = "off",
         clock: Callable[[], float] = time.perf_counter,
+        stream: bool | None = False,
+        window: int = WINDOW,
+        stream_n: int = STREAM_N,
+        groups: int = GROUPS,
+        calibrate_every: int | None = None,
         **diagnose_kwargs: Any,
     ):
+        if stream not in (None, True, False):
+            raise LssrError(f"SharpnessMonitor: stream must be True or False (None: False), got {stream!r}")
+        check_groups(groups, window)
+        if not isinstance(stream_n, int) or stream_n < 1:
+            raise LssrError(f"SharpnessMonitor: stream_n must be a positive integer, got {stream_n!r}")
+        if calibrate_every is not None and (not isinstance(calibrate_every, int) or calibrate_every < 1):
+            raise LssrError(
+                f"SharpnessMonitor: calibrate_every must be a positive integer or None, got {calibrate_every!r}"
+            )
         if every is not None and (not isinstance(every, int) or every < 1):
             raise LssrError(f"SharpnessMonitor: every must be a positive integer or None, got {every!r}")
         if budget is not None and not (0 < budget):
@@ -182,6 +277,18 @@ class SharpnessMonitor:
         self.callback, self.forward, self.clock = callback, forward, clock
         self.lr, self.momentum = lr, momentum
         self.options = dict(replacement=replacement, bn=bn, dropout=dropout, **diagnose_kwargs)
+        self.stream = bool(stream)  # the opt-in streaming mode (:mod:`.stream`)
+        self.window, self.groups = int(window), int(groups)
+        self.stream_n = int(stream_n)
+        self.calibrate_every = calibrate_every
+        self._source = _map_style(data)
+        self._window: Window | None = None
+        self._x: torch.Tensor | None = None  # the warm start of ‖H‖
+        self._recent: list[dict] = []  # the last SPREAD_ROWS rows' curvature terms
+        self._hvp_mode: str | None = None
+        self._gen = torch.Generator().manual_seed(self.seed)
+        self.stream_rows = 0
+        self.last_stream_seconds = 0.0
         loader_bs = getattr(data, "batch_size", None) if isinstance(data, DataLoader) else None
         if batch_sizes is None:
             batch_sizes = (loader_bs,) if loader_bs else ()
@@ -190,6 +297,8 @@ class SharpnessMonitor:
         self.n = int(torch.utils._pytree.tree_leaves(self.probe)[0].shape[0])
         # the training's batch size (the loader's, else the largest b, else n): sizes the calibration's cost
         self.train_batch = int(loader_bs or max(self.batch_sizes, default=0) or self.n)
+        self.stream_b = int(loader_bs or max(self.batch_sizes, default=0)) or None  # b of the training's g_t
+        self.train_size = len(self._source) if self._source is not None else None
         for b in self.batch_sizes:
             if b < 1 or (not replacement and b > self.n):
                 raise LssrError(
@@ -285,12 +394,140 @@ class SharpnessMonitor:
         self._resumed = False
         if step is not None:
             self.steps = int(step)
-        if self.calibration_due():
-            self.calibrate()
-        row = self.measure() if self.due() else None
+        if self.stream:
+            row = self._stream_step()
+        else:
+            if self.calibration_due():
+                self.calibrate()
+            row = self.measure() if self.due() else None
         self.steps += 1
         self._clock = self.clock()
         return row
+
+    # -- the streaming mode ----------------------------------------------------------------------
+
+    def _trainable(self) -> list:
+        return [p for p in unwrap(self.model).parameters() if p.requires_grad]
+
+    def _stream_step(self) -> dict | None:
+        """Adds the step's mini-batch gradient to the window; closes the window with a row when it has ``window``
+        steps and the row's predicted cost (the last row's) fits the budget; a calibration row of
+        :func:`lssr.diagnose` at the multiples of ``calibrate_every`` when it fits."""
+        t0 = self.clock()
+        if self._window is None:
+            bns = _train_mode_bn(unwrap(self.model))
+            if bns:
+                raise LssrError(
+                    f"SharpnessMonitor: batch norm in train mode ({bns[0]}): the streaming mode reads training "
+                    "gradients computed with batch statistics while its Hessian-vector products would use running "
+                    "statistics, so rows would mix two losses; fix: stream=False (diagnose rows with bn='eval'), "
+                    "or a model without batch norm"
+                )
+            self._params = self._trainable()  # the window's parameters (listed once: a walk of the modules costs)
+        params = self._params
+        g = grads_of(params)
+        if g is None:
+            raise LssrError(
+                "SharpnessMonitor: the streaming mode reads the training's gradients, but no parameter has a .grad; "
+                "fix: call monitor.step() after loss.backward() and before optimizer.step(), or stream=False"
+            )
+        if self._window is None:
+            self._window = Window(params, self.groups, generator=self._gen, start=self.steps)
+        self._window.add(g)
+        self.spent_seconds += self.clock() - t0
+        row = None
+        w = self._window
+        if w.steps >= self.window and w.ready() and self._stream_fits(self.last_stream_seconds):
+            row = self.measure_stream()
+        if self.calibrate_every is not None and self.steps % self.calibrate_every == 0:
+            if self._stream_fits(self.last_seconds if self.measurements else 0.0):
+                row = self.measure(kind="diagnose")
+        return row
+
+    def _stream_fits(self, seconds: float) -> bool:
+        return self.budget is None or self.budget == math.inf or self._fits(seconds)
+
+    def _stream_batch(self):
+        """The row's probe samples: ``stream_n`` fresh samples of the training data set drawn with a seed of the
+        monitor's generator, through the data set's own transform (the training's distribution, its random
+        augmentation seeded by the monitor); for data without a map-style data set, a random subset of the
+        probe set. The global random states are as before."""
+        seed = int(torch.randint(0, 2**62, (1,), generator=self._gen))
+        if self._source is None:
+            idx = torch.randperm(self.n, generator=self._gen)[: self.stream_n].sort().values
+            return torch.utils._pytree.tree_map(lambda t: t[idx] if isinstance(t, torch.Tensor) else t, self.probe)
+        with preserved_rng():
+            torch.manual_seed(seed)
+            batch, _ = collect(self._source, n=min(self.stream_n, len(self._source)), seed=seed)
+        return batch
+
+    def measure_stream(self) -> dict:
+        """Closes the window: the streaming row (:mod:`.stream`) from its gradients and two HVPs on fresh probe
+        samples; records it (CSV, callback) and starts the next window."""
+        t0 = self.clock()
+        w, self._window = self._window, None
+        o = self.options
+        with preserved_rng():
+            batch = self._stream_batch()
+            prep = prepare(
+                self.model, self.loss, [batch], forward=self.forward, chunk_size=self.stream_n, dtype=o.get("dtype")
+            )
+            with _restoring(prep.model, o["bn"], o["dropout"]), torch.autocast(prep.device_type, enabled=False):
+                op = prep.operator(chunk_size=self.stream_n)
+                if self._hvp_mode is None and o.get("hvp_mode", "auto") == "auto":
+                    try:  # the kept graph of ∇L when it works (the cheapest HVPs), without trying the others first
+                        op.set_hvp_mode("graph", "SharpnessMonitor", graph_budget=memory_budget(op.device))
+                        self._hvp_mode = "graph"
+                    except (GraphTooLarge, NotImplementedError, RuntimeError):
+                        self._hvp_mode = _set_hvp_mode(op, "auto")
+                elif self._hvp_mode is None:
+                    self._hvp_mode = _set_hvp_mode(op, o["hvp_mode"])
+                else:
+                    op.set_hvp_mode(self._hvp_mode, "SharpnessMonitor", graph_budget=memory_budget(op.device))
+                prod = row_products(op, w, self._x)
+                self._x = prod["x"]
+        b = self.stream_b
+        gam = 1.0
+        if not o["replacement"] and b is not None and self.train_size and self.train_size > 1:
+            gam = (self.train_size - b) / (self.train_size - 1)
+        # the spread of consecutive rows (fresh probe samples and batches each) in the standard errors
+        self._recent = (self._recent + [{k: prod[k] for k in SPREAD_KEYS}])[-SPREAD_ROWS:]
+        spread = {k: successive_se([r[k] for r in self._recent]) for k in SPREAD_KEYS}
+        est = stream_estimates(w, prod, spread["tr_S_n"], b, gam)
+        for key in ("tr_HS_b", "top_eig"):
+            est[f"{key}_se"] = _larger(est[f"{key}_se"], spread[key])
+        est["ias_b_se"] = _larger(est["ias_b_se"], spread["tr_HS_b"] / abs(est["tr_S_b"]))
+        extra = dict(
+            kind="stream",
+            window_start=w.start,
+            window_steps=w.steps,
+            b=b if b is not None else math.nan,
+            top_eig_residual=prod["top_eig_residual"],
+            probe_n=op.n,
+            groups=w.M,
+        )
+        row = self._row(est["top_eig"], est | extra)
+        self.stream_rows += 1
+        self.last_stream_seconds = self.clock() - t0
+        row["cost_seconds"] = self.last_stream_seconds
+        self.spent_seconds += self.last_stream_seconds
+        self._emit(row)
+        return row
+
+    def _row(self, top_eig: float, values: dict) -> dict:
+        h = self.hyper()
+        wd = 0.0 if math.isnan(h["weight_decay"]) else h["weight_decay"]
+        top_reg = top_eig + wd
+        row = {"step": self.steps, **h, "top_eig_reg": top_reg, "edge_ratio": top_reg / h["threshold"]}
+        values = dict(values, rho_threshold=values["rho_b"] * h["threshold"], cost_seconds=math.nan)
+        return {k: row[k] for k in HEAD} | {k: values[k] for k in STREAM_COLS}
+
+    def _emit(self, row: dict) -> None:
+        if self.csv is not None:
+            self._write(row)
+        if self.callback is not None:
+            self.callback(row)
+        self.last = row
 
     def calibrate(self) -> float:
         """Computes the gradient ∇L on the probe set twice (as a measurement does) and keeps the second's wall
@@ -339,13 +576,51 @@ class SharpnessMonitor:
             **self.options,
         )
 
-    def measure(self) -> dict:
-        """Measures now (whatever the schedule), records the row (CSV, callback) and returns it."""
+    def measure(self, kind: str | None = None) -> dict:
+        """Measures now with :func:`lssr.diagnose` (whatever the schedule), records the row (CSV, callback) and
+        returns it. ``kind="diagnose"``: the row in the streaming mode's columns (a calibration row, at b)."""
         t0 = self.clock()
         with preserved_rng():
             d = self.diagnose()
         if d.eigenvector is not None:
             self.eigenvector = d.eigenvector
+        if kind == "diagnose":
+            b = self.stream_b or self.train_batch
+            a = d.at(b)
+            values = dict(
+                kind="diagnose",
+                window_start=self.steps,
+                window_steps=0,
+                b=b,
+                tr_S_b=a.tr_S_b,
+                tr_S_b_se=a.tr_S_b_se,
+                tr_S_n=d.tr_S_n,
+                tr_S_n_se=0.0,
+                tr_S_n_window=math.nan,
+                tr_S_n_window_se=math.nan,
+                tr_S_1=d.tr_S_1,
+                tr_S_1_se=0.0,
+                b_simple=d.b_simple,
+                b_simple_se=0.0,
+                rho_b=a.rho_b,
+                rho_b_se=a.rho_b_se,
+                tr_HS_b=a.tr_HS_b,
+                tr_HS_b_se=a.tr_HS_b_se,
+                ias_b=a.ias_b,
+                ias_b_se=a.ias_b_se,
+                top_eig=d.top_eig,
+                top_eig_se=math.nan,
+                top_eig_residual=d.top_eig_residual,
+                probe_n=d.n,
+                groups=0,
+            )
+            row = self._row(d.top_eig, values)
+            self.measurements += 1
+            self.last_seconds = self.clock() - t0
+            row["cost_seconds"] = self.last_seconds
+            self.spent_seconds += self.last_seconds
+            self._emit(row)
+            return row
         h = self.hyper()
         wd = 0.0 if math.isnan(h["weight_decay"]) else h["weight_decay"]
         top_reg = d.top_eig + wd
@@ -397,6 +672,13 @@ class SharpnessMonitor:
             "csv_offset": self._csv_offset,
             "seed": self.seed,
             "n": self.n,
+            "stream": self.stream,
+            "stream_rows": self.stream_rows,
+            "last_stream_seconds": self.last_stream_seconds,
+            "stream_x": self._x,
+            "stream_recent": list(self._recent),
+            "hvp_mode": self._hvp_mode,
+            "stream_generator": self._gen.get_state(),
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -415,6 +697,15 @@ class SharpnessMonitor:
         self.grad_seconds = None if state["grad_seconds"] is None else float(state["grad_seconds"])
         self.eigenvector = state["eigenvector"]
         self.last = state["last"]
+        self.stream = state.get("stream", self.stream)
+        self.stream_rows = int(state.get("stream_rows", 0))
+        self.last_stream_seconds = float(state.get("last_stream_seconds", 0.0))
+        self._x = state.get("stream_x")
+        self._recent = list(state.get("stream_recent", []))
+        self._hvp_mode = state.get("hvp_mode")
+        if state.get("stream_generator") is not None:
+            self._gen.set_state(state["stream_generator"])
+        self._window = None  # a resumed run starts a new window at its first call
         self._clock = None
         self._resumed = True
         if self.csv is not None:
