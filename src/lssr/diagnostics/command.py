@@ -100,6 +100,21 @@ def load_data(path: str, split: str = "train", resize: int | None = None):
     raise LssrError(f"--data {path}: no such folder; give a subset folder (`lssr subset`) or an image folder")
 
 
+def built_model(model: str, model_args: dict, checkpoint: str | None, dtype: str | None, device: str):
+    """(net, torch dtype or None): the factory's model, the checkpoint loaded into it, cast to ``dtype``
+    (float32 / float64; None keeps the model's) and moved to ``device``."""
+    net = build_from_factory(model, model_args)
+    if checkpoint:
+        load_checkpoint(net, checkpoint)
+    dt = None
+    if dtype is not None:
+        dt = {"float32": torch.float32, "float64": torch.float64}.get(dtype)
+        if dt is None:
+            raise LssrError(f"--dtype {dtype!r}: known: float32, float64")
+        net = net.to(dt)
+    return net.to(device), dt
+
+
 def run_diagnose(
     *,
     model: str,
@@ -117,16 +132,7 @@ def run_diagnose(
 ) -> Diagnostics:
     """Builds the model, loads the checkpoint and the data, calls :func:`lssr.diagnose` with ``options`` and
     writes ``out/diagnostics.csv`` and ``out/diagnostics.json``."""
-    net = build_from_factory(model, model_args)
-    if checkpoint:
-        load_checkpoint(net, checkpoint)
-    dt = None
-    if dtype is not None:
-        dt = {"float32": torch.float32, "float64": torch.float64}.get(dtype)
-        if dt is None:
-            raise LssrError(f"--dtype {dtype!r}: known: float32, float64")
-        net = net.to(dt)
-    net = net.to(device)
+    net, dt = built_model(model, model_args, checkpoint, dtype, device)
     result = diagnose(net, loss, load_data(data, split, resize), batch_sizes=batch_sizes, dtype=dt, **options)
     frame = result.frame()
     write_csv(Path(out) / "diagnostics.csv", frame)
@@ -208,15 +214,11 @@ def run_recommend(
             raise LssrError(
                 "recommend: give --diagnostics FILE, --monitor-log CSV, or --model and --data to measure first"
             )
+        samples = None  # read once, after the first model is built (its errors first, as in `lssr diagnose`)
         for k, ckpt in enumerate(checkpoints or [None]):
-            net = build_from_factory(model, model_args or {})
-            if ckpt:
-                load_checkpoint(net, ckpt)
-            dt = {"float32": torch.float32, "float64": torch.float64}.get(dtype) if dtype else None
-            if dtype and dt is None:
-                raise LssrError(f"--dtype {dtype!r}: known: float32, float64")
-            net = (net.to(dt) if dt else net).to(device)
-            samples = load_data(data, split, resize)
+            net, dt = built_model(model, model_args or {}, ckpt, dtype, device)
+            if samples is None:
+                samples = load_data(data, split, resize)
             diag = diagnose(net, loss, samples, batch_sizes=[b_ref], dtype=dt, replacement=replacement, **options)
             keep = {k: options[k] for k in ("n", "seed", "bn", "dropout", "chunk_size") if k in options}
             noise = noise_scale(net, loss, samples, dtype=dt, n_total=n_train, label=ckpt or "built model", **keep)

@@ -514,13 +514,19 @@ class SharpnessMonitor:
         self._emit(row)
         return row
 
-    def _row(self, top_eig: float, values: dict) -> dict:
+    def _head(self, top_eig: float) -> dict:
+        """The HEAD columns of a row at this step: the optimiser's hyper-parameters, the threshold, ‖H‖ + λ."""
         h = self.hyper()
         wd = 0.0 if math.isnan(h["weight_decay"]) else h["weight_decay"]
         top_reg = top_eig + wd
         row = {"step": self.steps, **h, "top_eig_reg": top_reg, "edge_ratio": top_reg / h["threshold"]}
-        values = dict(values, rho_threshold=values["rho_b"] * h["threshold"], cost_seconds=math.nan)
-        return {k: row[k] for k in HEAD} | {k: values[k] for k in STREAM_COLS}
+        return {k: row[k] for k in HEAD}
+
+    def _row(self, top_eig: float, values: dict) -> dict:
+        """A row in the streaming mode's columns: HEAD, then STREAM_COLS from ``values``."""
+        head = self._head(top_eig)
+        values = dict(values, rho_threshold=values["rho_b"] * head["threshold"], cost_seconds=math.nan)
+        return head | {k: values[k] for k in STREAM_COLS}
 
     def _emit(self, row: dict) -> None:
         if self.csv is not None:
@@ -621,16 +627,8 @@ class SharpnessMonitor:
             self.spent_seconds += self.last_seconds
             self._emit(row)
             return row
-        h = self.hyper()
-        wd = 0.0 if math.isnan(h["weight_decay"]) else h["weight_decay"]
-        top_reg = d.top_eig + wd
-        row = {"step": self.steps, **h, "top_eig_reg": top_reg, "edge_ratio": top_reg / h["threshold"]}
-        row = {k: row[k] for k in HEAD} | d.to_dict()
-        if self.csv is not None:
-            self._write(row)
-        if self.callback is not None:
-            self.callback(row)
-        self.last = row
+        row = self._head(d.top_eig) | d.to_dict()
+        self._emit(row)
         self.measurements += 1
         self.last_seconds = self.clock() - t0
         self.spent_seconds += self.last_seconds
