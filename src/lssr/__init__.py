@@ -15,8 +15,7 @@ See docs/ARCHITECTURE.md. The public diagnostics call on your own model is :func
 __version__ = "0.1.0"
 
 
-class LssrError(Exception):
-    """A user-facing error: the message names the file, key or value at fault and the fix."""
+from .errors import LssrError  # noqa: E402
 
 
 def __getattr__(name: str):
