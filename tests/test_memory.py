@@ -127,3 +127,75 @@ def test_train_refuses_before_any_step(tmp_path, monkeypatch):
     with pytest.raises(memory.DoesNotFitError, match="tiny-box"):
         train(cfg, data, tmp_path / "run", progress=False)
     assert not (tmp_path / "run" / "metrics.csv").exists()
+
+
+def _state(model: torch.nn.Module) -> dict:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+@pytest.mark.parametrize("batch_norm", [True, False])
+def test_profile_of_the_built_model_equals_the_profile_by_name(name, batch_norm):
+    """The pre-flight's estimate for a model training built is the one the planner gets for the same model by
+    name (byte counts do not depend on the weights), and measuring leaves the model and global RNG as they were."""
+    torch.manual_seed(3)
+    model = build_model(name, 3, 10, batch_norm).to(torch.float64).eval()
+    before, rng = _state(model), torch.get_rng_state()
+    mine = memory.profile_model(model, 3, 16, torch.float64)
+    assert torch.equal(torch.get_rng_state(), rng)
+    assert not model.training and all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    assert mine == memory.profile(name, batch_norm, 3, 16, 10, torch.float64)
+    assert torch.equal(torch.get_rng_state(), rng)  # the by-name build runs inside fork_rng
+    cfg = cfg_for(name, n=128, b=32, batch_norm=batch_norm)
+    by_name = memory.estimate(cfg, (3, 16, 16), 10, 100, 2, torch.float64)
+    assert memory.estimate(cfg, (3, 16, 16), 10, 100, 2, torch.float64, model_profile=mine) == by_name
+
+
+def _digits(tmp_path, n=64):
+    folder = tmp_path / "digits"
+    build_subset(SubsetSpec("digits", n, seed=0), folder)
+    d = load_subset(folder)
+    return Subset(d.x_train, d.y_train, d.x_test[:64], d.y_test[:64], d.manifest)
+
+
+def test_plan_step_measures_the_given_model_and_leaves_it_and_the_rng_alone(tmp_path):
+    from lssr.training.forward import model_profile, plan_step
+
+    data = _digits(tmp_path)
+    cfg = cfg_for("digits_cnn", n=64, b=16)
+    torch.manual_seed(0)
+    model = build_model("digits_cnn", data.image_shape[0], data.num_classes, True).train()
+    before, rng = _state(model), torch.get_rng_state()
+    plan = plan_step(cfg, data, 1, torch.device("cpu"), "r", model_profile(model, data))
+    assert torch.equal(torch.get_rng_state(), rng)
+    assert model.training and all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    shape = tuple(data.x_train.shape[1:])
+    assert plan.estimate == memory.estimate(cfg, shape, data.num_classes, 64, 1, data.x_train.dtype)
+
+
+def _stub_plan(cfg, data, members, device, run, profile):
+    """The pre-flight switched off: no estimate, no checkpointing."""
+    from lssr.training.forward import StepPlan
+
+    stats = "batch" if cfg.model.batch_norm else "none"
+    return StepPlan(memory.samples_per_pass(cfg), None, memory.Estimate(0, 0, 0, 0, False), stats)
+
+
+@pytest.mark.parametrize("engine", ["single", "batched"])
+def test_training_losses_are_the_same_with_the_preflight_off(tmp_path, monkeypatch, engine):
+    """Batch norm in train mode, SGD: the pre-flight measures a copy, so the running statistics, the weights and
+    the global RNG (and hence every metric) are those of a run without it."""
+    import importlib
+
+    from lssr.training import train_batched
+
+    data = _digits(tmp_path)
+    cfg = cfg_for("digits_cnn", n=64, b=16, stop={"steps": 12}, eval_every=4)
+    run = {"single": lambda out: train(cfg, data, out, progress=False)}
+    run["batched"] = lambda out: train_batched([cfg], data, [out], progress=False)
+    run[engine](tmp_path / "with")
+    module = importlib.import_module(f"lssr.training.{engine}")
+    monkeypatch.setattr(module, "plan_step", _stub_plan)
+    run[engine](tmp_path / "without")
+    with_, without = ((tmp_path / d / "metrics.csv").read_text() for d in ("with", "without"))
+    assert with_ == without and len(with_.splitlines()) > 3

@@ -3,11 +3,12 @@
 Before any training step, :func:`preflight` estimates the peak memory of one job (a run, or one pass of
 a batched group: ``members`` stacked runs) from
 
-- a **profile** of the model at the data's image size and dtype (:func:`profile`): one forward pass of 1
-  and of 2 samples on the CPU under ``torch.autograd.graph.saved_tensors_hooks``, layer by layer along
-  :func:`lssr.models.forward_layers`, counting the bytes each layer saves for the backward pass (each
-  storage once, parameters excluded) and the bytes of its output; the difference of the two passes is
-  the per-sample cost;
+- a **profile** of the model at the data's image size and dtype (:func:`profile_model`, on the model training
+  built; :func:`profile` builds one by name for the planner, which has none yet): one forward pass of 2 and
+  of 3 samples, on a CPU copy of the model, under ``torch.autograd.graph.saved_tensors_hooks``, layer by
+  layer along :func:`lssr.models.forward_layers`, counting the bytes each layer saves for the backward pass
+  (each storage once, parameters excluded) and the bytes of its output; the difference of the two passes
+  is the per-sample cost. The model itself and the global random state are left untouched;
 - the samples per training forward pass: b for a model with batch norm (statistics over the whole
   mini-batch), ``bn_ghost_batch`` when that is set, ``chunk_size`` for a model without batch norm;
 - activation checkpointing (:func:`segments_for`): the layer chain cut into segments; only each
@@ -26,13 +27,14 @@ Checked against measured peaks on the CPU in tests/test_memory.py (peak RSS of a
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass
 from functools import lru_cache
 
 import torch
 
-from . import LssrError
+from .errors import LssrError
 
 #: A job is refused when its estimate exceeds this fraction of the device's free memory.
 USABLE_FRACTION = 0.9
@@ -88,16 +90,17 @@ def _layer_bytes(model: torch.nn.Module, x: torch.Tensor) -> tuple[list[int], li
     return saved, out
 
 
-@lru_cache(maxsize=64)
-def profile(model_name: str, batch_norm: bool, channels: int, pixels: int, classes: int, dtype: torch.dtype) -> Profile:
-    """The per-sample :class:`Profile` of a registered model (measured on the CPU, a few forward passes)."""
-    from .models import build_model
+def profile_model(model: torch.nn.Module, channels: int, pixels: int, dtype: torch.dtype) -> Profile:
+    """The per-sample :class:`Profile` of ``model`` on ``channels`` x ``pixels`` x ``pixels`` inputs of ``dtype``.
 
-    torch.manual_seed(0)
-    model = build_model(model_name, channels, classes, batch_norm).to(dtype=dtype).train()
+    Measured on a copy of the model on the CPU in train mode, with inputs drawn from a generator of its own:
+    the model (its parameters, buffers, train flag and device) and the global random state are untouched."""
+    probe = copy.deepcopy(model).to(device="cpu", dtype=dtype).train()
+    gen = torch.Generator().manual_seed(0)
     runs = []
     for k in (2, 3):  # two samples at least: batch norm in train mode needs them on a 1x1 feature map
-        runs.append(_layer_bytes(model, torch.randn(k, channels, pixels, pixels, dtype=dtype)))
+        x = torch.randn(k, channels, pixels, pixels, dtype=dtype, generator=gen)
+        runs.append(_layer_bytes(probe, x))
     (s1, o1), (s2, o2) = runs
     saved = tuple(max(b - a, 0) for a, b in zip(s1, s2))
     out = tuple(b - a for a, b in zip(o1, o2))
@@ -106,9 +109,21 @@ def profile(model_name: str, batch_norm: bool, channels: int, pixels: int, class
         saved=saved,
         out=out,
         input=channels * pixels * pixels * size,
-        param_bytes=sum(p.numel() * p.element_size() for p in model.parameters()),
-        buffer_bytes=sum(b.numel() * b.element_size() for b in model.buffers()),
+        param_bytes=sum(p.numel() * p.element_size() for p in probe.parameters()),
+        buffer_bytes=sum(b.numel() * b.element_size() for b in probe.buffers()),
     )
+
+
+@lru_cache(maxsize=64)
+def profile(model_name: str, batch_norm: bool, channels: int, pixels: int, classes: int, dtype: torch.dtype) -> Profile:
+    """The :class:`Profile` of a registered model built by name, for callers without a model (the workflow's
+    planner, the memory table); the build runs inside ``torch.random.fork_rng``, so the global random state
+    is as before. Training measures its own model with :func:`profile_model`."""
+    from .models import build_model
+
+    with torch.random.fork_rng(devices=[]):
+        model = build_model(model_name, channels, classes, batch_norm)
+    return profile_model(model, channels, pixels, dtype)
 
 
 def segments_for(p: Profile) -> list[tuple[int, int]]:
@@ -207,10 +222,16 @@ def estimate(
     members: int,
     dtype: torch.dtype,
     checkpointing: bool = False,
+    model_profile: Profile | None = None,
 ) -> Estimate:
-    """The :class:`Estimate` of a job training ``members`` runs of ``cfg`` on images of ``image_shape``."""
+    """The :class:`Estimate` of a job training ``members`` runs of ``cfg`` on images of ``image_shape``, from
+    ``model_profile`` (the model's own, :func:`profile_model`), else from the model built by name."""
     c, h = image_shape[0], image_shape[-1]
-    p = profile(cfg.model.name, cfg.model.batch_norm, c, h, classes, dtype)
+    p = (
+        model_profile
+        if model_profile is not None
+        else profile(cfg.model.name, cfg.model.batch_norm, c, h, classes, dtype)
+    )
     per_pass = samples_per_pass(cfg)
     resident = members * (2 * p.param_bytes + 2 * p.buffer_bytes) + (cfg.data.n + n_test) * p.input
     return Estimate(
@@ -256,20 +277,25 @@ def preflight(
     device: torch.device,
     run: str,
     available: int | None = None,
+    model_profile: Profile | None = None,
 ) -> Estimate:
     """Decide on activation checkpointing and refuse a job that will not fit.
 
     ``activation_checkpointing``: ``never`` / ``always`` as told; ``auto`` checkpoints only a batch-norm model
     whose plain step does not fit (a model without batch norm is bounded by ``chunk_size`` instead).
+    ``model_profile``: the training model's :func:`profile_model` (else the model is built by name).
     Raises :class:`DoesNotFitError` naming ``run``, the estimate, the device's memory and the knobs."""
     mode = cfg.activation_checkpointing
-    est = estimate(cfg, image_shape, classes, n_test, members, dtype, checkpointing=mode == "always")
+    if model_profile is None:
+        model_profile = profile(cfg.model.name, cfg.model.batch_norm, image_shape[0], image_shape[-1], classes, dtype)
+    args = (cfg, image_shape, classes, n_test, members, dtype)
+    est = estimate(*args, checkpointing=mode == "always", model_profile=model_profile)
     avail = device_memory(device) if available is None else available
     if avail is None:
         return est
     budget = int(USABLE_FRACTION * avail)
     if mode == "auto" and est.peak > budget and cfg.model.batch_norm and est.step_checkpointed < est.step_plain:
-        est = estimate(cfg, image_shape, classes, n_test, members, dtype, checkpointing=True)
+        est = estimate(*args, checkpointing=True, model_profile=model_profile)
     if est.peak <= budget:
         return est
     ck = "on" if est.checkpointing else "off"

@@ -81,13 +81,12 @@ from .core import (
     metrics_row,
     progress_bar,
     record_batch_loss,
-    resolve_device,
     set_up,
     status_of,
     stop_verdict,
     total_steps,
 )
-from .forward import StepPlan, backward_keeping_buffers, plan_step, stacked_checkpointed_forward
+from .forward import StepPlan, backward_keeping_buffers, model_profile, plan_step, stacked_checkpointed_forward
 from .outputs import CHECKPOINT, load_checkpoint, save_checkpoint, write_metrics, write_run_outputs
 from .sampler import BatchSampler, steps_per_epoch
 from .stack import Member, Stack
@@ -190,9 +189,9 @@ def _train_group(
     cfgs: list[RunConfig], data: Subset, out_dirs: list, progress: bool, keep_checkpoint: bool
 ) -> list[RunResult]:
     cfg0 = cfgs[0]
-    plan = plan_step(cfg0, data, len(cfgs), resolve_device(cfg0.device), _group_name(cfgs))  # before any step
     group = _Group(cfgs, data, out_dirs)
-    group.step_plan = plan
+    # the pre-flight check, before any step, of the model the group built
+    group.step_plan = plan_step(cfg0, group.data, len(cfgs), group.device, _group_name(cfgs), group.profile())
     group.resume()
     lrs = ",".join(f"{c.optim.lr:g}" for c in cfgs)
     bar = progress_bar(progress, group.T, f"train-batch {cfg0.model.name} b={cfg0.batch_size} η={lrs}", group.step)
@@ -375,13 +374,22 @@ class _Group:
 
     step_plan: StepPlan | None = None  # set by _train_group from the pre-flight check
     _ckpt_forward = None
+    _profile = None
+
+    def profile(self):
+        """The memory profile of the group's template model (one member's), measured once."""
+        if self._profile is None:
+            self._profile = model_profile(self.template, self.data)
+        return self._profile
 
     def _train_forward(self, K: int) -> tuple[int, object, list | None]:
         """Samples per forward pass (b for batch norm: whole-batch statistics), the forward function
         (checkpointed where the plan says so) and the buffers to keep through a checkpointed backward."""
         plan = self.step_plan
         if plan is None:
-            plan = self.step_plan = plan_step(self.cfg0, self.data, K, self.device, _group_name(self.cfgs))
+            plan = self.step_plan = plan_step(
+                self.cfg0, self.data, K, self.device, _group_name(self.cfgs), self.profile()
+            )
         if not plan.checkpointing:
             return plan.per_pass, self.stack.forward, None
         if self._ckpt_forward is None:

@@ -67,7 +67,7 @@ from .core import (
     step_loop,
     total_steps,
 )
-from .forward import StepPlan, backward_keeping_buffers, checkpointed_forward, plan_step
+from .forward import StepPlan, backward_keeping_buffers, checkpointed_forward, model_profile, plan_step
 from .outputs import write_metrics, write_run_outputs
 from .sampler import BatchSampler
 
@@ -219,10 +219,11 @@ def synchronise_batch_norm(model: nn.Module, device: torch.device) -> nn.Module:
 # ---------------------------------------------------------------------------------------------
 
 
-def _agreed_plan(cfg: RunConfig, data: Subset, device: torch.device, run: str) -> StepPlan:
-    """The pre-flight plan of this rank's job; all ranks refuse together and checkpoint together."""
+def _agreed_plan(cfg: RunConfig, data: Subset, device: torch.device, run: str, profile) -> StepPlan:
+    """The pre-flight plan of this rank's job (``profile``: the memory profile of its model); all ranks refuse
+    together and checkpoint together."""
     try:
-        plan, refused = plan_step(cfg, data, 1, device, run), None
+        plan, refused = plan_step(cfg, data, 1, device, run, profile), None
     except DoesNotFitError as exc:
         plan, refused = None, exc
     checkpointing = plan is not None and plan.checkpointing
@@ -231,7 +232,7 @@ def _agreed_plan(cfg: RunConfig, data: Subset, device: torch.device, run: str) -
     if bool(flags[0]):
         raise refused or DataParallelError(f"{run}: another rank's pre-flight check refused the job (see its log)")
     if bool(flags[1]) and not plan.checkpointing:
-        plan = plan_step(dataclasses.replace(cfg, activation_checkpointing="always"), data, 1, device, run)
+        plan = plan_step(dataclasses.replace(cfg, activation_checkpointing="always"), data, 1, device, run, profile)
     return plan
 
 
@@ -252,7 +253,9 @@ class _Member:
                 f"{name}: bn_ghost_batch: {cfg.bn_ghost_batch} with data-parallel training; synchronised batch "
                 "norm is over the whole batch, so drop bn_ghost_batch or train on one device"
             )
-        self.model = synchronise_batch_norm(init_model(cfg, self.data), self.device)
+        model = init_model(cfg, self.data)
+        profile = model_profile(model, self.data)  # measured before its batch norm is synchronised across ranks
+        self.model = synchronise_batch_norm(model, self.device)
         self.loss_ps = per_sample_loss(cfg.loss)
         self.sampler = BatchSampler(cfg.data.n, b, cfg.optim.replacement, cfg.seed)
         self.T = total_steps(cfg, self.sampler.steps_per_epoch)
@@ -260,7 +263,9 @@ class _Member:
         self.shard = shard(b, world)
         # the pre-flight check of this rank's job: ⌈b / R⌉ samples
         per_rank = dataclasses.replace(cfg, optim=dataclasses.replace(cfg.optim, batch_size=math.ceil(b / world.size)))
-        self.plan = _agreed_plan(per_rank, self.data, self.device, f"{name} (rank {world.rank} of {world.size})")
+        self.plan = _agreed_plan(
+            per_rank, self.data, self.device, f"{name} (rank {world.rank} of {world.size})", profile
+        )
         segs = self.plan.segments
         self.forward = self.model if segs is None else checkpointed_forward(self.model, segs)
         self.keep = None if segs is None else list(self.model.buffers())

@@ -50,16 +50,31 @@ class StepPlan:
         }
 
 
-def plan_step(cfg: RunConfig, data: Subset, members: int, device: torch.device, run: str) -> StepPlan:
-    """The pre-flight check (:func:`lssr.memory.preflight`, which refuses a job that will not fit) and the plan."""
+def model_profile(model: nn.Module, data: Subset) -> memory.Profile:
+    """The per-sample memory :class:`~lssr.memory.Profile` of the model training built, at the data's image size
+    and dtype (:func:`lssr.memory.profile_model`: measured on a CPU copy, the model and global RNG untouched)."""
+    x = data.x_train
+    return memory.profile_model(model, x.shape[1], x.shape[-1], x.dtype)
+
+
+def plan_step(
+    cfg: RunConfig, data: Subset, members: int, device: torch.device, run: str, profile: memory.Profile
+) -> StepPlan:
+    """The pre-flight check (:func:`lssr.memory.preflight`, which refuses a job that will not fit) and the plan,
+    from ``profile``, the :func:`model_profile` of the model training built."""
     x = data.x_train
     est = memory.preflight(
-        cfg, tuple(x.shape[1:]), data.num_classes, len(data.y_test), members, x.dtype, device, run=run
+        cfg,
+        tuple(x.shape[1:]),
+        data.num_classes,
+        len(data.y_test),
+        members,
+        x.dtype,
+        device,
+        run=run,
+        model_profile=profile,
     )
-    segments = None
-    if est.checkpointing:
-        p = memory.profile(cfg.model.name, cfg.model.batch_norm, x.shape[1], x.shape[-1], data.num_classes, x.dtype)
-        segments = memory.segments_for(p)
+    segments = memory.segments_for(profile) if est.checkpointing else None
     stats = "none" if not cfg.model.batch_norm else ("ghost" if cfg.bn_ghost_batch is not None else "batch")
     return StepPlan(memory.samples_per_pass(cfg), segments, est, stats)
 

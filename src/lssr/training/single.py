@@ -46,7 +46,7 @@ from .core import (
     step_loop,
     total_steps,
 )
-from .forward import backward_keeping_buffers, checkpointed_forward, plan_step
+from .forward import backward_keeping_buffers, checkpointed_forward, model_profile, plan_step
 from .outputs import CHECKPOINT, fresh_start_warning, load_checkpoint, save_checkpoint, write_run_outputs
 from .sampler import BatchSampler
 
@@ -145,7 +145,8 @@ class _Run:
         self.stopped_by = "budget"
         self.checkpointing = out_dir is not None and bool(cfg.checkpoint_every)
         # the pre-flight memory check, before any step: samples per forward pass, activation checkpointing
-        self.plan = plan_step(cfg, self.data, 1, self.device, cfg.name or str(out_dir or cfg.model.name))
+        run = cfg.name or str(out_dir or cfg.model.name)
+        self.plan = plan_step(cfg, self.data, 1, self.device, run, model_profile(self.model, self.data))
         segs = self.plan.segments
         self.train_forward = None if segs is None else checkpointed_forward(self.model, segs)
 
