@@ -50,12 +50,12 @@ def _run_configs(paths: list[str], jsons: list[str], outs: list[str], overrides:
     """Run configs from YAML files, or from JSON texts (the workflow's form), each then written to its
     ``<out>/config.yaml`` (the run's provenance) unless ``write`` is false."""
     from .config import load_config
-    from .workflow import write_run_config
+    from .config.from_json import run_config_from_json
 
     if bool(paths) == bool(jsons):
         raise LssrError("give the run config(s) either as YAML files or as --json, one of the two")
     if jsons:
-        return [write_run_config(j, Path(o) / "config.yaml", overrides, write) for j, o in zip(jsons, outs)]
+        return [run_config_from_json(j, Path(o) / "config.yaml", overrides, write) for j, o in zip(jsons, outs)]
     return [load_config(c, overrides=overrides) for c in paths]
 
 

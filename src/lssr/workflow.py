@@ -11,7 +11,7 @@ value rules in :mod:`lssr.config`) describes experiments per figure; :func:`plan
 The .smk rules read the plan through the methods of :class:`Plan` (the shell arguments of a subset, a run or a
 Figure-5 group), which answer a path the config does not plan with a one-line :class:`NotPlannedError` naming
 what is planned. Each training job receives its run config as JSON and writes it to ``<run>/config.yaml``
-itself (:func:`write_run_config`): no separate job per run config.
+itself (:func:`lssr.config.from_json.run_config_from_json`): no separate job per run config.
 
 A run id is readable and stable, built from (data set, model, loss, b, η, seed, sampling), e.g.
 ``digits-1k_digits_cnn_ce_b32_lr0.1_s0_wor``. A run requested by two figures is planned once; the
@@ -27,7 +27,6 @@ import difflib
 import json
 import shlex
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from . import LssrError
@@ -38,12 +37,10 @@ from .config import (
     ConfigError,
     ModelConfig,
     Resources,
-    RunConfig,
     WorkflowSettings,
     config_from_dict,
     data_parallel_config,
     dataset_config,
-    deep_update,
     default_of,
     fig5_seeds,
     workflow_settings,
@@ -380,23 +377,3 @@ def _plan_runtimes(p: Plan) -> None:
         g: runtime_minutes(job_seconds([cfgs[rid] for rid in members], r.threads), r.runtime)
         for g, members in p.groups.items()
     }
-
-
-def write_run_config(json_text: str, out: str | Path, overrides: dict | None = None, write: bool = True) -> RunConfig:
-    """A run config given as JSON (the form the workflow passes to the training jobs), with optional nested
-    overrides: validated, written as YAML to ``out`` (atomically) for provenance, and returned. ``write=False``
-    validates only (the ranks after the first of a data-parallel launch, which write nothing)."""
-    import yaml
-
-    from .io import write_text
-
-    try:
-        raw = json.loads(json_text)
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"{out}: --json is not valid JSON ({exc})") from None
-    if overrides:
-        raw = deep_update(raw, overrides)
-    cfg = config_from_dict(raw, where=str(out))
-    if write:
-        write_text(out, yaml.safe_dump(raw, sort_keys=False))
-    return cfg
