@@ -1,10 +1,11 @@
-"""The tables of benchmarks/README.md and docs/PERFORMANCE.md, generated from the kept benchmark records.
+"""The tables of benchmarks/README.md, docs/PERFORMANCE.md and docs/CLUSTER.md, generated from the kept records.
 
 Every table in those pages that quotes a benchmark sits between ``<!-- begin: NAME -->`` and ``<!-- end: NAME -->``
 and is written by this script from the JSON under ``results/bench/`` (``diagnostics*.json`` from
 ``make bench-diagnostics``, ``se_study.json`` from ``make bench-se``, ``bench_grid.json`` from ``make bench-grid``,
 ``monitor.json`` from ``make bench-monitor``)
-and, for the memory table, from ``config/paper.yaml`` through ``lssr.memory`` (``memory_table.py``).
+and, for the memory table, from ``config/paper.yaml`` through ``lssr.memory`` (``memory_table.py``); the GPU-hour
+estimate of config/paper.yaml (docs/PERFORMANCE.md, docs/CLUSTER.md) through ``lssr.cost`` (``gpu_hours.py``).
 
     python benchmarks/report_tables.py            # rewrite the marked sections in place
     python benchmarks/report_tables.py --check    # exit 1, naming the sections that differ
@@ -26,10 +27,10 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 
-from bench_report import GOAL_COLUMNS, goal_row, gpu_hours_table, md_table, method_rows, run_table  # noqa: E402
+from bench_report import GOAL_COLUMNS, goal_row, md_table, method_rows, run_table  # noqa: E402
 
 BENCH = ROOT / "results" / "bench"
-PAGES = (HERE / "README.md", ROOT / "docs" / "PERFORMANCE.md")
+PAGES = (HERE / "README.md", ROOT / "docs" / "PERFORMANCE.md", ROOT / "docs" / "CLUSTER.md")
 SECTION = re.compile(r"(<!-- begin: (?P<name>[\w-]+) -->\n)(?P<body>.*?)(<!-- end: (?P=name) -->)", re.S)
 
 
@@ -181,18 +182,36 @@ def diagnostics_summary() -> str:
     return md_table(["quantity", "measured"], rows)
 
 
+@cache
+def paper_wf() -> dict:
+    import yaml
+
+    return yaml.safe_load((ROOT / "config" / "paper.yaml").read_text())
+
+
+@cache
+def paper_gpu_hours() -> dict:
+    from lssr.cost import gpu_hours
+    from lssr.workflow import plan
+
+    return gpu_hours(plan(paper_wf()))
+
+
+@cache
 def figures_1_4() -> str:
-    """Figures 1-4 GPU-hours: the worst bundle by op counts (diagnostics.json), the host overhead per step and the
-    Figure-5 total from bench_grid.json."""
-    d, g = diag(), load("bench_grid.json")["cost_model"]
-    worst = max(r["bundle_grad_equiv_ops"] for r in points())
-    ratio = d["ratios"][d["settings"]["losses"][0]]
-    fig5 = g["figure5"]["estimate"]["cnn6"]["batched_gpu_h"]
-    return (
-        f"ESTIMATE (assumed {g['figure5']['gpu_tflops_assumed']:g} TFLOP/s; bundle = {worst:.1f} gradients, the "
-        f"costliest point by op counts; host overhead {1e3 * g['host_overhead_single_s']:.1f} ms per step)\n\n"
-        + gpu_hours_table(worst, ratio, fig5_gpu_h=round(fig5), step_overhead_s=g["host_overhead_single_s"])
-    )
+    """GPU-hours of the training jobs besides Figure 5 under several probe schedules (``lssr.cost``, through
+    gpu_hours.py)."""
+    from gpu_hours import schedule_table
+
+    return schedule_table(paper_wf())
+
+
+@cache
+def gpu_hours_estimate() -> str:
+    """The GPU-hour estimate of config/paper.yaml (``lssr.cost``, through gpu_hours.py)."""
+    from gpu_hours import estimate_table
+
+    return estimate_table(paper_wf())
 
 
 def paper_schedule() -> tuple[int, int]:
@@ -222,17 +241,11 @@ def own_model_cost_row() -> list:
 
 def cost_summary() -> str:
     """The few numbers docs/PERFORMANCE.md leads with, each from its record."""
-    from bench_report import figures_1_4_gpu_hours
-
     d, c = diag(), grid()["cost_model"]
     ps, q = points(), [r for r in points() if "quiet" in r]
-    f5 = c["figure5"]
-    e = f5["estimate"]["cnn6"]
     every, dense = paper_schedule()
-    worst = max(r["bundle_grad_equiv_ops"] for r in ps)
-    p, t, k = figures_1_4_gpu_hours(
-        worst, d["ratios"][d["settings"]["losses"][0]], every, dense, c["host_overhead_single_s"]
-    )
+    est = paper_gpu_hours()
+    f14, f5 = est["Figures 1-4, C.5, S1"], est["Figure 5"]
     hvp = [r["hvp"] for r in d["ratios"].values()]
     rows = [
         [
@@ -269,18 +282,17 @@ def cost_summary() -> str:
         ],
         own_model_cost_row(),
         [
-            f"Figures 1–4 of config/paper.yaml (probes every step before {dense}, then every {every})",
-            f"{p + t:.1f} GPU-h ({k} probed steps)",
-            f"ESTIMATE (assumed {f5['gpu_tflops_assumed']:g} TFLOP/s)",
-            "`diagnostics.json`, `bench_grid.json`",
+            f"Figures 1–4, C.5 and S1 of config/paper.yaml ({f14['jobs']} probed runs; probes every step before "
+            f"{dense}, then every {every})",
+            f"{f14['hours']:.1f} GPU-h; longest job {f14['longest']['hours']:.1f} h",
+            "ESTIMATE (`lssr.cost`, assumed 25 TFLOP/s)",
+            "(computed from config/paper.yaml)",
         ],
         [
-            f"Figure 5 of config/paper.yaml (cnn6, {f5['grid']['members']} members per job, "
-            f"{f5['grid']['epochs']} epochs)",
-            f"{e['batched_gpu_h']:.0f} GPU-h; longest job {e['longest_job']['job_h']:.1f} h "
-            f"({e['longest_job']['dataset']}, b = {e['longest_job']['b']})",
-            f"ESTIMATE (assumed {f5['gpu_tflops_assumed']:g} TFLOP/s)",
-            "`bench_grid.json`",
+            f"Figure 5 of config/paper.yaml ({f5['jobs']} jobs, {f5['runs']} runs, cnn6 + BN, 800 epochs)",
+            f"{f5['hours']:.0f} GPU-h; longest job {f5['longest']['hours']:.1f} h ({f5['longest']['name']})",
+            "ESTIMATE (`lssr.cost`, assumed 25 TFLOP/s)",
+            "(computed from config/paper.yaml)",
         ],
     ]
     return md_table(["what", "cost", "kind", "record (`results/bench/`)"], rows)
@@ -598,6 +610,7 @@ SECTIONS: dict[str, Callable[[], str]] = {
     "diagnostics-goal": diagnostics_goal,
     "diagnostics-summary": diagnostics_summary,
     "figures-1-4-gpu-hours": figures_1_4,
+    "gpu-hours": gpu_hours_estimate,
     "cost-summary": cost_summary,
     "grid-throughput": grid_throughput,
     "per-sample": per_sample,

@@ -109,3 +109,53 @@ def test_plan_gives_each_job_its_own_runtime_capped_by_resources():
     assert set(p.runtime) == set(p.runs)
     capped = plan({**wf, "resources": {"runtime": 10}})
     assert max(capped.group_runtime.values()) == 10
+
+
+@pytest.mark.parametrize(
+    "probe,T",
+    [
+        ({"every": 25, "dense_until": 200}, 2000),
+        ({"every": 7, "dense_until": 10, "start": 3}, 100),
+        ({"every": 4, "start": 5, "stop": 50}, 100),
+        ({"every": 3, "dense_until": 500}, 40),
+        ({"every": 10, "start": 200}, 100),
+    ],
+)
+def test_probed_steps_counts_the_probe_schedule(probe, T):
+    from lssr.cost import probed_steps
+    from lssr.diagnostics.probe import DiagnosticsProbe
+
+    cfg = run(device="cpu", probe=probe)
+    due = DiagnosticsProbe.scheduled
+    stub = type("P", (), {"p": cfg.probe})()
+    assert probed_steps(cfg.probe, T) == sum(due(stub, s) for s in range(T + 1))
+
+
+def test_gpu_hours_sums_the_jobs_of_a_plan():
+    from lssr.cost import gpu_hours, training_jobs
+
+    wf = {
+        "figures": ["fig5"],
+        "device": "cuda",
+        "batch_runs": True,
+        "datasets": {"d": {"source": "digits", "n": 256}},
+        "experiments": {
+            "fig5": {
+                "datasets": ["d"],
+                "model": "digits_cnn",
+                "loss": "ce",
+                "lrs": [0.1, 0.2],
+                "batch_sizes": [8, 64],
+                "epochs": 100,
+            }  # fmt: skip
+        },
+    }
+    p = plan(wf)
+    jobs = training_jobs(p)
+    assert sorted(j.name for j in jobs) == ["d_b64", "d_b8"] and all(j.figure == "fig5" for j in jobs)
+    cfgs = {rid: config_from_dict(raw) for rid, raw in p.runs.items()}
+    by_hand = sum(job_seconds([cfgs[r] for r in rids]) for rids in p.groups.values()) / 3600
+    est = gpu_hours(p)
+    assert set(est) == {"Figure 5"} and est["Figure 5"]["jobs"] == 2 and est["Figure 5"]["runs"] == len(p.runs)
+    assert est["Figure 5"]["hours"] == pytest.approx(by_hand, rel=1e-12)
+    assert est["Figure 5"]["longest"]["name"] == "d_b8"

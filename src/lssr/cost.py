@@ -11,8 +11,14 @@ it (a job that hits the cap is killed, and resumes from its checkpoint when retr
   device (:data:`FLOPS_PER_S`; per thread on the CPU);
 - evaluation, every ``eval_every`` steps and at the end: members x (n + test-set size) x F / 3 (forward
   only);
-- probes (single runs only), every ``probe.every`` steps: :data:`PROBE_GRADIENTS` full-batch gradients
-  (n x F) plus two batch gradients per sampled batch (``expected_change_batches``, ``resultant_batches``).
+- probes (single runs only), at every step the probe schedule names (:func:`probed_steps`: every step of the
+  dense window ``[start, dense_until)``, then every ``probe.every`` steps): :data:`PROBE_GRADIENTS` full-batch
+  gradients (n x F) plus two batch gradients per sampled batch (``expected_change_batches``,
+  ``resultant_batches``).
+
+:func:`training_jobs` and :func:`gpu_hours` sum the same estimate (without the margin) over every training job
+of a workflow plan: the GPU-hour estimate of each figure that docs/PERFORMANCE.md and docs/CLUSTER.md quote
+(``python benchmarks/gpu_hours.py`` prints it).
 
 An upper bound in steps: every member trains its whole budget (diverged runs stop early). The rates are
 assumptions (docs/PERFORMANCE.md: 25 TFLOP/s is the assumed H100 rate for these small convolutions; the
@@ -22,9 +28,10 @@ CPU rate and the 13.8 ms host overhead per batched step were measured on the 2-c
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Sequence
 
-from .config import RunConfig
+from .config import ProbeConfig, RunConfig, config_from_dict
 
 #: Forward+backward GFLOPs of one sample (batch norm, train mode) at (reference pixels, channels), counted
 #: with torch.utils.flop_counter (tests/test_cost.py recounts them).
@@ -67,6 +74,20 @@ def total_steps(cfg: RunConfig) -> int:
     return min(limits)
 
 
+def probed_steps(p: ProbeConfig, T: int) -> int:
+    """How many of the steps 0..T the probe schedule ``p`` probes (as ``DiagnosticsProbe.scheduled``): every step
+    in [start, dense_until), then start, start + every, ..., before ``stop``."""
+    end = T + 1 if p.stop is None else min(p.stop, T + 1)
+    if end <= p.start:
+        return 0
+    dense_end = min(max(p.dense_until, p.start), end)
+    dense = dense_end - p.start
+    # start + k * every in [dense_end, end)
+    first_k = -(-(dense_end - p.start) // p.every)
+    last_k = (end - 1 - p.start) // p.every
+    return dense + max(last_k - first_k + 1, 0)
+
+
 def job_seconds(cfgs: Sequence[RunConfig], threads: int = 1) -> float:
     """Estimated seconds of one job training ``cfgs`` (one run, or a batched group of runs that differ only
     in η / seed / stop thresholds), on the device the configs name (``auto`` counts as the CPU)."""
@@ -81,7 +102,7 @@ def job_seconds(cfgs: Sequence[RunConfig], threads: int = 1) -> float:
     if cfg.probe is not None:
         p = cfg.probe
         per_probe = PROBE_GRADIENTS * n * F + 2 * (p.expected_change_batches + p.resultant_batches) * b * F
-        probes = (T // p.every + 1) * per_probe / rate
+        probes = probed_steps(p, T) * per_probe / rate
     return steps + evals + probes
 
 
@@ -89,3 +110,65 @@ def runtime_minutes(seconds: float, cap: int | None = None) -> int:
     """The ``runtime`` resource: ⌈2 x seconds / 60⌉ + 10 minutes, at most ``cap`` when given."""
     minutes = math.ceil(MARGIN_FACTOR * seconds / 60) + MARGIN_MIN
     return minutes if cap is None else min(minutes, cap)
+
+
+@dataclass(frozen=True)
+class JobEstimate:
+    """One training job of a workflow plan: a single run or a Figure-5 group, its estimated seconds on one
+    device (:func:`job_seconds`; a data-parallel group shares them over its ``gpus``)."""
+
+    name: str
+    figure: str  # "fig5" for a Figure-5 group (or run), else the figures the run serves, joined by "+"
+    dataset: str  # the subset the job trains on (e.g. cifar10-8k-seed0)
+    runs: int
+    gpus: int
+    seconds: float
+
+
+def training_jobs(plan) -> list[JobEstimate]:
+    """Every training job of ``plan`` (a :class:`lssr.workflow.Plan`) with its :func:`job_seconds`."""
+    threads = plan.resources.threads
+    cfgs = {rid: config_from_dict(raw) for rid, raw in plan.runs.items()}
+    serves: dict[str, list[str]] = {}
+    for fig, rids in plan.figures.items():
+        for rid in rids:
+            serves.setdefault(rid, []).append(fig)
+    jobs = []
+    grouped = plan.grouped_runs
+    for g, rids in plan.groups.items():
+        if plan.settings.batch_runs:
+            c = [cfgs[r] for r in rids]
+            gpus = plan.data_parallel.get(g, 1)
+            jobs.append(JobEstimate(g, "fig5", plan.run_subset[rids[0]], len(c), gpus, job_seconds(c, threads)))
+    for rid, c in cfgs.items():
+        if rid in grouped:
+            continue
+        figure = "+".join(sorted(serves.get(rid, []))) or "none"
+        figure = "fig5" if "fig5" in serves.get(rid, []) else figure
+        jobs.append(JobEstimate(rid, figure, plan.run_subset[rid], 1, 1, job_seconds([c], threads)))
+    return jobs
+
+
+def gpu_hours(plan) -> dict[str, dict]:
+    """The GPU-hour estimate of ``plan``, in two parts: ``"Figure 5"`` (its jobs) and ``"Figures 1-4, C.5, S1"``
+    (every other training job): per part the number of jobs and runs, the hours (sum of :func:`job_seconds` /
+    3600), the hours per data set and the longest job."""
+    parts: dict[str, list[JobEstimate]] = {"Figure 5": [], "Figures 1-4, C.5, S1": []}
+    for j in training_jobs(plan):
+        parts["Figure 5" if j.figure == "fig5" else "Figures 1-4, C.5, S1"].append(j)
+    out = {}
+    for label, jobs in parts.items():
+        if not jobs:
+            continue
+        by_set: dict[str, float] = {}
+        for j in jobs:
+            by_set[j.dataset] = by_set.get(j.dataset, 0.0) + j.seconds / 3600
+        longest = max(jobs, key=lambda j: j.seconds)
+        out[label] = {
+            "jobs": len(jobs),
+            "runs": sum(j.runs for j in jobs),
+            "hours": sum(j.seconds for j in jobs) / 3600,
+            "by_dataset": by_set,
+            "longest": {"name": longest.name, "hours": longest.seconds / 3600},
+        }
+    return out
