@@ -125,3 +125,16 @@ def test_the_checker_finds_removed_options_subcommands_and_targets(tmp_path, par
         "`make bench-nothing`: no such target in the Makefile",
         "`lssr frobnicate`: no such subcommand",
     ]
+
+
+def test_readme_names_every_doc_and_every_make_target():
+    """A user finds every page of docs/ and every target of the Makefile's .PHONY list from README.md."""
+    readme = (ROOT / "README.md").read_text()
+    pieces = code_pieces(readme)
+    named = {t for p in pieces for t in make_targets(p)}
+    phony = re.search(r"^\.PHONY:(.*)$", (ROOT / "Makefile").read_text(), re.M).group(1).split()
+    assert sorted(set(phony) - named) == []
+    pages = [p.name for p in (ROOT / "docs").glob("*.md")] + [
+        p.name + "/" for p in (ROOT / "docs").iterdir() if p.is_dir()
+    ]
+    assert [p for p in sorted(pages) if p not in readme] == []
