@@ -15,7 +15,8 @@ import os
 import sys
 from pathlib import Path
 
-from . import LssrError, __version__
+from . import __version__
+from .errors import LssrError
 from .registry import FIGURES
 
 DATA_HELP = "subset folder from `lssr subset` (default: build/cache under results/data)"

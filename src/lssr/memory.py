@@ -32,7 +32,7 @@ from functools import lru_cache
 
 import torch
 
-from . import LssrError
+from .errors import LssrError
 
 #: A job is refused when its estimate exceeds this fraction of the device's free memory.
 USABLE_FRACTION = 0.9

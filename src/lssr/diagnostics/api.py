@@ -22,10 +22,10 @@ import pandas as pd
 import torch
 from torch import nn
 
-from .. import LssrError
 from ..config import ProbeConfig, RunConfig
 from ..curvature import HVP_MODES, BatchNormModeError, ForwardAdapter, GraphTooLarge, LossOperator, hvp_fn, hvp_rev_fn
 from ..curvature.functions import per_sample_jvp_fn
+from ..errors import LssrError
 from ..losses import PerSampleLoss
 from ..memory import device_memory
 from ..scaling import gamma
