@@ -480,7 +480,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args.func(args)
     except LssrError as exc:
-        print(f"lssr {args.command}: error: {exc}", file=sys.stderr)
+        print(f"lssr {args.command}: error: {exc.for_command_line(vars(args))}", file=sys.stderr)
         return 2
     return 0
 

@@ -30,6 +30,7 @@ from ..losses import PerSampleLoss
 from ..memory import device_memory
 from ..scaling import gamma
 from .batches import as_pair, collect
+from .inputs import check_finite, check_lengths, check_loss_shape
 from .moments import Moments, gradient_moments, moments_frame, per_b
 
 Tensor = torch.Tensor
@@ -523,6 +524,7 @@ def prepare(
     if not isinstance(model, nn.Module):
         raise LssrError(f"diagnose: model must be a torch.nn.Module, got {type(model).__name__}")
     loss_fn = PerSampleLoss(loss, where="diagnose")
+    check_lengths(data, forward)
     batch, n_total = collect(data, n=n, seed=seed, chunk=chunk_size)
     if forward is None:
         pair = as_pair(batch)
@@ -531,6 +533,7 @@ def prepare(
                 "diagnose: batches are not (inputs, targets) pairs; fix: pass forward=lambda model, batch: "
                 "(model(batch['x']), batch['y']) (naming your batch's keys)"
             )
+        check_lengths(pair)
         module, inputs, targets = model, pair[0], pair[1]
     else:
         module, inputs, targets = ForwardAdapter(model, forward), batch, None
@@ -678,6 +681,8 @@ def diagnose(
         gamma(prep.n_used, b, replacement)  # a clear error for b out of range, before any work
     with _restoring(prep.model, bn, dropout), torch.autocast(prep.device_type, enabled=False):
         op = prep.operator(chunk_size=chunk_size, per_sample_chunk=per_sample_chunk)
+        check_loss_shape(op)
+        check_finite(op)
         _check_deterministic(op)
         counts0 = dict(op.counts)
         mode = _set_hvp_mode(op, hvp_mode)
