@@ -32,6 +32,7 @@ from ..scaling import gamma
 from .batches import as_pair, collect
 from .inputs import check_finite, check_lengths, check_loss_shape
 from .moments import Moments, gradient_moments, moments_frame, per_b
+from .uncertainty import with_fd_error
 
 Tensor = torch.Tensor
 
@@ -109,7 +110,9 @@ class Diagnostics:
     L = (1/n) Σ ℓ_i, ‖H‖ (``top_eig``, with the LOBPCG relative residual and HVPs; ``eigenvector`` is q_1
     with q_1ᵀ∇L ≥ 0, usable as the next call's ``eig_init``), tr S_1, tr S_n, tr(H S_1) ± se, tr(H S_n),
     ‖H‖_{S_n} = tr(H S_n)/tr S_n and B_simple = (tr S_1 − tr S_n)/tr S_n. ``reduction``: how the given
-    loss reduced a batch (``sum``: an optimiser step on b samples moves b times as far as the mean's)."""
+    loss reduced a batch (``sum``: an optimiser step on b samples moves b times as far as the mean's).
+    ``tr_HS_1_se``: the sketch's jackknife se (0 for the exact estimator); with finite-difference HVPs
+    (``cost.hvp_mode == 'fd'``) combined with their error, sqrt(se² + (cost.fd_rel_error·|tr_HS_1|)²)."""
 
     n: int
     m: int
@@ -462,7 +465,7 @@ def measure(
         tr_S_1=mom.tr_S_1,
         tr_S_n=mom.tr_S_n,
         tr_HS_1=mom.tr_HS_1,
-        tr_HS_1_se=mom.tr_HS_1_se,
+        tr_HS_1_se=with_fd_error(mom.tr_HS_1_se, mom.tr_HS_1, fd_rel_error),
         tr_HS_n=mom.tr_HS_n,
         ias_n=mom.tr_HS_n / mom.tr_S_n if mom.tr_S_n > 0 else math.nan,
         b_simple=(mom.tr_S_1 - mom.tr_S_n) / mom.tr_S_n if mom.tr_S_n > 0 else math.nan,
