@@ -5,8 +5,8 @@ The public names (``__all__``): :func:`diagnose` with its results :class:`Diagno
 :class:`SharpnessMonitor` and, with Lightning, :class:`SharpnessCallback` and :class:`LearningRateForBatchSize`.
 Each is imported from its module on first use. The modules: :mod:`.api` the public call (:mod:`.batches` reads
 the data, :mod:`.inputs` checks it); :mod:`.moments` the estimator maths (the gradient moments tr S_1, tr S_n,
-tr(H S_1), tr(H S_n) and every b from them by identity (1)); :mod:`.probe` the per-step probe that writes
-``diagnostics.csv`` during a run.
+tr(H S_1), tr(H S_n) and every b from them by identity (1)); :mod:`.uncertainty` the se of tr(H S_1) with
+finite-difference HVPs; :mod:`.probe` the per-step probe that writes ``diagnostics.csv`` during a run.
 """
 
 from importlib import import_module
