@@ -59,12 +59,14 @@ def test_combined_standard_error_formula():
     assert with_fd_error(3.0, -10.0, 0.4) == pytest.approx(5.0)
     assert with_fd_error(0.0, 2.0, 1e-3) == pytest.approx(2e-3)
     assert with_fd_error(0.7, 2.0, math.nan) == 0.7  # exact HVPs: the se as it is
+    assert with_fd_error(3.0, 10.0, 0.01, trace_error=4.0) == pytest.approx(5.0)  # the larger bound counts
+    assert with_fd_error(3.0, 10.0, 0.4, trace_error=1.0) == pytest.approx(5.0)
 
 
 def test_exact_estimator_with_finite_differences_covers_the_float64_truth():
     """n = 12 ≤ probes: the exact estimator, whose own se is 0. Its error is the central difference's (float32
-    arithmetic with exact HVPs, on the clamp network, is far closer), and the reported se, fd_rel_error·|estimate|,
-    covers it."""
+    arithmetic with exact HVPs, on the clamp network, is far closer), and the reported se, the finite differences'
+    measured error (at least fd_rel_error·|estimate|, and under 0.1% of it), covers it."""
     errors = []
     for seed in range(5):
         hard, soft, x, y = case(seed, 12)
@@ -73,7 +75,7 @@ def test_exact_estimator_with_finite_differences_covers_the_float64_truth():
         e = lssr.diagnose(soft, "ce", (x, y), batch_sizes=[4])
         assert (d.cost.hvp_mode, d.estimator, e.cost.hvp_mode) == ("fd", "exact", "graph")
         assert e.tr_HS_1_se == 0.0 and 0 < d.cost.fd_rel_error < 1e-3
-        assert d.tr_HS_1_se == pytest.approx(d.cost.fd_rel_error * abs(d.tr_HS_1), rel=1e-12)
+        assert d.cost.fd_rel_error * abs(d.tr_HS_1) <= d.tr_HS_1_se < 1e-3 * abs(d.tr_HS_1)
         err = abs(d.tr_HS_1 - truth)
         assert err <= 3 * d.tr_HS_1_se, (seed, d.tr_HS_1, truth, d.tr_HS_1_se)
         assert d.at(4).tr_HS_b_se > 0

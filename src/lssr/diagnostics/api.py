@@ -32,7 +32,7 @@ from ..scaling import gamma
 from .batches import as_pair, collect
 from .inputs import check_finite, check_lengths, check_loss_shape
 from .moments import Moments, gradient_moments, moments_frame, per_b
-from .uncertainty import with_fd_error
+from .uncertainty import fd_trace_error, with_fd_error
 
 Tensor = torch.Tensor
 
@@ -112,7 +112,8 @@ class Diagnostics:
     ‖H‖_{S_n} = tr(H S_n)/tr S_n and B_simple = (tr S_1 − tr S_n)/tr S_n. ``reduction``: how the given
     loss reduced a batch (``sum``: an optimiser step on b samples moves b times as far as the mean's).
     ``tr_HS_1_se``: the sketch's jackknife se (0 for the exact estimator); with finite-difference HVPs
-    (``cost.hvp_mode == 'fd'``) combined with their error, sqrt(se² + (cost.fd_rel_error·|tr_HS_1|)²)."""
+    (``cost.hvp_mode == 'fd'``) combined in quadrature with their measured error (:mod:`.uncertainty`: the larger
+    of cost.fd_rel_error·|tr_HS_1| and the Richardson difference of the first samples' g_iᵀ H g_i)."""
 
     n: int
     m: int
@@ -395,6 +396,7 @@ def measure(
     reduction: str = "mean",
     n_total: int | None = None,
     fd_rel_error: float = math.nan,
+    fd_trace: float = 0.0,
     started: float | None = None,
     counts_before: dict | None = None,
     jvp_products: bool = False,
@@ -465,7 +467,7 @@ def measure(
         tr_S_1=mom.tr_S_1,
         tr_S_n=mom.tr_S_n,
         tr_HS_1=mom.tr_HS_1,
-        tr_HS_1_se=with_fd_error(mom.tr_HS_1_se, mom.tr_HS_1, fd_rel_error),
+        tr_HS_1_se=with_fd_error(mom.tr_HS_1_se, mom.tr_HS_1, fd_rel_error, fd_trace),
         tr_HS_n=mom.tr_HS_n,
         ias_n=mom.tr_HS_n / mom.tr_S_n if mom.tr_S_n > 0 else math.nan,
         b_simple=(mom.tr_S_1 - mom.tr_S_n) / mom.tr_S_n if mom.tr_S_n > 0 else math.nan,
@@ -690,6 +692,7 @@ def diagnose(
         counts0 = dict(op.counts)
         mode = _set_hvp_mode(op, hvp_mode)
         fd_err = _fd_tune(op, gen, chunk_size) if mode == "fd" else math.nan
+        fd_trace = fd_trace_error(op) if mode == "fd" else 0.0
         return measure(
             op,
             batch_sizes=bs,
@@ -708,6 +711,7 @@ def diagnose(
             reduction=prep.loss_fn.reduction,
             n_total=prep.n_total,
             fd_rel_error=fd_err,
+            fd_trace=fd_trace,
             started=t0,
             counts_before=counts0,
             jvp_products=True,
