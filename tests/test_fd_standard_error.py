@@ -14,7 +14,9 @@ from torch import nn
 from torch.func import functional_call, grad, hessian, vmap
 
 import lssr
-from lssr.diagnostics.uncertainty import with_fd_error
+from lssr.curvature import LossOperator
+from lssr.diagnostics.uncertainty import fd_trace_error, with_fd_error
+from lssr.losses import PerSampleLoss
 
 
 class HardNet(nn.Module):
@@ -31,8 +33,8 @@ class HardNet(nn.Module):
         return self.l2(torch.tanh(3 * h))
 
 
-def tr_HS_1_float64(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
-    """(1/n) Σ_i g_iᵀ H g_i in float64 from the explicit Hessian H of L = mean_i ℓ_i and the per-sample gradients."""
+def gradients_and_hessian_float64(model: nn.Module, x: torch.Tensor, y: torch.Tensor):
+    """(G, H) in float64: the per-sample gradients g_i (rows of G) and the explicit Hessian H of L = mean_i ℓ_i."""
     m = copy.deepcopy(model).double()
     names, shapes = zip(*[(k, p.shape) for k, p in m.named_parameters()])
     theta = torch.cat([p.detach().reshape(-1) for p in m.parameters()])
@@ -43,6 +45,12 @@ def tr_HS_1_float64(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float
 
     H = hessian(loss)(theta, x.double(), y)
     G = vmap(grad(loss), in_dims=(None, 0, 0))(theta, x.double().unsqueeze(1), y.unsqueeze(1))
+    return G, H
+
+
+def tr_HS_1_float64(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
+    """(1/n) Σ_i g_iᵀ H g_i in float64."""
+    G, H = gradients_and_hessian_float64(model, x, y)
     return float(torch.einsum("ni,ij,nj->", G, H, G)) / len(y)
 
 
@@ -61,6 +69,19 @@ def test_combined_standard_error_formula():
     assert with_fd_error(0.7, 2.0, math.nan) == 0.7  # exact HVPs: the se as it is
     assert with_fd_error(3.0, 10.0, 0.01, trace_error=4.0) == pytest.approx(5.0)  # the larger bound counts
     assert with_fd_error(3.0, 10.0, 0.4, trace_error=1.0) == pytest.approx(5.0)
+
+
+def test_trace_bound_covers_the_quadratic_forms_it_differences():
+    """fd_trace_error bounds the error of (1/k) Σ_{i<k} g_iᵀ D_ε(g_i), the central differences' quadratic forms of
+    the first k samples, against the same forms from the float64 Hessian."""
+    for seed in range(5):
+        hard, soft, x, y = case(seed, 12)
+        op = LossOperator(hard, PerSampleLoss("ce"), x, y, hvp_mode="fd")
+        bound = fd_trace_error(op, k=4)
+        forms = [float(g @ op.hvp_fd(g)) for g in op._per_sample_chunk(*op.take(slice(0, 4)))]
+        G, H = gradients_and_hessian_float64(soft, x, y)
+        truth = float(torch.einsum("ni,ij,nj->", G[:4], H, G[:4])) / 4
+        assert 0 < abs(sum(forms) / 4 - truth) <= bound < 1e-3 * abs(truth), (seed, bound)
 
 
 def test_exact_estimator_with_finite_differences_covers_the_float64_truth():
