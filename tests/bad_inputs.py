@@ -253,6 +253,101 @@ def case_subset_out_is_a_file(tmp):
     _cli(["subset", "digits-64", "--out", str(tmp / "some_file" / "subset")])
 
 
+def _tiny_net():
+    import torch
+
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 3))
+
+
+def _tiny_data(n=16):
+    import torch
+
+    g = torch.Generator().manual_seed(0)
+    return torch.randn(n, 4, generator=g), torch.randint(0, 3, (n,), generator=g)
+
+
+def case_diagnose_nan_inputs(tmp):
+    import lssr
+
+    x, y = _tiny_data()
+    x[5, 2] = float("nan")
+    lssr.diagnose(_tiny_net(), "ce", (x, y), batch_sizes=[4])
+
+
+def case_diagnose_inf_weights(tmp):
+    import torch
+
+    import lssr
+
+    model = _tiny_net()
+    with torch.no_grad():
+        model[2].weight[1, 3] = float("inf")
+    lssr.diagnose(model, "ce", _tiny_data(), batch_sizes=[4])
+
+
+def case_diagnose_infinite_loss(tmp):
+    import torch
+
+    import lssr
+
+    model = _tiny_net()
+    with torch.no_grad():
+        model[2].weight.mul_(1e30)  # outputs near 1e30: their squares overflow float32
+    lssr.diagnose(model, "mse", _tiny_data(), batch_sizes=[4])
+
+
+def case_diagnose_lengths(tmp):
+    import lssr
+
+    x, y = _tiny_data()
+    lssr.diagnose(_tiny_net(), "ce", (x, y[:10]), batch_sizes=[4])
+
+
+def case_diagnose_loss_shape(tmp):
+    import lssr
+
+    def per_class(outputs, targets):  # sums over the samples instead of the classes
+        return (outputs - 1).pow(2).sum(0)
+
+    lssr.diagnose(_tiny_net(), per_class, _tiny_data(), batch_sizes=[4])
+
+
+def dropout_net():
+    """A model factory for the command line: an MLP on 8x8 images with dropout (active, as built)."""
+    import torch
+
+    torch.manual_seed(0)
+    nn = torch.nn
+    return nn.Sequential(nn.Flatten(), nn.Linear(64, 16), nn.Tanh(), nn.Dropout(0.5), nn.Linear(16, 10))
+
+
+def _cli_printed(argv) -> str:
+    """Run `lssr ARGV` through its main(), which must fail; returns the one line it printed on stderr."""
+    import io
+    from contextlib import redirect_stderr
+
+    from lssr.cli import main
+
+    err = io.StringIO()
+    with redirect_stderr(err):
+        rc = main(argv)
+    assert rc == 2 and err.getvalue().count("\n") == 1, (rc, err.getvalue())
+    return err.getvalue().strip()
+
+
+def case_cli_diagnose_batch_norm(tmp):
+    model = ["--model", "lssr.models:build_model", "--model-arg", "name=digits_cnn", "--model-arg", "in_channels=1"]
+    model += ["--model-arg", "num_classes=10", "--model-arg", "batch_norm=true"]
+    data = ["--data", str(_digits_subset(tmp)), "--n", "16", "--batch-sizes", "4", "--out", str(tmp / "diag")]
+    return _cli_printed(["diagnose", *model, *data])
+
+
+def case_cli_diagnose_dropout(tmp):
+    data = ["--data", str(_digits_subset(tmp)), "--n", "16", "--batch-sizes", "4", "--out", str(tmp / "diag")]
+    return _cli_printed(["diagnose", "--model", "bad_inputs:dropout_net", *data])
+
+
 def _snakemake_error(tmp: Path, *args: str) -> str:
     """Run `snakemake ARGS` in a copy of the workflow at ``tmp`` (beside the planted earlier outputs); it must
     fail. Returns the error line it printed: ``<Name>Error: message`` or ``<Name>Exception: message``."""
@@ -328,6 +423,13 @@ CASES = [
     ("run config not UTF-8 text", case_config_not_utf8),
     ("lssr train --out naming an existing file", case_train_out_is_a_file),
     ("lssr subset --out inside an existing file", case_subset_out_is_a_file),
+    ("lssr.diagnose: NaN in the inputs", case_diagnose_nan_inputs),
+    ("lssr.diagnose: an infinite weight", case_diagnose_inf_weights),
+    ("lssr.diagnose: finite weights and inputs, an infinite loss (overflow)", case_diagnose_infinite_loss),
+    ("lssr.diagnose: 16 inputs, 10 targets", case_diagnose_lengths),
+    ("lssr.diagnose: a loss callable returning one value per class, not per sample", case_diagnose_loss_shape),
+    ("`lssr diagnose` on a model with batch norm in train mode (as built)", case_cli_diagnose_batch_norm),
+    ("`lssr diagnose` on a model with active dropout (as built)", case_cli_diagnose_dropout),
 ]
 
 

@@ -15,7 +15,8 @@ import os
 import sys
 from pathlib import Path
 
-from . import LssrError, __version__
+from . import __version__
+from .errors import LssrError
 from .registry import FIGURES
 
 DATA_HELP = "subset folder from `lssr subset` (default: build/cache under results/data)"
@@ -479,7 +480,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args.func(args)
     except LssrError as exc:
-        print(f"lssr {args.command}: error: {exc}", file=sys.stderr)
+        print(f"lssr {args.command}: error: {exc.for_command_line(vars(args))}", file=sys.stderr)
         return 2
     return 0
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 
-from . import LssrError
+from .errors import LssrError
 
 K = 1024
 

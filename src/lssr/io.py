@@ -24,7 +24,7 @@ def _umask() -> int:
 @contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; rename it onto ``path`` only on success."""
-    from . import LssrError
+    from .errors import LssrError
 
     path = Path(path)
     tmp_path: Path | None = None
@@ -54,7 +54,7 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     renamed aside and removed), so ``path`` holds either the old contents or all of the new ones."""
     import shutil
 
-    from . import LssrError
+    from .errors import LssrError
 
     path = Path(path)
     tmp: Path | None = None

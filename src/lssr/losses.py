@@ -12,7 +12,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from . import LssrError
+from .errors import LssrError
 
 
 def ce_per_sample(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

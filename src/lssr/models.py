@@ -13,7 +13,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from . import LssrError
+from .errors import LssrError
 
 
 def _norm(channels: int, batch_norm: bool) -> nn.Module:

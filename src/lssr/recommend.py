@@ -45,7 +45,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
-from . import LssrError
+from .errors import LssrError
 from .scaling import gamma, trace_b
 
 #: Regime thresholds on x = (γ_{N,b}/b)·B_simple: linear above LINEAR_X, saturated below SATURATED_X.

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from . import LssrError
+from .errors import LssrError
 
 
 @dataclass(frozen=True)

@@ -18,8 +18,8 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from . import LssrError
 from .claims.common import VERDICTS
+from .errors import LssrError
 from .io import atomic_dir
 from .registry import claim_tables
 from .report import statement_summary

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from . import LssrError
 from .claims.common import VERDICTS
+from .errors import LssrError
 
 RUN_COLUMNS = [
     "run",

@@ -26,7 +26,7 @@ from typing import Callable
 
 import numpy as np
 
-from . import LssrError
+from .errors import LssrError
 
 ArrayLike = "float | int | np.ndarray | list"
 

@@ -34,8 +34,8 @@ from typing import Any, Union
 
 import yaml
 
-from .. import LssrError
 from ..datasets import SOURCE_NAMES, DataError, parse_size
+from ..errors import LssrError
 
 MODEL_NAMES = ("cnn6", "digits_cnn", "resnet9", "wrn28_2")
 LOSS_NAMES = ("ce", "mse")

@@ -10,7 +10,7 @@ from typing import Callable, NamedTuple
 import torch
 from torch import nn
 
-from .. import LssrError
+from ..errors import LssrError
 from .functions import Params
 from .linalg import Basis, Pair, dot, drop_tolerance, orth_against, orthonormal_pairs, rayleigh_ritz
 from .operator import LossOperator

@@ -15,7 +15,7 @@ from torch import nn
 from torch.func import functional_call, grad, jvp, vjp, vmap
 from torch.utils._pytree import tree_map
 
-from .. import LssrError
+from ..errors import LssrError
 
 Tensor = torch.Tensor
 Params = dict[str, Tensor]

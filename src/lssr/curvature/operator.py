@@ -16,7 +16,7 @@ from torch import nn
 from torch.func import grad, vjp
 from torch.utils._pytree import tree_leaves, tree_map
 
-from .. import LssrError
+from ..errors import LssrError
 from .functions import (
     Params,
     check_functional_mode,

@@ -1,34 +1,52 @@
 """Interaction-aware sharpness diagnostics: tr(S_b), tr(H S_b), ρ_b, ‖H‖_{S_b} and ‖H‖ of a model.
 
-:mod:`.api` holds the public call, :func:`diagnose` (``lssr.diagnose``), on any model and data
-(:mod:`.batches` reads the data);
-:mod:`.moments` holds the estimator maths (the gradient moments tr S_1, tr S_n, tr(H S_1), tr(H S_n) and every
-b from them by identity (1)); :mod:`.probe` the per-step probe that writes ``diagnostics.csv`` during a run.
+The public names (``__all__``): :func:`diagnose` with its results :class:`Diagnostics`, :class:`AtB` and
+:class:`Cost` and its options :class:`Estimator`, :class:`Eigen` and :class:`Compute`; during training
+:class:`SharpnessMonitor` and, with Lightning, :class:`SharpnessCallback` and :class:`LearningRateForBatchSize`.
+Each is imported from its module on first use. The modules: :mod:`.api` the public call (:mod:`.batches` reads
+the data, :mod:`.inputs` checks it); :mod:`.moments` the estimator maths (the gradient moments tr S_1, tr S_n,
+tr(H S_1), tr(H S_n) and every b from them by identity (1)); :mod:`.uncertainty` the se of tr(H S_1) with
+finite-difference HVPs; :mod:`.probe` the per-step probe that writes ``diagnostics.csv`` during a run.
 """
 
-from .api import AtB, Cost, Diagnostics, diagnose
-from .moments import (
-    FRAME_COLUMNS,
-    Moments,
-    gradient_moments,
-    interaction_stats,
-    moments_frame,
-    per_b,
-    rademacher,
-)
-from .probe import DiagnosticsProbe
+from importlib import import_module
 
-__all__ = [
-    "AtB",
-    "Cost",
-    "Diagnostics",
-    "diagnose",
-    "FRAME_COLUMNS",
-    "DiagnosticsProbe",
-    "Moments",
-    "gradient_moments",
-    "interaction_stats",
-    "moments_frame",
-    "per_b",
-    "rademacher",
-]
+#: Each public name and the module that defines it.
+_PUBLIC = {
+    "diagnose": ".api",
+    "Diagnostics": ".api",
+    "AtB": ".api",
+    "Cost": ".api",
+    "Estimator": ".options",
+    "Eigen": ".options",
+    "Compute": ".options",
+    "SharpnessMonitor": ".monitor",
+    "SharpnessCallback": ".lightning_callback",
+    "LearningRateForBatchSize": ".lightning_lr",
+}
+#: The library's own building blocks, importable from here for the pipeline and the benchmarks but not part of
+#: the public surface (not in ``__all__`` nor ``dir``).
+_INTERNAL = {
+    "FRAME_COLUMNS": ".moments",
+    "Moments": ".moments",
+    "gradient_moments": ".moments",
+    "interaction_stats": ".moments",
+    "moments_frame": ".moments",
+    "per_b": ".moments",
+    "rademacher": ".moments",
+    "DiagnosticsProbe": ".probe",
+}
+
+__all__ = list(_PUBLIC)
+
+
+def __getattr__(name: str):
+    """A name of :data:`_PUBLIC` (or :data:`_INTERNAL`), imported from its module when first used."""
+    module = _PUBLIC.get(name) or _INTERNAL.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(import_module(module, __name__), name)
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

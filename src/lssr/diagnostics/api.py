@@ -22,15 +22,17 @@ import pandas as pd
 import torch
 from torch import nn
 
-from .. import LssrError
 from ..config import ProbeConfig, RunConfig
 from ..curvature import HVP_MODES, BatchNormModeError, ForwardAdapter, GraphTooLarge, LossOperator, hvp_fn, hvp_rev_fn
 from ..curvature.functions import per_sample_jvp_fn
+from ..errors import LssrError
 from ..losses import PerSampleLoss
 from ..memory import device_memory
 from ..scaling import gamma
 from .batches import as_pair, collect
+from .inputs import check_finite, check_lengths, check_loss_shape
 from .moments import Moments, gradient_moments, moments_frame, per_b
+from .uncertainty import fd_trace_error, with_fd_error
 
 Tensor = torch.Tensor
 
@@ -108,7 +110,10 @@ class Diagnostics:
     L = (1/n) Σ ℓ_i, ‖H‖ (``top_eig``, with the LOBPCG relative residual and HVPs; ``eigenvector`` is q_1
     with q_1ᵀ∇L ≥ 0, usable as the next call's ``eig_init``), tr S_1, tr S_n, tr(H S_1) ± se, tr(H S_n),
     ‖H‖_{S_n} = tr(H S_n)/tr S_n and B_simple = (tr S_1 − tr S_n)/tr S_n. ``reduction``: how the given
-    loss reduced a batch (``sum``: an optimiser step on b samples moves b times as far as the mean's)."""
+    loss reduced a batch (``sum``: an optimiser step on b samples moves b times as far as the mean's).
+    ``tr_HS_1_se``: the sketch's jackknife se (0 for the exact estimator); with finite-difference HVPs
+    (``cost.hvp_mode == 'fd'``) combined in quadrature with their measured error (:mod:`.uncertainty`: the larger
+    of cost.fd_rel_error·|tr_HS_1| and the Richardson difference of the first samples' g_iᵀ H g_i)."""
 
     n: int
     m: int
@@ -391,6 +396,7 @@ def measure(
     reduction: str = "mean",
     n_total: int | None = None,
     fd_rel_error: float = math.nan,
+    fd_trace: float = 0.0,
     started: float | None = None,
     counts_before: dict | None = None,
     jvp_products: bool = False,
@@ -461,7 +467,7 @@ def measure(
         tr_S_1=mom.tr_S_1,
         tr_S_n=mom.tr_S_n,
         tr_HS_1=mom.tr_HS_1,
-        tr_HS_1_se=mom.tr_HS_1_se,
+        tr_HS_1_se=with_fd_error(mom.tr_HS_1_se, mom.tr_HS_1, fd_rel_error, fd_trace),
         tr_HS_n=mom.tr_HS_n,
         ias_n=mom.tr_HS_n / mom.tr_S_n if mom.tr_S_n > 0 else math.nan,
         b_simple=(mom.tr_S_1 - mom.tr_S_n) / mom.tr_S_n if mom.tr_S_n > 0 else math.nan,
@@ -523,6 +529,7 @@ def prepare(
     if not isinstance(model, nn.Module):
         raise LssrError(f"diagnose: model must be a torch.nn.Module, got {type(model).__name__}")
     loss_fn = PerSampleLoss(loss, where="diagnose")
+    check_lengths(data, forward)
     batch, n_total = collect(data, n=n, seed=seed, chunk=chunk_size)
     if forward is None:
         pair = as_pair(batch)
@@ -531,6 +538,7 @@ def prepare(
                 "diagnose: batches are not (inputs, targets) pairs; fix: pass forward=lambda model, batch: "
                 "(model(batch['x']), batch['y']) (naming your batch's keys)"
             )
+        check_lengths(pair)
         module, inputs, targets = model, pair[0], pair[1]
     else:
         module, inputs, targets = ForwardAdapter(model, forward), batch, None
@@ -678,10 +686,13 @@ def diagnose(
         gamma(prep.n_used, b, replacement)  # a clear error for b out of range, before any work
     with _restoring(prep.model, bn, dropout), torch.autocast(prep.device_type, enabled=False):
         op = prep.operator(chunk_size=chunk_size, per_sample_chunk=per_sample_chunk)
+        check_loss_shape(op)
+        check_finite(op)
         _check_deterministic(op)
         counts0 = dict(op.counts)
         mode = _set_hvp_mode(op, hvp_mode)
         fd_err = _fd_tune(op, gen, chunk_size) if mode == "fd" else math.nan
+        fd_trace = fd_trace_error(op) if mode == "fd" else 0.0
         return measure(
             op,
             batch_sizes=bs,
@@ -700,6 +711,7 @@ def diagnose(
             reduction=prep.loss_fn.reduction,
             n_total=prep.n_total,
             fd_rel_error=fd_err,
+            fd_trace=fd_trace,
             started=t0,
             counts_before=counts0,
             jvp_products=True,

@@ -10,7 +10,7 @@ import torch
 from torch.utils._pytree import tree_flatten, tree_map, tree_unflatten
 from torch.utils.data import DataLoader, Dataset, IterableDataset, Subset
 
-from .. import LssrError
+from ..errors import LssrError
 
 Tensor = torch.Tensor
 

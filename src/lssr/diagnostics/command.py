@@ -11,7 +11,7 @@ import torch
 import yaml
 from torch import nn
 
-from .. import LssrError
+from ..errors import LssrError
 from ..io import write_csv, write_json
 from .api import Diagnostics, diagnose
 

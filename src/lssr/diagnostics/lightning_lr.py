@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from .. import LssrError
+from ..errors import LssrError
 from ..recommend import LINEAR_X, SATURATED_X, check_optimizer, lr_ratio, noise_scale, recommend, regime, regime_x
 
 try:

@@ -31,9 +31,9 @@ import pandas as pd
 import torch
 from torch import nn
 
-from .. import LssrError
 from ..curvature import LossOperator, TopEig, lobpcg_top, top_eigenvalue_op
 from ..curvature.linalg import drop_tolerance, gram64
+from ..errors import LssrError
 from ..scaling import batch_weight, concentration, instability_ratio, interaction_aware_sharpness, trace_b
 from .exchangeable import exchangeable_trace
 

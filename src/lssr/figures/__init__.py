@@ -20,7 +20,7 @@ def load_tables(paths: Sequence[str | Path]):
     """Read and concatenate table CSVs (e.g. one Figure 5 table per data set)."""
     import pandas as pd
 
-    from .. import LssrError
+    from ..errors import LssrError
 
     frames = []
     for p in paths:
