@@ -296,12 +296,12 @@ def goal_cells(seeds: pd.DataFrame, bs: np.ndarray, lrs: np.ndarray) -> tuple[np
     """(B, L) mask over (b, η): the cell reached the goal (every non-diverged seed of it did), and the note of
     :func:`reached_goal`."""
     ok, note = reached_goal(seeds)
-    s = seeds.assign(_ok=ok.to_numpy(), _div=seeds["diverged"].astype(bool).to_numpy())
-    out = np.zeros((len(bs), len(lrs)), bool)
-    for (b, lr), g in s.groupby(["b", "lr"]):
-        live = g[~g["_div"]]
-        out[np.searchsorted(bs, b), np.searchsorted(lrs, lr)] = len(live) > 0 and bool(live["_ok"].all())
-    return out, note
+    live = ~seeds["diverged"].astype(bool).to_numpy()
+    j, k = np.searchsorted(bs, seeds["b"].to_numpy()), np.searchsorted(lrs, seeds["lr"].to_numpy())
+    n_live, n_ok = np.zeros((len(bs), len(lrs))), np.zeros((len(bs), len(lrs)))
+    np.add.at(n_live, (j, k), live)
+    np.add.at(n_ok, (j, k), live & ok.to_numpy())
+    return (n_live > 0) & (n_ok == n_live), note
 
 
 def cell_means(acc: np.ndarray, div: np.ndarray, present: np.ndarray, weights: np.ndarray):
@@ -393,11 +393,16 @@ def best_eta_intervals(seeds: pd.DataFrame, n_boot: int = N_BOOT, seed: int = BO
     plateau_lo, plateau_hi (the cells within seed noise of the best one)."""
     bs, lrs, acc, div, present = seed_cube(seeds)
     goal, _ = goal_cells(seeds, bs, lrs)
-    x = np.log2(lrs)
-    v, k, cens = best_log2_lr(acc, div, present, goal, lrs, np.ones(present.shape[0]))
     rng = np.random.default_rng(seed)
     w = np.stack([resample_weights(present, rng) for _ in range(n_boot)])
     vb, _, _ = best_log2_lr(acc, div, present, goal, lrs, w)
+    return interval_table(bs, lrs, acc, div, present, goal, vb)
+
+
+def interval_table(bs, lrs, acc, div, present, goal, vb: np.ndarray) -> pd.DataFrame:
+    """:func:`best_eta_intervals` from the seed cube, the goal mask and the resampled vertices ``vb`` (resample, b)."""
+    x = np.log2(lrs)
+    v, k, cens = best_log2_lr(acc, div, present, goal, lrs, np.ones(present.shape[0]))
     mean, se, usable = cell_means(acc, div, present, np.ones(present.shape[0]))
     probed = present.any(axis=0)
     q = (1 - BOOT_LEVEL) / 2
