@@ -322,7 +322,7 @@ def _verdict(value, lo, hi, regime: dict, n_free: int, seeds: int) -> tuple[str,
     if seeds < C5_MIN_SEEDS:
         return "not-enough-data", f"{seeds} seed(s) in some cell (need {C5_MIN_SEEDS})"
     if n_free < MIN_B_FIT or not np.isfinite(value):
-        return "not-enough-data", f"{n_free} uncensored batch sizes with a best η (need {MIN_B_FIT})"
+        return "not-enough-data", f"{n_free} uncensored batch sizes (need {MIN_B_FIT})"
     if lo > C5_MAX_DIFF + C5_TIE:
         return "fail", ""
     if hi < C5_MAX_DIFF - C5_TIE and regime["label"] == "both":
