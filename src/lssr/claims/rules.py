@@ -465,7 +465,9 @@ def _rows(ds: str, s: pd.DataFrame, rho_rows: pd.DataFrame | None, figc5: pd.Dat
                         label + " (LSSR predicted from the measured ρ)", what))  # fmt: skip
     else:
         r = missing(C5, bnote)
-        r["subject"], r["statistic"] = f"{ds} (n={h.n})", "LSSR predicted from the measured ρ"
+        r["subject"] = f"{ds} (n={h.n})"
+        r["statistic"] = (f"LOO RMSE_LSSR_predicted − min(LOO RMSE of LSR, SRSR, constant η, power law) [log2 η], "
+                          f"{label} (LSSR predicted from the measured ρ)")  # fmt: skip
         out.append(r)
     loo0 = {m: x[0] for m, x in loo_all(h.y0[None], h.has0[None], free0[None], h.cens0[None], h.bs, h.n,
                                         h.repl).items()}  # fmt: skip
