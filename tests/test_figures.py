@@ -6,6 +6,7 @@ import importlib
 import re
 
 import matplotlib.pyplot as plt
+import numpy as np
 import pandas as pd
 import pytest
 from test_tables import shared_runs
@@ -141,4 +142,32 @@ def test_fig5_marks_a_best_eta_at_the_grid_edge(table_dir):
     plt.close(fig)
     fig, _ = fig5_figure.plot(t[t["dataset"].isin(["analytic", "lssr_ds"])])
     assert r"best $\eta$ at the grid edge" not in [h.get_label() for leg in fig.legends for h in leg.legend_handles]
+    plt.close(fig)
+
+
+def test_fig5_hatches_cells_short_of_the_goal_and_draws_the_predicted_curve(table_dir):
+    """Cells that did not reach the training-accuracy goal are hatched, with a legend entry; given fig5_rho rows
+    beside the table, the LSSR curve predicted from the measured B_simple is drawn and its points (c·ρ_b, eq. (12)
+    at that B_simple: b/(b + B) with replacement, 1/(1 + γB/b) without) are added to the plotted data."""
+    from lssr.figures import fig5 as fig5_figure
+
+    t = pd.read_csv(table_dir / "fig5.csv")
+    t = t[t["dataset"].isin(["analytic", "lssr_ds"])].copy()
+    low = (t["kind"] == "cell") & (t["lr"] < 2.0**-6)
+    t.loc[low, "reached_goal"] = False
+    B = 40.0
+    rho = pd.DataFrame({"dataset": ["lssr_ds"], "b": [8], "lr": [0.01], "where": ["final"], "tr_S_1": [1 + B],
+                        "tr_S_n": [1.0], "b_simple": [B]})  # fmt: skip
+    fig, data = fig5_figure.plot(pd.concat([t, rho], ignore_index=True))
+    labels = [h.get_label() for leg in fig.legends for h in leg.legend_handles]
+    assert "short of the training-accuracy goal" in labels and r"LSSR from measured $\rho$" in labels
+    hatched = [p for p in fig.axes[1].patches if p.get_hatch()]
+    assert len(hatched) == int((low & ~t["diverged"].astype(bool)).sum())
+    pred = data[data["kind"] == "predicted"].sort_values("b")
+    n = int(t.loc[t["kind"] == "cell", "n"].iloc[0])
+    b = pred["b"].to_numpy(float)
+    eq12 = 1.0 / (1.0 + (n - b) / (n - 1) * B / b)  # the fixture's runs draw batches without replacement
+    ratio = pred["lr"].to_numpy(float) / eq12
+    np.testing.assert_allclose(ratio, ratio[0], rtol=1e-9)  # c·ρ_b: one constant c
+    assert (pred["lr_lo"] <= pred["lr"] * (1 + 1e-9)).all() and (pred["lr"] <= pred["lr_hi"] * (1 + 1e-9)).all()
     plt.close(fig)

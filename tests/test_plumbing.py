@@ -17,7 +17,6 @@ import torch
 from torch import nn
 
 import lssr
-from lssr.claims import rules
 from lssr.claims.common import VERDICTS
 from lssr.report import statement_summary
 
@@ -130,51 +129,6 @@ def test_record_matches_each_seed_to_its_own_run_when_two_runs_share_n_b_eta_and
     assert cell["train_acc"] == pytest.approx(0.85, abs=1e-12) and cell["train_seeds"] == 2
     page = write_replication_record(t["results"], t["figures"], t["config"], tmp_path / "record", now=NOW).read_text()
     assert "| cifar10-jpeg | 8 | 0.5 | 85.0 % | 45.0 % | 2 |  |" in page
-
-
-# --- C5's bootstrap over seeds ---------------------------------------------------------------------------------
-C5_BS = 2 ** np.arange(3, 10)
-C5_PEAKS = [-8.0, -7.0, -6.0, -5.0, -4.5, -4.5, -4.5]  # best log2 η per b, on the half-octave grid
-C5_GRID = np.arange(-10, 2.01, 0.5)
-B0, LOW, HIGH = 64, -5.0, -4.0  # the cell (b = 64, log2 η = HIGH) whose seeds decide between two best η
-
-
-def c5_seeds(n_seeds: int, high_cell: list[float] | None) -> pd.DataFrame:
-    """Seed rows whose mean accuracy peaks at C5_PEAKS (0.9 − 0.01·(log2 η − peak)², equal over seeds), except the
-    cell (B0, HIGH) whose seeds get ``high_cell`` (None: its parabola value 0.89, below the peak's 0.9)."""
-    rows = []
-    for b, peak in zip(C5_BS, C5_PEAKS):
-        for lg in C5_GRID:
-            accs = [0.9 - 0.01 * (lg - peak) ** 2] * n_seeds
-            if b == B0 and lg == HIGH and high_cell is not None:
-                accs = high_cell
-            rows += [{"kind": "seed", "dataset": "d", "n": 1024, "replacement": False, "b": int(b), "lr": 2.0**lg,
-                      "seed": s, "test_acc": a, "diverged": False} for s, a in enumerate(accs)]  # fmt: skip
-    return pd.DataFrame(rows)
-
-
-def c5_best(table: pd.DataFrame) -> dict:
-    (r,) = [r for r in rules.claim_c5(table) if "largest stable" not in r["statistic"]]
-    return r
-
-
-def test_c5_bootstrap_resamples_each_cells_seeds():
-    """C5's interval comes from its own bootstrap of the seeds. Every cell's seeds are equal except at (b = 64,
-    log2 η = −4), where they decide the best η at b = 64: with seeds (0.96, 0.88, 0.88) the cell's mean beats the
-    0.9 at log2 η = −5 unless a resample draws only 0.88 seeds (probability (2/3)³ = 8/27), so the resampled
-    differences take exactly two values, each with probability inside the 95% interval: the interval is
-    [min, max] of the two values, each being C5's value on a table with that best η and no seed spread. With
-    seeds (0.89, 0.99, 0.99, 0.99, 0.99) the other value needs five 0.89 draws (probability 5⁻⁵ = 0.0003): the
-    interval is the single value."""
-    d_high = c5_best(c5_seeds(3, [0.95] * 3))["value"]  # best log2 η at b = 64: −4, every resample
-    d_low = c5_best(c5_seeds(3, None))["value"]  # best log2 η at b = 64: −5
-    assert np.isfinite(d_high) and np.isfinite(d_low) and abs(d_high - d_low) > 1e-3
-    spread = c5_best(c5_seeds(3, [0.96, 0.88, 0.88]))
-    assert spread["value"] == pytest.approx(d_high, rel=1e-12)
-    assert (spread["ci_lo"], spread["ci_hi"]) == pytest.approx((min(d_high, d_low), max(d_high, d_low)), rel=1e-12)
-    one_side = c5_best(c5_seeds(5, [0.89, 0.99, 0.99, 0.99, 0.99]))
-    assert (one_side["ci_lo"], one_side["ci_hi"]) == pytest.approx((d_high, d_high), rel=1e-12)
-    assert "each cell's seeds resampled" in spread["notes"]
 
 
 # --- docs/replication/README.md against its CSV files ------------------------------------------------------------

@@ -235,6 +235,7 @@ def heatmap_runs(root: Path, dataset: str, rule: str, bs, log2_lrs, n: int = N, 
                     b=b,
                     status="diverged" if div else "completed",
                     test_acc=0.1 if div else acc_model(l2, opt),
+                    train_acc=0.1 if div else 1.0,
                 )
             )
     return paths
@@ -507,6 +508,10 @@ def test_fig5_cells_best_and_fits(runs):
     assert len(best) == 8
     opt = -1.0 + np.log2(eq12(RHO, N, best["b"].to_numpy(float)))
     assert np.all(np.abs(np.log2(best["lr"]) - opt) <= 0.125 + 1e-9)  # nearest grid point (η grid 2^(k/4))
+    # the accuracy is a parabola in log2 η: the vertex through the best cell and its neighbours is the optimum
+    star = t[(t["kind"] == "cell") & (t["dataset"] == "lssr_ds") & t["is_best"]].sort_values("b")
+    np.testing.assert_allclose(np.log2(star["lr_star"].to_numpy(float)), opt, atol=1e-9)
+    assert (star["lr_star_lo"] <= star["lr_star"]).all() and (star["lr_star"] <= star["lr_star_hi"]).all()
     fit = t[(t["kind"] == "fit") & (t["dataset"] == "lssr_ds")]
     assert set(fit["model"]) == {"LSSR", "LSR", "SRSR"}
     rho_fit = fit.loc[fit["model"] == "LSSR", "rho"].iloc[0]
@@ -533,8 +538,37 @@ def test_fig5_seed_aggregation(tmp_path):
     assert cells.loc[0.1, "train_acc"] == pytest.approx(0.95)
     seeds = t[t["kind"] == "seed"].set_index("seed")
     assert seeds.loc[1, "train_acc"] == pytest.approx(0.9) and np.isnan(seeds.loc[2, "train_acc"])
-    assert cells.loc[0.1, "n_seeds"] == 3 and cells.loc[0.1, "is_best"]
+    assert cells.loc[0.1, "n_seeds"] == 3
+    # seed 1 ends at 90% training accuracy: the cell did not reach the goal (no stop.train_acc_goal: 99.9%), so it
+    # is no best cell and b = 8 has no best η
+    assert not cells.loc[0.1, "reached_goal"] and not cells.loc[0.1, "is_best"]
+    goal = t[(t["kind"] == "seed") & (t["lr"] == 0.1)].set_index("seed")["reached_goal"]
+    assert goal[0] and not goal[1] and not goal[2]
     assert cells.loc[0.2, "diverged"] and not cells.loc[0.2, "is_best"]
+
+
+def test_fig5_goal_columns_come_from_the_runs(tmp_path):
+    """A run stopped by its training-accuracy goal carries the goal, its step and reached_goal; a run that ran out
+    of steps below its goal did not reach it; a cell reaches it when all its non-diverged seeds do."""
+
+    def run(name, lr, seed, train_acc, stopped_by, steps):
+        p = write_run(tmp_path / name, b=8, lr=lr, test_acc=0.5 + lr, train_acc=train_acc, seed=seed)
+        meta = json.loads((p / "run.json").read_text())
+        meta["config"]["stop"] = {"train_acc_goal": 0.95}
+        meta.update(stopped_by=stopped_by, steps=steps)
+        (p / "run.json").write_text(json.dumps(meta))
+        return p
+
+    t = fig5.build([run("a", 0.1, 0, 0.96, "goal", 40), run("b", 0.1, 1, 0.97, "goal", 55),
+                    run("c", 0.2, 0, 0.90, "budget", 100), run("d", 0.2, 1, 0.99, "goal", 30)])  # fmt: skip
+    cells = t[t["kind"] == "cell"].set_index("lr")
+    assert cells.loc[0.1, "reached_goal"] and cells.loc[0.1, "goal_step"] == 55
+    assert cells.loc[0.1, "train_acc_goal"] == 0.95
+    assert not cells.loc[0.2, "reached_goal"] and np.isnan(cells.loc[0.2, "goal_step"])
+    # η = 0.2 has the higher test accuracy but one seed did not reach the goal: the best cell is η = 0.1
+    assert cells.loc[0.1, "is_best"] and not cells.loc[0.2, "is_best"]
+    seeds = t[t["kind"] == "seed"].set_index(["lr", "seed"])
+    assert seeds.loc[(0.2, 0), "reached_goal"] == False and seeds.loc[(0.2, 1), "goal_step"] == 30  # noqa: E712
 
 
 def test_fig5_best_eta_at_the_grid_edge_is_censored(runs):

@@ -2,11 +2,17 @@
 
 Left: the analytic LSSR (eq. 12), LSR and SRSR curves (n = 8192, ρ = 2^-7), log-log. Right: one
 heatmap of the mean final test accuracy over seeds over (log2 b, log2 η) per data set, diverged cells
-marked '×', cells trained with ghost-batch batch norm (``bn_ghost_batch``) framed by a square, the best
-η per b circled with its bootstrap interval over seeds as an error bar (a best η at the edge of the probed η
-range, ``censored``, drawn as a triangle pointing to where the optimum may lie), and the LSSR (f(b) = c·ρ_b),
-LSR and SRSR fits from the table. The heatmap is drawn with matplotlib's pcolormesh on log2 coordinates so the
-fitted curves share its axes.
+marked '×', cells short of the training-accuracy goal hatched (the paper's red, non-practical area: ``reached_goal``
+false, or for a table without that column a final training accuracy below
+:data:`lssr.tables.fig5.FALLBACK_GOAL`), cells trained with ghost-batch batch norm (``bn_ghost_batch``) framed by a
+square, the best η per b between grid points (``lr_star``) circled with its interval (seeds resampled, plateau,
+grid resolution) as an error bar (a best η with no goal-reaching cell probed on one side, ``censored``, drawn as a
+triangle pointing to where the optimum may lie), and the LSSR (f(b) = c·ρ_b), LSR and SRSR fits from the table.
+When the ``fig5_rho`` table is given with the Figure 5 table (``lssr figure fig5 --table fig5.csv --table
+fig5_rho.csv``), the LSSR curve predicted from the measured ρ (c·ρ_b at the measured B_simple, c fitted:
+:func:`lssr.claims.rules.predicted_curve`, the paper's ρ_b curve) is drawn with its interval, and its points are
+added to the plotted data as rows of kind ``predicted``. The heatmap is drawn with matplotlib's pcolormesh on log2
+coordinates so the curves share its axes.
 """
 
 from __future__ import annotations
@@ -16,11 +22,16 @@ import math
 import numpy as np
 import pandas as pd
 from matplotlib.lines import Line2D
+from matplotlib.patches import Patch, Rectangle
 from matplotlib.ticker import FixedLocator, FuncFormatter
 
 from . import style
 
 RULES = ("LSSR", "LSR", "SRSR")
+#: The predicted LSSR curve (the paper draws its ρ_b curve in yellow) and the hatch of cells short of the goal.
+PREDICTED_COLOUR = "#e6b400"
+UNDER_COLOUR = style.RED
+UNDER_HATCH = "////"
 
 
 def _edges(centres: np.ndarray) -> np.ndarray:
@@ -68,6 +79,52 @@ def _censored_handle(cells: pd.DataFrame) -> list[Line2D]:
                    label=r"best $\eta$ at the grid edge")]  # fmt: skip
 
 
+def _under_trained(cells: pd.DataFrame) -> np.ndarray:
+    """Non-diverged cells short of the training-accuracy goal: ``reached_goal`` false, or (a table without it) a
+    training accuracy below the fallback goal."""
+    from ..tables.fig5 import FALLBACK_GOAL
+
+    live = ~cells["diverged"].astype(bool).to_numpy()
+    if "reached_goal" in cells.columns and cells["reached_goal"].notna().any():
+        reached = cells["reached_goal"].astype(str).str.lower().isin(["true", "1", "1.0"]).to_numpy()
+    elif "train_acc" in cells.columns and cells["train_acc"].notna().any():
+        reached = (cells["train_acc"].astype(float) >= FALLBACK_GOAL).to_numpy()
+    else:
+        reached = np.ones(len(cells), bool)
+    return live & ~reached
+
+
+def _extra_handles(cells: pd.DataFrame, predicted: bool) -> list:
+    """Legend entries of the hatched cells short of the goal and of the predicted curve, when drawn."""
+    out: list = []
+    if _under_trained(cells).any():
+        out.append(Patch(facecolor="none", edgecolor=UNDER_COLOUR, hatch=UNDER_HATCH, lw=0,
+                         label="short of the training-accuracy goal"))  # fmt: skip
+    if predicted:
+        out.append(Line2D([], [], color=PREDICTED_COLOUR, lw=1.6, label=r"LSSR from measured $\rho$"))
+    return out
+
+
+def predicted_rows(table: pd.DataFrame) -> pd.DataFrame:
+    """The predicted LSSR curve of each data set (rows of kind ``predicted``: dataset, b, lr, lr_lo, lr_hi, value =
+    B_simple) from the seed rows and the ``fig5_rho`` rows of a concatenated table; empty without the latter."""
+    if "b_simple" not in table.columns or "kind" not in table.columns:
+        return pd.DataFrame()
+    rho = table[table["kind"].isna() & table["b_simple"].notna()]
+    if rho.empty:
+        return pd.DataFrame()
+    from ..claims.rules import predicted_curve
+
+    parts = []
+    seeds = table[table["kind"] == "seed"]
+    for ds, s in seeds.groupby("dataset", sort=True):
+        c = predicted_curve(s.assign(diverged=s["diverged"].astype(bool)), rho)
+        if len(c):
+            parts.append(c.assign(kind="predicted", dataset=ds, value=c["b_simple"], log2_b=np.log2(c["b"]),
+                                  log2_lr=np.log2(c["lr"])))  # fmt: skip
+    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
+
+
 def _analytic(ax, sub: pd.DataFrame) -> None:
     if sub.empty:
         style.empty_panel(ax, "no analytic curves")
@@ -84,7 +141,7 @@ def _analytic(ax, sub: pd.DataFrame) -> None:
     ax.legend(frameon=False)
 
 
-def _heatmap(fig, ax, cells: pd.DataFrame, fits: pd.DataFrame, ds: str) -> None:
+def _heatmap(fig, ax, cells: pd.DataFrame, fits: pd.DataFrame, ds: str, pred: pd.DataFrame) -> None:
     xs = np.sort(pd.unique(cells["log2_b"]))
     ys = np.sort(pd.unique(cells["log2_lr"]))
     xi = {v: i for i, v in enumerate(xs)}
@@ -100,6 +157,11 @@ def _heatmap(fig, ax, cells: pd.DataFrame, fits: pd.DataFrame, ds: str) -> None:
         xe, ye, np.ma.masked_invalid(z), cmap=style.HEATMAP, vmin=vmin, vmax=max(vmax, vmin + 1e-9), shading="flat"
     )
     fig.colorbar(mesh, ax=ax, label="test accuracy", pad=0.01)
+    under = cells[_under_trained(cells)]
+    for _, c in under.iterrows():
+        i, j = xi[c["log2_b"]], yi[c["log2_lr"]]
+        ax.add_patch(Rectangle((xe[i], ye[j]), xe[i + 1] - xe[i], ye[j + 1] - ye[j], fill=False, hatch=UNDER_HATCH,
+                               edgecolor=UNDER_COLOUR, lw=0, zorder=3))  # fmt: skip
     div = cells[cells["diverged"].astype(bool)]
     if len(div):
         ax.scatter(div["log2_b"], div["log2_lr"], marker="x", color=style.BLACK, s=14, lw=0.8, zorder=4)
@@ -108,7 +170,9 @@ def _heatmap(fig, ax, cells: pd.DataFrame, fits: pd.DataFrame, ds: str) -> None:
         if len(ghost):
             ax.scatter(ghost["log2_b"], ghost["log2_lr"], marker="s", facecolor="none", edgecolor=style.BLACK,
                        s=30, lw=0.5, ls=":", zorder=4)  # fmt: skip
-    best = cells[cells["is_best"].astype(bool)]
+    best = cells[cells["is_best"].astype(bool)].copy()
+    if "lr_star" in best.columns:  # the best η between grid points
+        best["log2_lr"] = np.log2(best["lr_star"].astype(float)).fillna(best["log2_lr"])
     if len(best) and "lr_lo" in best.columns:
         lo, hi = np.log2(best["lr_lo"].astype(float)), np.log2(best["lr_hi"].astype(float))
         ax.errorbar(best["log2_b"], best["log2_lr"], yerr=[best["log2_lr"] - lo, hi - best["log2_lr"]], fmt="none",
@@ -130,6 +194,11 @@ def _heatmap(fig, ax, cells: pd.DataFrame, fits: pd.DataFrame, ds: str) -> None:
                 lw=1.2,
                 zorder=6,
             )
+    if len(pred):
+        pred = pred.sort_values("b")
+        ax.fill_between(np.log2(pred["b"]), np.log2(pred["lr_lo"]), np.log2(pred["lr_hi"]), color=PREDICTED_COLOUR,
+                        alpha=0.3, lw=0, zorder=6)  # fmt: skip
+        ax.plot(np.log2(pred["b"]), np.log2(pred["lr"]), color=PREDICTED_COLOUR, lw=1.6, zorder=7)
     ax.set_xlim(xe[0], xe[-1])
     ax.set_ylim(ye[0], ye[-1])
     _pow2_axis(ax.xaxis, xe[0], xe[-1])
@@ -137,13 +206,16 @@ def _heatmap(fig, ax, cells: pd.DataFrame, fits: pd.DataFrame, ds: str) -> None:
     n = int(cells["n"].iloc[0])
     lssr = fits[fits["model"] == "LSSR"]
     extra = "\n" + rf"LSSR fit: $\rho$=$2^{{{math.log2(lssr['rho'].iloc[0]):.1f}}}$" if len(lssr) else ""
+    if len(pred):
+        extra += rf", measured $B_{{simple}}$={pred['value'].iloc[0]:.3g}"
     ax.set_title(f"{ds} (n={n}){extra}")
     ax.set_xlabel(style.LABELS["b"])
     ax.set_ylabel(style.LABELS["lr"])
 
 
 def plot(table: pd.DataFrame):
-    data = table.copy()
+    pred_all = predicted_rows(table)
+    data = pd.concat([table, pred_all], ignore_index=True) if len(pred_all) else table.copy()
     analytic = data[data["kind"] == "analytic"]
     cells_all = data[data["kind"] == "cell"]
     fits_all = data[data["kind"] == "fit"]
@@ -161,7 +233,8 @@ def plot(table: pd.DataFrame):
     if not datasets:
         style.empty_panel(axes[0], "no heatmap runs")
     for ax, ds in zip(axes, datasets):
-        _heatmap(right_fig, ax, cells_all[cells_all["dataset"] == ds], fits_all[fits_all["dataset"] == ds], ds)
+        pred = pred_all[pred_all["dataset"] == ds] if len(pred_all) else pd.DataFrame()
+        _heatmap(right_fig, ax, cells_all[cells_all["dataset"] == ds], fits_all[fits_all["dataset"] == ds], ds, pred)
     for ax in axes[k:]:
         ax.set_visible(False) if datasets else None
     if datasets:
@@ -180,9 +253,10 @@ def plot(table: pd.DataFrame):
                 Line2D([], [], ls="", marker="x", color=style.BLACK, label="diverged"),
             ]
             + _ghost_handle(cells_all)
-            + _censored_handle(cells_all),
+            + _censored_handle(cells_all)
+            + _extra_handles(cells_all, len(pred_all) > 0),
             loc="outside lower center",
-            ncols=5,
+            ncols=3,
             frameon=False,
         )
     return fig, data

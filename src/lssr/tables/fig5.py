@@ -1,26 +1,40 @@
 """Figure 5 table: LSSR against LSR and SRSR.
 
 One heatmap cell per (data set, b, η) with the mean final test accuracy over seeds (diverged cells
-flagged: a cell is diverged when most of its seeds diverged or none has a finite accuracy), the best
-η per b (highest accuracy among non-diverged cells, the smaller η on ties), and log-space
-least-squares fits of best η vs b: LSSR η*(b) = c·ρ_b(ρ) (eq. 12, c and ρ fitted), LSR η* = c·b,
-SRSR η* = c·√b (c fitted); ``rmse_log2`` is the fit error in log2 η units. The left panel's analytic
-curves (n = 8192, ρ = 2^-7) are normalised to ρ at b = 1. γ, ρ_b(ρ) and the fits come from
-:mod:`lssr.scaling`.
+flagged: a cell is diverged when most of its seeds diverged or none has a finite accuracy), whether it reached
+the training-accuracy goal (``reached_goal``: every non-diverged seed's run stopped by its ``stop.train_acc_goal``
+or ends at it, :data:`FALLBACK_GOAL` when its config names none; ``goal_step`` the last seed's step at the goal;
+``train_acc_goal`` the goal), the best η per b and log-space least-squares fits of best η vs b: LSSR
+η*(b) = c·ρ_b(ρ) (eq. 12, c and ρ fitted), LSR η* = c·b, SRSR η* = c·√b (c fitted); ``rmse_log2`` is the fit
+error in log2 η units. The left panel's analytic curves (n = 8192, ρ = 2^-7) are normalised to ρ at b = 1. γ,
+ρ_b(ρ) and the fits come from :mod:`lssr.scaling`.
 
 A cell whose runs trained batch norm in ghost batches (the opt-in ``bn_ghost_batch``, statistics over
 chunks of that many samples instead of the whole mini-batch) carries that size in ``bn_ghost_batch``
 (NaN otherwise); the figure marks such cells.
 
-Rows of kind ``seed`` keep every run's final test accuracy with its ``seed``, so that the claims can
-resample seeds. Each best cell carries a percentile bootstrap interval over seeds of its η
-(``lr_lo``, ``lr_hi``: :data:`BOOT_LEVEL` of :data:`N_BOOT` resamples, a NumPy generator seeded with
-``boot_seed`` = :data:`BOOT_SEED`). A resample draws each cell's seeds with replacement independently of the
-other cells' (:func:`resample_weights`: the runs of different cells are independent), so that with three seeds
-it still varies like the seeds do; its best η per b is the argmax of its cell means, computed exactly as for the
-heatmap (:func:`best_lr_index`). A best η at the edge of the probed η range of its b (no η probed below it, or
-none above it) only bounds the best η: ``censored`` is ``low`` / ``high`` there (the figure marks it). The
-largest stable η per b (:func:`largest_stable_index`) is the largest η below which no probed cell diverged.
+Rows of kind ``seed`` keep every run's final test accuracy with its ``seed`` and ``reached_goal``, so that the
+claims can resample seeds.
+
+The best η per b (the paper trains every cell "to achieve a zero training error", §5.2; a cell short of the goal
+is the paper's red, non-practical area and is never a best cell; a b none of whose cells reached it has no best η):
+
+- the best cell (``is_best``) is the goal-reaching, non-diverged cell of highest mean test accuracy (ties to the
+  smaller η);
+- the best η between grid points (``lr_star``) is the vertex of the parabola in log2 η through the best cell and
+  its nearest probed neighbours, when both reached the goal (clipped to them), else the best cell's η
+  (:func:`best_log2_lr`);
+- its interval (``lr_star_lo``, ``lr_star_hi``, also ``lr_lo``, ``lr_hi``) is the hull of (a) the
+  :data:`BOOT_LEVEL` percentile interval of the vertex over :data:`N_BOOT` resamples of the seeds (each cell's
+  seeds drawn with replacement independently of the other cells', :func:`resample_weights`; a NumPy generator
+  seeded with ``boot_seed`` = :data:`BOOT_SEED`), (b) the plateau: the contiguous goal-reaching cells around the
+  best one whose mean is within :data:`PLATEAU_Z` standard errors of the best one's (a flat top over two octaves
+  gives a two-octave interval, not a point), widened on each side by :data:`GRID_RESOLUTION` × the local grid
+  spacing (the grid's resolution: what lies between the probed η is not seen) and clipped to the probed η range;
+- ``censored`` is ``low`` / ``high`` when no goal-reaching cell was probed below / above the best one (the grid's
+  edge or an under-trained neighbour): the value then only bounds the best η, and the figure marks it.
+
+The largest stable η per b (:func:`largest_stable_index`) is the largest η below which no probed cell diverged.
 """
 
 from __future__ import annotations
@@ -41,6 +55,16 @@ ANALYTIC_RHO = 2.0**-7
 N_BOOT = 200
 BOOT_SEED = 20230501
 BOOT_LEVEL = 0.95
+#: "a zero training error" (§5.2) for a run whose config names no ``stop.train_acc_goal`` (and for a table written
+#: before ``reached_goal`` existed): its final training accuracy at least this counts as the goal reached.
+FALLBACK_GOAL = 0.999
+#: The resolution of the interpolated best η: the vertex of a parabola through three cells is trusted to within
+#: this fraction of the local grid spacing (a quarter: the vertex error of a parabola through the samples of a
+#: smooth concave top, whose shape between the samples the grid cannot see), added on each side of the interval.
+GRID_RESOLUTION = 0.25
+#: A cell whose mean accuracy is within this many standard errors of the best cell's (the difference of the two
+#: means, each seed-to-seed se/√seeds) is on the plateau of the top: the interval covers every such neighbour.
+PLATEAU_Z = 1.96
 
 COLUMNS = [
     "kind",
@@ -58,11 +82,17 @@ COLUMNS = [
     "diverged",
     "n_seeds",
     "bn_ghost_batch",
+    "reached_goal",
+    "goal_step",
+    "train_acc_goal",
     "seed",
     "is_best",
     "censored",
     "lr_lo",
     "lr_hi",
+    "lr_star",
+    "lr_star_lo",
+    "lr_star_hi",
     "boot_seed",
     "n_boot",
     "value",
@@ -118,6 +148,9 @@ def _cell(ds: str, b, lr, g: pd.DataFrame) -> dict:
         "diverged": diverged,
         "n_seeds": len(g),
         "bn_ghost_batch": g["ghost"].max(),  # NaN unless batch norm was trained in ghost batches (opt-in)
+        "reached_goal": bool(not diverged and ok["reached"].all()),
+        "goal_step": float(ok["goal_step"].max()) if not diverged and ok["reached"].all() else np.nan,
+        "train_acc_goal": g["goal"].max(),
     }
 
 
@@ -125,6 +158,18 @@ def _ghost(config: dict) -> float:
     """The run's ghost-batch size when batch norm was trained in ghost batches, else NaN."""
     g = config.get("bn_ghost_batch")
     return float(g) if g and config.get("model", {}).get("batch_norm") else np.nan
+
+
+def _goal(meta: dict, train_acc: float) -> tuple[float, bool, float]:
+    """(goal, reached, goal step) of one run: the training-accuracy goal of its stop rule (``stop.train_acc_goal``,
+    else :data:`FALLBACK_GOAL`), whether it stopped by it (``stopped_by == "goal"``) or ends at it, and the step it
+    reached it (NaN if never or unknown)."""
+    goal = (meta.get("config", {}).get("stop") or {}).get("train_acc_goal")
+    goal = float(goal) if goal is not None else np.nan
+    by_goal = meta.get("stopped_by") == "goal"
+    reached = by_goal or bool(train_acc >= (goal if math.isfinite(goal) else FALLBACK_GOAL))
+    step = float(meta.get("goal_step", meta.get("steps") if by_goal else np.nan) or np.nan) if reached else np.nan
+    return goal, reached, step
 
 
 def seed_rows(runs: list[Run]) -> pd.DataFrame:
@@ -137,10 +182,11 @@ def seed_rows(runs: list[Run]) -> pd.DataFrame:
         train = final.get("train_acc")
         train = float(train) if train is not None else np.nan
         div = r.status == "diverged" or not math.isfinite(acc)
+        goal, reached, step = _goal(r.meta, train)
         recs.append(
             {"dataset": r.dataset, "n": r.n, "replacement": r.replacement, "b": r.b, "lr": r.lr,
              "seed": int(r.config.get("seed", 0)), "acc": acc, "train": train, "div": div,
-             "ghost": _ghost(r.config)}
+             "ghost": _ghost(r.config), "reached": reached and not div, "goal_step": step, "goal": goal}
         )  # fmt: skip
     return pd.DataFrame(recs)
 
@@ -153,7 +199,7 @@ def cells(runs: list[Run]) -> pd.DataFrame:
         return pd.DataFrame()
     out = pd.DataFrame([_cell(ds, b, lr, g) for (ds, b, lr), g in raw.groupby(["dataset", "b", "lr"], sort=True)])
     out["is_best"] = False
-    for _, g in out[~out["diverged"] & out["test_acc"].notna()].groupby(["dataset", "b"]):
+    for _, g in out[~out["diverged"] & out["test_acc"].notna() & out["reached_goal"]].groupby(["dataset", "b"]):
         g = g.sort_values("lr", kind="stable")
         out.loc[g["test_acc"].idxmax(), "is_best"] = True
     return out
@@ -233,6 +279,160 @@ def resample_weights(present: np.ndarray, rng: np.random.Generator) -> np.ndarra
     return w
 
 
+def reached_goal(seeds: pd.DataFrame) -> tuple[pd.Series, str]:
+    """Per seed row, whether its run reached the training-accuracy goal, and how that was read: the table's
+    ``reached_goal`` column, else (a table written before it existed) final training accuracy ≥
+    :data:`FALLBACK_GOAL` where ``train_acc`` exists, else every run counted as trained (said so)."""
+    div = seeds["diverged"].astype(bool)
+    if "reached_goal" in seeds.columns and seeds["reached_goal"].notna().any():
+        return seeds["reached_goal"].fillna(False).astype(bool) & ~div, "reached_goal from the table"
+    if "train_acc" in seeds.columns and seeds["train_acc"].notna().any():
+        ok = seeds["train_acc"].astype(float) >= FALLBACK_GOAL
+        return ok & ~div, f"no reached_goal column: goal reached = final training accuracy ≥ {FALLBACK_GOAL:g}"
+    return ~div, "no reached_goal or train_acc column: every run counted as trained to the goal"
+
+
+def goal_cells(seeds: pd.DataFrame, bs: np.ndarray, lrs: np.ndarray) -> tuple[np.ndarray, str]:
+    """(B, L) mask over (b, η): the cell reached the goal (every non-diverged seed of it did), and the note of
+    :func:`reached_goal`."""
+    ok, note = reached_goal(seeds)
+    live = ~seeds["diverged"].astype(bool).to_numpy()
+    j, k = np.searchsorted(bs, seeds["b"].to_numpy()), np.searchsorted(lrs, seeds["lr"].to_numpy())
+    n_live, n_ok = np.zeros((len(bs), len(lrs))), np.zeros((len(bs), len(lrs)))
+    np.add.at(n_live, (j, k), live)
+    np.add.at(n_ok, (j, k), live & ok.to_numpy())
+    return (n_live > 0) & (n_ok == n_live), note
+
+
+def cell_means(acc: np.ndarray, div: np.ndarray, present: np.ndarray, weights: np.ndarray):
+    """(mean, se, usable) per (…, b, η) for resample counts ``weights`` of shape (…, seeds, b, η) (or (seeds,)):
+    the weighted mean test accuracy over non-diverged seeds, its standard error (seed-to-seed sd/√count) and
+    whether the cell counts (some seed finite and not most of its weight diverged)."""
+    w = np.asarray(weights, dtype=float)
+    w = (w[:, None, None] if w.ndim == 1 else w) * present
+    ok = w * (~div & np.isfinite(acc))
+    a = np.nan_to_num(acc)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        cnt = ok.sum(axis=-3)
+        mean = (ok * a).sum(axis=-3) / cnt
+        var = (ok * (a - mean[..., None, :, :]) ** 2).sum(axis=-3) / np.maximum(cnt - 1, 1)
+        frac_div = (w * div).sum(axis=-3) / w.sum(axis=-3)
+    usable = (cnt > 0) & ~(frac_div > 0.5)
+    return mean, np.sqrt(var / np.maximum(cnt, 1)), usable
+
+
+def _neighbours(probed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per (b, η index), the index of the nearest probed η below and above (−1 / L when none)."""
+    n_l = probed.shape[-1]
+    idx = np.broadcast_to(np.arange(n_l), probed.shape)
+    below = np.maximum.accumulate(np.where(probed, idx, -1), axis=-1)
+    below = np.concatenate([np.full(probed.shape[:-1] + (1,), -1), below[..., :-1]], axis=-1)
+    above = np.minimum.accumulate(np.where(probed, idx, n_l)[..., ::-1], axis=-1)[..., ::-1]
+    above = np.concatenate([above[..., 1:], np.full(probed.shape[:-1] + (1,), n_l)], axis=-1)
+    return below, above
+
+
+def vertex(x0, x1, x2, y0, y1, y2):
+    """The maximum of the parabola through (x0, y0), (x1, y1), (x2, y2) with x0 < x1 < x2 and y1 ≥ y0, y2,
+    clipped to [x0, x2]; x1 where the three points are collinear (a flat top)."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        d0, d2 = (y1 - y0) / (x1 - x0), (y2 - y1) / (x2 - x1)  # slopes left and right of the middle point
+        curv = (d2 - d0) / (x2 - x0)  # the parabola's leading coefficient (≤ 0 at a maximum)
+        # the slope at x is d0 + 2·curv·(x − (x0 + x1)/2): zero at the vertex
+        v = np.where(curv < 0, (x0 + x1) / 2 - d0 / (2 * curv), x1)
+    return np.clip(v, x0, x2)
+
+
+def best_log2_lr(acc, div, present, goal, lrs, weights) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per (…, b) the best log2 η between grid points and its η index: among the cells that reached the goal
+    (``goal``, (B, L)), the cell of highest mean accuracy (ties to the smaller η), then the vertex of the
+    parabola in log2 η through it and its nearest probed neighbours (:func:`vertex`) when both reached the goal,
+    else the cell's own log2 η. Returns (log2 η*, index, censored) with censored −1 (``low``: no goal-reaching
+    cell probed below it: the grid's edge or an under-trained neighbour), +1 (``high``) or 0; NaN / −1 where no
+    cell of that b reached the goal."""
+    mean, _, usable = cell_means(acc, div, present, weights)
+    elig = usable & goal
+    probed = present.any(axis=0)
+    x = np.log2(np.asarray(lrs, dtype=float))
+    score = np.where(elig, mean, -np.inf)
+    k = np.argmax(score, axis=-1)
+    has = np.isfinite(np.max(score, axis=-1))
+    below, above = _neighbours(probed)  # (B, L)
+    jb = np.arange(probed.shape[0])
+    kb, ka = below[jb, k], above[jb, k]  # broadcasts over the leading resample axes
+    n_l = len(x)
+    take = lambda arr, j: np.take_along_axis(arr, np.clip(j, 0, n_l - 1)[..., None], axis=-1)[..., 0]  # noqa: E731
+    e_b = (kb >= 0) & take(elig, kb)
+    e_a = (ka < n_l) & take(elig, ka)
+    # an under-trained (not diverged) cell next to the best one, or the grid's edge, bounds the best η
+    under = probed & ~goal
+    u_b = (kb < 0) | take(np.broadcast_to(under, elig.shape), kb)
+    u_a = (ka >= n_l) | take(np.broadcast_to(under, elig.shape), ka)
+    y = lambda j: take(mean, j)  # noqa: E731
+    xs = lambda j: x[np.clip(j, 0, n_l - 1)]  # noqa: E731
+    both = e_b & e_a
+    v = np.where(both, vertex(xs(kb), x[k], xs(ka), y(kb), y(k), y(ka)), x[k])
+    cens = np.where(u_b, -1, np.where(u_a, 1, 0))
+    return np.where(has, v, np.nan), np.where(has, k, -1), np.where(has, cens, 0)
+
+
+def _spacing(x: np.ndarray, probed_b: np.ndarray, k: int) -> float:
+    """The local grid spacing (log2 η) at index k of one b: the mean distance to its probed neighbours."""
+    px = x[probed_b]
+    i = int(np.searchsorted(px, x[k]))
+    gaps = [px[i] - px[i - 1]] if i > 0 else []
+    gaps += [px[i + 1] - px[i]] if i + 1 < len(px) else []
+    return float(np.mean(gaps)) if gaps else 0.0
+
+
+def best_eta_intervals(seeds: pd.DataFrame, n_boot: int = N_BOOT, seed: int = BOOT_SEED) -> pd.DataFrame:
+    """Per b of one data set's seed rows: the best η between grid points with its interval (module docstring).
+
+    Columns b, has_best (some cell reached the goal), log2_lr (the vertex on all seeds), lo, hi (log2 η), k (the
+    best cell's η index), lr_cell, censored ("low" / "high" / ""), half (the grid-resolution half width added),
+    plateau_lo, plateau_hi (the cells within seed noise of the best one)."""
+    bs, lrs, acc, div, present = seed_cube(seeds)
+    goal, _ = goal_cells(seeds, bs, lrs)
+    rng = np.random.default_rng(seed)
+    w = np.stack([resample_weights(present, rng) for _ in range(n_boot)])
+    vb, _, _ = best_log2_lr(acc, div, present, goal, lrs, w)
+    return interval_table(bs, lrs, acc, div, present, goal, vb)
+
+
+def interval_table(bs, lrs, acc, div, present, goal, vb: np.ndarray) -> pd.DataFrame:
+    """:func:`best_eta_intervals` from the seed cube, the goal mask and the resampled vertices ``vb`` (resample, b)."""
+    x = np.log2(lrs)
+    v, k, cens = best_log2_lr(acc, div, present, goal, lrs, np.ones(present.shape[0]))
+    mean, se, usable = cell_means(acc, div, present, np.ones(present.shape[0]))
+    probed = present.any(axis=0)
+    q = (1 - BOOT_LEVEL) / 2
+    rows = []
+    for j, b in enumerate(bs):
+        r = {"b": b, "has_best": k[j] >= 0, "log2_lr": v[j], "lo": np.nan, "hi": np.nan, "k": k[j],
+             "lr_cell": lrs[k[j]] if k[j] >= 0 else np.nan, "censored": {-1: "low", 1: "high"}.get(cens[j], ""),
+             "half": np.nan, "plateau_lo": np.nan, "plateau_hi": np.nan}  # fmt: skip
+        if k[j] >= 0:
+            kk = int(k[j])
+            elig = usable[j] & goal[j]
+            tol = PLATEAU_Z * np.sqrt(se[j] ** 2 + se[j, kk] ** 2) + 1e-12
+            on = elig & (mean[j] >= mean[j, kk] - tol)
+            idx = np.flatnonzero(probed[j])
+            pos = int(np.searchsorted(idx, kk))
+            lo_i = hi_i = pos
+            while lo_i > 0 and on[idx[lo_i - 1]]:
+                lo_i -= 1
+            while hi_i + 1 < len(idx) and on[idx[hi_i + 1]]:
+                hi_i += 1
+            h = GRID_RESOLUTION * _spacing(x, probed[j], kk)
+            got = vb[:, j][np.isfinite(vb[:, j])]
+            blo, bhi = np.quantile(got, [q, 1 - q]) if len(got) else (v[j], v[j])
+            r.update(half=h, plateau_lo=x[idx[lo_i]], plateau_hi=x[idx[hi_i]],
+                     lo=max(min(blo, x[idx[lo_i]], v[j]) - h, x[idx[0]]),
+                     hi=min(max(bhi, x[idx[hi_i]], v[j]) + h, x[idx[-1]]))  # fmt: skip
+        rows.append(r)
+    return pd.DataFrame(rows)
+
+
 def bootstrap_best(seeds: pd.DataFrame, n_boot: int = N_BOOT, seed: int = BOOT_SEED) -> tuple[np.ndarray, np.ndarray]:
     """(bs, idx) with idx[k, j] the best-η index of b = bs[j] in bootstrap resample k (:func:`resample_weights`)."""
     bs, _, acc, div, present = seed_cube(seeds)
@@ -248,28 +448,26 @@ def _seed_table(raw: pd.DataFrame) -> pd.DataFrame:
         {"kind": "seed", "dataset": raw["dataset"], "n": raw["n"], "replacement": raw["replacement"], "b": raw["b"],
          "lr": raw["lr"], "seed": raw["seed"], "test_acc": raw["acc"].where(~raw["div"]),
          "train_acc": raw["train"].where(~raw["div"]),
-         "status": np.where(raw["div"], "diverged", "completed"), "diverged": raw["div"]}
+         "status": np.where(raw["div"], "diverged", "completed"), "diverged": raw["div"],
+         "reached_goal": raw["reached"], "goal_step": raw["goal_step"], "train_acc_goal": raw["goal"]}
     )  # fmt: skip
 
 
 def _intervals(c: pd.DataFrame, seeds: pd.DataFrame) -> pd.DataFrame:
-    """The best cells' bootstrap interval of η over seeds (``lr_lo``, ``lr_hi``, ``boot_seed``, ``n_boot``)."""
+    """The best cells' best η between grid points and its interval (:func:`best_eta_intervals`): ``lr_star``,
+    ``lr_lo``, ``lr_hi``, ``lr_star_lo``, ``lr_star_hi`` (the same interval), ``censored``, ``boot_seed``,
+    ``n_boot``."""
     c = c.copy()
-    c[["lr_lo", "lr_hi", "boot_seed", "n_boot"]] = np.nan
+    c[["lr_lo", "lr_hi", "lr_star", "lr_star_lo", "lr_star_hi", "boot_seed", "n_boot"]] = np.nan
     c["censored"] = ""
     for ds, s in seeds.groupby("dataset", sort=True):
-        bs, idx = bootstrap_best(s)
-        _, lrs, acc, div, present = seed_cube(s)
-        best = best_lr_index(acc, div, present, np.ones(present.shape[0]))
-        for b, flag in zip(bs, censored(best, present)):
-            c.loc[(c["dataset"] == ds) & (c["b"] == b) & c["is_best"], "censored"] = flag
-        q = (1 - BOOT_LEVEL) / 2
-        for j, b in enumerate(bs):
-            got = np.log2(lrs[idx[:, j][idx[:, j] >= 0]])
-            sel = (c["dataset"] == ds) & (c["b"] == b) & c["is_best"]
-            if len(got) and sel.any():
-                c.loc[sel, ["lr_lo", "lr_hi"]] = 2.0 ** np.quantile(got, [q, 1 - q])
-                c.loc[sel, ["boot_seed", "n_boot"]] = [BOOT_SEED, N_BOOT]
+        for _, r in best_eta_intervals(s).iterrows():
+            sel = (c["dataset"] == ds) & (c["b"] == r["b"]) & c["is_best"]
+            if r["has_best"] and sel.any():
+                lo, hi = 2.0 ** r["lo"], 2.0 ** r["hi"]
+                c.loc[sel, ["lr_star", "lr_lo", "lr_hi", "lr_star_lo", "lr_star_hi", "boot_seed", "n_boot"]] = [
+                    2.0 ** r["log2_lr"], lo, hi, lo, hi, BOOT_SEED, N_BOOT]  # fmt: skip
+                c.loc[sel, "censored"] = r["censored"]
     return c
 
 
@@ -310,7 +508,7 @@ def _fits(ds: str, g: pd.DataFrame) -> list[pd.DataFrame]:
     """The fitted LSSR / LSR / SRSR curves of one data set's best η per b."""
     best = g[g["is_best"]].sort_values("b")
     n, repl = int(g["n"].iloc[0]), bool(g["replacement"].iloc[0])
-    fits = fit_scaling_rules(best["b"], best["lr"], n, repl)
+    fits = fit_scaling_rules(best["b"], best["lr_star"].fillna(best["lr"]), n, repl)
     grid = 2.0 ** np.linspace(math.log2(g["b"].min()), math.log2(g["b"].max()), 65)
     parts = []
     for model, f in fits.items():
@@ -347,7 +545,8 @@ def build(
     c = cells(loaded)
     if len(c):
         seeds = _seed_table(seed_rows(loaded))
-        parts.append(_intervals(c, seeds))
+        c = _intervals(c, seeds)
+        parts.append(c)
         parts.append(seeds)
         for ds, g in c.groupby("dataset", sort=True):
             parts += _fits(ds, g)
@@ -356,4 +555,5 @@ def build(
     out["log2_lr"] = np.log2(out["lr"].astype(float))
     out["is_best"] = out["is_best"].eq(True)
     out["diverged"] = out["diverged"].eq(True)
+    out["reached_goal"] = out["reached_goal"].where(out["kind"].isin(["cell", "seed"]))
     return out
