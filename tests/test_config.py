@@ -191,7 +191,17 @@ def _defaults_in(node, path: str = "") -> set:
 
 
 def test_schema_types_and_defaults_match_config():
-    from lssr.config import BN_MODES, ESTIMATORS, MIN_BATCH_SIZE, ModelConfig, Resources, StopConfig
+    from lssr.config import (
+        BN_MODES,
+        ESTIMATORS,
+        FIG5_GOAL_EVERY,
+        FIG5_RHO_RUNS,
+        FIG5_TRAIN_ACC_GOAL,
+        MIN_BATCH_SIZE,
+        ModelConfig,
+        Resources,
+        StopConfig,
+    )
     from lssr.data import SOURCES
     from lssr.registry import FIGURES
 
@@ -228,8 +238,16 @@ def test_schema_types_and_defaults_match_config():
             if key == "batch_norm":
                 assert node["default"] == default_of(ModelConfig, "batch_norm")
                 checked.add(f"experiments.{name}.batch_norm")
-    assert top["experiments"]["properties"]["fig5"]["properties"]["min_batch_size"]["default"] == MIN_BATCH_SIZE
-    checked.add("experiments.fig5.min_batch_size")
+    fig5 = top["experiments"]["properties"]["fig5"]["properties"]
+    fig5_defaults = {
+        "min_batch_size": MIN_BATCH_SIZE,
+        "train_acc_goal": FIG5_TRAIN_ACC_GOAL,
+        "goal_every": FIG5_GOAL_EVERY,
+        "rho_runs": FIG5_RHO_RUNS,
+    }
+    for key, value in fig5_defaults.items():
+        assert fig5[key]["default"] == value, key
+        checked.add(f"experiments.fig5.{key}")
     assert _defaults_in(SCHEMA) == checked  # and no default in the schema that lssr.config does not state
     d = SCHEMA["definitions"]
     assert set(d["model"]["enum"]) == set(MODEL_NAMES) and set(d["loss"]["enum"]) == set(LOSS_NAMES)

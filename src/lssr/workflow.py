@@ -46,6 +46,7 @@ from .config import (
     deep_update,
     default_of,
     fig5_seeds,
+    fig5_stop,
     workflow_settings,
 )
 from .data import K, SubsetSpec
@@ -325,7 +326,8 @@ def _fig5_batch_sizes(e: dict, n: int) -> list[int]:
 
 
 def _plan_fig5(P: Planner, e: dict) -> None:
-    """Figure 5: the (b, η) grid per data set; one group of runs per (data set, b); the groups of
+    """Figure 5: the (b, η) grid per data set; one group of runs per (data set, b), each run trained until its
+    training accuracy reaches the goal (checked every ``goal_every`` epochs) or its cap; the groups of
     ``data_parallel`` cells are trained over several GPUs."""
     grids: dict[str, list[int]] = {}
     seeds = fig5_seeds(e.get("seeds"), P.plan.settings.seed)
@@ -341,9 +343,13 @@ def _plan_fig5(P: Planner, e: dict) -> None:
                     f"workflow config: experiments.fig5.batch_sizes has b = {b} > n = {n} of data set '{ds}'; "
                     "drop it or use 'full'"
                 )
+            stop, eval_every = fig5_stop(e, n, b)  # until the training-accuracy goal, checked every few epochs
+            cell = e if eval_every is None else {**e, "eval_every": eval_every}
             for lr in e["lrs"]:
                 for seed in seeds:
-                    group.append(P.add_run("fig5", e, dataset=ds, loss=e["loss"], lr=lr, batch_size=b, seed=seed))
+                    group.append(
+                        P.add_run("fig5", cell, dataset=ds, loss=e["loss"], lr=lr, batch_size=b, seed=seed, stop=stop)
+                    )
             P.plan.groups[f"{ds}_b{b}"] = group
     dp = data_parallel_config(e.get("data_parallel"), grids, P.plan.settings.batch_runs)
     P.plan.data_parallel = {f"{ds}_b{b}": gpus for (ds, b), gpus in dp.items()}
