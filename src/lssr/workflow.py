@@ -45,6 +45,7 @@ from .config import (
     dataset_config,
     deep_update,
     default_of,
+    fig5_rho_runs,
     fig5_seeds,
     fig5_stop,
     workflow_settings,
@@ -81,6 +82,9 @@ class Plan:
     group_runtime: dict[str, int] = field(default_factory=dict)
     # Figure-5 groups trained data-parallel (experiments.fig5.data_parallel): group -> number of GPUs
     data_parallel: dict[str, int] = field(default_factory=dict)
+    # table fig5_rho: data set -> its Figure-5 runs (those that reach the goal are measured), and the cap per b
+    fig5_rho: dict[str, list[str]] = field(default_factory=dict)
+    rho_runs: int | None = None
 
     @property
     def resources(self) -> Resources:
@@ -140,6 +144,22 @@ class Plan:
         self.subset_dir(rid)  # raises for a run that is not planned
         text = json.dumps(self.runs[rid], sort_keys=True)
         return f"--json {shlex.quote(text)} --out results/runs/{rid}"
+
+    def fig5_rho_args(self, dataset: str) -> str:
+        """The arguments of ``lssr fig5-rho`` (before ``--out``) that measure data set ``dataset``'s Figure-5 runs."""
+        runs = self.fig5_rho_runs(dataset)
+        cap = "" if self.rho_runs is None else f" --rho-runs {self.rho_runs}"
+        return f"--runs {' '.join(f'results/runs/{r}' for r in runs)} --data {self.subset_dir(runs[0])}{cap} " + (
+            f"--device {self.settings.device}"
+        )
+
+    def fig5_rho_runs(self, dataset: str) -> list[str]:
+        """The Figure-5 runs of data set ``dataset`` that table fig5_rho reads."""
+        if dataset not in self.fig5_rho:
+            raise _not_planned(
+                "Figure-5 data set", dataset, sorted(self.fig5_rho), "They are experiments.fig5.datasets."
+            )
+        return self.fig5_rho[dataset]
 
     def figure_runs(self, fig: str) -> list[str]:
         """The run ids a planned figure's table reads."""
@@ -351,6 +371,8 @@ def _plan_fig5(P: Planner, e: dict) -> None:
                         P.add_run("fig5", cell, dataset=ds, loss=e["loss"], lr=lr, batch_size=b, seed=seed, stop=stop)
                     )
             P.plan.groups[f"{ds}_b{b}"] = group
+            P.plan.fig5_rho.setdefault(ds, []).extend(group)
+    P.plan.rho_runs = fig5_rho_runs(e)
     dp = data_parallel_config(e.get("data_parallel"), grids, P.plan.settings.batch_runs)
     P.plan.data_parallel = {f"{ds}_b{b}": gpus for (ds, b), gpus in dp.items()}
 
