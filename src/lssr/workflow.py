@@ -82,6 +82,8 @@ class Plan:
     group_runtime: dict[str, int] = field(default_factory=dict)
     # Figure-5 groups trained data-parallel (experiments.fig5.data_parallel): group -> number of GPUs
     data_parallel: dict[str, int] = field(default_factory=dict)
+    # Figure-5 groups trained in passes (resources.gpu_mem_mb): group -> members per pass (absent: one pass)
+    members_per_pass: dict[str, int] = field(default_factory=dict)
     # table fig5_rho: data set -> its Figure-5 runs (those that reach the goal are measured), and the cap per b
     fig5_rho: dict[str, list[str]] = field(default_factory=dict)
     rho_runs: int | None = None
@@ -101,10 +103,12 @@ class Plan:
         return out
 
     def group_command(self, group: str) -> str:
-        """``lssr train-batch``, or its torchrun launch over R processes for a data-parallel group."""
+        """``lssr train-batch`` (with ``--members-per-pass K`` where the group does not fit the GPU in one pass), or
+        its torchrun launch over R processes for a data-parallel group."""
         r = self.data_parallel.get(group)
         if r is None:
-            return "lssr train-batch"
+            k = self.members_per_pass.get(group)
+            return "lssr train-batch" if k is None else f"lssr train-batch --members-per-pass {k}"
         return f"torchrun --standalone --nproc-per-node {r} -m lssr train-batch --data-parallel {r}"
 
     @property
@@ -393,7 +397,76 @@ def plan(wf: dict) -> Plan:
     # keep only the figures asked for
     P.plan.figures = {f: r for f, r in P.plan.figures.items() if f in wanted}
     _plan_runtimes(P.plan)
+    _plan_passes(P.plan)
     return P.plan
+
+
+#: What the planner assumes of a data source it has not loaded: (channels, classes); images are
+#: :data:`lssr.cost.NATIVE_PIXELS` wide (or ``resize``), the test set :data:`lssr.cost.TEST_SET_SIZE` images.
+SOURCE_SHAPE = {
+    "cifar10": (3, 10),
+    "cifar100": (3, 100),
+    "stl10": (3, 10),
+    "tinyimagenet": (3, 200),
+    "digits": (1, 10),
+    "imagefolder": (3, 10),
+}
+#: GPU memory the pre-flight of a job does not see as free (mem_get_info): the CUDA context, about 0.5-1 GiB.
+CUDA_CONTEXT_MB = 1024
+
+
+def members_per_pass(cfg: RunConfig, members: int, gpu_mem_mb: int, where: str = "workflow config") -> int:
+    """The members per pass of a batched group of ``members`` runs of ``cfg`` on a GPU of ``gpu_mem_mb`` MiB: the
+    most that the memory pre-flight (:func:`lssr.memory.preflight`, with its activation-checkpointing decision)
+    lets fit, spread evenly over the fewest passes. The pre-flight sees the GPU's memory less
+    :data:`CUDA_CONTEXT_MB` as free (and keeps its own reserve for cuDNN). Raises :class:`ConfigError` when one
+    member does not fit."""
+    import torch
+
+    from .cost import NATIVE_PIXELS, TEST_SET_SIZE
+    from .memory import CUDA_RESERVE, DoesNotFitError, preflight
+
+    d = cfg.data
+    channels, classes = SOURCE_SHAPE[d.dataset]
+    shape, classes = (channels, *(2 * [d.resize or NATIVE_PIXELS[d.dataset]])), d.num_classes or classes
+    available = (gpu_mem_mb - CUDA_CONTEXT_MB) * (1 << 20) - CUDA_RESERVE  # as lssr.memory.device_memory sees it
+
+    def fits(k: int) -> bool:
+        try:
+            preflight(
+                cfg, shape, classes, TEST_SET_SIZE[d.dataset], k, torch.float32, torch.device("cuda"), "", available
+            )
+        except DoesNotFitError:
+            return False
+        return True
+
+    if not fits(1):
+        raise ConfigError(
+            f"{where}: one run of {cfg.name or run_id(cfg.to_dict())} does not fit the {gpu_mem_mb} MiB of "
+            f"resources.gpu_mem_mb even with activation checkpointing; train its cell data-parallel "
+            f"(experiments.fig5.data_parallel) or on a GPU with more memory"
+        )
+    lo, hi = 1, members  # the peak grows with the members: the largest k that fits, by bisection
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        lo, hi = (mid, hi) if fits(mid) else (lo, mid - 1)
+    passes = -(-members // lo)
+    return -(-members // passes)
+
+
+def _plan_passes(p: Plan) -> None:
+    """Members per pass of every batched Figure-5 group that does not fit ``resources.gpu_mem_mb`` in one pass
+    (data-parallel groups train one member at a time)."""
+    mem = p.resources.gpu_mem_mb
+    if mem is None or not p.settings.batch_runs or not p.settings.gpu:
+        return
+    for group, members in p.groups.items():
+        if group in p.data_parallel:
+            continue
+        cfg = config_from_dict(p.runs[members[0]])
+        k = members_per_pass(cfg, len(members), mem, where=f"workflow config, Figure-5 group {group}")
+        if k < len(members):
+            p.members_per_pass[group] = k
 
 
 def _plan_runtimes(p: Plan) -> None:

@@ -57,6 +57,9 @@ class Resources:
     # (lssr.cost: steps x per-step cost, with margin); null = no cap
     runtime: int | None = None
     gpu_model: str | None = None  # passed on as the job resource gpu_model (read by the slurm executor)
+    # memory of each job's GPU (MiB): the planner splits a Figure-5 group into passes of as many members as the
+    # memory pre-flight lets fit (lssr.workflow.members_per_pass); null: every group in one pass
+    gpu_mem_mb: int | None = None
 
 
 @dataclass(frozen=True)
@@ -97,7 +100,7 @@ def workflow_settings(wf: dict, where: str = "workflow config") -> WorkflowSetti
         raise bad("seed", settings.seed, "must be >= 0")
     if not _valid_device(settings.device):
         raise bad("device", settings.device, "use auto, cpu, cuda or cuda:N")
-    for key in ("threads", "mem_mb", "runtime"):
+    for key in ("threads", "mem_mb", "runtime", "gpu_mem_mb"):
         if getattr(settings.resources, key) is not None and getattr(settings.resources, key) < 1:
             raise bad(f"resources.{key}", getattr(settings.resources, key), "must be >= 1")
     return settings
