@@ -272,6 +272,29 @@ def test_paper_plans_every_figure5_cell_within_the_memory_preflight(paper_dry_ru
     assert split["train_group_stl10_4k_b4096"] < split["train_group_stl10_4k_b8"] < 36
 
 
+def test_paper_measures_fig5_rho_per_data_set_and_passes_it_to_the_claims(paper_dry_run):
+    """Table fig5_rho: one `lssr fig5-rho` job per Figure-5 data set over all of its runs (the command keeps those
+    that reached the goal), on the runs' own subset and device, joined into results/tables/fig5_rho.csv, which
+    `lssr claims` gets beside fig5."""
+    from lssr.data import parse_size
+
+    paper = yaml.safe_load((ROOT / "config" / "paper.yaml").read_text())
+    e, out = paper["experiments"]["fig5"], paper_dry_run
+    jobs = re.findall(
+        r"lssr fig5-rho --runs (.*?) --data (\S+) --device cuda --out results/tables/fig5_rho/(\S+)\.csv", out
+    )
+    assert sorted(ds for *_, ds in jobs) == sorted(e["datasets"])
+    for runs, data, ds in jobs:
+        n = parse_size(paper["datasets"][ds]["n"])
+        cells = len([k for k in range(20) if 8 * 2**k <= n]) * len(e["lrs"]) * len(e["seeds"])
+        assert len(set(runs.split())) == cells and all(r.startswith("results/runs/") for r in runs.split())
+        assert data.startswith("results/data/" + paper["datasets"][ds]["source"])
+    parts = " ".join(f"results/tables/fig5_rho/{ds}.csv" for ds in e["datasets"])
+    assert f"lssr fig5-rho --join {parts} --out results/tables/fig5_rho.csv" in out
+    claims = re.search(r"lssr claims (.*?) --out results/claims.csv", out)[1].split()
+    assert "fig5=results/tables/fig5.csv" in claims and "fig5_rho=results/tables/fig5_rho.csv" in claims
+
+
 def test_members_per_pass_is_the_most_that_fit_spread_evenly():
     """lssr.workflow.members_per_pass against brute force over the pre-flight: the chosen K fits, the fewest
     passes that fit are used, and a GPU too small for one member is a one-line error naming the fix."""
