@@ -41,9 +41,9 @@ rule fig5_rho:
         "results/logs/fig5_rho/{dataset}.log",
     wildcard_constraints:
         dataset=r"[^/]+",
-    threads: RESOURCES.threads
     resources:
-        **JOB_RESOURCES,
+        # the training jobs' GPU (device: cuda); threads, memory and runtime: the profile's defaults
+        **{k: v for k, v in JOB_RESOURCES.items() if k in ("gpu", "gpu_model")},
     params:
         args=lambda w: PLAN.fig5_rho_args(w.dataset),
     shell:
