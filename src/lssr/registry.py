@@ -40,6 +40,7 @@ class Table:
     name: str
     figure: str
     title: str
+    command: str  # the `lssr` command that writes it
     claims: tuple[str, ...] = ()
 
 
@@ -50,6 +51,7 @@ TABLES: dict[str, Table] = {
             "fig5_rho",
             "fig5",
             "B_simple = (tr S_1 − tr S_n)/tr S_n of the trained Figure-5 models that reached the training goal",
+            "lssr fig5-rho",
             ("C5",),
         ),
     )
