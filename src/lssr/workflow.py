@@ -443,7 +443,7 @@ def members_per_pass(cfg: RunConfig, members: int, gpu_mem_mb: int, where: str =
     if not fits(1):
         raise ConfigError(
             f"{where}: one run of {cfg.name or run_id(cfg.to_dict())} does not fit the {gpu_mem_mb} MiB of "
-            f"resources.gpu_mem_mb even with activation checkpointing; train its cell data-parallel "
+            f"resources.gpu_mem_mb by the memory pre-flight (lssr.memory); train its cell data-parallel "
             f"(experiments.fig5.data_parallel) or on a GPU with more memory"
         )
     lo, hi = 1, members  # the peak grows with the members: the largest k that fits, by bisection
