@@ -150,6 +150,41 @@ def test_goal_stops_each_member_on_its_own(digits):
         assert_same_run(train(cfg, digits, progress=False), r)
 
 
+def test_members_reaching_the_goal_stop_there_and_leave_the_stack(digits, tmp_path, monkeypatch):
+    """Figure 5's stop rule in a batched group (batch norm, SGD b = 32, goal 90% training accuracy checked every
+    epoch, a 10-epoch cap): each member stops at the step where it stops when trained alone with train(), with the
+    same weights and rows; run.json records goal_step (null for the member that runs to the cap); and from the
+    step a member stops, the group's SGD steps no longer compute it (the stack holds only the members still
+    training)."""
+    from lssr.training import batched
+
+    widths: list[int] = []
+    sgd_step = batched._Group.sgd_step
+
+    def counted(self, idx):  # the members the step computes: the leading axis of the stacked parameters
+        widths.append(next(iter(self.stack.params.values())).shape[0])
+        return sgd_step(self, idx)
+
+    monkeypatch.setattr(batched._Group, "sgd_step", counted)
+    bn = {"name": "digits_cnn", "batch_norm": True}
+    stop = {"steps": None, "epochs": 10, "train_acc_goal": 0.9}
+    cfgs = [make_cfg(seed=1, optim={"lr": lr}, model=bn, stop=stop, eval_every=4) for lr in (0.003, 0.05, 0.1, 0.3)]
+    outs = [tmp_path / f"b{i}" for i in range(len(cfgs))]
+    res = train_batched(cfgs, digits, outs, progress=False)
+    assert len({r.steps for r in res[1:]}) == 3 and max(r.steps for r in res[1:]) < 40  # three goal steps
+    for i, cfg in enumerate(cfgs):
+        alone = train(cfg, digits, tmp_path / f"a{i}", progress=False)
+        assert_same_run(alone, res[i], tmp_path / f"a{i}", outs[i])
+        rec, rec_alone = (json.loads((d / "run.json").read_text()) for d in (outs[i], tmp_path / f"a{i}"))
+        reached = alone.metrics["train_acc"].dropna().iloc[-1] >= 0.9
+        assert rec["stopped_by"] == rec_alone["stopped_by"] == ("goal" if reached else "budget")
+        assert rec["goal_step"] == rec_alone["goal_step"] == (alone.steps if reached else None)
+        assert rec["train_acc_goal"] == 0.9
+    assert res[0].steps == 40 and json.loads((outs[0] / "run.json").read_text())["goal_step"] is None
+    # step t computes exactly the members that have not stopped by t
+    assert widths == [sum(r.steps > t for r in res) for t in range(40)]
+
+
 def test_batch_norm_model_with_running_statistics(digits, tmp_path):
     cfgs = [make_cfg(model={"name": "digits_cnn", "batch_norm": True}, optim={"lr": lr}) for lr in (0.02, 0.05, 0.1)]
     outs = [tmp_path / f"bn{i}" for i in range(3)]

@@ -14,7 +14,7 @@ import lssr
 
 SRC = Path(lssr.__file__).resolve().parents[1]
 COMMANDS = (
-    "subset", "train", "train-batch", "table", "figure", "claims", "runs-table", "verdicts", "summary",
+    "subset", "train", "train-batch", "table", "fig5-rho", "figure", "claims", "runs-table", "verdicts", "summary",
     "replication-record", "diagnose", "recommend",
 )  # fmt: skip
 RUN = {

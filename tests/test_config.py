@@ -191,7 +191,17 @@ def _defaults_in(node, path: str = "") -> set:
 
 
 def test_schema_types_and_defaults_match_config():
-    from lssr.config import BN_MODES, ESTIMATORS, MIN_BATCH_SIZE, ModelConfig, Resources, StopConfig
+    from lssr.config import (
+        BN_MODES,
+        ESTIMATORS,
+        FIG5_GOAL_EVERY,
+        FIG5_RHO_RUNS,
+        FIG5_TRAIN_ACC_GOAL,
+        MIN_BATCH_SIZE,
+        ModelConfig,
+        Resources,
+        StopConfig,
+    )
     from lssr.data import SOURCES
     from lssr.registry import FIGURES
 
@@ -228,8 +238,16 @@ def test_schema_types_and_defaults_match_config():
             if key == "batch_norm":
                 assert node["default"] == default_of(ModelConfig, "batch_norm")
                 checked.add(f"experiments.{name}.batch_norm")
-    assert top["experiments"]["properties"]["fig5"]["properties"]["min_batch_size"]["default"] == MIN_BATCH_SIZE
-    checked.add("experiments.fig5.min_batch_size")
+    fig5 = top["experiments"]["properties"]["fig5"]["properties"]
+    fig5_defaults = {
+        "min_batch_size": MIN_BATCH_SIZE,
+        "train_acc_goal": FIG5_TRAIN_ACC_GOAL,
+        "goal_every": FIG5_GOAL_EVERY,
+        "rho_runs": FIG5_RHO_RUNS,
+    }
+    for key, value in fig5_defaults.items():
+        assert fig5[key]["default"] == value, key
+        checked.add(f"experiments.fig5.{key}")
     assert _defaults_in(SCHEMA) == checked  # and no default in the schema that lssr.config does not state
     d = SCHEMA["definitions"]
     assert set(d["model"]["enum"]) == set(MODEL_NAMES) and set(d["loss"]["enum"]) == set(LOSS_NAMES)
@@ -337,3 +355,54 @@ def test_fig5_seeds_distinct_and_schema_agrees():
     assert fig5_seeds(None, 7) == [7] and fig5_seeds([2, 0, 1], 7) == [2, 0, 1]
     with pytest.raises(ConfigError, match=re.escape("'experiments.fig5.seeds' = [0, 0] is invalid: each seed once")):
         fig5_seeds([0, 0], 0)
+
+
+# -- experiments.fig5: the training-accuracy goal, its checks and table fig5_rho's cap ---------------
+
+
+def test_fig5_goal_keys_schema_and_config_agree():
+    """``train_acc_goal``, ``goal_every`` and ``rho_runs``: the schema accepts the values lssr.config accepts,
+    each refusal naming the key."""
+    from lssr.config import fig5_rho_runs, fig5_stop
+    from lssr.workflow import plan
+
+    node = SCHEMA["properties"]["experiments"]["properties"]["fig5"]["properties"]
+    wf = yaml.safe_load((Path(__file__).resolve().parents[1] / "config" / "test.yaml").read_text())
+    checks = {
+        "train_acc_goal": lambda v: plan(
+            {**wf, "figures": ["fig5"], "experiments": {"fig5": {**wf["experiments"]["fig5"], "train_acc_goal": v}}}
+        ),
+        "goal_every": lambda v: fig5_stop({"goal_every": v}, 64, 16),
+        "rho_runs": lambda v: fig5_rho_runs({"rho_runs": v}),
+    }
+    for key, build in checks.items():
+        disagree = [v for v in CANDIDATES if _schema_accepts(node[key], v) != _config_accepts(lambda: build(v))]
+        assert not disagree, (key, disagree)
+    with pytest.raises(ConfigError, match="experiments.fig5.goal_every"):
+        fig5_stop({"goal_every": 0}, 64, 16)
+    with pytest.raises(ConfigError, match="experiments.fig5.rho_runs"):
+        fig5_rho_runs({"rho_runs": 0})
+
+
+def test_fig5_cells_train_to_the_goal_checked_every_few_epochs():
+    """Each Figure-5 run stops at 100% training accuracy by default, checked every goal_every epochs of n // b
+    steps (the experiment's eval_every when that is shorter); train_acc_goal: null trains to the cap."""
+    from lssr.workflow import plan
+
+    wf = yaml.safe_load((Path(__file__).resolve().parents[1] / "config" / "test.yaml").read_text())
+    e = wf["experiments"]["fig5"]
+    for key in ("train_acc_goal", "goal_every"):
+        e.pop(key, None)
+    e.update(batch_sizes=[16, 64], epochs=30, eval_every=100000)
+    n = 256  # digits-256
+    p = plan(wf)
+    for rid in p.figures["fig5"]:
+        raw = p.runs[rid]
+        b = raw["optim"]["batch_size"]
+        assert raw["stop"] == {"epochs": 30, "train_acc_goal": 1.0}
+        assert raw["eval_every"] == 10 * (n // b)  # the default: every 10 epochs
+    e.update(goal_every=0.5, eval_every=3)
+    assert {plan(wf).runs[r]["eval_every"] for r in p.figures["fig5"]} == {3, 2}  # b = 16: 8 steps; b = 64: 2
+    e.update(train_acc_goal=None, eval_every=7)
+    assert all(plan(wf).runs[r]["stop"]["train_acc_goal"] is None and plan(wf).runs[r]["eval_every"] == 7
+               for r in p.figures["fig5"][:1])  # fmt: skip

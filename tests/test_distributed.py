@@ -59,6 +59,11 @@ CASES = {
     "sgd-b15-uneven": [raw_cfg(15)],  # shards of 8 and 7 samples
     "sgd-b32-checkpointed": [raw_cfg(32, activation_checkpointing="always")],
     "sgd-b32-no-bn": [raw_cfg(32, model={"name": "digits_cnn", "batch_norm": False}, chunk_size=8)],
+    # a training-accuracy goal (Figure 5's stop rule), met at steps 12 and 20 of a 40-step cap
+    "sgd-b16-goal": [
+        raw_cfg(16, optim={"lr": lr, "batch_size": 16}, stop={"steps": 40, "train_acc_goal": 0.7}, eval_every=4)
+        for lr in (0.1, 0.2)
+    ],
 }
 
 
@@ -119,6 +124,22 @@ def test_two_processes_train_the_one_process_run(case, dp_runs, subset_dir):
         per_pass = -(-b // 2) if raw["model"]["batch_norm"] else min(-(-b // 2), raw["chunk_size"])
         assert rec["training_forward"]["samples_per_pass"] == per_pass
         assert rec["training_forward"]["activation_checkpointing"] == (case == "sgd-b32-checkpointed")
+
+
+def test_goal_stops_each_member_where_it_stops_alone(dp_runs, subset_dir):
+    """Data-parallel members stop at the evaluation step where train() alone meets the goal (the trajectories
+    are compared step by step in test_two_processes_train_the_one_process_run), and run.json says so."""
+    data = as_dtype(subset_dir, torch.float64)
+    for raw, out in zip(CASES["sgd-b16-goal"], dp_runs["sgd-b16-goal"]):
+        ref = train(config_from_dict(raw), data, progress=False)
+        rec = json.loads((out / "run.json").read_text())
+        assert ref.steps < 40 and ref.metrics["train_acc"].dropna().iloc[-1] >= 0.7
+        assert (rec["stopped_by"], rec["goal_step"], rec["steps"], rec["train_acc_goal"]) == (
+            "goal",
+            ref.steps,
+            ref.steps,
+            0.7,
+        )
 
 
 def test_unsynchronised_batch_norm_would_differ(dp_runs, subset_dir):

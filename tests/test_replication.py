@@ -84,6 +84,7 @@ def fake_tree(root: Path) -> dict[str, Path]:
         {"kind": "seed", "dataset": "cifar10-jpeg", "n": 64, "b": 16, "lr": 0.25, "seed": 0, "test_acc": 0.35},
     ]  # fmt: skip
     pd.DataFrame(fig5).to_csv(res / "tables" / "fig5.csv", index=False)
+    (res / "tables" / "fig5_rho.csv").write_text("run,b,b_simple\nr8a,8,50.0\n")  # read by C5 beside fig5.csv
     x = np.linspace(2.0, 9.0, 8)  # C1's table: the normalised loss change on eq. (9)'s line, η = 0.2
     fig1 = {"run": "fig1", "loss": "mse", "optimizer": "GD", "b": 64, "lr": 0.2, "step": np.arange(8),
             "instability_ratio": x, "instability_ratio_se": 0.0, "norm_change": 0.02 * (x - 10.0), "phase": "early",
@@ -122,6 +123,7 @@ def test_record_copies_the_files_and_writes_the_counts_it_read(tmp_path):
     for src, dst in (
         ("claims.csv", "claims.csv"), ("verdicts.csv", "verdicts.csv"), ("summary.csv", "summary.csv"),
         ("tables/runs.csv", "runs.csv"), ("tables/fig5.csv", "fig5.csv"), ("tables/fig1.csv", "fig1.csv"),
+        ("tables/fig5_rho.csv", "fig5_rho.csv"),
     ):  # fmt: skip
         assert (out / dst).read_bytes() == (t["results"] / src).read_bytes()
     for name in ("fig1.png", "fig5.png"):
@@ -211,7 +213,7 @@ def test_record_replaces_the_old_folder_as_a_whole(tmp_path):
     write_replication_record(t["results"], t["figures"], t["config"], out, now=NOW)
     assert not (out / "stale.png").exists()
     assert sorted(p.name for p in out.iterdir()) == [
-        "README.md", "claims.csv", "fig1.csv", "fig5.csv", "figures", "replication-time.json",
+        "README.md", "claims.csv", "fig1.csv", "fig5.csv", "fig5_rho.csv", "figures", "replication-time.json",
         "runs.csv", "summary.csv", "verdicts.csv",
     ]  # fmt: skip
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".record")] == []
@@ -225,6 +227,10 @@ def test_missing_figures_or_config_are_one_line_errors(tmp_path):
     (t["figures"] / "fig5.png").write_bytes(png(1, 1, 0))
     (t["results"] / "tables" / "fig5.csv").unlink()
     with pytest.raises(LssrError, match=r"fig5\.csv: no such file \(it is written by `lssr table fig5`"):
+        write_replication_record(t["results"], t["figures"], t["config"], tmp_path / "r")
+    (t["results"] / "tables" / "fig5.csv").write_text("b\n8\n")
+    (t["results"] / "tables" / "fig5_rho.csv").unlink()
+    with pytest.raises(LssrError, match=r"fig5_rho\.csv: no such file \(it is written by `lssr fig5-rho`"):
         write_replication_record(t["results"], t["figures"], t["config"], tmp_path / "r")
     with pytest.raises(LssrError, match="nope.yaml: no such config file"):
         write_replication_record(t["results"], t["figures"], tmp_path / "nope.yaml", tmp_path / "r")

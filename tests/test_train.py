@@ -64,6 +64,9 @@ def test_reaches_full_training_accuracy_and_is_bit_identical(digits, tmp_path, o
     assert r1.steps < 400  # stopped by the accuracy goal
     run = json.loads((tmp_path / "a" / "run.json").read_text())
     assert run["status"] == "completed" and run["stopped_by"] == "goal" and run["seed"] == 3
+    evaluated = r1.metrics.dropna(subset=["train_acc"])
+    first = int(evaluated.loc[evaluated["train_acc"] >= 1.0, "step"].iloc[0])  # the first evaluation at the goal
+    assert run["goal_step"] == first == r1.steps and run["train_acc_goal"] == 1.0
     assert (tmp_path / "a" / "model.pt").exists()
     train(cfg, load_subset(digits), tmp_path / "b", progress=False)
     assert (tmp_path / "a" / "metrics.csv").read_bytes() == (tmp_path / "b" / "metrics.csv").read_bytes()

@@ -1,6 +1,7 @@
 """The Snakemake workflow: config validation, the paper DAG, end-to-end runs (local and fake cluster),
 incremental rebuilds."""
 
+import dataclasses
 import fcntl
 import json
 import os
@@ -67,11 +68,11 @@ def _paper_expectation(paper: dict) -> tuple[dict, dict, set]:
     top = {k: paper[k] for k in RUN_KEYS if k in paper}
     exps, runs = paper["experiments"], {}
 
-    def want(e, ds, loss, lr, b, bn=False, probe=None, stop=None, seed=None):
+    def want(e, ds, loss, lr, b, bn=False, probe=None, stop=None, seed=None, run_keys=None):
         seed = paper.get("seed", 0) if seed is None else seed
         key = (ds, loss, float(lr), b, bn, seed)
         entry = paper["datasets"][ds]
-        raw = runs.setdefault(key, {**top, **{k: e[k] for k in RUN_KEYS if k in e}, "seed": seed})
+        raw = runs.setdefault(key, {**top, **{k: e[k] for k in RUN_KEYS if k in e}, "seed": seed, **(run_keys or {})})
         raw["data"] = {
             "dataset": entry["source"],
             "n": parse_size(entry["n"]),
@@ -112,8 +113,12 @@ def _paper_expectation(paper: dict) -> tuple[dict, dict, set]:
             b = e["min_batch_size"] * 2**k
             if b > n:
                 break
+            # each cell trains until 100% training accuracy (§5.2), checked every goal_every epochs of n // b steps
+            assert e["train_acc_goal"] == 1.0 and e["epochs"] == 800
+            stop = {"epochs": e["epochs"], "train_acc_goal": e["train_acc_goal"]}
+            every = {"eval_every": min(e["goal_every"] * (n // b), e["eval_every"])}
             groups[(ds, b)] = [
-                want(e, ds, e["loss"], lr, b, bn=True, stop={"epochs": e["epochs"]}, seed=seed)
+                want(e, ds, e["loss"], lr, b, bn=True, stop=stop, seed=seed, run_keys=every)
                 for lr in e["lrs"]
                 for seed in e.get("seeds", [paper.get("seed", 0)])
             ]
@@ -128,17 +133,25 @@ def _flat(d: dict, prefix: str = "") -> dict:
     return out
 
 
-def test_paper_dag_dry_run(tmp_path):
+@pytest.fixture(scope="module")
+def paper_dry_run(tmp_path_factory) -> str:
+    """The printed dry run (`snakemake -n -p`) of config/paper.yaml alone (not merged into the demo's)."""
+    # no --resources: on this machine without GPUs the workflow profile caps nothing, so the data-parallel
+    # cell keeps its gpu=2 (profiles/default)
+    proc = smk(
+        workdir(tmp_path_factory.mktemp("paper")), "-n", "-p", "--cores", "1", "--configfile", "config/paper.yaml"
+    )
+    return proc.stdout + proc.stderr
+
+
+def test_paper_dag_dry_run(paper_dry_run):
     """config/paper.yaml alone (not merged into the demo's): the job count of every rule, and every planned
     run config key by key against paper.yaml plus lssr.config's defaults."""
     from lssr.config import ProbeConfig, config_from_dict, default_of
     from lssr.data import parse_size
 
     paper = yaml.safe_load((ROOT / "config" / "paper.yaml").read_text())
-    # no --resources: on this machine without GPUs the workflow profile caps nothing, so the data-parallel
-    # cell keeps its gpu=2 (profiles/default)
-    proc = smk(workdir(tmp_path), "-n", "-p", "--cores", "1", "--configfile", "config/paper.yaml")
-    out = proc.stdout + proc.stderr
+    out = paper_dry_run
     runs, groups, used = _paper_expectation(paper)
     n_figs = len(FIGURES)
     expected = {
@@ -147,6 +160,8 @@ def test_paper_dag_dry_run(tmp_path):
         "table": n_figs,
         "figure": n_figs,
         "claims": 1,
+        "fig5_rho": len(paper["experiments"]["fig5"]["datasets"]),  # one job per data set, then joined
+        "fig5_rho_join": 1,
         "summary": 1,
         "verdicts": 1,
         "runs_table": 1,
@@ -200,6 +215,123 @@ def test_paper_dag_dry_run(tmp_path):
             )
             assert (launch in block) == (gpus > 1) and ("Shell command: lssr train-batch " in block) == (gpus == 1)
     assert len(runtimes) > 3 and r["runtime"] in runtimes  # not one constant; the longest jobs hit the cap
+
+
+def test_paper_plans_every_figure5_cell_within_the_memory_preflight(paper_dry_run):
+    """config/paper.yaml on its 80 GB GPUs (resources.gpu_mem_mb: 81920): every Figure-5 group job, with the
+    members per pass its command gives (all of them when it gives none), passes lssr.memory's pre-flight on what
+    the job sees free (81920 MiB less 1 GiB of CUDA context; the pre-flight keeps its own reserve), and no fewer
+    passes would: the pre-flight refuses ⌈M/(passes − 1)⌉ members. The data-parallel cell: one member at a
+    time, ⌈b/R⌉ samples per rank."""
+    import math
+
+    import torch
+
+    from lssr.config import config_from_dict
+    from lssr.memory import CUDA_RESERVE, DoesNotFitError, preflight
+
+    paper = yaml.safe_load((ROOT / "config" / "paper.yaml").read_text())
+    assert paper["resources"]["gpu_mem_mb"] == 81920
+    free = (81920 - 1024) * 2**20 - CUDA_RESERVE
+    # (image shape, classes, test-set size) of the sources as their loaders give them
+    shapes = {
+        "cifar10": ((3, 32, 32), 10, 10000),
+        "cifar100": ((3, 32, 32), 100, 10000),
+        "stl10": ((3, 96, 96), 10, 8000),
+        "tinyimagenet": ((3, 64, 64), 200, 10000),
+    }
+
+    def fits(cfg, members):
+        shape, classes, n_test = shapes[cfg.data.dataset]
+        try:
+            preflight(cfg, shape, classes, n_test, members, torch.float32, torch.device("cuda"), "cell", free)
+        except DoesNotFitError:
+            return False
+        return True
+
+    blocks = [b for b in paper_dry_run.split("\nrule ")[1:] if b.startswith("train_group_")]
+    assert len(blocks) == 45
+    split = {}
+    for block in blocks:
+        command = block.split("Shell command: ", 1)[1]
+        jsons = re.findall(r"--json '(.*?)' --out", command)
+        cfg, M = config_from_dict(json.loads(jsons[0])), len(jsons)
+        dp = re.search(r"--data-parallel (\d+)", command)
+        if dp:  # one member at a time, ⌈b/R⌉ samples per rank
+            b = math.ceil(cfg.batch_size / int(dp[1]))
+            rank = dataclasses.replace(cfg, optim=dataclasses.replace(cfg.optim, batch_size=b))
+            assert fits(rank, 1), block.split(":")[0]
+            continue
+        k = re.search(r"--members-per-pass (\d+)", command)
+        K = int(k[1]) if k else M
+        passes = math.ceil(M / K)
+        assert fits(cfg, K) and (passes == 1 or not fits(cfg, math.ceil(M / (passes - 1)))), (block[:40], K)
+        split[block.split(":")[0]] = K
+    # the small-image cells of small b fit whole; the large b (and STL-10's 96-pixel evaluation chunks) are split
+    assert split["train_group_cifar10_8k_b8"] == 36 and split["train_group_cifar10_8k_b8192"] < 36
+    assert split["train_group_stl10_4k_b4096"] < split["train_group_stl10_4k_b8"] < 36
+
+
+def test_paper_measures_fig5_rho_per_data_set_and_passes_it_to_the_claims(paper_dry_run):
+    """Table fig5_rho: one `lssr fig5-rho` job per Figure-5 data set over all of its runs (the command keeps those
+    that reached the goal), on the runs' own subset and device, joined into results/tables/fig5_rho.csv, which
+    `lssr claims` gets beside fig5."""
+    from lssr.data import parse_size
+
+    paper = yaml.safe_load((ROOT / "config" / "paper.yaml").read_text())
+    e, out = paper["experiments"]["fig5"], paper_dry_run
+    jobs = re.findall(
+        r"lssr fig5-rho --runs (.*?) --data (\S+) --device cuda --out results/tables/fig5_rho/(\S+)\.csv", out
+    )
+    assert sorted(ds for *_, ds in jobs) == sorted(e["datasets"])
+    for runs, data, ds in jobs:
+        n = parse_size(paper["datasets"][ds]["n"])
+        cells = len([k for k in range(20) if 8 * 2**k <= n]) * len(e["lrs"]) * len(e["seeds"])
+        assert len(set(runs.split())) == cells and all(r.startswith("results/runs/") for r in runs.split())
+        assert data.startswith("results/data/" + paper["datasets"][ds]["source"])
+    parts = " ".join(f"results/tables/fig5_rho/{ds}.csv" for ds in e["datasets"])
+    assert f"lssr fig5-rho --join {parts} --out results/tables/fig5_rho.csv" in out
+    claims = re.search(r"lssr claims (.*?) --out results/claims.csv", out)[1].split()
+    assert "fig5=results/tables/fig5.csv" in claims and "fig5_rho=results/tables/fig5_rho.csv" in claims
+
+
+def test_members_per_pass_is_the_most_that_fit_spread_evenly():
+    """lssr.workflow.members_per_pass against brute force over the pre-flight: the chosen K fits, the fewest
+    passes that fit are used, and a GPU too small for one member is a one-line error naming the fix."""
+    import math
+
+    import torch
+
+    from lssr.config import ConfigError, config_from_dict
+    from lssr.memory import CUDA_RESERVE, DoesNotFitError, preflight
+    from lssr.workflow import members_per_pass
+
+    raw = {
+        "data": {"dataset": "cifar10", "n": 8192},
+        "model": {"name": "cnn6", "batch_norm": True},
+        "loss": "ce",
+        "optim": {"lr": 0.1, "batch_size": 1024},
+        "stop": {"epochs": 1},
+        "chunk_size": 2048,
+    }
+    cfg = config_from_dict(raw)
+
+    def fits(k, mem_mb):
+        free = (mem_mb - 1024) * 2**20 - CUDA_RESERVE
+        try:
+            preflight(cfg, (3, 32, 32), 10, 10000, k, torch.float32, torch.device("cuda"), "cell", free)
+        except DoesNotFitError:
+            return False
+        return True
+
+    for mem_mb, M in ((81920, 36), (16384, 36), (8192, 10), (8192, 1)):
+        most = max(k for k in range(1, M + 1) if fits(k, mem_mb))  # brute force
+        K = members_per_pass(cfg, M, mem_mb)
+        assert fits(K, mem_mb) and math.ceil(M / K) == math.ceil(M / most) and K <= most
+        assert K == math.ceil(M / math.ceil(M / most))  # the passes as even as they can be
+    assert members_per_pass(cfg, 36, 16384) < 36
+    with pytest.raises(ConfigError, match="data_parallel"):
+        members_per_pass(cfg, 36, 1500)
 
 
 def test_demo_config_only_without_configfile(tmp_path):

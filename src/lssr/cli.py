@@ -3,7 +3,8 @@ thin call of a typed entry point, imported inside the command so that ``lssr --h
 
 One-way flow: ``subset`` (raw data -> subset) -> ``train`` / ``train-batch`` (subset -> run; given a run config
 as ``--json``, as the workflow does, they first write it to the run folder's ``config.yaml``) ->
-``table`` (runs -> table) -> ``figure`` (table -> figure) -> ``claims`` (tables -> claims) ->
+``table`` (runs -> table; ``fig5-rho``: B_simple of the Figure-5 models) -> ``figure`` (table -> figure) ->
+``claims`` (tables -> claims) ->
 ``runs-table`` (runs -> the report's run table) -> ``verdicts`` / ``summary`` (claims -> the report's tables) ->
 ``replication-record`` (claims, tables, figures -> a kept record folder).
 """
@@ -117,6 +118,23 @@ def cmd_table(args: argparse.Namespace) -> None:
     n_diag = sum((d / "diagnostics.csv").exists() for d in dirs)
     runs = f"{len(dirs)} runs ({n_diag} with diagnostics.csv)"
     print(f"wrote {args.fig} table ({len(table)} rows) from {runs} to {args.out}")
+
+
+def cmd_fig5_rho(args: argparse.Namespace) -> None:
+    from .tables import fig5_rho
+
+    if bool(args.runs) == bool(args.join):
+        raise LssrError("fig5-rho: give --runs (with --data) to measure, or --join to combine tables, one of the two")
+    if args.join:
+        table = fig5_rho.join(args.join, args.out)
+    else:
+        if args.data is None:
+            raise LssrError("fig5-rho --runs: give --data, the runs' subset folder (results/data/<subset>)")
+        from .training import resolve_device
+
+        device = str(resolve_device(args.device))
+        table = fig5_rho.write(args.runs, args.data, args.out, args.rho_runs, device, log=print)
+    print(f"wrote fig5_rho table ({len(table)} rows) to {args.out}")
 
 
 def cmd_figure(args: argparse.Namespace) -> None:
@@ -323,6 +341,21 @@ def _add_result_commands(sub) -> None:
     t.add_argument("--out", required=True, help="output CSV")
     t.add_argument("--smooth-window", type=int, default=None, help="Figure 4(d) rolling-median window (probed steps)")
     t.set_defaults(func=cmd_table)
+
+    # fmt: off
+    q = sub.add_parser("fig5-rho", help="table fig5_rho: B_simple of the trained Figure-5 models that reached the goal",
+                       description="B_simple = (tr S_1 − tr S_n)/tr S_n of each Figure-5 run that reached its training "
+                       "goal, on its final model.pt (batch norm in eval mode) over its training subset, exactly "
+                       "(one pass of per-sample gradients, float64); or the per-data-set tables joined (--join).")
+    q.add_argument("--runs", nargs="+", action="extend", default=[], metavar="DIR", help="Figure-5 run folders")
+    q.add_argument("--data", default=None, help="the runs' subset folder from `lssr subset`")
+    q.add_argument("--rho-runs", type=int, default=None,
+                   help="measure at most this many runs per b, those of the highest test accuracy (default: all)")
+    q.add_argument("--device", default="cpu", help="torch device: cpu (default), auto, cuda or cuda:N")
+    q.add_argument("--join", nargs="+", default=[], metavar="CSV", help="fig5_rho tables to join into one")
+    q.add_argument("--out", required=True, help="output CSV")
+    q.set_defaults(func=cmd_fig5_rho)
+    # fmt: on
 
     f = sub.add_parser("figure", help="plot a figure from its table CSV(s)")
     f.add_argument("fig", choices=figures)

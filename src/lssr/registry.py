@@ -1,6 +1,7 @@
 """The one registry of the paper's figures: name -> which experiment plans its runs, which
 claims read its table, what its caption says. The planner, the table and figure commands,
 the claims and the workflow schema all read :data:`FIGURES` (torch-free, cheap to import).
+:data:`TABLES`: the tables that are not a figure's (built from a figure's runs, read by claims).
 """
 
 from __future__ import annotations
@@ -32,6 +33,31 @@ FIGURES: dict[str, Figure] = {
 }
 
 
+@dataclass(frozen=True)
+class Table:
+    """A table that is not a figure's: built from the runs of ``figure`` (planned with it) and read by ``claims``."""
+
+    name: str
+    figure: str
+    title: str
+    command: str  # the `lssr` command that writes it
+    claims: tuple[str, ...] = ()
+
+
+TABLES: dict[str, Table] = {
+    t.name: t
+    for t in (
+        Table(
+            "fig5_rho",
+            "fig5",
+            "B_simple = (tr S_1 − tr S_n)/tr S_n of the trained Figure-5 models that reached the training goal",
+            "lssr fig5-rho",
+            ("C5",),
+        ),
+    )
+}
+
+
 def figure(name: str) -> Figure:
     """The registered figure ``name``; an unknown name raises, listing the known ones."""
     try:
@@ -41,5 +67,11 @@ def figure(name: str) -> Figure:
 
 
 def claim_tables() -> tuple[str, ...]:
-    """The figure tables that some claim reads, in registry order."""
-    return tuple(f.name for f in FIGURES.values() if f.claims)
+    """The tables that some claim reads: the figures' (in registry order), then :data:`TABLES`'."""
+    return tuple(f.name for f in FIGURES.values() if f.claims) + tuple(t.name for t in TABLES.values() if t.claims)
+
+
+def claim_tables_of(figures) -> tuple[str, ...]:
+    """The tables some claim reads that a workflow building ``figures`` plans: those of the figures, then the
+    :data:`TABLES` built from their runs."""
+    return tuple(t for t in claim_tables() if (TABLES[t].figure if t in TABLES else t) in figures)

@@ -21,7 +21,7 @@ import yaml
 from .claims.common import VERDICTS
 from .errors import LssrError
 from .io import atomic_dir
-from .registry import claim_tables
+from .registry import TABLES, claim_tables_of
 from .report import statement_summary
 
 #: file in the results folder -> the command that writes it (named in the error when it is missing)
@@ -303,8 +303,8 @@ def write_replication_record(
     sources = {name: _require(results / name, cmd, config) for name, cmd in RECORD_FILES.items()}
     planned = planned_figures(raw)
     pngs = [_require(figures / f"{f}.png", f"lssr figure {f}", config) for f in planned]
-    claim_csvs = [_require(results / "tables" / f"{f}.csv", f"lssr table {f}", config) for f in planned
-                  if f in claim_tables()]  # fmt: skip
+    claim_csvs = [_require(results / "tables" / f"{f}.csv", TABLES[f].command if f in TABLES else f"lssr table {f}",
+                           config) for f in claim_tables_of(planned)]  # fmt: skip
     fig5_csv = results / "tables" / "fig5.csv" if "fig5" in planned else None
     page = replication_page(results, config, raw, planned, pngs, fig5_csv, now or datetime.now(timezone.utc))
     with atomic_dir(out) as tmp:

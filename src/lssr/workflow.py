@@ -42,7 +42,9 @@ from .config import (
     data_parallel_config,
     dataset_config,
     default_of,
+    fig5_rho_runs,
     fig5_seeds,
+    fig5_stop,
     workflow_settings,
 )
 from .data import K, SubsetSpec
@@ -77,6 +79,11 @@ class Plan:
     group_runtime: dict[str, int] = field(default_factory=dict)
     # Figure-5 groups trained data-parallel (experiments.fig5.data_parallel): group -> number of GPUs
     data_parallel: dict[str, int] = field(default_factory=dict)
+    # Figure-5 groups trained in passes (resources.gpu_mem_mb): group -> members per pass (absent: one pass)
+    members_per_pass: dict[str, int] = field(default_factory=dict)
+    # table fig5_rho: data set -> its Figure-5 runs (those that reach the goal are measured), and the cap per b
+    fig5_rho: dict[str, list[str]] = field(default_factory=dict)
+    rho_runs: int | None = None
 
     @property
     def resources(self) -> Resources:
@@ -93,10 +100,12 @@ class Plan:
         return out
 
     def group_command(self, group: str) -> str:
-        """``lssr train-batch``, or its torchrun launch over R processes for a data-parallel group."""
+        """``lssr train-batch`` (with ``--members-per-pass K`` where the group does not fit the GPU in one pass), or
+        its torchrun launch over R processes for a data-parallel group."""
         r = self.data_parallel.get(group)
         if r is None:
-            return "lssr train-batch"
+            k = self.members_per_pass.get(group)
+            return "lssr train-batch" if k is None else f"lssr train-batch --members-per-pass {k}"
         return f"torchrun --standalone --nproc-per-node {r} -m lssr train-batch --data-parallel {r}"
 
     @property
@@ -136,6 +145,22 @@ class Plan:
         self.subset_dir(rid)  # raises for a run that is not planned
         text = json.dumps(self.runs[rid], sort_keys=True)
         return f"--json {shlex.quote(text)} --out results/runs/{rid}"
+
+    def fig5_rho_args(self, dataset: str) -> str:
+        """The arguments of ``lssr fig5-rho`` (before ``--out``) that measure data set ``dataset``'s Figure-5 runs."""
+        runs = self.fig5_rho_runs(dataset)
+        cap = "" if self.rho_runs is None else f" --rho-runs {self.rho_runs}"
+        return f"--runs {' '.join(f'results/runs/{r}' for r in runs)} --data {self.subset_dir(runs[0])}{cap} " + (
+            f"--device {self.settings.device}"
+        )
+
+    def fig5_rho_runs(self, dataset: str) -> list[str]:
+        """The Figure-5 runs of data set ``dataset`` that table fig5_rho reads."""
+        if dataset not in self.fig5_rho:
+            raise _not_planned(
+                "Figure-5 data set", dataset, sorted(self.fig5_rho), "They are experiments.fig5.datasets."
+            )
+        return self.fig5_rho[dataset]
 
     def figure_runs(self, fig: str) -> list[str]:
         """The run ids a planned figure's table reads."""
@@ -322,7 +347,8 @@ def _fig5_batch_sizes(e: dict, n: int) -> list[int]:
 
 
 def _plan_fig5(P: Planner, e: dict) -> None:
-    """Figure 5: the (b, η) grid per data set; one group of runs per (data set, b); the groups of
+    """Figure 5: the (b, η) grid per data set; one group of runs per (data set, b), each run trained until its
+    training accuracy reaches the goal (checked every ``goal_every`` epochs) or its cap; the groups of
     ``data_parallel`` cells are trained over several GPUs."""
     grids: dict[str, list[int]] = {}
     seeds = fig5_seeds(e.get("seeds"), P.plan.settings.seed)
@@ -338,10 +364,16 @@ def _plan_fig5(P: Planner, e: dict) -> None:
                     f"workflow config: experiments.fig5.batch_sizes has b = {b} > n = {n} of data set '{ds}'; "
                     "drop it or use 'full'"
                 )
+            stop, eval_every = fig5_stop(e, n, b)  # until the training-accuracy goal, checked every few epochs
+            cell = e if eval_every is None else {**e, "eval_every": eval_every}
             for lr in e["lrs"]:
                 for seed in seeds:
-                    group.append(P.add_run("fig5", e, dataset=ds, loss=e["loss"], lr=lr, batch_size=b, seed=seed))
+                    group.append(
+                        P.add_run("fig5", cell, dataset=ds, loss=e["loss"], lr=lr, batch_size=b, seed=seed, stop=stop)
+                    )
             P.plan.groups[f"{ds}_b{b}"] = group
+            P.plan.fig5_rho.setdefault(ds, []).extend(group)
+    P.plan.rho_runs = fig5_rho_runs(e)
     dp = data_parallel_config(e.get("data_parallel"), grids, P.plan.settings.batch_runs)
     P.plan.data_parallel = {f"{ds}_b{b}": gpus for (ds, b), gpus in dp.items()}
 
@@ -362,7 +394,76 @@ def plan(wf: dict) -> Plan:
     # keep only the figures asked for
     P.plan.figures = {f: r for f, r in P.plan.figures.items() if f in wanted}
     _plan_runtimes(P.plan)
+    _plan_passes(P.plan)
     return P.plan
+
+
+#: What the planner assumes of a data source it has not loaded: (channels, classes); images are
+#: :data:`lssr.cost.NATIVE_PIXELS` wide (or ``resize``), the test set :data:`lssr.cost.TEST_SET_SIZE` images.
+SOURCE_SHAPE = {
+    "cifar10": (3, 10),
+    "cifar100": (3, 100),
+    "stl10": (3, 10),
+    "tinyimagenet": (3, 200),
+    "digits": (1, 10),
+    "imagefolder": (3, 10),
+}
+#: GPU memory the pre-flight of a job does not see as free (mem_get_info): the CUDA context, about 0.5-1 GiB.
+CUDA_CONTEXT_MB = 1024
+
+
+def members_per_pass(cfg: RunConfig, members: int, gpu_mem_mb: int, where: str = "workflow config") -> int:
+    """The members per pass of a batched group of ``members`` runs of ``cfg`` on a GPU of ``gpu_mem_mb`` MiB: the
+    most that the memory pre-flight (:func:`lssr.memory.preflight`, with its activation-checkpointing decision)
+    lets fit, spread evenly over the fewest passes. The pre-flight sees the GPU's memory less
+    :data:`CUDA_CONTEXT_MB` as free (and keeps its own reserve for cuDNN). Raises :class:`ConfigError` when one
+    member does not fit."""
+    import torch
+
+    from .cost import NATIVE_PIXELS, TEST_SET_SIZE
+    from .memory import CUDA_RESERVE, DoesNotFitError, preflight
+
+    d = cfg.data
+    channels, classes = SOURCE_SHAPE[d.dataset]
+    shape, classes = (channels, *(2 * [d.resize or NATIVE_PIXELS[d.dataset]])), d.num_classes or classes
+    available = (gpu_mem_mb - CUDA_CONTEXT_MB) * (1 << 20) - CUDA_RESERVE  # as lssr.memory.device_memory sees it
+
+    def fits(k: int) -> bool:
+        try:
+            preflight(
+                cfg, shape, classes, TEST_SET_SIZE[d.dataset], k, torch.float32, torch.device("cuda"), "", available
+            )
+        except DoesNotFitError:
+            return False
+        return True
+
+    if not fits(1):
+        raise ConfigError(
+            f"{where}: one run of {cfg.name or run_id(cfg.to_dict())} does not fit the {gpu_mem_mb} MiB of "
+            f"resources.gpu_mem_mb by the memory pre-flight (lssr.memory); train its cell data-parallel "
+            f"(experiments.fig5.data_parallel) or on a GPU with more memory"
+        )
+    lo, hi = 1, members  # the peak grows with the members: the largest k that fits, by bisection
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        lo, hi = (mid, hi) if fits(mid) else (lo, mid - 1)
+    passes = -(-members // lo)
+    return -(-members // passes)
+
+
+def _plan_passes(p: Plan) -> None:
+    """Members per pass of every batched Figure-5 group that does not fit ``resources.gpu_mem_mb`` in one pass
+    (data-parallel groups train one member at a time)."""
+    mem = p.resources.gpu_mem_mb
+    if mem is None or not p.settings.batch_runs or not p.settings.gpu:
+        return
+    for group, members in p.groups.items():
+        if group in p.data_parallel:
+            continue
+        cfg = config_from_dict(p.runs[members[0]])
+        k = members_per_pass(cfg, len(members), mem, where=f"workflow config, Figure-5 group {group}")
+        if k < len(members):
+            p.members_per_pass[group] = k
 
 
 def _plan_runtimes(p: Plan) -> None:

@@ -3,7 +3,7 @@
 import os
 import re
 
-from lssr.registry import FIGURES, claim_tables
+from lssr.registry import FIGURES, claim_tables_of
 from lssr.workflow import plan
 
 # Defaults (resources, batch_runs, run keys) come from lssr.config through the plan.
@@ -26,6 +26,7 @@ JOB_RESOURCES = PLAN.settings.job_resources()
 # Bookkeeping (milliseconds each): run on the submitting host, never as cluster jobs.
 localrules:
     all,
+    fig5_rho_join,
     runs_table,
     summary,
     verdicts,

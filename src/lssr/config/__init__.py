@@ -26,6 +26,9 @@ from .run import (
     parse_overrides,
 )
 from .workflow import (
+    FIG5_GOAL_EVERY,
+    FIG5_RHO_RUNS,
+    FIG5_TRAIN_ACC_GOAL,
     MIN_BATCH_SIZE,
     RUN_KEYS,
     STOP_KEYS,
@@ -35,13 +38,16 @@ from .workflow import (
     data_parallel_config,
     dataset_config,
     default_of,
+    fig5_rho_runs,
     fig5_seeds,
+    fig5_stop,
     workflow_settings,
 )
 
 __all__ = [
     "ACTIVATION_CHECKPOINTING", "BN_MODES", "ESTIMATORS", "LOSS_NAMES", "MODEL_NAMES", "ConfigError", "DataConfig",
     "ModelConfig", "OptimConfig", "ProbeConfig", "RunConfig", "StopConfig", "config_from_dict", "deep_update",
-    "load_config", "parse_overrides", "MIN_BATCH_SIZE", "RUN_KEYS", "STOP_KEYS", "Resources", "WorkflowSettings",
-    "check_workflow_schema", "data_parallel_config", "dataset_config", "default_of", "fig5_seeds", "workflow_settings",
+    "load_config", "parse_overrides", "FIG5_GOAL_EVERY", "FIG5_RHO_RUNS", "FIG5_TRAIN_ACC_GOAL", "MIN_BATCH_SIZE",
+    "RUN_KEYS", "STOP_KEYS", "Resources", "WorkflowSettings", "check_workflow_schema", "data_parallel_config",
+    "dataset_config", "default_of", "fig5_rho_runs", "fig5_seeds", "fig5_stop", "workflow_settings",
 ]  # fmt: skip

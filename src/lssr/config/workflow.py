@@ -29,6 +29,16 @@ RUN_KEYS = (
 STOP_KEYS = ("steps", "epochs", "train_loss_goal", "train_acc_goal", "divergence_bound")
 # Figure 5 with ``batch_sizes: powers_of_two``: b = 2^k from this value up to n (the paper: from 2^3).
 MIN_BATCH_SIZE = 8
+# Figure 5 trains each cell until its training accuracy reaches ``experiments.fig5.train_acc_goal`` (the paper's
+# zero training error, §5.2; null: no goal) or its step cap (``epochs`` / ``steps``), ...
+FIG5_TRAIN_ACC_GOAL = 1.0
+# ... checked every ``experiments.fig5.goal_every`` epochs. Each check is one evaluation of the training and test
+# sets, forward only: (n + test-set size) / 3n epochs of compute (0.75 for CIFAR-10-8k with its 10,000 test
+# images), so checks every 10 epochs add at most 7.5% to such a cell.
+FIG5_GOAL_EVERY = 10.0
+# Table fig5_rho: B_simple measured on at most ``experiments.fig5.rho_runs`` goal-reaching runs per (data set, b),
+# those of the highest final test accuracy (null: every run that reached the goal).
+FIG5_RHO_RUNS: int | None = None
 
 
 def default_of(cls: type, name: str) -> Any:
@@ -47,6 +57,9 @@ class Resources:
     # (lssr.cost: steps x per-step cost, with margin); null = no cap
     runtime: int | None = None
     gpu_model: str | None = None  # passed on as the job resource gpu_model (read by the slurm executor)
+    # memory of each job's GPU (MiB): the planner splits a Figure-5 group into passes of as many members as the
+    # memory pre-flight lets fit (lssr.workflow.members_per_pass); null: every group in one pass
+    gpu_mem_mb: int | None = None
 
 
 @dataclass(frozen=True)
@@ -87,7 +100,7 @@ def workflow_settings(wf: dict, where: str = "workflow config") -> WorkflowSetti
         raise bad("seed", settings.seed, "must be >= 0")
     if not _valid_device(settings.device):
         raise bad("device", settings.device, "use auto, cpu, cuda or cuda:N")
-    for key in ("threads", "mem_mb", "runtime"):
+    for key in ("threads", "mem_mb", "runtime", "gpu_mem_mb"):
         if getattr(settings.resources, key) is not None and getattr(settings.resources, key) < 1:
             raise bad(f"resources.{key}", getattr(settings.resources, key), "must be >= 1")
     return settings
@@ -116,6 +129,31 @@ def fig5_seeds(raw, default: int, where: str = "workflow config") -> list[int]:
     if len(set(raw)) != len(raw):
         raise bad("experiments.fig5.seeds", raw, "each seed once (a repeated seed trains the same run twice)")
     return list(raw)
+
+
+def fig5_stop(e: dict, n: int, b: int, where: str = "workflow config") -> tuple[dict, int | None]:
+    """The ``stop`` section of a Figure-5 cell of b on n samples (the experiment's stop keys, the training-accuracy
+    goal :data:`FIG5_TRAIN_ACC_GOAL` unless set) and the evaluation cadence (steps) of its goal check: every
+    ``goal_every`` epochs (:data:`FIG5_GOAL_EVERY`) of n // b steps, or the experiment's ``eval_every`` when that is
+    shorter; None without a goal (the experiment's ``eval_every`` as it is)."""
+    bad = _bad(where)
+    stop = {k: e[k] for k in STOP_KEYS if k in e}
+    stop.setdefault("train_acc_goal", FIG5_TRAIN_ACC_GOAL)
+    every = e.get("goal_every", FIG5_GOAL_EVERY)
+    if isinstance(every, bool) or not isinstance(every, (int, float)) or not every > 0:
+        raise bad("experiments.fig5.goal_every", every, "the epochs between goal checks, a number > 0 (e.g. 5)")
+    if stop["train_acc_goal"] is None:
+        return stop, None
+    steps = max(round(every * max(n // b, 1)), 1)
+    return stop, min(steps, e["eval_every"]) if "eval_every" in e else steps
+
+
+def fig5_rho_runs(e: dict, where: str = "workflow config") -> int | None:
+    """``experiments.fig5.rho_runs``: the most runs per (data set, b) measured for table fig5_rho (None: all)."""
+    k = e.get("rho_runs", FIG5_RHO_RUNS)
+    if k is not None and (type(k) is not int or k < 1):
+        raise _bad(where)("experiments.fig5.rho_runs", k, "an integer >= 1, or null (every run that reached the goal)")
+    return k
 
 
 def dataset_config(name: str, entry: dict, where: str = "workflow config") -> DataConfig:

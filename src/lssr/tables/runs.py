@@ -8,6 +8,7 @@ GD vs SGD is read from each run's config: GD iff batch_size is "full" or n, with
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -83,6 +84,28 @@ class Run:
     @property
     def status(self) -> str:
         return str(self.meta.get("status", "completed"))
+
+    @property
+    def stopped_by(self) -> str:
+        """What ended the run: ``goal`` (a loss or accuracy goal met), ``budget`` (its step cap) or ``divergence``."""
+        return str(self.meta.get("stopped_by", "divergence" if self.status == "diverged" else "budget"))
+
+    @property
+    def train_acc_goal(self) -> float:
+        """The configured training-accuracy goal (NaN: none)."""
+        goal = self.meta.get("train_acc_goal", (self.config.get("stop") or {}).get("train_acc_goal"))
+        return math.nan if goal is None else float(goal)
+
+    @property
+    def reached_goal(self) -> bool:
+        """Whether the run stopped because it met its goal (the paper's zero training error for Figure 5)."""
+        return self.stopped_by == "goal"
+
+    @property
+    def goal_step(self) -> float:
+        """The evaluation step at which the goal was met (NaN: never)."""
+        step = self.meta.get("goal_step", self.meta.get("steps") if self.reached_goal else None)
+        return math.nan if step is None else float(step)
 
     def col(self, name: str) -> pd.Series:
         """A diagnostics column as floats (all-NaN if absent)."""
@@ -170,6 +193,16 @@ def base_columns(run: Run) -> dict:
         "n": run.n,
         "lr": run.lr,
     }
+
+
+#: Whether and when a run met its training goal (:func:`goal_columns`), for tables that pass them through.
+GOAL_COLUMNS = ["reached_goal", "goal_step", "train_acc_goal"]
+
+
+def goal_columns(run: Run) -> dict:
+    """:data:`GOAL_COLUMNS` of a run: reached_goal (stopped by its goal), goal_step (NaN if not), train_acc_goal
+    (NaN if none was set)."""
+    return {"reached_goal": run.reached_goal, "goal_step": run.goal_step, "train_acc_goal": run.train_acc_goal}
 
 
 def ias_n(run: Run) -> pd.Series:

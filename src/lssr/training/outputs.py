@@ -69,14 +69,17 @@ def write_run_outputs(
     resumed: bool = False,
     extra: dict | None = None,
 ) -> None:
-    """Write ``model.pt`` (final weights) and ``run.json`` (status, config and hash, seeds, subset hashes,
-    device, versions, git commit, wall time, final metrics) atomically, ``run.json`` last."""
+    """Write ``model.pt`` (final weights) and ``run.json`` (status, what stopped the run and the step at which a
+    loss or accuracy goal was met, config and hash, seeds, subset hashes, device, versions, git commit, wall time,
+    final metrics) atomically, ``run.json`` last."""
     torch_save(out / "model.pt", {k: v.detach().cpu() for k, v in state.items()})
     final = metrics.dropna(subset=["train_loss"]).iloc[-1].to_dict() if metrics["train_loss"].notna().any() else {}
     record = {
         "status": status,
         "steps": steps,
-        "stopped_by": stopped_by,
+        "stopped_by": stopped_by,  # goal | budget | divergence
+        "goal_step": steps if stopped_by == "goal" else None,  # the evaluation step at which the goal was met
+        "train_acc_goal": cfg.stop.train_acc_goal,
         "config": cfg.to_dict(),
         "config_hash": cfg.hash(),
         "seed": cfg.seed,
