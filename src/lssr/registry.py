@@ -75,3 +75,9 @@ def claim_tables_of(figures) -> tuple[str, ...]:
     """The tables some claim reads that a workflow building ``figures`` plans: those of the figures, then the
     :data:`TABLES` built from their runs."""
     return tuple(t for t in claim_tables() if (TABLES[t].figure if t in TABLES else t) in figures)
+
+
+def figure_tables(fig: str) -> tuple[str, ...]:
+    """The tables ``lssr figure fig`` draws: the figure's own, then the :data:`TABLES` built for it (Figure 5's
+    ``fig5_rho``: the LSSR curve predicted from the measured ρ)."""
+    return (figure(fig).name, *(t.name for t in TABLES.values() if t.figure == fig))

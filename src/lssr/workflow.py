@@ -29,7 +29,6 @@ import shlex
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import LssrError
 from .config import (
     MIN_BATCH_SIZE,
     RUN_KEYS,
@@ -37,6 +36,7 @@ from .config import (
     ConfigError,
     ModelConfig,
     Resources,
+    RunConfig,
     WorkflowSettings,
     config_from_dict,
     data_parallel_config,
@@ -48,6 +48,7 @@ from .config import (
     workflow_settings,
 )
 from .data import K, SubsetSpec
+from .errors import LssrError
 from .registry import FIGURES
 
 

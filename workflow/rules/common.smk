@@ -3,7 +3,7 @@
 import os
 import re
 
-from lssr.registry import FIGURES, claim_tables_of
+from lssr.registry import FIGURES, claim_tables_of, figure_tables
 from lssr.workflow import plan
 
 # Defaults (resources, batch_runs, run keys) come from lssr.config through the plan.

@@ -16,7 +16,7 @@ rule table:
 
 rule figure:
     input:
-        "results/tables/{fig}.csv",
+        lambda w: [f"results/tables/{t}.csv" for t in figure_tables(w.fig)],
     output:
         pdf="figures/{fig}.pdf",
         png=report(
@@ -25,8 +25,10 @@ rule figure:
         data="figures/data/{fig}.csv",
     log:
         "results/logs/figure/{fig}.log",
+    params:
+        tables=lambda w, input: " ".join(f"--table {t}" for t in input),
     shell:
-        "lssr figure {wildcards.fig} --table {input} --out {output.pdf} > {log} 2>&1"
+        "lssr figure {wildcards.fig} {params.tables} --out {output.pdf} > {log} 2>&1"
 
 
 # Table fig5_rho (B_simple of the trained Figure-5 models that reached the goal, lssr.tables.fig5_rho): one job

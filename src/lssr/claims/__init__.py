@@ -31,7 +31,7 @@ from .iir import check_k1, claim_c3, claim_c4
 from .rules import claim_c5
 from .valleys import claim_c7
 
-__all__ = ["CLAIM_COLUMNS", "EXTRA_TABLES", "STATEMENTS", "VERDICTS", "check_claims", "claims_summary",
+__all__ = ["CLAIM_COLUMNS", "STATEMENTS", "VERDICTS", "check_claims", "claims_summary",
            "known_tables", "load_tables", "read_tables"]  # fmt: skip
 
 #: tables -> the claim functions that read them (each called with those tables, in that order; the first is the
@@ -45,14 +45,13 @@ CHECKS = (
     (("fig3",), (claim_c7,)),
     (("figS1",), (claim_c8, claim_c9)),
 )
-#: Tables a claim reads beside the figure tables (:func:`lssr.registry.claim_tables`): ``fig5_rho``, B_simple
-#: measured on Figure 5's trained models (C5's prediction).
-EXTRA_TABLES = ("fig5_rho",)
 
 
 def known_tables() -> tuple[str, ...]:
-    """Every table name ``lssr claims --table NAME=CSV`` accepts."""
-    return (*claim_tables(), *EXTRA_TABLES)
+    """Every table name ``lssr claims --table NAME=CSV`` accepts: the figures' tables some claim reads and the
+    registered tables beside them (``fig5_rho``, B_simple measured on Figure 5's trained models; see
+    :func:`lssr.registry.claim_tables`)."""
+    return claim_tables()
 
 
 def check_claims(tables: dict[str, pd.DataFrame]) -> pd.DataFrame:
