@@ -22,7 +22,7 @@ from typing import Iterable
 
 import pandas as pd
 
-from .. import LssrError
+from ..errors import LssrError
 from ..registry import claim_tables
 from .alignment import claim_c8, claim_c9
 from .common import CLAIM_COLUMNS, STATEMENTS, VERDICTS

@@ -20,7 +20,7 @@ from typing import Sequence
 
 import pandas as pd
 
-from .. import LssrError
+from ..errors import LssrError
 from ..io import write_csv
 from ..registry import figure
 from .fig4 import SMOOTH_WINDOW

@@ -17,8 +17,9 @@ from typing import Iterable, Union
 import numpy as np
 import pandas as pd
 
-from .. import LssrError, scaling
+from .. import scaling
 from ..columns import per_b
+from ..errors import LssrError
 
 
 class TableError(LssrError):

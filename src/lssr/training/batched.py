@@ -67,9 +67,9 @@ from typing import Sequence
 import pandas as pd
 import torch
 
-from .. import LssrError
 from ..config import RunConfig
 from ..data import Subset
+from ..errors import LssrError
 from ..losses import per_sample_loss
 from .core import (
     METRIC_COLUMNS,

@@ -42,7 +42,7 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name.startswith("cuda") and not torch.cuda.is_available():
-        from .. import LssrError
+        from ..errors import LssrError
 
         raise LssrError(f"device: {name} was asked for but no CUDA device is available; use device: auto or cpu")
     if name == "cuda" and torch.cuda.device_count() > 1:
@@ -61,7 +61,7 @@ def set_up(cfg: RunConfig, data: Subset) -> tuple[torch.device, Subset]:
         torch.backends.cudnn.benchmark = False
     n = len(data.y_train)
     if n != cfg.data.n:
-        from .. import LssrError
+        from ..errors import LssrError
 
         raise LssrError(f"the subset holds {n} samples but the config says data.n: {cfg.data.n}")
     x = data.x_train

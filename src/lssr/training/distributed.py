@@ -49,9 +49,9 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from .. import LssrError
 from ..config import RunConfig
 from ..data import Subset
+from ..errors import LssrError
 from ..losses import per_sample_loss
 from ..memory import DoesNotFitError
 from .batched import check_batchable

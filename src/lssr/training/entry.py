@@ -23,7 +23,7 @@ def subset_for(cfg: RunConfig, cache_root: str | Path = "results/data") -> Subse
 
 def check_subset_matches(cfg: RunConfig, data: Subset, where: str) -> None:
     """The subset's manifest must be the one the config names (dataset, n, seed, resize)."""
-    from .. import LssrError
+    from ..errors import LssrError
 
     m = data.manifest
     d = cfg.data
