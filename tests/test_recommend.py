@@ -129,7 +129,7 @@ def test_the_noise_scale_of_a_model_is_that_of_its_per_sample_gradients_and_the_
     gbar = -Xn.mean(0)
     for rep in (False, True):
         bs = [1, 2, 4] if rep else [1, 2, 4, 8]
-        rec, diag, ns = measure_and_recommend(net, loss, (X, y), 2, 0.05, bs, replacement=rep, exact=True)
+        rec, diag, ns = measure_and_recommend(net, loss, (X, y), 2, 0.05, bs, replacement=rep, estimator="exact")
         ref = noise_scale_from_gradients(-Xn, n_total=n)
         assert ns.b_simple == pytest.approx(ref.b_simple, rel=1e-10)
         assert ns.b_simple == pytest.approx(2.5, rel=1e-10)

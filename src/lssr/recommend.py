@@ -146,22 +146,25 @@ def noise_scale(
     forward: Callable | None = None,
     bn: str = "refuse",
     dropout: str = "refuse",
-    chunk_size: int | None = None,
-    dtype=None,
+    compute=None,
     n_total: int | None = None,
     label: str = "",
 ) -> NoiseScale:
-    """B_simple ± se of ``model`` on ``data`` at the current θ (arguments as :func:`lssr.diagnose`): one full
-    gradient ∇L and one pass of per-sample gradients for ‖g_i‖² and g_iᵀ∇L. The model's mode, ``.grad``,
-    buffers and the global random state are as before the call. ``n_total``: N, the training set's size, when
-    ``data`` is not all of it (default: the size of ``data``)."""
+    """B_simple ± se of ``model`` on ``data`` at the current θ (arguments as :func:`lssr.diagnose`; of
+    ``compute``, the chunk size and dtype): one full gradient ∇L and one pass of per-sample gradients for
+    ‖g_i‖² and g_iᵀ∇L. The model's mode, ``.grad``, buffers and the global random state are as before the call.
+    ``n_total``: N, the training set's size, when ``data`` is not all of it (default: the size of ``data``)."""
     import torch
 
-    from .diagnostics.api import CHUNK, _restoring, prepare
+    from .diagnostics.engine import prepare
+    from .diagnostics.guards import check_policies, restoring
+    from .diagnostics.options import Compute
 
-    chunk = CHUNK if chunk_size is None else int(chunk_size)
-    prep = prepare(model, loss, data, n=n, seed=seed, forward=forward, chunk_size=chunk, dtype=dtype)
-    with _restoring(prep.model, bn, dropout), torch.autocast(prep.device_type, enabled=False):
+    check_policies(bn, dropout, "noise_scale")
+    comp = Compute.of(compute)
+    chunk = comp.chunk_size
+    prep = prepare(model, loss, data, n=n, seed=seed, forward=forward, chunk_size=chunk, dtype=comp.dtype)
+    with restoring(prep.model, bn, dropout), torch.autocast(prep.device_type, enabled=False):
         op = prep.operator(chunk_size=chunk)
         grad = op.gradient()
         sq = torch.zeros(op.n, dtype=torch.float64)
@@ -435,17 +438,19 @@ def measure_and_recommend(
     optimizer: Any = "sgd",
     level: float = LEVEL,
     n_train: int | None = None,
-    **diagnose_options,
+    estimator="auto",
+    eigen=False,
+    compute=None,
 ):
-    """Measures first, then :func:`recommend`: :func:`lssr.diagnose` (tr(H S_b) for the ceiling) and
-    :func:`noise_scale` (B_simple ± se) of ``model`` on ``data`` at the current θ. Returns
-    (Recommendation, Diagnostics, NoiseScale). ``n_train``: N when ``data`` is not the whole training set."""
+    """Measures first, then :func:`recommend`: :func:`lssr.diagnose` (tr(H S_b) for the ceiling; ``estimator``,
+    ``eigen`` and ``compute`` as there, ‖H‖ not measured by default) and :func:`noise_scale` (B_simple ± se) of
+    ``model`` on ``data`` at the current θ. Returns (Recommendation, Diagnostics, NoiseScale). ``n_train``: N
+    when ``data`` is not the whole training set."""
     from .diagnostics.api import diagnose
 
     common = dict(n=n, seed=seed, forward=forward, bn=bn, dropout=dropout)
-    diagnose_options.setdefault("top", False)  # the ceiling needs tr(H S_1) and tr(H S_N), not ‖H‖
-    diag = diagnose(model, loss, data, **common, **diagnose_options)
-    noise = noise_scale(model, loss, data, **common, chunk_size=diagnose_options.get("chunk_size"), n_total=n_train)
+    diag = diagnose(model, loss, data, **common, estimator=estimator, eigen=eigen, compute=compute)
+    noise = noise_scale(model, loss, data, **common, compute=compute, n_total=n_train)
     rec = recommend(
         noise,
         b_ref,
