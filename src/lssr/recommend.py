@@ -19,7 +19,7 @@ Regimes, by x = (γ_{N,b}/b)·B_simple (= B_simple/b with replacement): ``linear
 
 Stability ceiling (Definition 1): one SGD step raises the loss in expectation at the measured θ when
 tr(H S_b)/tr S_N > 2/η, i.e. above η_max(b) = 2·tr S_N / tr(H S_b); with heavy-ball momentum β the
-threshold of :func:`lssr.diagnostics.monitor.sgd_threshold`, η_max(b) = (2 + 2β)·tr S_N / tr(H S_b).
+threshold of :func:`lssr.scaling.sgd_threshold`, η_max(b) = (2 + 2β)·tr S_N / tr(H S_b).
 
 Optimisers: plain SGD as the paper; SGD with momentum β through the effective step η/(1 − β): for a fixed β
 the rule scales η itself by the same ratio, so the recommendation is unchanged and only the ceiling moves.
