@@ -432,7 +432,7 @@ def test_a_sharpness_monitor_log_gives_the_points_latest_first(tmp_path, capsys)
     loss = lambda out, t: 0.5 * (out[:, 0] - t) ** 2  # noqa: E731
     opt = torch.optim.SGD(net.parameters(), lr=0.05)
     csv = tmp_path / "monitor.csv"
-    mon = lssr.SharpnessMonitor(net, loss, (X, y), opt, n=None, every=2, csv=csv, exact=True, replacement=False)
+    mon = lssr.SharpnessMonitor(net, loss, (X, y), opt, n=None, every=2, csv=csv, estimator="exact", replacement=False)
     for step in range(6):
         mon.step(step)
         opt.zero_grad()
