@@ -231,6 +231,33 @@ def read_point(path: str):
     return noise, SimpleNamespace(**scalars)
 
 
+def _measured_points(
+    out, model, model_args, checkpoints, where, loss, device, dtype, b_ref, replacement, n_train, options
+) -> tuple[list, list]:
+    """(NoiseScale, Diagnostics) of each checkpoint (None: the factory's weights) on the data at ``where`` (path,
+    split, resize), as ``lssr diagnose`` measures; writes ``out/diagnostics[-k].json`` with B_simple's se."""
+    from .recommend import noise_scale
+
+    points, diags = [], []
+    samples = None  # read once, after the first model is built (its errors first, as in `lssr diagnose`)
+    for k, ckpt in enumerate(checkpoints):
+        net, dt = built_model(model, model_args, ckpt, dtype, device)
+        if samples is None:
+            samples = load_data(*where)
+        kw = {**options, "compute": dataclasses.replace(Compute.of(options.get("compute")), dtype=dt)}
+        diag = diagnose(net, loss, samples, batch_sizes=[b_ref], replacement=replacement, **kw)
+        keep = {k: kw[k] for k in ("n", "seed", "bn", "dropout", "compute") if k in kw}
+        noise = noise_scale(net, loss, samples, n_total=n_train, label=ckpt or "built model", **keep)
+        points.append(noise)
+        diags.append(diag)
+        call = {"model": model, "model_args": model_args, "checkpoint": ckpt, "data": where[0], "split": where[1]}
+        call.update(loss=loss, device=device, dtype=dtype, resize=where[2])
+        call.update(recorded(kw))
+        body = {"scalars": diag.scalars(), "per_b": diag.frame().to_dict(orient="records"), "noise": noise.to_dict()}
+        write_json(Path(out) / ("diagnostics.json" if k == 0 else f"diagnostics-{k}.json"), {**body, "call": call})
+    return points, diags
+
+
 def run_recommend(
     *,
     b_ref: int,
@@ -260,7 +287,7 @@ def run_recommend(
     a model and data as ``lssr diagnose`` (one point per checkpoint, or the built model); writes
     ``out/recommendation.csv``, ``.json`` and ``.png`` and, when it measured, ``out/diagnostics[-k].json`` (with
     B_simple's se, readable by ``--diagnostics``)."""
-    from .recommend import check_optimizer, noise_scale, plot_recommendation, points_from_log, recommend
+    from .recommend import check_optimizer, plot_recommendation, points_from_log, recommend
 
     check_optimizer(optimizer)
     points, diags = [], []
@@ -277,31 +304,10 @@ def run_recommend(
             raise LssrError(
                 "recommend: give --diagnostics FILE, --monitor-log CSV, or --model and --data to measure first"
             )
-        samples = None  # read once, after the first model is built (its errors first, as in `lssr diagnose`)
-        for k, ckpt in enumerate(checkpoints or [None]):
-            net, dt = built_model(model, model_args or {}, ckpt, dtype, device)
-            if samples is None:
-                samples = load_data(data, split, resize)
-            compute = dataclasses.replace(Compute.of(options.get("compute")), dtype=dt)
-            kw = {**options, "compute": compute}
-            diag = diagnose(net, loss, samples, batch_sizes=[b_ref], replacement=replacement, **kw)
-            keep = {k: kw[k] for k in ("n", "seed", "bn", "dropout", "compute") if k in kw}
-            noise = noise_scale(net, loss, samples, n_total=n_train, label=ckpt or "built model", **keep)
-            points.append(noise)
-            diags.append(diag)
-            call = {"model": model, "model_args": model_args, "checkpoint": ckpt, "data": data, "split": split}
-            call.update(loss=loss, device=device, dtype=dtype, resize=resize)
-            call.update(recorded(kw))
-            name = "diagnostics.json" if k == 0 else f"diagnostics-{k}.json"
-            write_json(
-                Path(out) / name,
-                {
-                    "scalars": diag.scalars(),
-                    "per_b": diag.frame().to_dict(orient="records"),
-                    "noise": noise.to_dict(),
-                    "call": call,
-                },
-            )
+        points, diags = _measured_points(
+            out, model, model_args or {}, checkpoints or [None], (data, split, resize), loss, device, dtype,
+            b_ref, replacement, n_train, options,
+        )  # fmt: skip
     rec = recommend(
         points,
         b_ref,

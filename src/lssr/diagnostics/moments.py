@@ -406,4 +406,3 @@ def moments_frame(mom: Moments, batch_sizes: Iterable[int], replacement: bool = 
     for c in FRAME_COLUMNS:
         cols += [c] if c == "b" else [c, f"{c}_se"]
     return pd.DataFrame(rows, columns=cols)
-
