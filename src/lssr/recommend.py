@@ -46,6 +46,7 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 
 from . import LssrError
+from .diagnostics.options import DIAGNOSE_ESTIMATOR
 from .noise_scale import (
     NoiseScale,
     noise_scale,
@@ -323,7 +324,7 @@ def measure_and_recommend(
     optimizer: Any = "sgd",
     level: float = LEVEL,
     n_train: int | None = None,
-    estimator="auto",
+    estimator=DIAGNOSE_ESTIMATOR,
     eigen=False,
     compute=None,
 ):

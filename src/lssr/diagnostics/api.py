@@ -25,7 +25,7 @@ from ..scaling import gamma
 from . import engine, guards, options
 from .engine import Facts, Measurement, measure, prepare
 from .guards import check_deterministic, check_policies, restoring
-from .options import STORE_MB, Compute, Eigen, Estimator, OptionError
+from .options import DIAGNOSE_ESTIMATOR, STORE_MB, Compute, Eigen, Estimator, OptionError
 from .results import AtB, Cost, Diagnostics
 
 __all__ = ["AtB", "Compute", "Cost", "Diagnostics", "Eigen", "Estimator", "Measurement", "diagnose", "measure"]
@@ -84,7 +84,7 @@ def diagnose(
     seed: int = 0,
     forward: Callable | None = None,
     replacement: bool = False,
-    estimator: str | Estimator = "auto",
+    estimator: str | Estimator = DIAGNOSE_ESTIMATOR,
     eigen: bool | Eigen = True,
     compute: Compute | None = None,
     bn: str = "refuse",

@@ -12,7 +12,7 @@ them. The module imports only :mod:`lssr.errors`, so any module may use it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import LssrError
@@ -99,7 +99,7 @@ class Eigen:
 
     tol: float = EIG_TOL
     max_hvps: int = EIG_MAX_HVPS
-    init: Any = None
+    init: Any = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not (isinstance(self.tol, (int, float)) and 0 < self.tol < 1):

@@ -96,7 +96,7 @@ def scalar_moments(mom: Moments) -> Moments:
     )
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class Diagnostics:
     """The result of :func:`diagnose` at one θ.
 
@@ -131,6 +131,10 @@ class Diagnostics:
     tr_HS_n = property(lambda self: self.moments.tr_HS_n, doc="tr(H S_n) = ∇Lᵀ H ∇L")
     estimator = property(lambda self: self.moments.estimator, doc="exact or sketch")
     probes = property(lambda self: self.moments.probes, doc="the sketch's random-sign probes used (0: exact)")
+
+    def __repr__(self) -> str:
+        shown = [*SCALARS[:-3], "batch_sizes", "replacement", "reduction", "n_total"]
+        return f"Diagnostics({', '.join(f'{k}={getattr(self, k)!r}' for k in shown)}, cost={self.cost!r})"
 
     def at(self, b: int, replacement: bool | None = None) -> AtB:
         """The diagnostics at batch size b (see :class:`AtB`), 1 ≤ b ≤ n without replacement, b ≥ 1 with it;
