@@ -351,3 +351,14 @@ def test_fig5_seeds_distinct_and_schema_agrees():
     assert fig5_seeds(None, 7) == [7] and fig5_seeds([2, 0, 1], 7) == [2, 0, 1]
     with pytest.raises(ConfigError, match=re.escape("'experiments.fig5.seeds' = [0, 0] is invalid: each seed once")):
         fig5_seeds([0, 0], 0)
+
+
+def test_the_config_and_the_planner_import_no_torch():
+    """lssr.config takes the diagnostics' defaults from lssr.diagnostics.options, which (like the planner) comes
+    without torch: Snakemake reads the workflow without it."""
+    import subprocess
+    import sys
+
+    code = "import sys, lssr.config, lssr.workflow; print(sorted(m for m in ('torch', 'pandas') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
