@@ -5,9 +5,9 @@ training images at 32 px (a seeded subset of /work/shared/data/cifar10-jpeg/trai
 entropy, CPU, one torch thread, measured at two points: at initialisation (a flat spectrum) and after a short
 SGD training on the same n images (train mode, then eval mode for the measurement). At each point:
 
-- lssr: ``lssr.diagnose(model, "ce", (x, y), bn="eval", probes=48)``, its defaults otherwise: ‖H‖ (LOBPCG, tol
-  1e-3) and tr(H S_1) by the sketch to a 5% jackknife standard error (the default cap of 16 probes can stop
-  short of 5% on a flat spectrum; ``--probes`` sets the cap);
+- lssr: ``lssr.diagnose(model, "ce", (x, y), bn="eval", estimator=Estimator(probes=48))``, its defaults
+  otherwise: ‖H‖ (LOBPCG, tol 1e-3) and tr(H S_1) by the sketch to a 5% jackknife standard error (the default
+  cap of 16 probes can stop short of 5% on a flat spectrum; ``--probes`` sets the cap);
 - curvlinops: ``HessianLinearOperator`` with scipy ``eigsh(k=1, tol=1e-3)`` for ‖H‖, and ``hutchpp_trace`` on
   GᵀHG/n (G the n per-sample gradients, one per-sample pass) for tr(H S_1), with as many HVPs as lssr's sketch;
 - PyHessian: ``hessian(model, criterion, data=(x, y), cuda=False).eigenvalues(top_n=1)`` for ‖H‖, and its
@@ -43,6 +43,7 @@ from torchvision import transforms as T
 
 import lssr
 from lssr.curvature import LossOperator, lobpcg_top
+from lssr.diagnostics import Estimator
 from lssr.io import write_json
 from lssr.losses import get_loss
 
@@ -128,7 +129,8 @@ def measure(model: nn.Module, x, y, args, label: str) -> dict:
     print(f"[{label}] ratios {ratio}", flush=True)
 
     # lssr, its defaults
-    t_lssr, d = timed(lambda: lssr.diagnose(model, "ce", (x, y), bn="eval", seed=args.seed, probes=args.probes))
+    est = Estimator(probes=args.probes)
+    t_lssr, d = timed(lambda: lssr.diagnose(model, "ce", (x, y), bn="eval", seed=args.seed, estimator=est))
     c = d.cost
     counts = {
         "hvp": c.hvps,

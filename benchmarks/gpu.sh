@@ -3,7 +3,7 @@
 # lssr.training.train_batched (8 learning rates as one stacked model) on cnn6 + batch norm with
 # CIFAR-10-8k-sized random data (8192 x 3 x 32 x 32), per-sample forward+backward costs of cnn6 and
 # resnet9 at 32 / 64 / 96 pixels (the inputs of the Figure-5 GPU-hour estimate in benchmarks/README.md),
-# and the per-step cost of the diagnostics probe bundle (lssr.diagnostics.DiagnosticsProbe; skipped
+# and the per-step cost of the diagnostics probe bundle (lssr.training.DiagnosticsProbe; skipped
 # with a message when that module is not there or fails).
 #
 # Usage: benchmarks/gpu.sh [--cpu] [--out DIR] [--budget SECONDS]
@@ -193,9 +193,9 @@ elif over_budget():
     result["diagnostics"] = {"skipped": "time budget spent"}
 else:
     try:
-        from lssr.diagnostics import DiagnosticsProbe
+        from lssr.training import DiagnosticsProbe
     except Exception as exc:  # noqa: BLE001 - report whatever stops the import
-        result["diagnostics"] = {"skipped": f"lssr.diagnostics unavailable: {type(exc).__name__}: {exc}"}
+        result["diagnostics"] = {"skipped": f"lssr.training.DiagnosticsProbe unavailable: {type(exc).__name__}: {exc}"}
         print(f"diagnostics probe bundle skipped: {exc}", flush=True)
     else:
         import signal

@@ -137,7 +137,7 @@ def measure(model, sub, with_hessian: bool, b_ref: int, batch_sizes: list[int], 
     out = {"noise": ns.to_dict(), "seconds_noise": time.perf_counter() - t0}
     if with_hessian:
         t0 = time.perf_counter()
-        d = diagnose(model, "ce", data, batch_sizes=sorted(set([b_ref, *batch_sizes])), top=False, seed=0)
+        d = diagnose(model, "ce", data, batch_sizes=sorted(set([b_ref, *batch_sizes])), eigen=False, seed=0)
         out["diagnostics"] = d.scalars()
         out["seconds_diagnose"] = time.perf_counter() - t0
         out["_diag"] = d

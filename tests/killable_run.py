@@ -38,7 +38,7 @@ def main() -> None:
     cfg = load_config(cfg_path)
     probes = []
     if cfg.probe is not None:
-        from lssr.diagnostics import DiagnosticsProbe
+        from lssr.training import DiagnosticsProbe
 
         probes.append(DiagnosticsProbe(cfg, os.path.join(out_dir, "diagnostics.csv")))
     if where != "none":

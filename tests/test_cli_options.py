@@ -17,6 +17,7 @@ import torch
 
 import lssr
 from lssr.cli import build_parser, main
+from lssr.diagnostics import Compute, Eigen, Estimator
 
 FACTORY = """
 import torch
@@ -120,26 +121,27 @@ def image_folder(resize):
 # id: (command-line options, the same settings for lssr.diagnose, the data the call reads, factory arguments)
 CASES = {
     "estimator auto (sketch at n > probes)": ([], {}, subset_data(), {}),
-    "estimator exact": (["--estimator", "exact"], {"exact": True}, subset_data(), {}),
+    "estimator exact": (["--estimator", "exact"], {"estimator": "exact"}, subset_data(), {}),
     "estimator sketch": (
         ["--estimator", "sketch", "--probes", "8", "--stage1", "4", "--rel-se", "0.5"],
-        {"exact": False, "probes": 8, "stage1": 4, "rel_se": 0.5},
+        {"estimator": Estimator("sketch", probes=8, stage1=4, rel_se=0.5)},
         subset_data(),
         {},
     ),
     "replacement": (["--replacement"], {"replacement": True}, subset_data(), {}),
-    "store-mb": (["--store-mb", "0"], {"store_mb": 0}, subset_data(), {}),
-    "hvp-mode": (["--hvp-mode", "reverse"], {"hvp_mode": "reverse"}, subset_data(), {}),
-    "no-top": (["--no-top"], {"top": False}, subset_data(), {}),
+    "store-mb": (["--store-mb", "0"], {"compute": Compute(store_mb=0)}, subset_data(), {}),
+    "hvp-mode": (["--hvp-mode", "reverse"], {"compute": Compute(hvp_mode="reverse")}, subset_data(), {}),
+    "chunk-size": (["--chunk-size", "7"], {"compute": Compute(chunk_size=7)}, subset_data(), {}),
+    "no-eigen": (["--no-eigen"], {"eigen": False}, subset_data(), {}),
     "eigen-solver": (
         ["--eig-tol", "1e-6", "--eig-max-hvps", "90"],
-        {"eig_tol": 1e-6, "eig_max_hvps": 90},
+        {"eigen": Eigen(tol=1e-6, max_hvps=90)},
         subset_data(),
         {},
     ),
     "split test": (["--split", "test"], {}, subset_data("test"), {}),
     "loss mse": (["--loss", "mse"], {"loss": "mse"}, subset_data(), {}),
-    "dtype float64": (["--dtype", "float64"], {"dtype": torch.float64}, subset_data(), {}),
+    "dtype float64": (["--dtype", "float64"], {"compute": Compute(dtype=torch.float64)}, subset_data(), {}),
     "resize (image folder)": (["--resize", "2"], {}, image_folder(2), {"in_features": 12, "num_classes": 2}),
 }
 
@@ -163,8 +165,8 @@ def test_each_option_gives_the_python_numbers_with_its_setting(inputs, tmp_path,
     )
     assert main(argv) == 0
     model = factory()(**margs)
-    if kw.get("dtype") is not None:
-        model = model.to(kw["dtype"])
+    if kw.get("compute") is not None and kw["compute"].dtype is not None:
+        model = model.to(kw["compute"].dtype)
     sub = {} if images else {"n": N, "seed": SEED}
     ref = lssr.diagnose(model, loss, read(inputs), batch_sizes=bs, bn="eval", dropout="off", **sub, **kw)
     if images:
@@ -184,7 +186,7 @@ def test_each_option_gives_the_python_numbers_with_its_setting(inputs, tmp_path,
         assert s["cost_jvps"] > 0 and ref.cost.jvps > 0
     if case == "hvp-mode":
         assert s["cost_hvp_mode"] == "reverse"
-    if case == "no-top":
+    if case == "no-eigen":
         assert math.isnan(s["top_eig"])
     if case == "split test":
         assert s["n_total"] == 773 and js["call"]["split"] == "test"
@@ -203,6 +205,18 @@ def test_a_model_with_batch_norm_needs_bn_eval_and_dropout_off(inputs, tmp_path,
     assert main(base + ["--bn", "eval", "--dropout", "off"]) == 0
 
 
+@pytest.mark.parametrize(
+    "flags, named",
+    [(["--probes", "2"], "--probes"), (["--eig-tol", "2"], "--eig-tol"), (["--chunk-size", "0"], "--chunk-size")],
+)
+def test_a_bad_option_value_is_one_line_naming_its_flag(inputs, tmp_path, capsys, flags, named):
+    argv = command(inputs, tmp_path / "a", "--bn", "eval", "--dropout", "off", "--device", "cpu", *flags)
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith(f"lssr diagnose: error: {named}: "), err
+    assert not (tmp_path / "a" / "diagnostics.csv").exists()
+
+
 def test_the_estimators_differ_where_they_should(inputs, tmp_path):
     """--estimator exact and sketch give different tr(H S_1) at n = 32 > 16 probes (the sketch has an se; the exact
     value none), and auto is the sketch there: so a swap of the two cannot pass the comparisons above unnoticed."""
@@ -210,7 +224,7 @@ def test_the_estimators_differ_where_they_should(inputs, tmp_path):
     for est in ("exact", "sketch", "auto"):
         out = tmp_path / est
         argv = command(inputs, out, "--bn", "eval", "--dropout", "off", "--device", "cpu", "--n", str(N))
-        assert main(argv + ["--estimator", est, "--no-top"]) == 0
+        assert main(argv + ["--estimator", est, "--no-eigen"]) == 0
         outs[est] = saved(out)[0]["scalars"]
     assert outs["exact"]["estimator"] == "exact" and outs["sketch"]["estimator"] == "sketch"
     assert outs["exact"]["tr_HS_1"] != outs["sketch"]["tr_HS_1"] and outs["sketch"]["tr_HS_1_se"] > 0
@@ -231,7 +245,7 @@ def test_device_auto_resolves_to_the_available_device_and_gives_its_numbers(inpu
     device = "cuda" if torch.cuda.is_available() else "cpu"
     assert js["call"]["device"].split(":")[0] == device  # cuda:N with several GPUs
     ref = lssr.diagnose(factory()(), "ce", subset_data()(inputs), batch_sizes=list(BS), bn="eval", dropout="off",
-                        n=N, seed=0, exact=True)  # fmt: skip
+                        n=N, seed=0, estimator="exact")  # fmt: skip
     rtol, rtol_eig = (1e-12, 1e-12) if device == "cpu" else (1e-4, 2e-3)
     for k in ("loss", "tr_S_1", "tr_S_n", "tr_HS_1", "tr_HS_n"):
         assert close(js["scalars"][k], getattr(ref, k), rtol), k
@@ -252,10 +266,12 @@ def _numbers(text: str) -> list[float]:
 def test_every_option_names_its_default():
     """Each optional setting's help says what happens when it is not given: the word "default" and the default
     itself, the argparse default of the command's own options (--split train, --loss ce, --device auto, ...)
-    and, for options passed on to lssr.diagnose, that function's default when it is a number or a name."""
-    from lssr.cli import DIAGNOSE_OPTIONS
+    and, for options passed on to lssr.diagnose, its default when it is a number or a name: the function's own
+    (n, seed, bn, dropout, estimator) or the option object's field the flag sets (Estimator, Eigen, Compute)."""
+    from lssr.cli_diagnose import FLAG_FIELDS
 
     params = inspect.signature(lssr.diagnose).parameters
+    objects = {"estimator": Estimator, "eigen": Eigen, "compute": Compute}
     actions = _diagnose_actions()
     assert len(actions) >= 20
     for a in actions:
@@ -265,8 +281,12 @@ def test_every_option_names_its_default():
         assert a.help and "default" in a.help, f"{name}: its help does not name its default: {a.help!r}"
         if isinstance(a.default, str):
             assert a.default in a.help, f"{name}: default {a.default!r} not named in {a.help!r}"
-        if a.dest in DIAGNOSE_OPTIONS and a.default is None:
-            d = params[a.dest].default
+        if (a.dest in params or a.dest in FLAG_FIELDS) and a.default is None:
+            if a.dest in FLAG_FIELDS:
+                obj, field = FLAG_FIELDS[a.dest]
+                d = objects[obj].__dataclass_fields__[field].default
+            else:
+                d = params[a.dest].default
             if isinstance(d, str):
                 assert d in a.help, f"{name}: lssr.diagnose's default {d!r} not named in {a.help!r}"
             elif isinstance(d, (int, float)) and not isinstance(d, bool):

@@ -73,11 +73,25 @@ def test_valid_config_and_derived_values():
         ("probe", {"batch_sizes": [8, 2048]}, r"probe.batch_sizes.*2048"),
         ("bn_mode", "frozen", r"bn_mode"),
         ("data.n", "8m", r"subset size '8m'"),
+        ("probe", {"top_eigenvalue": False}, r"key 'probe.top_eigenvalue' is now 'probe.eigen'"),
+        ("probe", {"eigen_tol": 0.1}, r"unknown key 'probe.eigen_tol'.*eig_tol"),
     ],
 )
 def test_bad_values_name_the_key(path, value, pattern):
     with pytest.raises(ConfigError, match=pattern):
         config_from_dict(with_(path, value))
+
+
+def test_the_probe_takes_the_defaults_of_lssr_diagnose_but_its_estimator():
+    """The pipeline's probe: the sketch's and the eigen-solver's defaults are lssr.diagnose's (one definition);
+    its estimator is exact (the paper's runs), lssr.diagnose's auto; probe.eigen: false turns ‖H‖ off."""
+    from lssr.diagnostics import Eigen, Estimator
+    from lssr.diagnostics.options import DIAGNOSE_ESTIMATOR, PIPELINE_ESTIMATOR
+
+    p, e, g = ProbeConfig(), Estimator(), Eigen()
+    assert (p.probes, p.stage1, p.rel_se, p.eig_tol) == (e.probes, e.stage1, e.rel_se, g.tol)
+    assert (p.estimator, e.kind) == (PIPELINE_ESTIMATOR, DIAGNOSE_ESTIMATOR) == ("exact", "auto")
+    assert config_from_dict(with_("probe", {"eigen": False})).probe.eigen is False
 
 
 def test_missing_required_key():
@@ -406,3 +420,14 @@ def test_fig5_cells_train_to_the_goal_checked_every_few_epochs():
     e.update(train_acc_goal=None, eval_every=7)
     assert all(plan(wf).runs[r]["stop"]["train_acc_goal"] is None and plan(wf).runs[r]["eval_every"] == 7
                for r in p.figures["fig5"][:1])  # fmt: skip
+
+
+def test_the_config_and_the_planner_import_no_torch():
+    """lssr.config takes the diagnostics' defaults from lssr.diagnostics.options, which (like the planner) comes
+    without torch: Snakemake reads the workflow without it."""
+    import subprocess
+    import sys
+
+    code = "import sys, lssr.config, lssr.workflow; print(sorted(m for m in ('torch', 'pandas') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

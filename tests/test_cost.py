@@ -123,12 +123,11 @@ def test_plan_gives_each_job_its_own_runtime_capped_by_resources():
 )
 def test_probed_steps_counts_the_probe_schedule(probe, T):
     from lssr.cost import probed_steps
-    from lssr.diagnostics.probe import DiagnosticsProbe
+    from lssr.training.probe_schedule import ProbeSchedule
 
     cfg = run(device="cpu", probe=probe)
-    due = DiagnosticsProbe.scheduled
-    stub = type("P", (), {"p": cfg.probe})()
-    assert probed_steps(cfg.probe, T) == sum(due(stub, s) for s in range(T + 1))
+    schedule = ProbeSchedule.of(cfg.probe)  # the schedule the training's probe follows, step by step
+    assert probed_steps(cfg.probe, T) == sum(schedule.scheduled(s) for s in range(T + 1))
 
 
 def test_gpu_hours_sums_the_jobs_of_a_plan():

@@ -18,7 +18,8 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset, TensorDataset
 import lssr
 from lssr import LssrError
 from lssr.curvature import LossOperator
-from lssr.diagnostics.api import RandomForwardError
+from lssr.diagnostics import Compute, Eigen, Estimator
+from lssr.diagnostics.guards import RandomForwardError
 from lssr.losses import PerSampleLoss
 
 
@@ -111,7 +112,13 @@ def test_exact_mode_matches_dense_hessian_and_every_batch(kind, replacement):
     G, H, L = oracle(model, x, y)
     bs = [1, 2, 3] + ([] if replacement else [6])
     d = lssr.diagnose(
-        model, "ce", (x, y), batch_sizes=bs, exact=True, replacement=replacement, eig_tol=1e-9, eig_max_hvps=400
+        model,
+        "ce",
+        (x, y),
+        batch_sizes=bs,
+        estimator="exact",
+        replacement=replacement,
+        eigen=Eigen(tol=1e-9, max_hvps=400),
     )
     m = sum(p.numel() for p in model.parameters() if p.requires_grad)
     assert (d.m, d.m_frozen) == (m, sum(p.numel() for p in model.parameters()) - m)
@@ -168,8 +175,9 @@ def test_every_data_form_and_chunking_agree(exact):
     n = 11
     model = mlp()
     x, y = data("mlp", n)
-    kw = dict(batch_sizes=[2, 5], exact=exact, probes=8, stage1=4, rel_se=None, eig_tol=1e-8, eig_max_hvps=200)
-    ref = lssr.diagnose(model, "ce", (x, y), chunk_size=n, **kw)
+    est = Estimator("exact" if exact else "sketch", probes=8, stage1=4, rel_se=None)
+    kw = dict(batch_sizes=[2, 5], estimator=est, eigen=Eigen(tol=1e-8, max_hvps=200))
+    ref = lssr.diagnose(model, "ce", (x, y), compute=Compute(chunk_size=n), **kw)
     forms = {
         "tensors": ((x, y), None),
         "dataset": (TensorDataset(x, y), None),
@@ -182,7 +190,8 @@ def test_every_data_form_and_chunking_agree(exact):
     keys = ("loss", "top_eig", "tr_S_1", "tr_S_n", "tr_HS_1", "tr_HS_1_se", "tr_HS_n", "b_simple")
     for name, (dat, fwd) in forms.items():
         for chunk in (1, 5, n):
-            d = lssr.diagnose(model, "ce", dat, forward=fwd, chunk_size=chunk, per_sample_chunk=chunk, **kw)
+            comp = Compute(chunk_size=chunk, per_sample_chunk=chunk)
+            d = lssr.diagnose(model, "ce", dat, forward=fwd, compute=comp, **kw)
             for k in keys:
                 a, b = getattr(d, k), getattr(ref, k)
                 assert abs(a - b) <= 1e-10 * max(abs(b), 1e-3), (name, chunk, k, a, b)
@@ -199,15 +208,15 @@ def documented_subset(total, n, seed):
 def test_seeded_subset_is_the_listed_samples():
     model = mlp()
     x, y = data("mlp", 30)
-    d = lssr.diagnose(model, "ce", (x, y), n=7, seed=3, exact=True, batch_sizes=[2])
+    d = lssr.diagnose(model, "ce", (x, y), n=7, seed=3, estimator="exact", batch_sizes=[2])
     idx, other = documented_subset(30, 7, 3), documented_subset(30, 7, 4)
     assert len(set(idx.tolist())) == 7 and idx.tolist() != list(range(7)) and idx.tolist() != other.tolist()
-    e = lssr.diagnose(model, "ce", (x[idx], y[idx]), exact=True, batch_sizes=[2])
+    e = lssr.diagnose(model, "ce", (x[idx], y[idx]), estimator="exact", batch_sizes=[2])
     assert (d.n, d.n_total) == (7, 30) and d.tr_HS_1 == e.tr_HS_1 and d.tr_S_n == e.tr_S_n
-    f = lssr.diagnose(model, "ce", TensorDataset(x, y), n=7, seed=3, exact=True, batch_sizes=[2])
+    f = lssr.diagnose(model, "ce", TensorDataset(x, y), n=7, seed=3, estimator="exact", batch_sizes=[2])
     assert f.tr_HS_1 == d.tr_HS_1
-    g = lssr.diagnose(model, "ce", (x, y), n=7, seed=4, exact=True, batch_sizes=[2])
-    h = lssr.diagnose(model, "ce", (x[other], y[other]), exact=True, batch_sizes=[2])
+    g = lssr.diagnose(model, "ce", (x, y), n=7, seed=4, estimator="exact", batch_sizes=[2])
+    h = lssr.diagnose(model, "ce", (x[other], y[other]), estimator="exact", batch_sizes=[2])
     assert g.tr_HS_1 == h.tr_HS_1 != d.tr_HS_1
     with pytest.raises(LssrError, match="n = 40"):
         lssr.diagnose(model, "ce", (x, y), n=40)
@@ -248,7 +257,7 @@ def test_loss_adapters_match_a_per_sample_reference(make, target, reduction):
     ref = reference_per_sample(loss, o, y)
     assert torch.allclose(ps.per_sample(o, y), ref, rtol=1e-12, atol=0)
     G, _, L = oracle(model, x, y, ps=lambda o, t: reference_per_sample(loss, o, t))
-    d = lssr.diagnose(model, loss, (x, y), exact=True, batch_sizes=[3])
+    d = lssr.diagnose(model, loss, (x, y), estimator="exact", batch_sizes=[3])
     assert rel(d.loss, L) < 1e-12 and d.reduction == reduction
     assert rel(d.tr_S_1, float((G * G).sum(1).mean())) < 1e-10
 
@@ -307,7 +316,8 @@ def test_model_state_and_global_random_state_are_unchanged():
     random.seed(7)
     np.random.seed(7)
     rng, py, npy = torch.get_rng_state(), random.getstate(), np.random.get_state()
-    d = lssr.diagnose(model, "ce", (x, y), bn="eval", dropout="off", batch_sizes=[4], probes=4, stage1=3)
+    small = Estimator(probes=4, stage1=3)
+    d = lssr.diagnose(model, "ce", (x, y), bn="eval", dropout="off", batch_sizes=[4], estimator=small)
     assert [m.training for m in model.modules()] == modes
     assert all(torch.equal(v, params[k]) for k, v in model.named_parameters())
     assert all(torch.equal(v, buffers[k]) for k, v in model.named_buffers())
@@ -315,14 +325,14 @@ def test_model_state_and_global_random_state_are_unchanged():
     assert model[0].weight.grad is None
     assert torch.equal(torch.get_rng_state(), rng) and random.getstate() == py
     assert np.array_equal(np.random.get_state()[1], npy[1])
-    e = lssr.diagnose(mlp().eval(), "ce", (x, y), batch_sizes=[4], probes=4, stage1=3)
+    e = lssr.diagnose(mlp().eval(), "ce", (x, y), batch_sizes=[4], estimator=small)
     assert d.tr_HS_1 == e.tr_HS_1 and d.top_eig == e.top_eig  # bn='eval', dropout='off' = eval mode
 
 
 def test_wrappers_mixed_precision_and_warm_start():
     x, y = data("mlp", 9)
     model = mlp()
-    kw = dict(batch_sizes=[3], exact=True)
+    kw = dict(batch_sizes=[3], estimator="exact")
     d = lssr.diagnose(model, "ce", (x, y), **kw)
     for wrapped in (nn.DataParallel(model), torch.compile(model)):
         w = lssr.diagnose(wrapped, "ce", (x, y), **kw)
@@ -332,7 +342,7 @@ def test_wrappers_mixed_precision_and_warm_start():
     f = lssr.diagnose(copy.deepcopy(half).float(), "ce", (x.float(), y), **kw)
     assert half[0].weight.dtype == torch.bfloat16
     assert rel(h.tr_HS_1, f.tr_HS_1) < 1e-6 and rel(h.top_eig, f.top_eig) < 1e-4
-    warm = lssr.diagnose(model, "ce", (x, y), eig_init=d, **kw)
+    warm = lssr.diagnose(model, "ce", (x, y), eigen=Eigen(init=d), **kw)
     assert warm.top_eig_hvps < d.top_eig_hvps and rel(warm.top_eig, d.top_eig) < 1e-3
 
 
@@ -356,10 +366,10 @@ def test_hvp_modes_and_the_finite_difference_error_bound():
     hard = HardNet(exact=False).double()
     soft = HardNet(exact=True).double()
     soft.load_state_dict(hard.state_dict())
-    kw = dict(batch_sizes=[2], exact=True, eig_tol=1e-8, eig_max_hvps=200)
+    kw = dict(batch_sizes=[2], estimator="exact", eigen=Eigen(tol=1e-8, max_hvps=200))
     graph = lssr.diagnose(soft, "ce", (x, y), **kw)
-    fwd = lssr.diagnose(soft, "ce", (x, y), hvp_mode="forward", **kw)
-    rev = lssr.diagnose(soft, "ce", (x, y), hvp_mode="reverse", **kw)
+    fwd = lssr.diagnose(soft, "ce", (x, y), compute=Compute(hvp_mode="forward"), **kw)
+    rev = lssr.diagnose(soft, "ce", (x, y), compute=Compute(hvp_mode="reverse"), **kw)
     fd = lssr.diagnose(hard, "ce", (x, y), **kw)
     modes = (graph.cost.hvp_mode, fwd.cost.hvp_mode, rev.cost.hvp_mode, fd.cost.hvp_mode)
     assert modes == ("graph", "forward", "reverse", "fd")
@@ -376,22 +386,23 @@ def test_hvp_modes_and_the_finite_difference_error_bound():
 
 
 def test_products_without_kept_per_sample_gradients():
-    """With the per-sample gradients not kept (store_mb=0), the sketch's per-sample products come from
+    """With the per-sample gradients not kept (Compute(store_mb=0)), the sketch's per-sample products come from
     forward-mode directional derivatives (no more per-sample passes) and give the kept-gradient numbers; a
     model without forward-mode derivatives falls back to per-sample passes with the same numbers."""
     x, y = data("mlp", 24)
     model = mlp()
-    kw = dict(batch_sizes=[4], exact=False, probes=8, stage1=4, rel_se=None)
+    kw = dict(batch_sizes=[4], estimator=Estimator("sketch", probes=8, stage1=4, rel_se=None))
+    unkept = Compute(store_mb=0, per_sample_chunk=5)
     kept = lssr.diagnose(model, "ce", (x, y), **kw)
-    jvp = lssr.diagnose(model, "ce", (x, y), store_mb=0, per_sample_chunk=5, **kw)
+    jvp = lssr.diagnose(model, "ce", (x, y), compute=unkept, **kw)
     assert (kept.cost.per_sample_passes, kept.cost.jvps) == (1, 0)
     assert jvp.cost.per_sample_passes == 1 and jvp.cost.jvps > 0
     for name in ("tr_S_1", "tr_S_n", "tr_HS_1", "tr_HS_1_se", "tr_HS_n", "top_eig"):
         assert rel(getattr(jvp, name), getattr(kept, name)) < 1e-10, name
     torch.manual_seed(0)
     plain = NoForwardNet().double()
-    a = lssr.diagnose(plain, "ce", (x, y), top=False, **kw)
-    b = lssr.diagnose(plain, "ce", (x, y), top=False, store_mb=0, per_sample_chunk=5, **kw)
+    a = lssr.diagnose(plain, "ce", (x, y), eigen=False, **kw)
+    b = lssr.diagnose(plain, "ce", (x, y), eigen=False, compute=unkept, **kw)
     assert b.cost.per_sample_passes > 1 and b.cost.jvps == 0
     assert rel(b.tr_HS_1, a.tr_HS_1) < 1e-10 and rel(b.tr_HS_1_se, a.tr_HS_1_se) < 1e-10
 
@@ -431,14 +442,14 @@ def test_graph_mode_falls_back_when_the_graph_does_not_fit(monkeypatch):
 
     x, y = data("mlp", 8)
     model = mlp()
-    kw = dict(batch_sizes=[2], exact=True, eig_tol=1e-8, eig_max_hvps=200)
+    kw = dict(batch_sizes=[2], estimator="exact", eigen=Eigen(tol=1e-8, max_hvps=200))
     kept = lssr.diagnose(model, "ce", (x, y), **kw)
     monkeypatch.setattr(api, "memory_budget", lambda device: 256)
     small = lssr.diagnose(model, "ce", (x, y), **kw)
     assert (kept.cost.hvp_mode, small.cost.hvp_mode) == ("graph", "forward")
     assert rel(small.tr_HS_1, kept.tr_HS_1) < 1e-10 and rel(small.top_eig, kept.top_eig) < 1e-8
     with pytest.raises(LssrError) as e:
-        lssr.diagnose(model, "ce", (x, y), hvp_mode="graph", **kw)
+        lssr.diagnose(model, "ce", (x, y), compute=Compute(hvp_mode="graph"), **kw)
     assert "use hvp_mode 'forward' or 'reverse'" in one_line(e)
 
 
@@ -454,6 +465,49 @@ def test_bad_inputs_give_one_line_errors():
     with pytest.raises(LssrError) as e:
         lssr.diagnose(model, "ce", (x, y), batch_sizes=[7])
     assert "b <= n = 6" in one_line(e)
+
+
+@pytest.mark.parametrize(
+    "old, new",
+    [
+        ({"exact": True}, 'estimator="exact" or "sketch"'),
+        ({"probes": 8}, "estimator=Estimator(probes=...)"),
+        ({"top": False}, "eigen=False"),
+        ({"eig_init": None}, "eigen=Eigen(init=...)"),
+        ({"eig_tol": 1e-6}, "eigen=Eigen(tol=...)"),
+        ({"chunk_size": 4}, "compute=Compute(chunk_size=...)"),
+        ({"hvp_mode": "fd"}, "compute=Compute(hvp_mode=...)"),
+        ({"store_mb": 0}, "compute=Compute(store_mb=...)"),
+        ({"generator": torch.Generator()}, "seed="),
+    ],
+)
+def test_an_earlier_keyword_is_one_line_naming_its_new_place(old, new):
+    x, y = data("mlp", 6)
+    with pytest.raises(LssrError) as e:
+        lssr.diagnose(mlp(), "ce", (x, y), **old)
+    key = next(iter(old))
+    assert one_line(e).startswith(f"diagnose: {key}= moved: {new}")
+
+
+def test_the_option_objects_and_their_shorthands_give_the_same_numbers():
+    """estimator="sketch" is Estimator("sketch"), eigen=True is Eigen(), compute=None is Compute(): the same
+    numbers; Estimator("auto") is exact at n <= probes and the sketch above; bad values are one-line errors
+    naming the option."""
+    x, y = data("mlp", 10)
+    a = lssr.diagnose(mlp(), "ce", (x, y), batch_sizes=[2], estimator="sketch", eigen=True)
+    b = lssr.diagnose(
+        mlp(), "ce", (x, y), batch_sizes=[2], estimator=Estimator("sketch"), eigen=Eigen(), compute=Compute()
+    )
+    assert (a.tr_HS_1, a.tr_HS_1_se, a.top_eig) == (b.tr_HS_1, b.tr_HS_1_se, b.top_eig)
+    assert a.estimator == "sketch" and a.tr_HS_1_se > 0
+    assert lssr.diagnose(mlp(), "ce", (x, y), estimator=Estimator(probes=10), eigen=False).estimator == "exact"
+    assert lssr.diagnose(mlp(), "ce", (x, y), estimator=Estimator(probes=9), eigen=False).estimator == "sketch"
+    for bad, named in ((lambda: Estimator("fast"), "kind='fast'"), (lambda: Eigen(tol=0), "tol"),
+                       (lambda: Compute(hvp_mode="jvp"), "hvp_mode='jvp'"), (lambda: Estimator(probes=2), "probes"),
+                       (lambda: lssr.diagnose(mlp(), "ce", (x, y), eigen="yes"), "eigen must be")):  # fmt: skip
+        with pytest.raises(LssrError) as e:
+            bad()
+        assert named in one_line(e)
 
 
 FACTORY = """
@@ -595,7 +649,7 @@ def test_mobilenet_v3_small_by_finite_differences_matches_the_clamp_model():
     assert not any(isinstance(m, (nn.Hardsigmoid, nn.Hardswish)) for m in ref.modules())
     x, y = torch.randn(4, 3, 32, 32), torch.tensor([0, 0, 1, 2])  # unbalanced labels: ∇L ≠ 0 at initialisation
     start = torch.randn(sum(p.numel() for p in model.parameters()), generator=torch.Generator().manual_seed(1))
-    kw = dict(batch_sizes=[2], exact=True, eig_max_hvps=6, eig_init=start)
+    kw = dict(batch_sizes=[2], estimator="exact", eigen=Eigen(max_hvps=6, init=start))
     d = lssr.diagnose(model, "ce", (x, y), **kw)
     r = lssr.diagnose(ref, "ce", (x, y), **kw)
     assert (d.cost.hvp_mode, r.cost.hvp_mode) == ("fd", "graph")
@@ -624,7 +678,7 @@ class ItemNet(nn.Module):
 def test_a_model_vmap_cannot_batch_gets_per_sample_gradients_one_by_one():
     x, y = data("mlp", 7)
     model = mlp()
-    kw = dict(batch_sizes=[3], exact=True, eig_tol=1e-8, eig_max_hvps=200)
+    kw = dict(batch_sizes=[3], estimator="exact", eigen=Eigen(tol=1e-8, max_hvps=200))
     ref = lssr.diagnose(model, "ce", (x, y), **kw)
     d = lssr.diagnose(ItemNet(model), "ce", (x, y), **kw)
     assert (ref.cost.per_sample_mode, d.cost.per_sample_mode) == ("vmap", "loop")

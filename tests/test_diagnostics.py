@@ -1,5 +1,6 @@
-"""interaction_stats against brute force: every batch enumerated, S_b = E[g_b g_bᵀ] formed directly and the
-explicit Hessian from torch.autograd.functional.hessian (tiny float64 problems)."""
+"""The gradient moments and every b of lssr.diagnose against brute force: every batch enumerated,
+S_b = E[g_b g_bᵀ] formed directly and the explicit Hessian from torch.autograd.functional.hessian (tiny float64
+problems)."""
 
 import itertools
 import math
@@ -9,8 +10,9 @@ import pytest
 import torch
 from torch import nn
 
+import lssr
 from lssr.curvature import LossOperator
-from lssr.diagnostics import FRAME_COLUMNS, gradient_moments, interaction_stats
+from lssr.diagnostics import FRAME_COLUMNS, Compute, Estimator, gradient_moments
 from lssr.losses import get_loss
 
 
@@ -24,6 +26,12 @@ class Tiny(nn.Module):
 
     def forward(self, x):
         return self.l2(torch.tanh(self.l1(x)))
+
+
+def stats(model, loss_fn, x, y, batch_sizes, *, replacement=False, **options):
+    """The frame of lssr.diagnose (‖H‖ not measured): one row per b of tr S_b, tr(H S_b), ρ_b, ‖H‖_{S_b} ..."""
+    d = lssr.diagnose(model, loss_fn, (x, y), batch_sizes=batch_sizes, replacement=replacement, eigen=False, **options)
+    return d.frame()
 
 
 def make_problem(n, seed=0, loss="ce"):
@@ -85,9 +93,8 @@ def test_exact_matches_brute_force(replacement, loss):
     n = 5
     model, loss_fn, x, y = make_problem(n, seed=1, loss=loss)
     bs = [1, 2, 3, n]
-    df = interaction_stats(
-        model, loss_fn, x, y, bs, replacement=replacement, exact=True, chunk_size=2, per_sample_chunk=2
-    )
+    comp = Compute(chunk_size=2, per_sample_chunk=2)
+    df = stats(model, loss_fn, x, y, bs, replacement=replacement, estimator="exact", compute=comp)
     assert list(df["b"]) == bs
     for b in bs:
         tr_S_b, tr_HS_b = oracle(model, loss_fn, x, y, b, replacement)
@@ -108,7 +115,7 @@ def test_exact_matches_brute_force(replacement, loss):
 
 def test_frame_columns_and_dtype():
     model, loss_fn, x, y = make_problem(6)
-    df = interaction_stats(model, loss_fn, x, y, [1, 3], exact=True)
+    df = stats(model, loss_fn, x, y, [1, 3], estimator="exact")
     for c in FRAME_COLUMNS:
         assert c in df.columns
         if c != "b":
@@ -121,7 +128,7 @@ def test_frame_columns_and_dtype():
     assert df["rho_b"].is_monotonic_increasing and df["tr_S_b"].is_monotonic_decreasing
     # a loss without .per_sample falls back to single-sample calls and gives the same numbers
     plain = lambda o, t: nn.functional.cross_entropy(o, t)  # noqa: E731
-    df2 = interaction_stats(model, plain, x, y, [1, 3], exact=True)
+    df2 = stats(model, plain, x, y, [1, 3], estimator="exact")
     np.testing.assert_allclose(df2["tr_HS_b"], df["tr_HS_b"], rtol=1e-10)
 
 
@@ -154,12 +161,10 @@ def test_sketch_is_unbiased_and_se_is_honest():
     assert sd < 0.5 * abs(exact)
 
 
-def test_sketch_adaptive_and_interaction_stats_estimated():
+def test_sketch_adaptive_and_every_b_estimated():
     model, loss_fn, x, y = make_problem(16, seed=4)
-    exact = interaction_stats(model, loss_fn, x, y, [1, 4, 16], exact=True)
-    est = interaction_stats(
-        model, loss_fn, x, y, [1, 4, 16], probes=32, stage1=4, rel_se=0.05, generator=torch.Generator().manual_seed(0)
-    )
+    exact = stats(model, loss_fn, x, y, [1, 4, 16], estimator="exact")
+    est = stats(model, loss_fn, x, y, [1, 4, 16], estimator=Estimator("sketch", probes=32, stage1=4, rel_se=0.05))
     # exact quantities agree, estimated ones within 5 se (or tiny)
     for c in ("tr_S_b", "rho_b", "tr_S_1", "tr_S_n", "tr_HS_n"):
         np.testing.assert_allclose(est[c], exact[c], rtol=1e-10)
@@ -233,7 +238,7 @@ def test_weighted_gradients_and_no_global_rng():
 def test_probe_schedule_dense_window_then_every(tmp_path):
     """`dense_until`: every step in [start, dense_until), then start + k·every, before `stop` (by enumeration)."""
     from lssr.config import config_from_dict
-    from lssr.diagnostics import DiagnosticsProbe
+    from lssr.training import DiagnosticsProbe
 
     raw = {
         "device": "cpu",

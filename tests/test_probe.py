@@ -11,9 +11,9 @@ from lssr.columns import probe_columns
 from lssr.config import config_from_dict
 from lssr.curvature import BatchNormModeError
 from lssr.data import Subset
-from lssr.diagnostics import DiagnosticsProbe
+from lssr.diagnostics import Eigen
 from lssr.models import build_model
-from lssr.training import train
+from lssr.training import DiagnosticsProbe, train
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -222,8 +222,8 @@ def test_consecutive_steps_give_the_cosine_of_consecutive_batch_gradients(data, 
     # (the direct batch-mean gradient of step t+1) must equal that of a probe at every step
     # (g_{t+1} from the per-sample gradients weighted by the batch), on the same trajectory.
     base = {"optim": {"lr": 0.05, "batch_size": batch_size}, "stop": {"steps": 4}, "model": {"name": "digits_cnn"}}
-    light = cfg_for(**base, probe={"every": 2, "consecutive": True, "top_eigenvalue": False})
-    dense = cfg_for(**base, probe={"every": 1, "top_eigenvalue": False})
+    light = cfg_for(**base, probe={"every": 2, "consecutive": True, "eigen": False})
+    dense = cfg_for(**base, probe={"every": 1, "eigen": False})
     a, b = tmp_path / "light", tmp_path / "dense"
     assert run(light, data, a, True) == run(dense, data, b, True), "the probes changed the trajectory"
     got = pd.read_csv(a / "diagnostics.csv").set_index("step")
@@ -252,7 +252,9 @@ def test_probe_rows_are_lssr_diagnose_numbers(data):
     ctx.train_loss_after = loss0
     probe.after_step(ctx)
     row = probe.rows[0]
-    d = lssr.diagnose(model, "mse", (data.x_train, data.y_train), batch_sizes=[1, 4, N], exact=True, eig_tol=1e-6)
+    d = lssr.diagnose(
+        model, "mse", (data.x_train, data.y_train), batch_sizes=[1, 4, N], estimator="exact", eigen=Eigen(tol=1e-6)
+    )
     for k in ("tr_S_1", "tr_S_n", "tr_HS_1", "tr_HS_n", "ias_n"):
         assert row[k] == pytest.approx(getattr(d, k), rel=1e-5)
     for b in (1, 4, N):

@@ -129,7 +129,7 @@ def test_the_noise_scale_of_a_model_is_that_of_its_per_sample_gradients_and_the_
     gbar = -Xn.mean(0)
     for rep in (False, True):
         bs = [1, 2, 4] if rep else [1, 2, 4, 8]
-        rec, diag, ns = measure_and_recommend(net, loss, (X, y), 2, 0.05, bs, replacement=rep, exact=True)
+        rec, diag, ns = measure_and_recommend(net, loss, (X, y), 2, 0.05, bs, replacement=rep, estimator="exact")
         ref = noise_scale_from_gradients(-Xn, n_total=n)
         assert ns.b_simple == pytest.approx(ref.b_simple, rel=1e-10)
         assert ns.b_simple == pytest.approx(2.5, rel=1e-10)
@@ -432,7 +432,7 @@ def test_a_sharpness_monitor_log_gives_the_points_latest_first(tmp_path, capsys)
     loss = lambda out, t: 0.5 * (out[:, 0] - t) ** 2  # noqa: E731
     opt = torch.optim.SGD(net.parameters(), lr=0.05)
     csv = tmp_path / "monitor.csv"
-    mon = lssr.SharpnessMonitor(net, loss, (X, y), opt, n=None, every=2, csv=csv, exact=True, replacement=False)
+    mon = lssr.SharpnessMonitor(net, loss, (X, y), opt, n=None, every=2, csv=csv, estimator="exact", replacement=False)
     for step in range(6):
         mon.step(step)
         opt.zero_grad()

@@ -6,7 +6,19 @@ import numpy as np
 import pytest
 
 from lssr import LssrError
-from lssr.scaling import batch_weight, fit_lsr, fit_lssr, fit_rules, fit_srsr, gamma, lsr, lssr, rho_b, srsr
+from lssr.scaling import (
+    batch_weight,
+    fit_lsr,
+    fit_lssr,
+    fit_rules,
+    fit_srsr,
+    gamma,
+    lsr,
+    lssr,
+    rho_b,
+    sgd_threshold,
+    srsr,
+)
 
 
 def test_gamma_closed_forms():
@@ -92,3 +104,27 @@ def test_named_ratios_of_the_paper():
     assert instability_ratio(6.0, 2.0) == 3.0
     assert math.isnan(concentration(1.0, 0.0))
     np.testing.assert_allclose(concentration(np.array([1.0, 3.0]), np.array([2.0, 4.0])), [0.5, 0.75])
+
+
+@pytest.mark.parametrize(
+    "momentum, dampening, nesterov", [(0.0, 0.0, False), (0.9, 0.0, False), (0.5, 0.3, False), (0.9, 0.0, True)]
+)
+def test_the_sgd_threshold_is_where_torch_sgd_diverges_on_a_quadratic(momentum, dampening, nesterov):
+    """torch.optim.SGD on ½λθ² (with weight decay w, curvature λ + w) shrinks θ for λ + w 2% below
+    sgd_threshold and blows it up 2% above; NaN for η ≤ 0 or dampening 1."""
+    import torch
+
+    lr, wd = 0.1, 0.05
+    thr = sgd_threshold(lr, momentum, dampening, nesterov)
+    for factor, grows in ((0.98, False), (1.02, True)):
+        lam = factor * thr - wd
+        theta = torch.ones(1, dtype=torch.float64, requires_grad=True)
+        opt = torch.optim.SGD(
+            [theta], lr=lr, momentum=momentum, dampening=dampening, nesterov=nesterov, weight_decay=wd
+        )
+        for _ in range(3000):
+            opt.zero_grad()
+            (0.5 * lam * theta**2).sum().backward()
+            opt.step()
+        assert (abs(float(theta.detach())) > 1.0) == grows
+    assert math.isnan(sgd_threshold(0.0)) and math.isnan(sgd_threshold(0.1, 0.9, 1.0))

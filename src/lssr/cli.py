@@ -193,11 +193,9 @@ def cmd_replication_record(args: argparse.Namespace) -> None:
 
 
 def cmd_diagnose(args: argparse.Namespace) -> None:
-    from .diagnostics.command import parse_model_args, run_diagnose
+    from .cli_diagnose import diagnose_options, parse_model_args, run_diagnose
     from .training import resolve_device
 
-    options = {k: getattr(args, k) for k in DIAGNOSE_OPTIONS if getattr(args, k) is not None}
-    options["exact"] = {"auto": None, "exact": True, "sketch": False}[args.estimator]
     res = run_diagnose(
         model=args.model,
         model_args=parse_model_args(args.model_arg),
@@ -211,8 +209,7 @@ def cmd_diagnose(args: argparse.Namespace) -> None:
         device=str(resolve_device(args.device)),
         dtype=args.dtype,
         replacement=args.replacement,
-        top=not args.no_top,
-        **options,
+        **diagnose_options(args),
     )
     cols = ["b", "tr_S_b", "tr_HS_b", "tr_HS_b_se", "ias_b", "ias_b_se", "rho_b", "instability_b"]
     print(f"n={res.n} m={res.m} loss={res.loss:.6g} ‖H‖={res.top_eig:.6g} B_simple={res.b_simple:.6g} "
@@ -222,11 +219,10 @@ def cmd_diagnose(args: argparse.Namespace) -> None:
 
 
 def cmd_recommend(args: argparse.Namespace) -> None:
-    from .diagnostics.command import parse_model_args, run_recommend
+    from .cli_diagnose import diagnose_options, parse_model_args, run_recommend
     from .training import resolve_device
 
-    options = {k: getattr(args, k) for k in DIAGNOSE_OPTIONS if getattr(args, k) is not None}
-    options["exact"] = {"auto": None, "exact": True, "sketch": False}[args.estimator]
+    options = {**diagnose_options(args), "eigen": False}  # the ceiling needs tr(H S_b), not ‖H‖
     rec = run_recommend(
         b_ref=args.b_ref,
         lr_ref=args.lr_ref,
@@ -248,7 +244,6 @@ def cmd_recommend(args: argparse.Namespace) -> None:
         optimizer=args.optimizer,
         level=args.level,
         n_train=args.n_train,
-        top=False,
         **options,
     )
     print(f"B_simple = {rec.b_simple:.4g} ({rec.level:.0%}: {rec.b_simple_lo:.4g} to {rec.b_simple_hi:.4g}), "
@@ -256,10 +251,6 @@ def cmd_recommend(args: argparse.Namespace) -> None:
           f"{'with' if rec.replacement else 'without'} replacement, momentum {rec.momentum:g}")  # fmt: skip
     print(rec.frame().to_string(index=False, float_format=lambda v: f"{v:.4g}"))
     print(f"wrote {args.out}/recommendation.csv, recommendation.json and recommendation.png")
-
-
-DIAGNOSE_OPTIONS = ("n", "seed", "probes", "stage1", "rel_se", "eig_tol", "eig_max_hvps", "chunk_size", "bn", "dropout",
-                    "hvp_mode", "store_mb")  # fmt: skip
 
 
 def _read_csv_arg(path: str, made_by: str):
@@ -422,7 +413,7 @@ def _add_model_data_options(a, required: bool = True, several: bool = False) -> 
     a("--probes", type=int, default=None, help="sketch: the most random-sign probes (default 16)")
     a("--stage1", type=int, default=None, help="sketch: probes of the first block, >= 3 (default 6)")
     a("--rel-se", type=float, default=None, help="sketch: add probes until se <= REL_SE x estimate (default 0.05)")
-    a("--no-top", action="store_true", help="skip ‖H‖ (the top Hessian eigenvalue; default: computed)")
+    a("--no-eigen", action="store_true", help="skip ‖H‖ (the top Hessian eigenvalue; default: computed)")
     a("--eig-tol", type=float, default=None, help="‖H‖: LOBPCG relative residual to stop at (default 1e-3)")
     a("--eig-max-hvps", type=int, default=None, help="‖H‖: the most HVPs of the eigen-solver (default 60)")
     a("--chunk-size", type=int, default=None, help="samples per chunk moved to the device (default 512)")

@@ -19,18 +19,18 @@ Regimes, by x = (γ_{N,b}/b)·B_simple (= B_simple/b with replacement): ``linear
 
 Stability ceiling (Definition 1): one SGD step raises the loss in expectation at the measured θ when
 tr(H S_b)/tr S_N > 2/η, i.e. above η_max(b) = 2·tr S_N / tr(H S_b); with heavy-ball momentum β the
-threshold of :func:`lssr.diagnostics.monitor.sgd_threshold`, η_max(b) = (2 + 2β)·tr S_N / tr(H S_b).
+threshold of :func:`lssr.scaling.sgd_threshold`, η_max(b) = (2 + 2β)·tr S_N / tr(H S_b).
 
 Optimisers: plain SGD as the paper; SGD with momentum β through the effective step η/(1 − β): for a fixed β
 the rule scales η itself by the same ratio, so the recommendation is unchanged and only the ceiling moves.
 Adam-type optimisers (Adam, AdamW, RMSprop, Adagrad, ...) are refused: LSSR is derived for SGD's update, and
 an adaptive optimiser's step is not η·g (its batch-size scaling is a different law, see Li et al. 2024).
 
-Interval: B_simple is measured on n samples; its sampling standard error is the delete-one jackknife over the
-samples (one full gradient and one pass of per-sample gradients: each sample's ‖g_i‖² and g_iᵀ∇L), with the
-finite-population factor 1 − n/N when the n samples are drawn from a training set of N. The interval of
-log B_simple is ± z·se/B_simple at the chosen level, and η(b), monotone in B_simple, takes the interval's
-ends. tr S_N is estimated without bias from the n samples, ‖ḡ‖² − (1/n − 1/N) s² with
+Interval (:mod:`lssr.noise_scale`): B_simple is measured on n samples; its sampling standard error is the
+delete-one jackknife over the samples (one full gradient and one pass of per-sample gradients: each sample's
+‖g_i‖² and g_iᵀ∇L), with the finite-population factor 1 − n/N when the n samples are drawn from a training set
+of N. The interval of log B_simple is ± z·se/B_simple at the chosen level, and η(b), monotone in B_simple, takes
+the interval's ends. tr S_N is estimated without bias from the n samples, ‖ḡ‖² − (1/n − 1/N) s² with
 s² = (1/(n − 1)) Σ ‖g_i − ḡ‖² (exactly ‖ḡ‖² when n = N). With several measurement points (e.g. at
 initialisation and after some training), the recommendation is the first point's and the interval spans every
 point's interval (how far B_simple moves along training).
@@ -40,13 +40,42 @@ from __future__ import annotations
 
 import math
 import numbers
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
+from .diagnostics.options import DIAGNOSE_ESTIMATOR
 from .errors import LssrError
+from .noise_scale import (
+    NoiseScale,
+    noise_scale,
+    noise_scale_from_diagnostics,
+    noise_scale_from_gradients,
+    noise_scale_from_samples,
+    points_from_log,
+)
 from .scaling import gamma, trace_b
+
+__all__ = [
+    "LINEAR_X",
+    "SATURATED_X",
+    "NoiseScale",
+    "Recommendation",
+    "check_optimizer",
+    "lr_ratio",
+    "measure_and_recommend",
+    "noise_scale",
+    "noise_scale_from_diagnostics",
+    "noise_scale_from_gradients",
+    "noise_scale_from_samples",
+    "plot_recommendation",
+    "points_from_log",
+    "recommend",
+    "regime",
+    "regime_x",
+    "stability_ceiling",
+]
 
 #: Regime thresholds on x = (γ_{N,b}/b)·B_simple: linear above LINEAR_X, saturated below SATURATED_X.
 LINEAR_X, SATURATED_X = 4.0, 0.25
@@ -58,148 +87,6 @@ SGD_NAMES = ("sgd",)
 ADAPTIVE_NAMES = ("adam", "adamw", "adamax", "nadam", "radam", "sparseadam", "adagrad", "adadelta", "rmsprop",
                   "lamb", "lars", "lion", "adafactor", "sophia", "shampoo")  # fmt: skip
 COLUMNS = ["b", "lr", "lr_lo", "lr_hi", "regime", "x", "rho_b", "lsr", "srsr", "lr_max", "above_ceiling"]
-
-
-# ---------------------------------------------------------------------------------------------
-# B_simple and its standard error
-# ---------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class NoiseScale:
-    """B_simple at one θ, measured on n of the N training samples: tr S_1 = (1/n) Σ‖g_i‖², tr S_N (unbiased,
-    see the module's docstring), B_simple = (tr S_1 − tr S_N)/tr S_N and its jackknife standard error
-    (NaN when the per-sample numbers were not kept, e.g. from a :class:`~lssr.Diagnostics` alone)."""
-
-    n: int
-    n_total: int | None
-    tr_S_1: float
-    tr_S_n: float
-    b_simple: float
-    b_simple_se: float
-    label: str = ""
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
-def _b_simple(T1, Tn_raw, n, n_total):
-    """B_simple from tr S_1 = T1 and ‖ḡ‖² = Tn_raw on n samples of N (None: an infinite population)."""
-    s2 = n / (n - 1) * (T1 - Tn_raw) if n > 1 else 0.0 * T1
-    fpc = 1.0 / n - (0.0 if n_total is None else 1.0 / n_total)
-    M = Tn_raw - fpc * s2
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return M, (T1 - M) / M
-
-
-def noise_scale_from_samples(sq, dots, grad_sq: float, n_total: int | None = None, label: str = "") -> NoiseScale:
-    """B_simple ± jackknife se from each sample's ‖g_i‖² (``sq``), g_iᵀ∇L (``dots``) and ‖∇L‖² (``grad_sq``),
-    ∇L = ḡ the mean of the n per-sample gradients. ``n_total``: the training set's size N the n samples were
-    drawn from (None: an infinite population; N = n: B_simple is exact at θ and se = 0)."""
-    sq = np.asarray(sq, dtype=np.float64).reshape(-1)
-    a = np.asarray(dots, dtype=np.float64).reshape(-1)
-    n = sq.size
-    if n < 2 or a.size != n:
-        raise LssrError(f"noise scale: need n >= 2 samples with one ‖g_i‖² and one g_iᵀ∇L each, got {n} and {a.size}")
-    if n_total is not None and n_total < n:
-        raise LssrError(f"noise scale: n_total = {n_total} is smaller than the n = {n} samples measured")
-    T1 = float(sq.mean())
-    Tn, B = _b_simple(T1, float(grad_sq), n, n_total)
-    # delete-one: ḡ_(−i) = (nḡ − g_i)/(n − 1), ‖ḡ_(−i)‖² = (n²‖ḡ‖² − 2n g_iᵀḡ + ‖g_i‖²)/(n − 1)²
-    T1_i = (n * T1 - sq) / (n - 1)
-    Tn_i = (n * n * float(grad_sq) - 2 * n * a + sq) / (n - 1) ** 2
-    if n > 2:
-        _, B_i = _b_simple(T1_i, Tn_i, n - 1, n_total)
-        var = (n - 1) / n * float(np.sum((B_i - B_i.mean()) ** 2))
-        fpc = 1.0 if n_total is None else max(0.0, 1.0 - n / n_total)
-        se = math.sqrt(var * fpc) if math.isfinite(var) else math.nan
-    else:
-        se = math.nan
-    return NoiseScale(n, n_total, T1, float(Tn), float(B), se, label)
-
-
-def noise_scale_from_gradients(G, n_total: int | None = None, label: str = "") -> NoiseScale:
-    """:func:`noise_scale_from_samples` from the (n, m) matrix of per-sample gradients g_iᵀ."""
-    G = np.asarray(G, dtype=np.float64)
-    g = G.mean(0)
-    return noise_scale_from_samples((G * G).sum(1), G @ g, float(g @ g), n_total, label)
-
-
-def noise_scale_from_diagnostics(diag, label: str = "") -> NoiseScale:
-    """The :class:`NoiseScale` of a :class:`~lssr.Diagnostics` (or its ``scalars()`` dict): tr S_1, tr S_N made
-    unbiased for the training set of ``n_total`` samples, B_simple; se NaN (the per-sample numbers are gone)."""
-    get = (lambda k: diag[k]) if isinstance(diag, dict) else (lambda k: getattr(diag, k))
-    n, n_total = int(get("n")), get("n_total")
-    n_total = n if n_total is None or (isinstance(n_total, float) and math.isnan(n_total)) else int(n_total)
-    T1, Tn_raw = float(get("tr_S_1")), float(get("tr_S_n"))
-    Tn, B = _b_simple(T1, Tn_raw, n, n_total)
-    return NoiseScale(n, n_total, T1, float(Tn), float(B), math.nan, label)
-
-
-def noise_scale(
-    model,
-    loss,
-    data,
-    *,
-    n: int | None = None,
-    seed: int = 0,
-    forward: Callable | None = None,
-    bn: str = "refuse",
-    dropout: str = "refuse",
-    chunk_size: int | None = None,
-    dtype=None,
-    n_total: int | None = None,
-    label: str = "",
-) -> NoiseScale:
-    """B_simple ± se of ``model`` on ``data`` at the current θ (arguments as :func:`lssr.diagnose`): one full
-    gradient ∇L and one pass of per-sample gradients for ‖g_i‖² and g_iᵀ∇L. The model's mode, ``.grad``,
-    buffers and the global random state are as before the call. ``n_total``: N, the training set's size, when
-    ``data`` is not all of it (default: the size of ``data``)."""
-    import torch
-
-    from .diagnostics.api import CHUNK, _restoring, prepare
-
-    chunk = CHUNK if chunk_size is None else int(chunk_size)
-    prep = prepare(model, loss, data, n=n, seed=seed, forward=forward, chunk_size=chunk, dtype=dtype)
-    with _restoring(prep.model, bn, dropout), torch.autocast(prep.device_type, enabled=False):
-        op = prep.operator(chunk_size=chunk)
-        grad = op.gradient()
-        sq = torch.zeros(op.n, dtype=torch.float64)
-        dots = torch.zeros(op.n, dtype=torch.float64)
-        for sl, Gc in op.per_sample_grads(reuse=True):
-            sq[sl] = (Gc * Gc).sum(1).double().cpu()
-            dots[sl] = (Gc @ grad).double().cpu()
-        grad_sq = float(grad.double().square().sum())
-    return noise_scale_from_samples(sq.numpy(), dots.numpy(), grad_sq, n_total or prep.n_total, label)
-
-
-def points_from_log(log, *, last: int | None = None) -> list[dict]:
-    """The measurements of a :class:`lssr.SharpnessMonitor` log (its CSV file, a DataFrame or its rows as
-    dicts) as points for :func:`recommend`, the latest first (it gives η; the others widen the interval):
-    each row's n, n_total, tr S_1, tr S_N, tr(H S_1), tr(H S_N), labelled by its step. ``last``: keep only the
-    latest ``last`` rows (e.g. the end of a short run at b_ref)."""
-    import pandas as pd
-
-    if isinstance(log, (str, bytes)) or hasattr(log, "__fspath__"):
-        from pathlib import Path
-
-        if not Path(log).is_file():
-            raise LssrError(f"monitor log {log}: no such file (SharpnessMonitor(csv=...) writes it)")
-        frame = pd.read_csv(log)
-    else:
-        frame = pd.DataFrame(log)
-    need = ["n", "n_total", "tr_S_1", "tr_S_n"]
-    missing = [c for c in need if c not in frame.columns]
-    if missing or frame.empty:
-        what = f"lacks the columns {', '.join(missing)}" if missing else "has no rows"
-        raise LssrError(f"monitor log: {what}; fix: give the CSV a SharpnessMonitor wrote")
-    keep = [c for c in ("step", *need, "tr_HS_1", "tr_HS_n") if c in frame.columns]
-    rows = frame[keep].dropna(subset=need).to_dict(orient="records")[::-1]
-    if last is not None:
-        rows = rows[: int(last)]
-    for r in rows:
-        r["label"] = f"step {int(r['step'])}" if "step" in r else ""
-    return rows
 
 
 # ---------------------------------------------------------------------------------------------
@@ -331,6 +218,14 @@ def _interval(p: NoiseScale, z: float) -> tuple[float, float]:
     return p.b_simple / k, p.b_simple * k
 
 
+def _ceilings(d, bs: list[int], N: int | None, rep: bool, momentum: float) -> list[float]:
+    """η_max(b) of each b from the diagnostics ``d`` (tr(H S_b) by identity (1)); NaN without them."""
+    if d is None:
+        return [math.nan] * len(bs)
+    trHS = trace_b(float(d.tr_HS_1), float(d.tr_HS_n), N or int(d.n), np.asarray(bs, dtype=float), rep if N else True)
+    return list(np.atleast_1d(stability_ceiling(trHS, float(d.tr_S_n), momentum)))
+
+
 def recommend(
     source,
     b_ref: int,
@@ -387,13 +282,7 @@ def recommend(
     ends = [e for p in points for e in _interval(p, z)] + [p.b_simple for p in points[1:]]
     finite = [e for e in ends if math.isfinite(e)]
     lo, hi = (min(finite + [B]), max(finite + [B])) if finite else (math.nan, math.nan)
-    ceil = [math.nan] * len(bs)
-    if diagnostics is not None:
-        d = diagnostics
-        trHS = trace_b(
-            float(d.tr_HS_1), float(d.tr_HS_n), N or int(d.n), np.asarray(bs, dtype=float), rep if N else True
-        )
-        ceil = list(np.atleast_1d(stability_ceiling(trHS, float(d.tr_S_n), momentum)))
+    ceil = _ceilings(diagnostics, bs, N, rep, momentum)
     rows = []
     for b, cap in zip(bs, ceil):
         lr = lr_ref * lr_ratio(b, b_ref, B, N, rep)
@@ -435,17 +324,19 @@ def measure_and_recommend(
     optimizer: Any = "sgd",
     level: float = LEVEL,
     n_train: int | None = None,
-    **diagnose_options,
+    estimator=DIAGNOSE_ESTIMATOR,
+    eigen=False,
+    compute=None,
 ):
-    """Measures first, then :func:`recommend`: :func:`lssr.diagnose` (tr(H S_b) for the ceiling) and
-    :func:`noise_scale` (B_simple ± se) of ``model`` on ``data`` at the current θ. Returns
-    (Recommendation, Diagnostics, NoiseScale). ``n_train``: N when ``data`` is not the whole training set."""
+    """Measures first, then :func:`recommend`: :func:`lssr.diagnose` (tr(H S_b) for the ceiling; ``estimator``,
+    ``eigen`` and ``compute`` as there, ‖H‖ not measured by default) and :func:`noise_scale` (B_simple ± se) of
+    ``model`` on ``data`` at the current θ. Returns (Recommendation, Diagnostics, NoiseScale). ``n_train``: N
+    when ``data`` is not the whole training set."""
     from .diagnostics.api import diagnose
 
     common = dict(n=n, seed=seed, forward=forward, bn=bn, dropout=dropout)
-    diagnose_options.setdefault("top", False)  # the ceiling needs tr(H S_1) and tr(H S_N), not ‖H‖
-    diag = diagnose(model, loss, data, **common, **diagnose_options)
-    noise = noise_scale(model, loss, data, **common, chunk_size=diagnose_options.get("chunk_size"), n_total=n_train)
+    diag = diagnose(model, loss, data, **common, estimator=estimator, eigen=eigen, compute=compute)
+    noise = noise_scale(model, loss, data, **common, compute=compute, n_total=n_train)
     rec = recommend(
         noise,
         b_ref,

@@ -14,6 +14,8 @@ Rules (η as a function of b, up to a constant c):
 - LSSR (linear and saturation rule):     η = c·ρ_b(ρ)
 - constant η (the baseline C5 adds):      η = c
 
+and the stability threshold of ``torch.optim.SGD`` (:func:`sgd_threshold`: 2/η without momentum).
+
 The fits are least squares in log space (log2 η), the natural scale of a learning-rate grid of
 powers of two; RMSE is reported in log2 units (1.0 = off by a factor of 2 on average).
 """
@@ -83,6 +85,20 @@ def interaction_aware_sharpness(tr_HS_b, tr_S_b):
 def instability_ratio(tr_HS_b, tr_S_n):
     """tr(H S_b)/tr(S_n): one SGD step increases the loss in expectation when this exceeds 2/η."""
     return _ratio(tr_HS_b, tr_S_n)
+
+
+def sgd_threshold(lr: float, momentum: float = 0.0, dampening: float = 0.0, nesterov: bool = False) -> float:
+    """The largest curvature λ for which ``torch.optim.SGD`` is stable on the quadratic ½λθ²: 2/η without
+    momentum; (2 + 2β)/(η(1 − τ)) with heavy-ball momentum β and dampening τ; (2 + 2β)/(η(1 + 2β)) with
+    Nesterov momentum (torch's form; it allows no dampening). NaN when η ≤ 0 or τ = 1. A step raises the loss
+    in expectation when the instability ratio tr(H S_b)/tr S_n exceeds it."""
+    if not lr > 0 or dampening >= 1:
+        return math.nan
+    if momentum == 0:
+        return 2.0 / lr
+    if nesterov:
+        return (2.0 + 2.0 * momentum) / (lr * (1.0 + 2.0 * momentum))
+    return (2.0 + 2.0 * momentum) / (lr * (1.0 - dampening))
 
 
 def rho_b(rho, n: int, b, replacement: bool = False):

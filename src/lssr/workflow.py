@@ -203,7 +203,7 @@ def _merge_probe(a: dict | None, b: dict | None) -> dict | None:
             out[k] = sorted(set(out[k]) | set(v))
         elif k in ("expected_change_batches", "resultant_batches", "probes", "dense_until"):
             out[k] = max(out[k], v)
-        elif k in ("valley", "top_eigenvalue", "consecutive"):
+        elif k in ("valley", "eigen", "consecutive"):
             out[k] = bool(out[k] or v)
         elif k == "eig_tol":
             out[k] = min(out[k], v)

@@ -35,11 +35,11 @@ from typing import Any, Union
 import yaml
 
 from ..datasets import SOURCE_NAMES, DataError, parse_size
+from ..diagnostics.options import CHUNK, EIG_TOL, ESTIMATORS, PIPELINE_ESTIMATOR, PROBES, REL_SE, STAGE1
 from ..errors import LssrError
 
 MODEL_NAMES = ("cnn6", "digits_cnn", "resnet9", "wrn28_2")
 LOSS_NAMES = ("ce", "mse")
-ESTIMATORS = ("exact", "sketch", "auto")
 BN_MODES = ("train", "eval")
 ACTIVATION_CHECKPOINTING = ("auto", "always", "never")
 
@@ -88,12 +88,12 @@ class ProbeConfig:
     every: int = 10  # probe steps start, start + every, ... (after the dense window)
     dense_until: int = 0  # probe every step in [start, dense_until), then every `every` (the edge is reached early)
     batch_sizes: tuple[int, ...] = ()
-    estimator: str = "exact"  # exact | sketch | auto
-    probes: int = 16  # sketch mode: the most random-sign probes for tr(H S_1) (see rel_se)
-    stage1: int = 6  # sketch mode: the probes of the first block, before the se is first checked (>= 3)
-    rel_se: float | None = 0.05  # sketch mode: add probes until the jackknife se(tr H S_1) <= rel_se * estimate
-    top_eigenvalue: bool = True
-    eig_tol: float = 1e-3
+    estimator: str = PIPELINE_ESTIMATOR  # exact | sketch | auto (lssr.diagnose's default is auto)
+    probes: int = PROBES  # sketch mode: the most random-sign probes for tr(H S_1) (see rel_se)
+    stage1: int = STAGE1  # sketch mode: the probes of the first block, before the se is first checked (>= 3)
+    rel_se: float | None = REL_SE  # sketch mode: add probes until the jackknife se(tr H S_1) <= rel_se * estimate
+    eigen: bool = True  # ‖H‖ by LOBPCG (false: not measured)
+    eig_tol: float = EIG_TOL
     expected_change_batches: int = 0  # K sampled batches for E_B[L(θ − η g_B)] − L(θ); 0 = off
     resultant_batches: int = 0  # sampled batches for the mean resultant length R̄_b²; 0 = off
     valley: bool = False  # Figure-3 asymmetric-valley probes (GD)
@@ -116,7 +116,7 @@ class RunConfig:
     stop: StopConfig = field(default_factory=StopConfig)
     eval_every: int = 10
     log_every: int = 1
-    chunk_size: int = 512
+    chunk_size: int = CHUNK
     bn_mode: str = "train"
     # Training: batch norm normalises with the statistics of the whole mini-batch of b samples. An explicit
     # N trains with "ghost batches" instead: statistics (and forward passes) over chunks of N samples.
@@ -173,6 +173,8 @@ def _coerce(value: Any, tp: Any, key: str, where: str) -> Any:
                 return _coerce(value, arg, key, where)
             except ConfigError as exc:
                 errors.append(exc)
+        if len(errors) == 1 and any(dataclasses.is_dataclass(a) for a in args):  # a section or null: its own error
+            raise errors[0]
         names = " or ".join(_type_name(a) for a in args)
         raise ConfigError(f"{where}: key '{key}' must be {names}, got {value!r}")
     if origin is tuple:
@@ -208,10 +210,18 @@ def _coerce(value: Any, tp: Any, key: str, where: str) -> Any:
     raise ConfigError(f"{where}: key '{key}': unsupported type {tp}")  # pragma: no cover
 
 
+#: Keys of earlier versions and their names now.
+RENAMED_KEYS = {"probe.top_eigenvalue": "probe.eigen"}
+
+
 def _from_dict(cls: type, raw: dict, where: str, prefix: str = "") -> Any:
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(raw) - set(fields))
+    for key in unknown:
+        if f"{prefix}{key}" in RENAMED_KEYS:
+            new = RENAMED_KEYS[f"{prefix}{key}"]
+            raise ConfigError(f"{where}: key '{prefix}{key}' is now '{new}'; fix: rename it")
     if unknown:
         raise ConfigError(
             f"{where}: unknown key '{prefix}{unknown[0]}'; known keys in this section: {', '.join(sorted(fields))}"

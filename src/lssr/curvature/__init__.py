@@ -22,7 +22,8 @@ Design
   train mode (:class:`BatchNormModeError`; the fix for a run is ``bn_mode: eval``).
 
 Modules: :mod:`.functions` (the pure functions and the batch-norm guard), :mod:`.operator` (flat vectors and
-:class:`LossOperator`), :mod:`.linalg` (Gram–Schmidt with H-images, Rayleigh–Ritz) and :mod:`.eigen` (‖H‖).
+:class:`LossOperator`), :mod:`.linalg` (Gram–Schmidt with H-images, Rayleigh–Ritz), :mod:`.eigen` (‖H‖) and
+:mod:`.modes` (the HVP mode a model supports, the finite-difference step, the memory budget of what is kept).
 """
 
 from .eigen import TopEig, lobpcg_top, random_unit, top_eigenvalue, top_eigenvalue_op
@@ -44,6 +45,7 @@ from .functions import (
     split_state,
 )
 from .linalg import drop_tolerance, orth_against, orthonormal_pairs, orthonormalize, rayleigh_ritz
+from .modes import STORE_FRACTION, choose_hvp_mode, default_store_mb, fd_tune, memory_budget, store_limit_mb
 from .operator import HVP_MODES, GraphTooLarge, LossOperator, ParamSpace
 
 __all__ = [
@@ -55,7 +57,13 @@ __all__ = [
     "ParamSpace",
     "Params",
     "TopEig",
+    "STORE_FRACTION",
     "batch_norm_in_train_mode",
+    "choose_hvp_mode",
+    "default_store_mb",
+    "fd_tune",
+    "memory_budget",
+    "store_limit_mb",
     "check_functional_mode",
     "drop_tolerance",
     "hvp_fn",

@@ -3,10 +3,14 @@
 The public names (``__all__``): :func:`diagnose` with its results :class:`Diagnostics`, :class:`AtB` and
 :class:`Cost` and its options :class:`Estimator`, :class:`Eigen` and :class:`Compute`; during training
 :class:`SharpnessMonitor` and, with Lightning, :class:`SharpnessCallback` and :class:`LearningRateForBatchSize`.
-Each is imported from its module on first use. The modules: :mod:`.api` the public call (:mod:`.batches` reads
-the data, :mod:`.inputs` checks it); :mod:`.moments` the estimator maths (the gradient moments tr S_1, tr S_n,
+Each is imported from its module on first use, so that :mod:`.options` (imported by the pipeline's config and its
+planner) comes without torch.
+
+The modules: :mod:`.api` the public call, with its options in :mod:`.options`, its result types in
+:mod:`.results`, its model guards in :mod:`.guards` and its engine in :mod:`.engine` (:mod:`.batches` reads the
+data, :mod:`.inputs` checks it); :mod:`.moments` the estimator maths (the gradient moments tr S_1, tr S_n,
 tr(H S_1), tr(H S_n) and every b from them by identity (1)); :mod:`.uncertainty` the se of tr(H S_1) with
-finite-difference HVPs; :mod:`.probe` the per-step probe that writes ``diagnostics.csv`` during a run.
+finite-difference HVPs. The pipeline's per-step probe is :class:`lssr.training.DiagnosticsProbe`.
 """
 
 from importlib import import_module
@@ -14,9 +18,9 @@ from importlib import import_module
 #: Each public name and the module that defines it.
 _PUBLIC = {
     "diagnose": ".api",
-    "Diagnostics": ".api",
-    "AtB": ".api",
-    "Cost": ".api",
+    "Diagnostics": ".results",
+    "AtB": ".results",
+    "Cost": ".results",
     "Estimator": ".options",
     "Eigen": ".options",
     "Compute": ".options",
@@ -30,11 +34,9 @@ _INTERNAL = {
     "FRAME_COLUMNS": ".moments",
     "Moments": ".moments",
     "gradient_moments": ".moments",
-    "interaction_stats": ".moments",
     "moments_frame": ".moments",
     "per_b": ".moments",
     "rademacher": ".moments",
-    "DiagnosticsProbe": ".probe",
 }
 
 __all__ = list(_PUBLIC)

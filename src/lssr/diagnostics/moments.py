@@ -25,11 +25,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable, Iterable
+from typing import Iterable
 
 import pandas as pd
 import torch
-from torch import nn
 
 from ..curvature import LossOperator, TopEig, lobpcg_top, top_eigenvalue_op
 from ..curvature.linalg import drop_tolerance, gram64
@@ -407,40 +406,3 @@ def moments_frame(mom: Moments, batch_sizes: Iterable[int], replacement: bool = 
     for c in FRAME_COLUMNS:
         cols += [c] if c == "b" else [c, f"{c}_se"]
     return pd.DataFrame(rows, columns=cols)
-
-
-def interaction_stats(
-    model: nn.Module,
-    loss_fn: Callable,
-    inputs: Tensor,
-    targets: Tensor,
-    batch_sizes: Iterable[int],
-    *,
-    replacement: bool = False,
-    exact: bool = False,
-    probes: int = 16,
-    stage1: int = 6,
-    generator: torch.Generator | None = None,
-    chunk_size: int = 512,
-    per_sample_chunk: int | None = None,
-    rel_se: float | None = None,
-) -> pd.DataFrame:
-    """tr S_b, tr(H S_b), ρ_b, ‖H‖_{S_b} and tr(H S_b)/tr S_n for every b in ``batch_sizes``.
-
-    ``loss_fn`` is mean-reduced (``lssr.losses.get_loss``; its ``.per_sample`` is used when present); the
-    model must not have batch norm in train mode. ``exact=True`` computes tr(H S_1) with one HVP per
-    sample; otherwise the exchangeable deflated sketch of :func:`gradient_moments` (``stage1`` probes first,
-    then more up to ``probes`` while the jackknife se exceeds ``rel_se``·|estimate|). Results are in the model's dtype;
-    ``*_se`` columns hold standard errors (0 for exact quantities). Randomness only from ``generator``.
-    """
-    op = LossOperator(
-        model,
-        loss_fn,
-        inputs,
-        targets,
-        chunk_size=chunk_size,
-        per_sample_chunk=per_sample_chunk,
-        where="interaction_stats",
-    )
-    mom = gradient_moments(op, exact=exact, probes=probes, stage1=stage1, generator=generator, top=False, rel_se=rel_se)
-    return moments_frame(mom, batch_sizes, replacement)

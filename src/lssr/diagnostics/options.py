@@ -12,7 +12,7 @@ them. The module imports only :mod:`lssr.errors`, so any module may use it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import LssrError
@@ -20,6 +20,11 @@ from ..errors import LssrError
 #: tr(H S_1) estimators: ``exact`` (one HVP per sample), ``sketch`` (random-sign probes), ``auto`` (exact when
 #: n ≤ ``probes``, else the sketch).
 ESTIMATORS = ("auto", "exact", "sketch")
+#: The estimator of :func:`lssr.diagnose` (and the monitor), and of the pipeline's per-step probe
+#: (``probe.estimator`` in a run config: the paper's runs measure tr(H S_1) exactly unless a config asks for
+#: the sketch).
+DIAGNOSE_ESTIMATOR = "auto"
+PIPELINE_ESTIMATOR = "exact"
 #: How H·v is formed (``auto`` picks the first that works, see :class:`Compute`).
 HVP_MODES = ("auto", "graph", "forward", "reverse", "fd")
 #: Batch norm in train mode: ``refuse`` it, or ``eval``: measure with its running statistics.
@@ -41,6 +46,12 @@ class OptionError(LssrError, ValueError):
     """A bad option value; the message names the option, the value and the fix."""
 
 
+def check_choice(where: str, name: str, value: Any, known: tuple[str, ...]) -> None:
+    """Refuses ``value`` of option ``name`` when it is not one of ``known``."""
+    if value not in known:
+        raise OptionError(f"{where}: unknown {name}={value!r}; known: {', '.join(known)}")
+
+
 def _positive_int(owner: str, name: str, value: Any, least: int = 1) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < least:
         raise OptionError(f"{owner}: {name} must be an integer >= {least}, got {value!r}")
@@ -52,7 +63,7 @@ class Estimator:
     the first ``stage1``, then more while its jackknife se exceeds ``rel_se`` · |estimate| (None: all
     ``probes``). Its signs are drawn from the call's ``seed``."""
 
-    kind: str = "auto"
+    kind: str = DIAGNOSE_ESTIMATOR
     probes: int = PROBES
     stage1: int = STAGE1
     rel_se: float | None = REL_SE
@@ -64,6 +75,10 @@ class Estimator:
         _positive_int("Estimator", "stage1", self.stage1, 3)
         if self.rel_se is not None and not (isinstance(self.rel_se, (int, float)) and self.rel_se > 0):
             raise OptionError(f"Estimator: rel_se must be a positive fraction (e.g. 0.05) or None, got {self.rel_se!r}")
+
+    def exact(self, n: int) -> bool:
+        """Whether tr(H S_1) on n samples is computed exactly (``exact``, or ``auto`` with n ≤ ``probes``)."""
+        return self.kind == "exact" or (self.kind == "auto" and n <= self.probes)
 
     @classmethod
     def of(cls, value: str | Estimator | None) -> Estimator:
@@ -84,7 +99,7 @@ class Eigen:
 
     tol: float = EIG_TOL
     max_hvps: int = EIG_MAX_HVPS
-    init: Any = None
+    init: Any = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not (isinstance(self.tol, (int, float)) and 0 < self.tol < 1):
@@ -133,6 +148,7 @@ class Compute:
 
     @classmethod
     def of(cls, value: Compute | None) -> Compute:
+        """A :class:`Compute` from itself or None (the defaults)."""
         if value is None:
             return cls()
         if isinstance(value, cls):

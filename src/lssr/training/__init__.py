@@ -3,7 +3,8 @@ in η or seed as one stacked model), on one core (:mod:`.core`: device, θ_0, st
 metrics rows; :mod:`.outputs`: run.json, model.pt, checkpoints).
 
 Modules: ``sampler`` (mini-batches B_t), ``core``, ``outputs``, ``single`` (:func:`train`, probes),
-``stack`` and ``batched`` (:func:`train_batched`), ``entry`` (the ``lssr train`` / ``train-batch`` entry
+``stack`` and ``batched`` (:func:`train_batched`), ``probe`` (the per-step diagnostics, :class:`DiagnosticsProbe`,
+with ``probe_schedule`` and ``probe_columns``), ``entry`` (the ``lssr train`` / ``train-batch`` entry
 points).
 """
 
@@ -11,6 +12,7 @@ from .batched import MAY_DIFFER, BatchConfigError, check_batchable, train_batche
 from .core import METRIC_COLUMNS, RunResult, resolve_device, total_steps
 from .entry import check_subset_matches, run_batched_from_configs, run_from_config, subset_for
 from .outputs import write_run_outputs
+from .probe import DiagnosticsProbe
 from .sampler import BatchSampler
 from .single import Probe, StepContext, chunked_loss_and_grad, train
 
@@ -19,6 +21,7 @@ __all__ = [
     "METRIC_COLUMNS",
     "BatchConfigError",
     "BatchSampler",
+    "DiagnosticsProbe",
     "Probe",
     "RunResult",
     "StepContext",

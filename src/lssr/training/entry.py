@@ -44,7 +44,7 @@ def run_from_config(
         data = subset_for(cfg)
     probes: list[Probe] = []
     if cfg.probe is not None:
-        from ..diagnostics import DiagnosticsProbe
+        from .probe import DiagnosticsProbe
 
         probes.append(DiagnosticsProbe(cfg, Path(out_dir) / "diagnostics.csv"))
     return train(cfg, data, out_dir, probes=probes, progress=progress)

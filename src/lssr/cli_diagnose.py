@@ -1,9 +1,12 @@
-"""``lssr diagnose``: :func:`lssr.diagnose` on a model built by a factory, optionally loaded from a checkpoint,
-and a data set on disk (a subset folder from ``lssr subset`` or an image-folder tree); writes
+"""The glue of ``lssr diagnose`` and ``lssr recommend`` (:mod:`lssr.cli`): :func:`lssr.diagnose` on a model built
+by a factory, optionally loaded from a checkpoint, and a data set on disk (a subset folder from ``lssr subset`` or
+an image-folder tree), with the option objects built from the command's flags (:func:`diagnose_options`); writes
 ``diagnostics.csv`` (one row per b) and ``diagnostics.json`` (every number, the cost and the call)."""
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
 import importlib
 from pathlib import Path
 
@@ -11,9 +14,10 @@ import torch
 import yaml
 from torch import nn
 
-from ..errors import LssrError
-from ..io import write_csv, write_json
-from .api import Diagnostics, diagnose
+from .diagnostics.api import Diagnostics, diagnose
+from .diagnostics.options import Compute, Eigen, Estimator
+from .errors import LssrError
+from .io import write_csv, write_json
 
 PREFIXES = ("module.", "_orig_mod.")
 
@@ -84,7 +88,7 @@ def load_data(path: str, split: str = "train", resize: int | None = None):
     [0, 1], resized to ``resize`` when given)."""
     root = Path(path)
     if (root / "manifest.json").is_file():
-        from ..data import load_subset
+        from .data import load_subset
 
         sub = load_subset(root)
         return (sub.x_train, sub.y_train) if split == "train" else (sub.x_test, sub.y_test)
@@ -115,6 +119,60 @@ def built_model(model: str, model_args: dict, checkpoint: str | None, dtype: str
     return net.to(device), dt
 
 
+#: The option objects' fields set by the flags of ``lssr diagnose`` (flag dest: (object, field)).
+FLAG_FIELDS = {
+    "probes": ("estimator", "probes"),
+    "stage1": ("estimator", "stage1"),
+    "rel_se": ("estimator", "rel_se"),
+    "eig_tol": ("eigen", "tol"),
+    "eig_max_hvps": ("eigen", "max_hvps"),
+    "chunk_size": ("compute", "chunk_size"),
+    "store_mb": ("compute", "store_mb"),
+    "hvp_mode": ("compute", "hvp_mode"),
+}
+_CLASSES = {"estimator": Estimator, "eigen": Eigen, "compute": Compute}
+
+
+def diagnose_options(args: argparse.Namespace) -> dict:
+    """The keyword arguments of :func:`lssr.diagnose` from the flags of ``lssr diagnose`` / ``lssr recommend``:
+    n, seed, bn and dropout when given, and the option objects (:class:`Estimator` of ``--estimator``,
+    ``--probes`` ...; :class:`Eigen`, or False for ``--no-eigen``; :class:`Compute`) with the flags given and
+    their defaults otherwise. A bad value is an error naming its flag."""
+    out = {k: getattr(args, k) for k in ("n", "seed", "bn", "dropout") if getattr(args, k) is not None}
+    given: dict[str, dict] = {"estimator": {"kind": args.estimator}, "eigen": {}, "compute": {}}
+    for dest, (obj, name) in FLAG_FIELDS.items():
+        if getattr(args, dest) is not None:
+            given[obj][name] = getattr(args, dest)
+    for obj, kwargs in given.items():
+        try:
+            out[obj] = _CLASSES[obj](**kwargs)
+        except LssrError as e:
+            flag = _flag(obj, str(e))
+            raise LssrError(f"{flag}: {e}" if flag else str(e)) from None
+    if args.no_eigen:
+        out["eigen"] = False
+    return out
+
+
+def _flag(obj: str, message: str) -> str | None:
+    """The flag that set the field of option object ``obj`` named in an :class:`.options.OptionError` message."""
+    for dest, (owner, name) in FLAG_FIELDS.items():
+        if owner == obj and f": {name} " in message:
+            return "--" + dest.replace("_", "-")
+    return None
+
+
+def recorded(options: dict) -> dict:
+    """``options`` as plain values for diagnostics.json (the option objects as dicts, without vectors and
+    dtypes, which the call records by name)."""
+    out = {}
+    for k, v in options.items():
+        if dataclasses.is_dataclass(v):
+            v = {f: x for f, x in dataclasses.asdict(v).items() if f not in ("init", "dtype")}
+        out[k] = v
+    return out
+
+
 def run_diagnose(
     *,
     model: str,
@@ -130,14 +188,19 @@ def run_diagnose(
     dtype: str | None = None,
     **options,
 ) -> Diagnostics:
-    """Builds the model, loads the checkpoint and the data, calls :func:`lssr.diagnose` with ``options`` and
-    writes ``out/diagnostics.csv`` and ``out/diagnostics.json``."""
+    """Builds the model, loads the checkpoint and the data, calls :func:`lssr.diagnose` with ``options`` (its
+    keyword arguments; ``compute`` gets the dtype) and writes ``out/diagnostics.csv`` and
+    ``out/diagnostics.json``."""
     net, dt = built_model(model, model_args, checkpoint, dtype, device)
-    result = diagnose(net, loss, load_data(data, split, resize), batch_sizes=batch_sizes, dtype=dt, **options)
+    compute = dataclasses.replace(Compute.of(options.pop("compute", None)), dtype=dt)
+    samples = load_data(data, split, resize)
+    result = diagnose(net, loss, samples, batch_sizes=batch_sizes, compute=compute, **options)
+    options["compute"] = compute
     frame = result.frame()
     write_csv(Path(out) / "diagnostics.csv", frame)
     call = {"model": model, "model_args": model_args, "checkpoint": checkpoint, "data": data, "split": split}
-    call.update(loss=loss, batch_sizes=list(batch_sizes), device=device, dtype=dtype, resize=resize, **options)
+    call.update(loss=loss, batch_sizes=list(batch_sizes), device=device, dtype=dtype, resize=resize)
+    call.update(recorded(options))
     write_json(
         Path(out) / "diagnostics.json",
         {"scalars": result.scalars(), "per_b": frame.to_dict(orient="records"), "call": call},
@@ -151,7 +214,7 @@ def read_point(path: str):
     import json
     from types import SimpleNamespace
 
-    from ..recommend import NoiseScale, noise_scale_from_diagnostics
+    from .recommend import NoiseScale, noise_scale_from_diagnostics
 
     p = Path(path)
     if not p.is_file():
@@ -166,6 +229,33 @@ def read_point(path: str):
         raise LssrError(f"--diagnostics {path}: 'scalars' lacks {', '.join(missing)}")
     noise = NoiseScale(**obj["noise"]) if "noise" in obj else noise_scale_from_diagnostics(scalars, label=str(path))
     return noise, SimpleNamespace(**scalars)
+
+
+def _measured_points(
+    out, model, model_args, checkpoints, where, loss, device, dtype, b_ref, replacement, n_train, options
+) -> tuple[list, list]:
+    """(NoiseScale, Diagnostics) of each checkpoint (None: the factory's weights) on the data at ``where`` (path,
+    split, resize), as ``lssr diagnose`` measures; writes ``out/diagnostics[-k].json`` with B_simple's se."""
+    from .recommend import noise_scale
+
+    points, diags = [], []
+    samples = None  # read once, after the first model is built (its errors first, as in `lssr diagnose`)
+    for k, ckpt in enumerate(checkpoints):
+        net, dt = built_model(model, model_args, ckpt, dtype, device)
+        if samples is None:
+            samples = load_data(*where)
+        kw = {**options, "compute": dataclasses.replace(Compute.of(options.get("compute")), dtype=dt)}
+        diag = diagnose(net, loss, samples, batch_sizes=[b_ref], replacement=replacement, **kw)
+        keep = {k: kw[k] for k in ("n", "seed", "bn", "dropout", "compute") if k in kw}
+        noise = noise_scale(net, loss, samples, n_total=n_train, label=ckpt or "built model", **keep)
+        points.append(noise)
+        diags.append(diag)
+        call = {"model": model, "model_args": model_args, "checkpoint": ckpt, "data": where[0], "split": where[1]}
+        call.update(loss=loss, device=device, dtype=dtype, resize=where[2])
+        call.update(recorded(kw))
+        body = {"scalars": diag.scalars(), "per_b": diag.frame().to_dict(orient="records"), "noise": noise.to_dict()}
+        write_json(Path(out) / ("diagnostics.json" if k == 0 else f"diagnostics-{k}.json"), {**body, "call": call})
+    return points, diags
 
 
 def run_recommend(
@@ -197,7 +287,7 @@ def run_recommend(
     a model and data as ``lssr diagnose`` (one point per checkpoint, or the built model); writes
     ``out/recommendation.csv``, ``.json`` and ``.png`` and, when it measured, ``out/diagnostics[-k].json`` (with
     B_simple's se, readable by ``--diagnostics``)."""
-    from ..recommend import check_optimizer, noise_scale, plot_recommendation, points_from_log, recommend
+    from .recommend import check_optimizer, plot_recommendation, points_from_log, recommend
 
     check_optimizer(optimizer)
     points, diags = [], []
@@ -214,28 +304,10 @@ def run_recommend(
             raise LssrError(
                 "recommend: give --diagnostics FILE, --monitor-log CSV, or --model and --data to measure first"
             )
-        samples = None  # read once, after the first model is built (its errors first, as in `lssr diagnose`)
-        for k, ckpt in enumerate(checkpoints or [None]):
-            net, dt = built_model(model, model_args or {}, ckpt, dtype, device)
-            if samples is None:
-                samples = load_data(data, split, resize)
-            diag = diagnose(net, loss, samples, batch_sizes=[b_ref], dtype=dt, replacement=replacement, **options)
-            keep = {k: options[k] for k in ("n", "seed", "bn", "dropout", "chunk_size") if k in options}
-            noise = noise_scale(net, loss, samples, dtype=dt, n_total=n_train, label=ckpt or "built model", **keep)
-            points.append(noise)
-            diags.append(diag)
-            call = {"model": model, "model_args": model_args, "checkpoint": ckpt, "data": data, "split": split}
-            call.update(loss=loss, device=device, dtype=dtype, resize=resize, **options)
-            name = "diagnostics.json" if k == 0 else f"diagnostics-{k}.json"
-            write_json(
-                Path(out) / name,
-                {
-                    "scalars": diag.scalars(),
-                    "per_b": diag.frame().to_dict(orient="records"),
-                    "noise": noise.to_dict(),
-                    "call": call,
-                },
-            )
+        points, diags = _measured_points(
+            out, model, model_args or {}, checkpoints or [None], (data, split, resize), loss, device, dtype,
+            b_ref, replacement, n_train, options,
+        )  # fmt: skip
     rec = recommend(
         points,
         b_ref,
