@@ -25,8 +25,8 @@ def test_dir_lists_the_public_names():
         assert name in shown and name in lssr.__all__, name
     assert set(shown) == set(lssr.__all__) | {"__version__"}
     assert set(dir(lssr.diagnostics)) == set(lssr.diagnostics.__all__)
-    # the diagnostics' public names are lssr's, minus the error type and the recommend module
-    assert set(lssr.diagnostics.__all__) == set(lssr.__all__) - {"LssrError", "recommend"}
+    # the diagnostics' public names are lssr's, minus the error type and the learning-rate side (recommend)
+    assert set(lssr.diagnostics.__all__) == set(lssr.__all__) - {"LssrError", "recommend", "LearningRateForBatchSize"}
     # building blocks stay importable from lssr.diagnostics without being listed
     assert "gradient_moments" not in dir(lssr.diagnostics)
     assert callable(lssr.diagnostics.gradient_moments)
@@ -41,7 +41,9 @@ def test_each_public_name_resolves(name):
         assert inspect.ismodule(value) and value.__name__ == "lssr.recommend" and callable(value.recommend)
         return
     assert getattr(value, "__name__", None) == name
-    if name != "LssrError":
+    if name == "LearningRateForBatchSize":  # the learning-rate side, next to lssr.recommend
+        assert value.__module__ == "lssr.lightning_lr"
+    elif name != "LssrError":
         assert value is getattr(lssr.diagnostics, name)
         assert value.__module__.startswith("lssr.diagnostics.")
     assert inspect.getdoc(value), name

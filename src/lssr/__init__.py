@@ -33,7 +33,7 @@ _PUBLIC = {
     "Compute": ".diagnostics:Compute",
     "SharpnessMonitor": ".diagnostics:SharpnessMonitor",
     "SharpnessCallback": ".diagnostics:SharpnessCallback",
-    "LearningRateForBatchSize": ".diagnostics:LearningRateForBatchSize",
+    "LearningRateForBatchSize": ".lightning_lr:LearningRateForBatchSize",
     "recommend": ".recommend",
 }
 

@@ -2,7 +2,7 @@
 
 The public names (``__all__``): :func:`diagnose` with its results :class:`Diagnostics`, :class:`AtB` and
 :class:`Cost` and its options :class:`Estimator`, :class:`Eigen` and :class:`Compute`; during training
-:class:`SharpnessMonitor` and, with Lightning, :class:`SharpnessCallback` and :class:`LearningRateForBatchSize`.
+:class:`SharpnessMonitor` and, with Lightning, :class:`SharpnessCallback`.
 Each is imported from its module on first use, so that :mod:`.options` (imported by the pipeline's config and its
 planner) comes without torch.
 
@@ -26,7 +26,6 @@ _PUBLIC = {
     "Compute": ".options",
     "SharpnessMonitor": ".monitor",
     "SharpnessCallback": ".lightning_callback",
-    "LearningRateForBatchSize": ".lightning_lr",
 }
 #: The library's own building blocks, importable from here for the pipeline and the benchmarks but not part of
 #: the public surface (not in ``__all__`` nor ``dir``).

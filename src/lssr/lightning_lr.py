@@ -12,8 +12,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from ..errors import LssrError
-from ..recommend import LINEAR_X, SATURATED_X, check_optimizer, lr_ratio, noise_scale, recommend, regime, regime_x
+from .errors import LssrError
+from .recommend import LINEAR_X, SATURATED_X, check_optimizer, lr_ratio, noise_scale, recommend, regime, regime_x
 
 try:
     from lightning.pytorch.callbacks import Callback
