@@ -185,7 +185,7 @@ def test_the_predicted_curve_is_eq12_at_the_measured_b_simple(replacement):
     torch.nn.init.zeros_(model.weight)
     x = torch.tensor(G)
     d = lssr.diagnose(model, lambda out, t: out[:, 0] + out[:, 0] ** 2 / 2, (x, torch.zeros(n, dtype=torch.float64)),
-                      top=False, exact=True)  # fmt: skip
+                      eigen=False, estimator="exact")  # fmt: skip
     assert d.b_simple == pytest.approx((tr_S_1 - tr_S_n) / tr_S_n, rel=1e-10) and d.b_simple == pytest.approx(B)
     rho = pd.DataFrame([{"dataset": "d", "n": n, "replacement": replacement, "b": 8, "lr": 0.01, "seed": 0,
                          "step": 1, "where": "final", "tr_S_1": d.tr_S_1, "tr_S_n": d.tr_S_n,
