@@ -12,6 +12,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
+from .errors import LssrError
+
 
 def _umask() -> int:
     """The process's umask. ``os.umask`` reads it only by setting it, so it is set to 077 for a moment (a file
@@ -24,8 +26,6 @@ def _umask() -> int:
 @contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; rename it onto ``path`` only on success."""
-    from .errors import LssrError
-
     path = Path(path)
     tmp_path: Path | None = None
     try:
@@ -53,8 +53,6 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary folder next to ``path``; on success it replaces ``path`` (the old folder, if any, is
     renamed aside and removed), so ``path`` holds either the old contents or all of the new ones."""
     import shutil
-
-    from .errors import LssrError
 
     path = Path(path)
     tmp: Path | None = None
@@ -173,3 +171,15 @@ class CsvLog:
         self.close()
         os.replace(self.partial, self.path)
         return self.path
+
+
+def out_folder(out: str) -> str:
+    """``--out`` must name a folder (or a path that does not exist yet), never an existing file."""
+    path = Path(out)
+    for p in (path, *path.parents):
+        if p.exists():
+            if not p.is_dir():
+                what = f"--out {out}" if p == path else f"--out {out}: {p}"
+                raise LssrError(f"{what} is a file, not a folder; give a folder path, or move the file")
+            break
+    return out
