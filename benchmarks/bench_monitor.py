@@ -33,7 +33,8 @@ from torch.utils.data import DataLoader, Subset
 from torchvision import transforms as T
 
 import lssr
-from lssr.diagnostics.monitor import BUDGET, CALIBRATION_COST, FIRST_COST, N_PROBE
+from lssr.diagnostics.monitor import N_PROBE
+from lssr.diagnostics.schedule import BUDGET, CALIBRATION_COST, FIRST_COST
 from lssr.io import write_json
 
 MEAN, STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)

@@ -6,6 +6,7 @@ torch.optim.SGD itself diverges on a quadratic, and a real Lightning Trainer log
 
 import copy
 import io
+import math
 import random
 import subprocess
 import sys
@@ -21,7 +22,7 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 import lssr
 from lssr import LssrError
-from lssr.diagnostics.monitor import sgd_threshold
+from lssr.scaling import sgd_threshold
 
 N, N_PROBE, B = 96, 48, 16
 EXACT = ("tr_S_1", "tr_S_n", "tr_HS_1", "tr_HS_1_se", "tr_HS_n", "ias_n", "b_simple", "loss")
@@ -182,6 +183,30 @@ def test_rows_equal_an_independent_diagnose_call_at_the_same_theta():
     assert mon.eigenvector.shape == (sum(p.numel() for p in Net().parameters()),)
 
 
+def test_the_option_objects_are_diagnoses_keywords():
+    """Estimator, Eigen and Compute given to the monitor measure what lssr.diagnose measures with the same options
+    spelt as its keywords (exact tr(H S_1), a loose eigen-tolerance, small chunks); eigen=False measures no ‖H‖;
+    Eigen(init=...) is refused (the warm start is the monitor's)."""
+    from lssr.diagnostics.options import Compute, Eigen, Estimator
+
+    model, ds = make()
+    x, y = ds.tensors
+    kw = dict(estimator=Estimator(kind="exact"), eigen=Eigen(tol=1e-2, max_hvps=20), compute=Compute(chunk_size=7))
+    row = lssr.SharpnessMonitor(model, "ce", ds, n=N_PROBE, batch_sizes=[B], every=1000, **kw).step()
+    idx = probe_indices(N, N_PROBE, 0)
+    ref = lssr.diagnose(
+        model, "ce", (x[idx], y[idx]), batch_sizes=[B], replacement=True, bn="eval", dropout="off", exact=True,
+        eig_tol=1e-2, eig_max_hvps=20, chunk_size=7,
+    ).to_dict()  # fmt: skip
+    assert row["estimator"] == ref["estimator"] == "exact"
+    for key in EXACT + ("top_eig", "top_eig_residual", f"tr_HS_b_{B}", f"rho_b_{B}"):
+        assert row[key] == pytest.approx(ref[key], rel=1e-9, abs=1e-12), key
+    off = lssr.SharpnessMonitor(model, "ce", ds, n=N_PROBE, every=1000, eigen=False).step()
+    assert math.isnan(off["top_eig"]) and off["tr_S_1"] == pytest.approx(ref["tr_S_1"], rel=1e-9)
+    with pytest.raises(LssrError, match="init"):
+        lssr.SharpnessMonitor(model, "ce", ds, n=N_PROBE, eigen=Eigen(init=torch.ones(3)))
+
+
 def test_a_resumed_run_continues_the_schedule_the_warm_start_and_the_csv(tmp_path):
     """A run whose monitor is checkpointed at step 15 and which then crashes after writing rows past the
     checkpoint: a new monitor loaded from the checkpoint, on the same trajectory from step 15, measures at the
@@ -294,7 +319,7 @@ def test_the_budget_schedule_measures_as_soon_as_the_predicted_cost_fits_and_nev
     first measurement when t/8 >= 1.25 + 100 x 0.5 (t = 410), then whenever t/8 >= the spent seconds plus the
     last measurement's (40 s then 30 s): t = 650, 810, 1050 (worked by hand). The spent seconds never exceed
     1/8 of the training's at any call, and steps_to_next names the next measured call exactly once calibrated."""
-    assert (lssr.diagnostics.monitor.FIRST_COST, lssr.diagnostics.monitor.CALIBRATION_COST) == (100.0, 4.0)
+    assert (lssr.diagnostics.schedule.FIRST_COST, lssr.diagnostics.schedule.CALIBRATION_COST) == (100.0, 4.0)
     mon, measured, calibrated, account = budget_run(1100, FakeClock())
     assert calibrated == [96]
     assert measured == [410, 650, 810, 1050]

@@ -222,7 +222,7 @@ def test_the_streaming_mode_refuses_batch_norm_in_train_mode():
     assert "\n" not in str(err.value)
     model.eval()
     mon.step()
-    assert mon.stream and mon._window is not None and mon._window.steps == 1
+    assert mon.stream and mon.streamer.current is not None and mon.streamer.current.steps == 1
 
 
 @pytest.mark.parametrize("stream", [None, False, "not given"])
@@ -245,7 +245,7 @@ def test_the_default_mode_is_diagnose_rows_not_the_streaming_mode(stream):
     mon = lssr.SharpnessMonitor(model, "ce", DataLoader(ds, batch_size=B), n=N, callback=quiet.append, **kw)
     for _ in range(3):
         mon.step()
-    assert not mon.stream and mon._window is None and all("kind" not in r for r in quiet)
+    assert not mon.stream and mon.streamer.current is None and all("kind" not in r for r in quiet)
 
 
 def test_the_lightning_callback_runs_the_streaming_mode(tmp_path):

@@ -85,6 +85,19 @@ def instability_ratio(tr_HS_b, tr_S_n):
     return _ratio(tr_HS_b, tr_S_n)
 
 
+def sgd_threshold(lr: float, momentum: float = 0.0, dampening: float = 0.0, nesterov: bool = False) -> float:
+    """The largest curvature λ for which ``torch.optim.SGD`` is stable on the quadratic ½λθ²: 2/η without
+    momentum; (2 + 2β)/(η(1 − τ)) with heavy-ball momentum β and dampening τ; (2 + 2β)/(η(1 + 2β)) with
+    Nesterov momentum (torch's form; it allows no dampening). NaN when η ≤ 0 or τ = 1."""
+    if not lr > 0 or dampening >= 1:
+        return math.nan
+    if momentum == 0:
+        return 2.0 / lr
+    if nesterov:
+        return (2.0 + 2.0 * momentum) / (lr * (1.0 + 2.0 * momentum))
+    return (2.0 + 2.0 * momentum) / (lr * (1.0 - dampening))
+
+
 def rho_b(rho, n: int, b, replacement: bool = False):
     """ρ_b by eq. (12): 1/((γ_{n,b}/b)/ρ + 1 − γ_{n,b}/b), with ρ = ρ_1 = tr(S_n)/tr(S_1) ∈ (0, 1].
 

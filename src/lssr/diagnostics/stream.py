@@ -30,11 +30,15 @@ spread of consecutive rows (:func:`successive_se`), which holds the spread of th
 from __future__ import annotations
 
 import math
+from typing import Any, Callable
 
 import torch
 from torch import nn
 
 from .. import LssrError
+from ..curvature import GraphTooLarge
+from .api import _restoring, _set_hvp_mode, _train_mode_bn, memory_budget, prepare, preserved_rng, unwrap
+from .batches import collect
 
 Tensor = torch.Tensor
 
@@ -165,7 +169,11 @@ def successive_se(values: list[float]) -> float:
     return math.sqrt(sum(d) / (2 * len(d)))
 
 
-def check_groups(groups: int, window: int) -> None:
+def check_stream(groups: int, window: int, stream_n: int) -> None:
+    """Refuses a streaming configuration that cannot make a row: fewer than two groups, a window with fewer than
+    two steps per group, or no probe samples."""
+    if not isinstance(stream_n, int) or stream_n < 1:
+        raise LssrError(f"SharpnessMonitor: stream_n must be a positive integer, got {stream_n!r}")
     if not isinstance(groups, int) or groups < 2:
         raise LssrError(f"SharpnessMonitor: groups must be an integer >= 2, got {groups!r}")
     if not isinstance(window, int) or window < 2 * groups:
@@ -233,3 +241,178 @@ def row_products(op, window: Window, x: Tensor | None) -> dict:
         x=step / step.norm(),
         top_eig_residual=rel,
     )
+
+
+#: The streaming mode's defaults: a row every WINDOW training steps (the window of mini-batch gradients it
+#: averages), HVPs on STREAM_N fresh probe samples per row in GROUPS groups (the jackknife's).
+WINDOW, STREAM_N, GROUPS = 80, 32, 8
+
+#: The terms whose standard error comes from (tr S_n), or is at least, the spread of the last SPREAD_ROWS
+#: streaming rows (:func:`successive_se`): each row has fresh probe samples, whose spread the window's
+#: jackknife leaves out.
+SPREAD_KEYS, SPREAD_ROWS = ("tr_S_n", "tr_HS_b", "top_eig"), 8
+
+
+def _larger(a: float, b: float) -> float:
+    """The larger of two standard errors, either of which may be NaN (unknown); NaN when both are."""
+    return b if math.isnan(a) else a if math.isnan(b) else max(a, b)
+
+
+class StreamEstimator:
+    """The streaming rows of one monitor: collects the training's mini-batch gradients g_t into a :class:`Window`
+    (:meth:`add`) and closes it with a row (:meth:`measure`) from the window and two HVPs on ``stream_n`` fresh
+    samples of ``source`` (the training's map-style data set; without one, a random subset of ``probe``).
+
+    model, loss, forward: as for :func:`lssr.diagnose`; bn, dropout, dtype, hvp_mode: its options for the HVPs.
+    b: the training batch size of the g_t (None: unknown, no tr S_1 or B_simple); ``replacement=False`` gives
+    tr S_1 the γ_{N,b} = (N − b)/(N − 1) of batches drawn without replacement from the N samples of ``source``.
+    The monitor's generator (seeded with ``seed``) draws the window's signs and the fresh samples."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        loss: Any,
+        *,
+        source: Any,
+        probe: Any,
+        b: int | None,
+        seed: int,
+        window: int = WINDOW,
+        groups: int = GROUPS,
+        stream_n: int = STREAM_N,
+        forward: Callable | None = None,
+        replacement: bool = True,
+        options: dict | None = None,
+    ):
+        check_stream(groups, window, stream_n)
+        self.model, self.loss, self.forward = model, loss, forward
+        self.source, self.probe = source, probe
+        self.n = int(torch.utils._pytree.tree_leaves(probe)[0].shape[0])
+        self.b, self.replacement = b, replacement
+        self.train_size = len(source) if source is not None else None
+        self.window, self.groups, self.stream_n = int(window), int(groups), int(stream_n)
+        self.options = dict(options or {})
+        self.generator = torch.Generator().manual_seed(int(seed))
+        self.current: Window | None = None
+        self.x: Tensor | None = None  # the warm start of ‖H‖
+        self.recent: list[dict] = []  # the last SPREAD_ROWS rows' curvature terms
+        self.hvp_mode: str | None = None
+        self.rows = 0
+        self.last_seconds = 0.0
+        self._params: list | None = None
+
+    def add(self, start: int) -> None:
+        """Adds the parameters' ``.grad`` (the step's g_t) to the window, opening one at step ``start`` if none is
+        open (batch norm in train mode refused)."""
+        if self.current is None:
+            bns = _train_mode_bn(unwrap(self.model))
+            if bns:
+                raise LssrError(
+                    f"SharpnessMonitor: batch norm in train mode ({bns[0]}): the streaming mode reads training "
+                    "gradients computed with batch statistics while its Hessian-vector products would use running "
+                    "statistics, so rows would mix two losses; fix: stream=False (diagnose rows with bn='eval'), "
+                    "or a model without batch norm"
+                )
+            # the window's parameters (listed once: a walk of the modules costs)
+            self._params = [p for p in unwrap(self.model).parameters() if p.requires_grad]
+        g = grads_of(self._params)
+        if g is None:
+            raise LssrError(
+                "SharpnessMonitor: the streaming mode reads the training's gradients, but no parameter has a .grad; "
+                "fix: call monitor.step() after loss.backward() and before optimizer.step(), or stream=False"
+            )
+        if self.current is None:
+            self.current = Window(self._params, self.groups, generator=self.generator, start=start)
+        self.current.add(g)
+
+    def full(self) -> bool:
+        """Whether the open window has ``window`` steps and two in every group."""
+        w = self.current
+        return w is not None and w.steps >= self.window and w.ready()
+
+    def sample(self):
+        """The row's probe samples: ``stream_n`` fresh samples of the training data set drawn with a seed of the
+        monitor's generator, through the data set's own transform (the training's distribution, its random
+        augmentation seeded by the monitor); for data without a map-style data set, a random subset of the
+        probe set. The global random states are as before."""
+        seed = int(torch.randint(0, 2**62, (1,), generator=self.generator))
+        if self.source is None:
+            idx = torch.randperm(self.n, generator=self.generator)[: self.stream_n].sort().values
+            return torch.utils._pytree.tree_map(lambda t: t[idx] if isinstance(t, torch.Tensor) else t, self.probe)
+        with preserved_rng():
+            torch.manual_seed(seed)
+            batch, _ = collect(self.source, n=min(self.stream_n, len(self.source)), seed=seed)
+        return batch
+
+    def _set_mode(self, op) -> None:
+        """Sets the HVP mode of ``op``: the one found at the first row (the kept graph of ∇L when it works, the
+        cheapest HVPs, without trying the others first; else the ``hvp_mode`` option's)."""
+        o = self.options
+        if self.hvp_mode is None and o.get("hvp_mode", "auto") == "auto":
+            try:
+                op.set_hvp_mode("graph", "SharpnessMonitor", graph_budget=memory_budget(op.device))
+                self.hvp_mode = "graph"
+            except (GraphTooLarge, NotImplementedError, RuntimeError):
+                self.hvp_mode = _set_hvp_mode(op, "auto")
+        elif self.hvp_mode is None:
+            self.hvp_mode = _set_hvp_mode(op, o["hvp_mode"])
+        else:
+            op.set_hvp_mode(self.hvp_mode, "SharpnessMonitor", graph_budget=memory_budget(op.device))
+
+    def measure(self) -> dict:
+        """Closes the window: every streaming quantity with its standard error (:func:`stream_estimates`, the
+        curvature terms' se at least the spread of consecutive rows), the window and the probe samples."""
+        w, self.current = self.current, None
+        o = self.options
+        with preserved_rng():
+            batch = self.sample()
+            prep = prepare(
+                self.model, self.loss, [batch], forward=self.forward, chunk_size=self.stream_n, dtype=o.get("dtype")
+            )
+            with _restoring(prep.model, o["bn"], o["dropout"]), torch.autocast(prep.device_type, enabled=False):
+                op = prep.operator(chunk_size=self.stream_n)
+                self._set_mode(op)
+                prod = row_products(op, w, self.x)
+                self.x = prod["x"]
+        gam = 1.0
+        if not self.replacement and self.b is not None and self.train_size and self.train_size > 1:
+            gam = (self.train_size - self.b) / (self.train_size - 1)
+        # the spread of consecutive rows (fresh probe samples and batches each) in the standard errors
+        self.recent = (self.recent + [{k: prod[k] for k in SPREAD_KEYS}])[-SPREAD_ROWS:]
+        spread = {k: successive_se([r[k] for r in self.recent]) for k in SPREAD_KEYS}
+        est = stream_estimates(w, prod, spread["tr_S_n"], self.b, gam)
+        for key in ("tr_HS_b", "top_eig"):
+            est[f"{key}_se"] = _larger(est[f"{key}_se"], spread[key])
+        est["ias_b_se"] = _larger(est["ias_b_se"], spread["tr_HS_b"] / abs(est["tr_S_b"]))
+        self.rows += 1
+        return est | dict(
+            kind="stream",
+            window_start=w.start,
+            window_steps=w.steps,
+            b=self.b if self.b is not None else math.nan,
+            top_eig_residual=prod["top_eig_residual"],
+            probe_n=op.n,
+            groups=w.M,
+        )
+
+    def state_dict(self) -> dict:
+        """The warm start of ‖H‖, the recent rows' spread, the HVP mode and the generator (a resumed run starts a
+        new window)."""
+        return {
+            "stream_rows": self.rows,
+            "last_stream_seconds": self.last_seconds,
+            "stream_x": self.x,
+            "stream_recent": list(self.recent),
+            "hvp_mode": self.hvp_mode,
+            "stream_generator": self.generator.get_state(),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.rows = int(state.get("stream_rows", 0))
+        self.last_seconds = float(state.get("last_stream_seconds", 0.0))
+        self.x = state.get("stream_x")
+        self.recent = list(state.get("stream_recent", []))
+        self.hvp_mode = state.get("hvp_mode")
+        if state.get("stream_generator") is not None:
+            self.generator.set_state(state["stream_generator"])
+        self.current = None
