@@ -511,6 +511,55 @@ def test_a_lightning_checkpoint_resumes_the_monitor(tmp_path):
     assert {k: v for k, v in a.items() if k not in timing} == {k: v for k, v in b.items() if k not in timing}
 
 
+def test_two_lightning_callbacks_keep_their_own_checkpoint_states(tmp_path):
+    """Two callbacks in one Trainer (prefixes a/ every 3 steps, b/ every 2), checkpointed after the first epoch (6
+    steps) and resumed to 12: each continues its own schedule and warm start (its steps from 6 on, its measurement
+    count and its numbers at step 6, the checkpoint's θ, are the uninterrupted run's), which needs each state under
+    its own key."""
+    L = pytest.importorskip("lightning.pytorch", reason="lightning is an optional extra (pip install lightning)")
+    Module = lightning_module(L)
+    every = {"a/": 3, "b/": 2}
+
+    def fit(max_steps, ckpt_path=None, max_epochs=-1, saver=None):
+        net, ds = make()
+        net.drop.p = 0.0
+        rows = {p: [] for p in every}
+        cbs = [
+            lssr.SharpnessCallback("ce", prefix=p, n=N_PROBE, every=k, budget=None, callback=rows[p].append)
+            for p, k in every.items()
+        ]
+        trainer = lightning_trainer(
+            L,
+            cbs[0],
+            max_steps=max_steps,
+            max_epochs=max_epochs,
+            logger=False,
+            extra=cbs[1:] + ([saver] if saver else []),
+            enable_checkpointing=saver is not None,
+            default_root_dir=tmp_path,
+        )
+        trainer.fit(Module(net), DataLoader(ds, batch_size=B, shuffle=False), ckpt_path=ckpt_path)
+        return rows, {cb.prefix: cb.monitor.measurements for cb in cbs}
+
+    full, full_count = fit(12)
+    saver = L.callbacks.ModelCheckpoint(dirpath=tmp_path / "ckpt", filename="epoch0")
+    fit(-1, max_epochs=1, saver=saver)
+    state = torch.load(tmp_path / "ckpt" / "epoch0.ckpt", weights_only=False)["callbacks"]
+    assert sorted(k for k in state if "Sharpness" in k) == [
+        "SharpnessCallback{'prefix': 'a/'}",
+        "SharpnessCallback{'prefix': 'b/'}",
+    ]
+    resumed, count = fit(12, ckpt_path=tmp_path / "ckpt" / "epoch0.ckpt")
+    assert [r["step"] for r in full["a/"]] == [0, 3, 6, 9] and [r["step"] for r in full["b/"]] == [0, 2, 4, 6, 8, 10]
+    assert count == full_count == {"a/": 4, "b/": 6}
+    timing = ["cost_seconds", "cost_grad_seconds", "cost_gradient_equivalents"]
+    for p in every:
+        later = [r for r in full[p] if r["step"] >= 6]
+        assert [r["step"] for r in resumed[p]] == [r["step"] for r in later]
+        a, b = resumed[p][0], later[0]  # step 6: the same θ, so equal numbers need each callback's own warm start
+        assert {k: v for k, v in a.items() if k not in timing} == {k: v for k, v in b.items() if k not in timing}
+
+
 def test_a_lightning_trainer_logs_the_plain_monitors_numbers(tmp_path):
     """lssr.SharpnessCallback in a real lightning Trainer (CPU, CSVLogger, 20 steps, measuring every 4): the
     logged rows are the plain loop's monitor rows at the same steps, on the same trajectory (same initial
