@@ -28,7 +28,7 @@ from .probeset import draw_probe_set, map_style
 from .rows import calibration_values, head, hyper, stream_row
 from .schedule import Schedule
 from .sink import RowSink
-from .stream import GROUPS, STREAM_N, WINDOW, StreamEstimator, check_stream
+from .stream import GROUPS, HVP_STEPS, STREAM_N, WINDOW, StreamEstimator, check_stream
 
 #: The monitor's probe set: N_PROBE samples drawn with SEED.
 N_PROBE, SEED = 256, 0
@@ -97,7 +97,8 @@ class SharpnessMonitor:
         mode): each call adds the mini-batch gradient to the window; a row closes the window after ``window``
         steps when its predicted cost (the last row's) fits the budget, from the window's gradients and two HVPs
         on ``stream_n`` fresh samples of the data set; ``groups`` round-robin groups of steps give the jackknife
-        standard errors. Rows hold HEAD and STREAM_COLS. ``calibrate_every``: also a row of
+        standard errors; tr(H S_b) is from the window's last ``hvp_steps`` gradients (None: all of them). Rows
+        hold HEAD and STREAM_COLS. ``calibrate_every``: also a row of
         :func:`lssr.diagnose` on the probe set (kind ``diagnose``, same columns) at those multiples, when it
         fits the budget.
     """
@@ -139,11 +140,12 @@ class SharpnessMonitor:
         window: int = WINDOW,
         stream_n: int = STREAM_N,
         groups: int = GROUPS,
+        hvp_steps: int | None = HVP_STEPS,
         calibrate_every: int | None = None,
     ):
         if stream not in (None, True, False):
             raise LssrError(f"SharpnessMonitor: stream must be True or False (None: False), got {stream!r}")
-        check_stream(groups, window, stream_n)
+        check_stream(groups, window, stream_n, hvp_steps)
         if calibrate_every is not None and (not isinstance(calibrate_every, int) or calibrate_every < 1):
             raise LssrError(
                 f"SharpnessMonitor: calibrate_every must be a positive integer or None, got {calibrate_every!r}"
@@ -181,6 +183,7 @@ class SharpnessMonitor:
             window=window,
             groups=groups,
             stream_n=stream_n,
+            hvp_steps=hvp_steps,
             forward=forward,
             replacement=replacement,
             options=dict(bn=bn, dropout=dropout, dtype=o["dtype"], hvp_mode=o["hvp_mode"]),

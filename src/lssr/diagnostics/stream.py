@@ -44,6 +44,8 @@ Tensor = torch.Tensor
 
 #: The weight of the new direction in the damped power step of ‖H‖'s warm start (:func:`row_products`).
 EIG_STEP = 0.5
+#: tr(H S_b) from the window's last HVP_STEPS gradients (near the row's θ, where the probe samples' H is).
+HVP_STEPS = 8
 
 
 def grads_of(params: list[nn.Parameter]) -> list[Tensor] | None:
@@ -58,7 +60,9 @@ class Window:
     """The running sums of one window of training gradients g_t (length m), in M round-robin groups: per step one
     copy of the gradients into a flat buffer, a dot product and two in-place additions."""
 
-    def __init__(self, params: list[Tensor], groups: int, *, generator: torch.Generator, start: int):
+    def __init__(
+        self, params: list[Tensor], groups: int, *, generator: torch.Generator, start: int, recent: int | None = None
+    ):
         self.M = int(groups)
         self.start = int(start)
         first = params[0]
@@ -72,6 +76,8 @@ class Window:
         self.steps = 0
         self.generator = generator
         self._signs: list[float] = []
+        # the last `recent` gradients (a ring), for tr(H S_b) at the row's θ; None: the whole window's sums
+        self.R = None if recent is None else torch.zeros(int(recent), dim, dtype=first.dtype, device=first.device)
 
     def add(self, grads: list[Tensor]) -> None:
         """Adds one step's mini-batch gradient g_t (one tensor per parameter)."""
@@ -85,7 +91,13 @@ class Window:
         self.q[i] += float(g.dot(g))
         self.k[i] += 1
         self.w[i] += z
+        if self.R is not None:
+            self.R[self.steps % self.R.shape[0]].copy_(g)
         self.steps += 1
+
+    def recent(self) -> Tensor | None:
+        """The last min(steps, ``recent``) gradients (rows, in ring order), or None without ``recent``."""
+        return None if self.R is None else self.R[: min(self.steps, self.R.shape[0])]
 
     @property
     def last(self) -> Tensor:
@@ -169,9 +181,15 @@ def successive_se(values: list[float]) -> float:
     return math.sqrt(sum(d) / (2 * len(d)))
 
 
-def check_stream(groups: int, window: int, stream_n: int) -> None:
+def check_stream(groups: int, window: int, stream_n: int, hvp_steps: int | None = HVP_STEPS) -> None:
     """Refuses a streaming configuration that cannot make a row: fewer than two groups, a window with fewer than
-    two steps per group, or no probe samples."""
+    two steps per group, no probe samples, or ``hvp_steps`` not in 2 .. window (None: the whole window)."""
+    if hvp_steps is not None and (
+        isinstance(hvp_steps, bool) or not isinstance(hvp_steps, int) or not 2 <= hvp_steps <= window
+    ):
+        raise LssrError(
+            f"SharpnessMonitor: hvp_steps must be an integer in 2..window ({window}) or None, got {hvp_steps!r}"
+        )
     if not isinstance(stream_n, int) or stream_n < 1:
         raise LssrError(f"SharpnessMonitor: stream_n must be a positive integer, got {stream_n!r}")
     if not isinstance(groups, int) or groups < 2:
@@ -197,38 +215,54 @@ def ritz2(x: Tensor, Hx: Tensor, v: Tensor, Hv: Tensor) -> tuple[float, Tensor, 
     return float(vals[-1]), c0 * x + c1 * vv, c0 * Hx + c1 * Hvv
 
 
-def row_products(op, window: Window, x: Tensor | None) -> dict:
-    """The HVP part of a row, two products with the Hessian H_P of the probe samples: H_P v with v = ḡ + U/√K
-    (ḡ the window's mean gradient, U = Σ_t z_t (g_t − ḡ) its centred sign sketch) and H_P x (x the unit warm
-    start of ‖H‖; the window's mean direction at first).
+def _hvp_direction(window: Window) -> tuple[Tensor, Tensor, Tensor]:
+    """(v, parts, k): the direction v of tr(H S_b)'s product, its shares (rows summing to v) and each share's steps.
 
-    Returns ``tr_HS_b`` = vᵀH_Pv, its M leave-one-group-out values ``tr_HS_b_loo``, ``tr_S_n`` = g_Pᵀg_last (the
-    probe samples' gradient, a by-product of the first product, against the window's last mini-batch gradient:
-    both at the current θ and independent, so unbiased for ‖∇L(θ)‖²), ``top_eig`` ≈ xᵀH_Px, the next warm start
-    ``x`` and the relative residual ``top_eig_residual`` = ‖H_Py − θ y‖/|θ| of the top Ritz pair (θ, y) in
-    span{x, v} (:func:`ritz2`, free with the two products: the mean gradient leans towards the top eigenvector),
-    the row's ‖H‖. Over the signs
-    E[ḡᵀH_PU] = 0 and E[UᵀH_PU] = Σ_t (g_t − ḡ)ᵀH_P(g_t − ḡ), so E[vᵀH_Pv] = (1/K) Σ_t g_tᵀH_Pg_t exactly,
-    whatever the gradients (their drift and oscillation over the window included); for independent g_t at one θ
-    its mean is tr(H_P S_b), and over fresh probe samples tr(H S_b).
-    Leaving group i out removes its share p_i = w_iᵀH_Pv (w_i = A_i/K + (Z_i − w_i ḡ)/√K, Σ_i w_i = v) and
-    rescales by K/(K − k_i). The next warm start is y + EIG_STEP · H_Py/‖H_Py‖, normalised: a damped power step
-    (Oja's iteration) that averages over the rows' fresh probe samples, so that it follows the top eigenvector of
-    their mean H rather than of one row's H_P."""
+    With the window's last L gradients (``recent``): v = Σ_t z_t g_t/√L with fresh signs z_t = ±1, so that over the
+    signs E[vᵀH_Pv] = (1/L) Σ_t g_tᵀH_Pg_t exactly; one share per step. Without: v = ḡ + U/√K (ḡ the window's mean
+    gradient, U = Σ_t z_t (g_t − ḡ) its centred sign sketch; E[ḡᵀH_PU] = 0 and E[UᵀH_PU] = Σ_t (g_t − ḡ)ᵀH_P(g_t −
+    ḡ), so E[vᵀH_Pv] = (1/K) Σ_t g_tᵀH_Pg_t), one share per group: w_i = A_i/K + (Z_i − w_i ḡ)/√K."""
+    R = window.recent()
+    if R is not None:
+        L = R.shape[0]
+        z = (torch.randint(0, 2, (L,), generator=window.generator) * 2 - 1).to(R.dtype).to(R.device)
+        parts = z.unsqueeze(1) * R / math.sqrt(L)
+        return parts.sum(0), parts, torch.ones(L, dtype=torch.float64)
     K = float(window.steps)
     gbar = window.A.sum(0) / K
     w = torch.tensor(window.w, dtype=gbar.dtype, device=gbar.device).unsqueeze(1)
     parts = window.A / K + (window.Z - w * gbar) / math.sqrt(K)  # w_i, (M, m)
-    v = parts.sum(0)
+    return parts.sum(0), parts, torch.tensor(window.k, dtype=torch.float64)
+
+
+def row_products(op, window: Window, x: Tensor | None) -> dict:
+    """The HVP part of a row, two products with the Hessian H_P of the probe samples: H_P v with v from
+    :func:`_hvp_direction` and H_P x (x the unit warm start of ‖H‖; the window's mean direction at first).
+
+    Returns ``tr_HS_b`` = vᵀH_Pv, its leave-one-share-out values ``tr_HS_b_loo``, ``tr_S_n`` = g_Pᵀg_last (the
+    probe samples' gradient, a by-product of the first product, against the window's last mini-batch gradient:
+    both at the current θ and independent, so unbiased for ‖∇L(θ)‖²), ``top_eig`` ≈ xᵀH_Px, the next warm start
+    ``x`` and the relative residual ``top_eig_residual`` = ‖H_Py − θ y‖/|θ| of the top Ritz pair (θ, y) in
+    span{x, v} (:func:`ritz2`, free with the two products), the row's ‖H‖.
+    E[vᵀH_Pv] is the mean of g_tᵀH_Pg_t over the steps v holds; for independent g_t at one θ its mean is
+    tr(H_P S_b), and over fresh probe samples tr(H S_b). The probe samples' H is at the row's θ: with the last L
+    steps (the default) the g_t are near it, with the whole window they are up to K steps old, and the top
+    eigen-directions of H can turn within a window (then vᵀH_Pv falls below the window's mean of tr(H S_b)).
+    Leaving share i out removes p_i = w_iᵀH_Pv (Σ_i w_i = v) and rescales by K/(K − k_i). The next warm start is
+    y + EIG_STEP · H_Py/‖H_Py‖, normalised: a damped power step (Oja's iteration) that averages over the rows'
+    fresh probe samples, so that it follows the top eigenvector of their mean H rather than of one row's H_P."""
+    K = float(window.steps)
+    gbar = window.A.sum(0) / K
+    v, parts, k = _hvp_direction(window)
     if x is None:
         x = gbar / gbar.norm() if float(gbar.norm()) > 0 else torch.ones_like(gbar) / math.sqrt(gbar.numel())
     Hv, gP = op.hvp(v, return_grad=True)
     Hv, gP = Hv.to(gbar.dtype), gP.to(gbar.dtype)
     Hx = op.hvp(x).to(gbar.dtype)
     ths = float(v @ Hv)
-    k = torch.tensor(window.k, dtype=torch.float64)
+    total = float(k.sum())
     p = (parts @ Hv).double()
-    ths_loo = (ths - p) * K / (K - k)
+    ths_loo = (ths - p) * total / (total - k)
     lam, x, Hx = ritz2(x, Hx, v, Hv)
     rel = float((Hx - lam * x).norm()) / max(abs(lam), 1e-300)
     nrm = float(Hx.norm())
@@ -280,11 +314,13 @@ class StreamEstimator:
         window: int = WINDOW,
         groups: int = GROUPS,
         stream_n: int = STREAM_N,
+        hvp_steps: int | None = HVP_STEPS,
         forward: Callable | None = None,
         replacement: bool = True,
         options: dict | None = None,
     ):
-        check_stream(groups, window, stream_n)
+        check_stream(groups, window, stream_n, hvp_steps)
+        self.hvp_steps = hvp_steps
         self.model, self.loss, self.forward = model, loss, forward
         self.source, self.probe = source, probe
         self.n = int(torch.utils._pytree.tree_leaves(probe)[0].shape[0])
@@ -322,7 +358,9 @@ class StreamEstimator:
                 "fix: call monitor.step() after loss.backward() and before optimizer.step(), or stream=False"
             )
         if self.current is None:
-            self.current = Window(self._params, self.groups, generator=self.generator, start=start)
+            self.current = Window(
+                self._params, self.groups, generator=self.generator, start=start, recent=self.hvp_steps
+            )
         self.current.add(g)
 
     def full(self) -> bool:
