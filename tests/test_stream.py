@@ -210,6 +210,23 @@ def test_tr_hs_b_from_the_whole_window_is_unbiased_too():
     assert abs(float(v.mean()) - truth) <= 3 * float(v.std() / math.sqrt(len(v))), (float(v.mean()), truth)
 
 
+def test_a_window_of_vanishing_gradients_gives_nan_ratios():
+    """A window whose gradients are all zero (a network whose units all died): tr S_b = tr S_n = 0 and the ratios
+    ρ_b, ‖H‖_{S_b} and B_simple are NaN, not an error."""
+    model, ds = tiny()
+    rows = []
+    mon = lssr.SharpnessMonitor(
+        model, "ce", ds, stream=True, window=4, groups=2, hvp_steps=2, budget=math.inf, callback=rows.append
+    )
+    for _ in range(4):
+        for p in model.parameters():
+            p.grad = torch.zeros_like(p)
+        mon.step()
+    (row,) = rows
+    assert row["tr_S_b"] == 0 and row["tr_HS_b"] == 0 and row["tr_S_n"] == 0
+    assert all(math.isnan(row[k]) for k in ("rho_b", "ias_b", "b_simple"))
+
+
 def test_the_streaming_mode_needs_gradients_and_a_long_enough_window():
     model, ds = tiny()
     mon = lssr.SharpnessMonitor(model, "ce", ds, stream=True)

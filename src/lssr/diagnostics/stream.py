@@ -135,6 +135,11 @@ def _rel(se: float, x: float) -> float:
     return se / abs(x) if x != 0 else math.inf
 
 
+def _div(a: float, b: float) -> float:
+    """a / b, NaN for b = 0 (e.g. tr S_b of a window whose gradients all vanish)."""
+    return a / b if b != 0 else math.nan
+
+
 def stream_estimates(window: Window, products: dict, tn_se: float, b: int | None, gamma: float) -> dict:
     """Every streaming quantity of a row with its standard error (``<name>_se``): tr S_b (the window's mean of
     ‖g_t‖², jackknife), tr S_n (g_Pᵀg_last from :func:`row_products`, with ``tn_se`` from the spread of
@@ -156,17 +161,17 @@ def stream_estimates(window: Window, products: dict, tn_se: float, b: int | None
         "tr_HS_b_se": ths_se,
         "top_eig": lam,
         "top_eig_se": math.nan,
-        "rho_b": tn / tb,
-        "rho_b_se": abs(tn / tb) * math.hypot(_rel(tn_se, tn), _rel(tb_se, tb)),
-        "ias_b": ths / tb,
-        "ias_b_se": abs(ths / tb) * math.hypot(_rel(ths_se, ths), _rel(tb_se, tb)),
+        "rho_b": _div(tn, tb),
+        "rho_b_se": abs(_div(tn, tb)) * math.hypot(_rel(tn_se, tn), _rel(tb_se, tb)),
+        "ias_b": _div(ths, tb),
+        "ias_b_se": abs(_div(ths, tb)) * math.hypot(_rel(ths_se, ths), _rel(tb_se, tb)),
     }
     if b is not None and gamma > 0:
         f = b / gamma
         out["tr_S_1"] = tn + f * (tb - tn)
         out["tr_S_1_se"] = math.hypot((f - 1) * tn_se, f * tb_se)
         out["b_simple"] = f * (tb - tn) / tn if tn != 0 else math.nan
-        out["b_simple_se"] = f * abs(tb / tn) * math.hypot(_rel(tb_se, tb), _rel(tn_se, tn)) if tn != 0 else math.nan
+        out["b_simple_se"] = f * abs(_div(tb, tn)) * math.hypot(_rel(tb_se, tb), _rel(tn_se, tn))
     else:
         out["tr_S_1"] = out["tr_S_1_se"] = out["b_simple"] = out["b_simple_se"] = math.nan
     return out
@@ -421,7 +426,7 @@ class StreamEstimator:
         est = stream_estimates(w, prod, spread["tr_S_n"], self.b, gam)
         for key in ("tr_HS_b", "top_eig"):
             est[f"{key}_se"] = _larger(est[f"{key}_se"], spread[key])
-        est["ias_b_se"] = _larger(est["ias_b_se"], spread["tr_HS_b"] / abs(est["tr_S_b"]))
+        est["ias_b_se"] = _larger(est["ias_b_se"], _div(spread["tr_HS_b"], abs(est["tr_S_b"])))
         self.rows += 1
         return est | dict(
             kind="stream",
