@@ -591,6 +591,40 @@ def monitor_accuracy() -> str:
     )
 
 
+def monitor_stream_overhead() -> str:
+    """The streaming mode's overhead, rows and losses on a model without batch norm (monitor_stream.json)."""
+    r = load("monitor_stream.json")
+    st = r["settings"]
+
+    def row(label: str, pair: dict) -> list:
+        mon, steps = pair["monitor"], pair["monitor"]["measured_steps"]
+        first = f", first at {steps[0]}" if steps else ""
+        return [
+            label,
+            f"{pair['plain']['wall_s']:.1f}",
+            f"{mon['wall_s']:.1f}",
+            f"{pair['overhead']:+.1%}",
+            f"{mon['stream_rows']}{first}",
+            "yes" if pair["losses_identical"] else "no",
+            f"{mon['last_loss']:.3f}",
+        ]
+
+    rows = [row(f"{st['steps']} steps, pair {i + 1}", p) for i, p in enumerate(r["reps"])]
+    if "long" in r:
+        rows.append(row(f"{r['long']['steps']} steps", r["long"]))
+    head = ["loop", "without monitor s", "with monitor s", "overhead", "streaming rows", "losses identical"]
+    table = md_table(head + ["last loss"], rows)
+    costs = [
+        x["cost_seconds"] for p in r["reps"] + [r.get("long", {"monitor": {"rows": []}})] for x in p["monitor"]["rows"]
+    ]
+    return (
+        f"{table}\n\nMedian overhead of the {st['steps']}-step pairs: {r['overhead_median']:+.1%}; one row "
+        f"{span(costs, '{:.2f}')} s; {st['model']}, batch {st['batch']}, η = {st['lr']}, a row every {st['window']} "
+        f"steps (budget 10%), {st['threads']} thread, torch {r['torch']}; load average (1 min) "
+        f"{r['loadavg_before'][0]:.2f} before, {r['loadavg_after'][0]:.2f} after, on {r['cpu_count']} cores.\n"
+    )
+
+
 SECTIONS: dict[str, Callable[[], str]] = {
     "se-study": se_study,
     "diagnostics-setting": diagnostics_setting,
@@ -609,6 +643,7 @@ SECTIONS: dict[str, Callable[[], str]] = {
     "memory": memory,
     "monitor-overhead": monitor_overhead,
     "monitor-accuracy": monitor_accuracy,
+    "monitor-stream-overhead": monitor_stream_overhead,
 }
 
 
