@@ -32,7 +32,7 @@ class SharpnessCallback(Callback):
     prefix: put before every logged name (default ``sharpness/``); it also names the callback's state in
         checkpoints (:attr:`state_key`), so two callbacks in one Trainer need two prefixes. Every other keyword goes to
         :class:`SharpnessMonitor` (n, seed, every, budget, batch_sizes, csv, callback, lr, momentum, bn,
-        dropout and the diagnose options). The optimiser is the trainer's first.
+        dropout, estimator, eigen, compute and the streaming options). The optimiser is the trainer's first.
     The monitor's state is part of Lightning checkpoints (``state_dict`` / ``load_state_dict``). Under
     data-parallel strategies only global rank 0 measures (on its own process; the others wait for it at the
     next collective).
