@@ -13,7 +13,9 @@ within 10% of its loop's seconds so far; a short loop may measure nothing, and t
 step the next measurement would fit). The overhead is the ratio of the two loops' walls minus 1 (per pair,
 then the median). Also checks that the two loss curves are identical. Writes ``results/bench/monitor.json``
 (every wall, the monitor's calibration, measurements and their cost, the load average, the versions); skips
-with a message when the CIFAR-10 folder is absent.
+with a message when the CIFAR-10 folder is absent. ``--stream`` runs the monitor's streaming mode instead (a row
+every ``--window`` steps within the same budget), for a model without batch norm (``--model squeezenet1_1``;
+the streaming mode refuses batch norm in train mode).
 """
 
 from __future__ import annotations
@@ -33,7 +35,8 @@ from torch.utils.data import DataLoader, Subset
 from torchvision import transforms as T
 
 import lssr
-from lssr.diagnostics.monitor import BUDGET, CALIBRATION_COST, FIRST_COST, N_PROBE
+from lssr.diagnostics.monitor import N_PROBE
+from lssr.diagnostics.schedule import BUDGET, CALIBRATION_COST, FIRST_COST
 from lssr.io import write_json
 
 MEAN, STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
@@ -61,6 +64,11 @@ ROW_KEYS = (
 )
 
 
+#: The record's columns of a streaming row.
+STREAM_KEYS = ("step", "kind", "window_start", "top_eig", "threshold", "tr_S_b", "tr_HS_b", "ias_b", "rho_b")
+STREAM_KEYS += ("rho_threshold", "cost_seconds")
+
+
 class Loop:
     """One SGD loop from args.seed (the monitor, if any, built inside its timing), advanced one step at a time
     with its own global random state (swapped in around each step, so that two loops taking turns draw what
@@ -78,8 +86,9 @@ class Loop:
         t0 = time.perf_counter()
         if monitored:
             clean = T.Compose([T.ToTensor(), T.Normalize(MEAN, STD)])
+            stream = dict(stream=True, window=args.window) if args.stream else {}
             self.mon = lssr.SharpnessMonitor(
-                self.model, "ce", data, self.opt, transform=clean, callback=self.rows.append, clock=clock
+                self.model, "ce", data, self.opt, transform=clean, callback=self.rows.append, clock=clock, **stream
             )
             self.build_s = time.perf_counter() - t0
         self.wall = self.build_s
@@ -112,13 +121,14 @@ class Loop:
         return dt
 
     def record(self) -> dict:
-        out = {"wall_s": self.wall}
+        out = {"wall_s": self.wall, "last_loss": float(self.losses[-1]) if self.losses else None}
         mon = self.mon
         if mon is not None:
             nxt = mon.steps_to_next()
             out.update(
                 build_s=self.build_s,
                 measurements=mon.measurements,
+                stream_rows=mon.streamer.rows,
                 measured_steps=[r["step"] for r in self.rows],
                 measure_s=mon.spent_seconds,
                 train_s_seen_by_monitor=mon.train_seconds,
@@ -126,7 +136,7 @@ class Loop:
                 calibration_grad_s=mon.grad_seconds,
                 predicted_next_measurement_s=mon.predicted_seconds(),
                 next_measurement_fits_at_step=self.step_index + nxt if nxt is not None else None,
-                rows=[{k: r[k] for k in ROW_KEYS} for r in self.rows],
+                rows=[{k: r[k] for k in (STREAM_KEYS if "kind" in r else ROW_KEYS)} for r in self.rows],
             )
         return out
 
@@ -160,6 +170,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--lr", type=float, default=0.05)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument(
+        "--stream", action="store_true", help="the monitor's streaming mode (refused for batch norm in train mode)"
+    )
+    ap.add_argument("--window", type=int, default=80, help="the streaming mode's window (steps per row)")
     ap.add_argument("--out", type=Path, default=Path("results/bench/monitor.json"))
     args = ap.parse_args(argv)
     if not (args.data / "train").is_dir():

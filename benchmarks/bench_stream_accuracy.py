@@ -1,18 +1,23 @@
-"""The streaming monitor's rows against ``lssr.diagnose`` on the whole training set at the same θ (~5 minutes).
+"""The streaming monitor's rows against ``lssr.diagnose`` on the whole training set along the same windows (~6 minutes).
 
 An SGD run (momentum 0.9, b = 128, batches drawn with replacement, as the streaming estimators assume) of the
 project's ``digits_cnn`` (no batch norm, 3 input channels) on N = 1024 real CIFAR-10 training images at 16 px
 (/work/shared/data/cifar10-jpeg/train, a seeded subset, no augmentation) with ``lssr.SharpnessMonitor`` in its
 streaming mode (rows every ``--window`` steps whatever they cost, its defaults otherwise). After ``--warmup``
-rows (the fast start of training from θ_0, where the gradients change several-fold within a window), in the
-middle of each window (the step window_start + window/2, θ before that step's update) ``lssr.diagnose``
-measures the reference on all N samples (exact tr S_1 and tr S_n, tr(H S_1) by its sketch with a standard
-error, ‖H‖ by LOBPCG, batch size b with replacement). For each quantity and row: z = (streaming −
-reference)/√(se_stream² + se_ref²); the record holds every pair, how many rows are within 3 of those standard
-errors and the coverage at 1 and 2 (a calibrated standard error covers about 68% and 95%; the jackknife over 8
-groups about 65% and 91%). The reference is at one θ and some streaming quantities average their window, so
-the drift of θ over a window adds to the differences. ‖H‖'s relative difference is recorded too.
-Writes ``results/bench/monitor_accuracy.json``.
+rows (the fast start of training from θ_0, where the gradients change several-fold within a window), at
+``--points`` evenly spaced steps of each of the next ``--rows`` windows, the last one the row's own step (θ
+before that step's update), ``lssr.diagnose`` measures on all N samples (exact tr S_1 and tr S_n, tr(H S_1) by
+its sketch with a standard error, ‖H‖ by LOBPCG, batch size b with replacement).
+
+The reference is what each streaming quantity estimates: tr S_b and tr(H S_b), means over the window's steps,
+against the mean of the points (its standard error from the points' spread, a stratified sample of the
+window's steps, and the sketch's); tr S_n and ‖H‖, at the row's θ, against the last point; the derived ρ_b =
+tr S_n/tr S_b, tr S_1 = tr S_n + b(tr S_b − tr S_n), B_simple and ‖H‖_{S_b} = tr(H S_b)/tr S_b from those
+references, their standard errors by the delta method; the window's U-statistic of tr S_n against the mean of
+the points' tr S_n. For each quantity and row: z = (streaming − reference)/√(se_stream² + se_ref²); the record
+holds every pair, how many rows are within 3 of those standard errors and the coverage at 1 and 2 (a
+calibrated standard error covers about 68% and 95%; the jackknife over 8 groups about 65% and 91%). ‖H‖'s
+relative difference is recorded too. Writes ``results/bench/monitor_accuracy.json``.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from torch.utils.data import DataLoader, RandomSampler, TensorDataset
 from torchvision import transforms as T
 
 import lssr
+from lssr.diagnostics.stream import HVP_STEPS
 from lssr.io import write_json
 from lssr.models import build_model
 
@@ -47,68 +53,67 @@ def images(root: Path, n: int, px: int, seed: int) -> TensorDataset:
     return TensorDataset(torch.stack(xs), torch.tensor(ys))
 
 
-def reference(model, ds: TensorDataset, b: int, seed: int) -> dict:
+def point(model, ds: TensorDataset, b: int, seed: int) -> dict:
+    """``lssr.diagnose`` on all of ``ds`` at the current θ: the values and standard errors the references use."""
     d = lssr.diagnose(model, "ce", ds.tensors, batch_sizes=[b], replacement=True, seed=seed)
     a = d.at(b)
     return dict(
-        tr_S_b=(a.tr_S_b, a.tr_S_b_se),
-        tr_S_n=(d.tr_S_n, 0.0),
-        tr_S_n_window=(d.tr_S_n, 0.0),
-        tr_S_1=(d.tr_S_1, 0.0),
-        b_simple=(d.b_simple, 0.0),
-        rho_b=(a.rho_b, a.rho_b_se),
-        tr_HS_b=(a.tr_HS_b, a.tr_HS_b_se),
-        ias_b=(a.ias_b, a.ias_b_se),
-        top_eig=(d.top_eig, 0.0),
+        tr_S_b=a.tr_S_b,
+        tr_S_n=d.tr_S_n,
+        tr_HS_b=a.tr_HS_b,
+        tr_HS_b_se=a.tr_HS_b_se,
+        top_eig=d.top_eig,
         seconds=d.cost.seconds,
     )
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", type=Path, default=Path("/work/shared/data/cifar10-jpeg"))
-    ap.add_argument("--n", type=int, default=1024, help="training images (all of them are the reference's)")
-    ap.add_argument("--px", type=int, default=16)
-    ap.add_argument("--batch", type=int, default=128)
-    ap.add_argument("--lr", type=float, default=0.05)
-    ap.add_argument("--window", type=int, default=40)
-    ap.add_argument("--rows", type=int, default=8, help="rows compared with the reference")
-    ap.add_argument("--warmup", type=int, default=6, help="rows before the compared ones (training from θ_0)")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--out", type=Path, default=Path("results/bench/monitor_accuracy.json"))
-    args = ap.parse_args(argv)
-    if not (args.data / "train").is_dir():
-        print(f"bench-stream-accuracy: skipped: no CIFAR-10 image folder at {args.data}/train")
-        return 0
-    torch.set_num_threads(args.threads)
-    load_before = os.getloadavg()
-    t_start = time.perf_counter()
-    ds = images(args.data, args.n, args.px, args.seed)
-    torch.manual_seed(args.seed)
-    model = build_model("digits_cnn", 3, 10)
-    opt = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9)
-    total = args.window * (args.warmup + args.rows)
-    sampler = RandomSampler(ds, replacement=True, num_samples=total * args.batch)
-    loader = DataLoader(ds, batch_size=args.batch, sampler=sampler)
-    rows: list[dict] = []
-    mon = lssr.SharpnessMonitor(
-        model, "ce", loader, opt, window=args.window, callback=rows.append, stream=True, budget=math.inf
+def _mean_se(values: list[float], ses: list[float], steps: int) -> tuple[float, float]:
+    """The mean of J points of a window of ``steps`` steps and its standard error: the points' spread as a sample
+    of the window's steps (finite-population corrected) and their own standard errors."""
+    J = len(values)
+    m = sum(values) / J
+    var = sum((v - m) ** 2 for v in values) / (J - 1) / J * (1 - J / steps) if J > 1 else 0.0
+    return m, math.sqrt(var + sum(s**2 for s in ses) / J**2)
+
+
+def _ratio(a: tuple[float, float], b: tuple[float, float]) -> tuple[float, float]:
+    r = a[0] / b[0]
+    return r, abs(r) * math.hypot(a[1] / a[0] if a[0] else 0.0, b[1] / b[0] if b[0] else 0.0)
+
+
+def reference(points: list[dict], b: int, steps: int) -> dict:
+    """The references of one row (value, se) from the points of its window, the last at the row's θ."""
+    tb = _mean_se([p["tr_S_b"] for p in points], [0.0] * len(points), steps)
+    ths_w = _mean_se([p["tr_HS_b"] for p in points], [p["tr_HS_b_se"] for p in points], steps)
+    ths = (points[-1]["tr_HS_b"], points[-1]["tr_HS_b_se"])
+    tnw = _mean_se([p["tr_S_n"] for p in points], [0.0] * len(points), steps)
+    tn = (points[-1]["tr_S_n"], 0.0)
+    s1 = tn[0] + b * (tb[0] - tn[0])
+    return dict(
+        tr_S_b=tb,
+        tr_S_n=tn,
+        tr_S_n_window=tnw,
+        tr_S_1=(s1, math.hypot((b - 1) * tn[1], b * tb[1])),
+        b_simple=(b * (tb[0] - tn[0]) / tn[0], b * abs(tb[0] / tn[0]) * (tb[1] / tb[0])),
+        rho_b=_ratio(tn, tb),
+        tr_HS_b=ths,
+        ias_b=_ratio(ths, tb),
+        window=dict(tr_HS_b=ths_w, ias_b=_ratio(ths_w, tb)),
+        top_eig=(points[-1]["top_eig"], 0.0),
+        seconds=sum(p["seconds"] for p in points),
     )
-    refs: dict[int, dict] = {}
-    for t, (x, y) in enumerate(loader):
-        opt.zero_grad()
-        F.cross_entropy(model(x), y).backward()
-        if t >= args.window * args.warmup and t % args.window == args.window // 2:
-            refs[t - args.window // 2] = reference(model, ds, args.batch, args.seed + t) | {"step": t}
-        mon.step()
-        opt.step()
+
+
+def compare(rows: list[dict], refs: dict[int, dict], window_hvp: bool = False) -> tuple[list[dict], dict]:
+    """Each row against its window's references (``window_hvp``: tr(H S_b) from the whole window, against the
+    window's mean) and the summary per quantity: rows within 3 se, coverage at 1 and 2 se, ‖H‖'s differences."""
     pairs = []
     for r in rows:
         ref = refs.get(r["window_start"])
         if ref is None:
             continue
-        one = {"row_step": r["step"], "ref_step": ref["step"], "window_start": r["window_start"]}
+        ref = ref | (ref["window"] if window_hvp else {})
+        one = {"row_step": r["step"], "ref_steps": ref["steps"], "window_start": r["window_start"]}
         for k in KEYS:
             v, se = r[k], r[f"{k}_se"]
             rv, rse = ref[k]
@@ -134,11 +139,83 @@ def main(argv: list[str] | None = None) -> int:
         }
     rel = [p["top_eig"]["rel_diff"] for p in pairs]
     summary["top_eig"] = {"rows": len(rel), "rel_diff": rel, "max_abs_rel_diff": max(map(abs, rel), default=math.nan)}
+    return pairs, summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", type=Path, default=Path("/work/shared/data/cifar10-jpeg"))
+    ap.add_argument("--n", type=int, default=1024, help="training images (all of them are the reference's)")
+    ap.add_argument("--px", type=int, default=16)
+    ap.add_argument("--batch", type=int, default=128)
+    ap.add_argument("--lr", type=float, default=0.05)
+    ap.add_argument("--window", type=int, default=40)
+    ap.add_argument("--rows", type=int, default=6, help="rows compared with the reference")
+    ap.add_argument("--points", type=int, default=4, help="steps of each compared window measured by diagnose")
+    ap.add_argument("--warmup", type=int, default=6, help="rows before the compared ones (training from θ_0)")
+    ap.add_argument(
+        "--compare-hvp-steps", type=int, nargs="*", default=[2, 0], help="other hvp_steps to record (0: the window)"
+    )
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--out", type=Path, default=Path("results/bench/monitor_accuracy.json"))
+    args = ap.parse_args(argv)
+    if not (args.data / "train").is_dir():
+        print(f"bench-stream-accuracy: skipped: no CIFAR-10 image folder at {args.data}/train")
+        return 0
+    torch.set_num_threads(args.threads)
+    load_before = os.getloadavg()
+    t_start = time.perf_counter()
+    ds = images(args.data, args.n, args.px, args.seed)
+    torch.manual_seed(args.seed)
+    model = build_model("digits_cnn", 3, 10)
+    opt = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9)
+    total = args.window * (args.warmup + args.rows)
+    sampler = RandomSampler(ds, replacement=True, num_samples=total * args.batch)
+    loader = DataLoader(ds, batch_size=args.batch, sampler=sampler)
+    rows: list[dict] = []
+    mon = lssr.SharpnessMonitor(
+        model, "ce", loader, opt, window=args.window, callback=rows.append, stream=True, budget=math.inf
+    )
+    # the same run seen by monitors with other hvp_steps (the streaming mode leaves the training unchanged)
+    alt_rows: dict[str, list[dict]] = {str(h): [] for h in args.compare_hvp_steps}
+    alts = [
+        lssr.SharpnessMonitor(
+            model, "ce", loader, opt, window=args.window, callback=alt_rows[str(h)].append, stream=True,
+            budget=math.inf, hvp_steps=None if h == 0 else h, seed=1,
+        )
+        for h in args.compare_hvp_steps
+    ]  # fmt: skip
+    points: dict[int, list[dict]] = {}
+    spacing = args.window // args.points
+    for t, (x, y) in enumerate(loader):
+        opt.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        start = t - t % args.window  # the windows close every args.window steps (budget=inf)
+        offset = t - start + 1  # 1 .. window; the last points, spaced by `spacing`, end at the row's step
+        if (
+            start >= args.window * args.warmup
+            and offset % spacing == 0
+            and offset > args.window - args.points * spacing
+        ):
+            points.setdefault(start, []).append(point(model, ds, args.batch, args.seed + t) | {"step": t})
+        mon.step()
+        for alt in alts:
+            alt.step()
+        opt.step()
+    refs = {s: reference(p, args.batch, args.window) | {"steps": [q["step"] for q in p]} for s, p in points.items()}
+    pairs, summary = compare(rows, refs)
+    alternatives = {}
+    for h, got in alt_rows.items():
+        a_pairs, a_summary = compare(got, refs, window_hvp=h == "0")
+        alternatives[h] = {"summary": {k: a_summary[k] for k in ("tr_HS_b", "ias_b", "top_eig")}, "pairs": a_pairs}
     result = {
-        "what": "streaming SharpnessMonitor rows against lssr.diagnose on all N training samples at the windows' "
-        "middles",
+        "what": "streaming SharpnessMonitor rows against lssr.diagnose on all N training samples: window means "
+        "against the mean of --points steps of the window, tr S_n and ‖H‖ against the row's step",
+        "hvp_steps": HVP_STEPS,
         "summary": summary,
         "pairs": pairs,
+        "alternatives": alternatives,
         "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
         "model": "digits_cnn (no batch norm)",
         "m": sum(p.numel() for p in model.parameters()),
@@ -158,6 +235,12 @@ def main(argv: list[str] | None = None) -> int:
                 f"{k}: {s['within_3_se']}/{s['rows']} within 3 se, coverage {s['coverage_1_se']:.2f} (1 se), "
                 f"{s['coverage_2_se']:.2f} (2 se)"
             )
+    for h, a in alternatives.items():
+        s = a["summary"]["tr_HS_b"]
+        print(
+            f"hvp_steps={h if h != '0' else 'window'}: tr_HS_b {s['within_3_se']}/{s['rows']} within 3 se, "
+            f"coverage {s['coverage_2_se']:.2f} (2 se)"
+        )
     print(f"wrote {args.out}")
     return 0
 

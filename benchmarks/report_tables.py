@@ -568,37 +568,72 @@ def monitor_overhead() -> str:
 
 
 def monitor_accuracy() -> str:
-    """The streaming rows against lssr.diagnose on all N training samples (monitor_accuracy.json)."""
+    """The streaming rows against lssr.diagnose on all N training samples along each window
+    (monitor_accuracy.json), tr(H S_b) also from the other hvp_steps recorded on the same run."""
     r = load("monitor_accuracy.json")
     names = {
-        "tr_S_b": "tr S_b",
-        "tr_S_n": "tr S_n",
-        "tr_S_n_window": "tr S_n, the window's U-statistic",
+        "tr_S_b": "tr S_b (window mean)",
+        "tr_S_n": "tr S_n (row's θ)",
+        "tr_S_n_window": "tr S_n, the window's U-statistic (window mean)",
         "tr_S_1": "tr S_1",
         "b_simple": "B_simple",
         "rho_b": "ρ_b",
-        "tr_HS_b": "tr(H S_b)",
+        "tr_HS_b": f"tr(H S_b) (row's θ; last {r['hvp_steps']} steps)",
         "ias_b": "‖H‖_{S_b}",
     }
-    rows = [
-        [
-            names[k],
-            f"{s['within_3_se']}/{s['rows']}",
-            f"{s['coverage_1_se']:.2f}",
-            f"{s['coverage_2_se']:.2f}",
-            span([abs(z) for z in s["z"]], "{:.1f}"),
-        ]
-        for k, s in ((k, r["summary"][k]) for k in names)
-    ]
+
+    def line(name: str, s: dict) -> list[str]:
+        z = [abs(v) for v in s["z"]]
+        cover = [f"{s[c]:.2f}" for c in ("coverage_1_se", "coverage_2_se")]
+        return [name, f"{s['within_3_se']}/{s['rows']}", *cover, span(z, "{:.1f}")]
+
+    rows = [line(names[k], r["summary"][k]) for k in names]
+    for h, alt in r.get("alternatives", {}).items():
+        what = f"last {h} steps; row's θ" if h != "0" else "the whole window; window mean"
+        rows.append(line(f"tr(H S_b) ({what})", alt["summary"]["tr_HS_b"]))
     table = md_table(["quantity", "rows within 3 se", "coverage at 1 se", "coverage at 2 se", "z, absolute"], rows)
     eig = r["summary"]["top_eig"]["rel_diff"]
     st = r["settings"]
     return (
-        f"{table}\n\n‖H‖: streaming / reference − 1 = {span(eig, '{:+.2f}')}. "
+        f"{table}\n\n‖H‖ (row's θ): streaming / reference − 1 = {span(eig, '{:+.2f}')}. "
         f"{r['model']}, m = {r['m']}, N = {st['n']} CIFAR-10 images at {st['px']} px, b = {st['batch']} with "
         f"replacement, η = {st['lr']}, β = 0.9, a row every {st['window']} steps; {st['rows']} rows compared after "
-        f"{st['warmup']}; {r['wall_s']:.0f} s, load average {r['loadavg_before'][0]:.2f} before, "
-        f"{r['loadavg_after'][0]:.2f} after.\n"
+        f"{st['warmup']}, the references at {st['points']} steps of each window; {r['wall_s']:.0f} s, load average "
+        f"{r['loadavg_before'][0]:.2f} before, {r['loadavg_after'][0]:.2f} after.\n"
+    )
+
+
+def monitor_stream_overhead() -> str:
+    """The streaming mode's overhead, rows and losses on a model without batch norm (monitor_stream.json)."""
+    r = load("monitor_stream.json")
+    st = r["settings"]
+
+    def row(label: str, pair: dict) -> list:
+        mon, steps = pair["monitor"], pair["monitor"]["measured_steps"]
+        first = f", first at {steps[0]}" if steps else ""
+        return [
+            label,
+            f"{pair['plain']['wall_s']:.1f}",
+            f"{mon['wall_s']:.1f}",
+            f"{pair['overhead']:+.1%}",
+            f"{mon['stream_rows']}{first}",
+            "yes" if pair["losses_identical"] else "no",
+            f"{mon['last_loss']:.3f}",
+        ]
+
+    rows = [row(f"{st['steps']} steps, pair {i + 1}", p) for i, p in enumerate(r["reps"])]
+    if "long" in r:
+        rows.append(row(f"{r['long']['steps']} steps", r["long"]))
+    head = ["loop", "without monitor s", "with monitor s", "overhead", "streaming rows", "losses identical"]
+    table = md_table(head + ["last loss"], rows)
+    costs = [
+        x["cost_seconds"] for p in r["reps"] + [r.get("long", {"monitor": {"rows": []}})] for x in p["monitor"]["rows"]
+    ]
+    return (
+        f"{table}\n\nMedian overhead of the {st['steps']}-step pairs: {r['overhead_median']:+.1%}; one row "
+        f"{span(costs, '{:.2f}')} s; {st['model']}, batch {st['batch']}, η = {st['lr']}, a row every {st['window']} "
+        f"steps (budget 10%), {st['threads']} thread, torch {r['torch']}; load average (1 min) "
+        f"{r['loadavg_before'][0]:.2f} before, {r['loadavg_after'][0]:.2f} after, on {r['cpu_count']} cores.\n"
     )
 
 
@@ -621,6 +656,7 @@ SECTIONS: dict[str, Callable[[], str]] = {
     "memory": memory,
     "monitor-overhead": monitor_overhead,
     "monitor-accuracy": monitor_accuracy,
+    "monitor-stream-overhead": monitor_stream_overhead,
 }
 
 

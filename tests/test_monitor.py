@@ -6,6 +6,7 @@ torch.optim.SGD itself diverges on a quadratic, and a real Lightning Trainer log
 
 import copy
 import io
+import math
 import random
 import subprocess
 import sys
@@ -21,7 +22,8 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 import lssr
 from lssr import LssrError
-from lssr.diagnostics.monitor import sgd_threshold
+from lssr.diagnostics.options import Eigen
+from lssr.scaling import sgd_threshold
 
 N, N_PROBE, B = 96, 48, 16
 EXACT = ("tr_S_1", "tr_S_n", "tr_HS_1", "tr_HS_1_se", "tr_HS_n", "ias_n", "b_simple", "loss")
@@ -169,7 +171,7 @@ def test_rows_equal_an_independent_diagnose_call_at_the_same_theta():
             replacement=True,
             bn="eval",
             dropout="off",
-            eig_init=inits[t],
+            eigen=Eigen(init=inits[t]),
         )
         ref = d.to_dict()
         assert row["estimator"] == ref["estimator"] == "sketch"
@@ -180,6 +182,30 @@ def test_rows_equal_an_independent_diagnose_call_at_the_same_theta():
         assert row["top_eig_reg"] == pytest.approx(row["top_eig"] + 1e-3, rel=1e-12)
         assert row["edge_ratio"] == pytest.approx(row["top_eig_reg"] / row["threshold"], rel=1e-12)
     assert mon.eigenvector.shape == (sum(p.numel() for p in Net().parameters()),)
+
+
+def test_the_option_objects_are_diagnoses_keywords():
+    """Estimator, Eigen and Compute given to the monitor measure what lssr.diagnose measures with the same options,
+    not the defaults (exact tr(H S_1) where the default would sketch, a loose eigen-tolerance, small chunks);
+    eigen=False measures no ‖H‖; Eigen(init=...) is refused (the warm start is the monitor's)."""
+    from lssr.diagnostics.options import Compute, Eigen, Estimator
+
+    model, ds = make()
+    x, y = ds.tensors
+    kw = dict(estimator=Estimator(kind="exact"), eigen=Eigen(tol=1e-2, max_hvps=20), compute=Compute(chunk_size=7))
+    row = lssr.SharpnessMonitor(model, "ce", ds, n=N_PROBE, batch_sizes=[B], every=1000, **kw).step()
+    idx = probe_indices(N, N_PROBE, 0)
+    ref = lssr.diagnose(
+        model, "ce", (x[idx], y[idx]), batch_sizes=[B], replacement=True, bn="eval", dropout="off", estimator="exact",
+        eigen=Eigen(tol=1e-2, max_hvps=20), compute=Compute(chunk_size=7),
+    ).to_dict()  # fmt: skip
+    assert row["estimator"] == ref["estimator"] == "exact"
+    for key in EXACT + ("top_eig", "top_eig_residual", f"tr_HS_b_{B}", f"rho_b_{B}"):
+        assert row[key] == pytest.approx(ref[key], rel=1e-9, abs=1e-12), key
+    off = lssr.SharpnessMonitor(model, "ce", ds, n=N_PROBE, every=1000, eigen=False).step()
+    assert math.isnan(off["top_eig"]) and off["tr_S_1"] == pytest.approx(ref["tr_S_1"], rel=1e-9)
+    with pytest.raises(LssrError, match="init"):
+        lssr.SharpnessMonitor(model, "ce", ds, n=N_PROBE, eigen=Eigen(init=torch.ones(3)))
 
 
 def test_a_resumed_run_continues_the_schedule_the_warm_start_and_the_csv(tmp_path):
@@ -294,7 +320,7 @@ def test_the_budget_schedule_measures_as_soon_as_the_predicted_cost_fits_and_nev
     first measurement when t/8 >= 1.25 + 100 x 0.5 (t = 410), then whenever t/8 >= the spent seconds plus the
     last measurement's (40 s then 30 s): t = 650, 810, 1050 (worked by hand). The spent seconds never exceed
     1/8 of the training's at any call, and steps_to_next names the next measured call exactly once calibrated."""
-    assert (lssr.diagnostics.monitor.FIRST_COST, lssr.diagnostics.monitor.CALIBRATION_COST) == (100.0, 4.0)
+    assert (lssr.diagnostics.schedule.FIRST_COST, lssr.diagnostics.schedule.CALIBRATION_COST) == (100.0, 4.0)
     mon, measured, calibrated, account = budget_run(1100, FakeClock())
     assert calibrated == [96]
     assert measured == [410, 650, 810, 1050]
@@ -484,6 +510,55 @@ def test_a_lightning_checkpoint_resumes_the_monitor(tmp_path):
     timing = ["cost_seconds", "cost_grad_seconds", "cost_gradient_equivalents"]
     a, b = resumed[0], full[2]  # step 6: the same θ, so equal numbers need the checkpoint's warm start
     assert {k: v for k, v in a.items() if k not in timing} == {k: v for k, v in b.items() if k not in timing}
+
+
+def test_two_lightning_callbacks_keep_their_own_checkpoint_states(tmp_path):
+    """Two callbacks in one Trainer (prefixes a/ every 3 steps, b/ every 2), checkpointed after the first epoch (6
+    steps) and resumed to 12: each continues its own schedule and warm start (its steps from 6 on, its measurement
+    count and its numbers at step 6, the checkpoint's θ, are the uninterrupted run's), which needs each state under
+    its own key."""
+    L = pytest.importorskip("lightning.pytorch", reason="lightning is an optional extra (pip install lightning)")
+    Module = lightning_module(L)
+    every = {"a/": 3, "b/": 2}
+
+    def fit(max_steps, ckpt_path=None, max_epochs=-1, saver=None):
+        net, ds = make()
+        net.drop.p = 0.0
+        rows = {p: [] for p in every}
+        cbs = [
+            lssr.SharpnessCallback("ce", prefix=p, n=N_PROBE, every=k, budget=None, callback=rows[p].append)
+            for p, k in every.items()
+        ]
+        trainer = lightning_trainer(
+            L,
+            cbs[0],
+            max_steps=max_steps,
+            max_epochs=max_epochs,
+            logger=False,
+            extra=cbs[1:] + ([saver] if saver else []),
+            enable_checkpointing=saver is not None,
+            default_root_dir=tmp_path,
+        )
+        trainer.fit(Module(net), DataLoader(ds, batch_size=B, shuffle=False), ckpt_path=ckpt_path)
+        return rows, {cb.prefix: cb.monitor.measurements for cb in cbs}
+
+    full, full_count = fit(12)
+    saver = L.callbacks.ModelCheckpoint(dirpath=tmp_path / "ckpt", filename="epoch0")
+    fit(-1, max_epochs=1, saver=saver)
+    state = torch.load(tmp_path / "ckpt" / "epoch0.ckpt", weights_only=False)["callbacks"]
+    assert sorted(k for k in state if "Sharpness" in k) == [
+        "SharpnessCallback{'prefix': 'a/'}",
+        "SharpnessCallback{'prefix': 'b/'}",
+    ]
+    resumed, count = fit(12, ckpt_path=tmp_path / "ckpt" / "epoch0.ckpt")
+    assert [r["step"] for r in full["a/"]] == [0, 3, 6, 9] and [r["step"] for r in full["b/"]] == [0, 2, 4, 6, 8, 10]
+    assert count == full_count == {"a/": 4, "b/": 6}
+    timing = ["cost_seconds", "cost_grad_seconds", "cost_gradient_equivalents"]
+    for p in every:
+        later = [r for r in full[p] if r["step"] >= 6]
+        assert [r["step"] for r in resumed[p]] == [r["step"] for r in later]
+        a, b = resumed[p][0], later[0]  # step 6: the same θ, so equal numbers need each callback's own warm start
+        assert {k: v for k, v in a.items() if k not in timing} == {k: v for k, v in b.items() if k not in timing}
 
 
 def test_a_lightning_trainer_logs_the_plain_monitors_numbers(tmp_path):

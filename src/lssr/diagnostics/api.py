@@ -22,7 +22,6 @@ from torch import nn
 from ..curvature import LossOperator, choose_hvp_mode, default_store_mb, fd_tune
 from ..curvature import memory_budget as _budget
 from ..scaling import gamma
-from . import engine, guards, options
 from .engine import Facts, Measurement, measure, prepare
 from .guards import check_deterministic, check_policies, restoring
 from .inputs import check_finite, check_loss_shape
@@ -31,11 +30,6 @@ from .results import AtB, Cost, Diagnostics
 from .uncertainty import fd_trace_error
 
 __all__ = ["AtB", "Compute", "Cost", "Diagnostics", "Eigen", "Estimator", "Measurement", "diagnose", "measure"]
-
-# Read from here by the monitor (lssr.diagnostics.monitor), under these names.
-CHUNK, gradient_seconds = options.CHUNK, engine.gradient_seconds
-RandomForwardError, preserved_rng, unwrap = guards.RandomForwardError, guards.preserved_rng, guards.unwrap
-_restoring, _train_mode_bn = restoring, guards.train_mode_bn
 
 
 def memory_budget(device: torch.device) -> int:

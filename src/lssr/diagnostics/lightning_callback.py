@@ -11,7 +11,7 @@ import math
 import numbers
 from typing import Any
 
-from .. import LssrError
+from ..errors import LssrError
 from .monitor import SharpnessMonitor
 
 try:
@@ -29,9 +29,10 @@ class SharpnessCallback(Callback):
     loss: as for :func:`lssr.diagnose` (the module's outputs ``pl_module(x)`` against the targets; pass
         ``forward=`` for other batches). data: the probe set's source; default the trainer's training
         dataloader (its data set: a seeded draw of ``n`` samples, ``transform=`` for no augmentation).
-    prefix: put before every logged name (default ``sharpness/``). Every other keyword goes to
+    prefix: put before every logged name (default ``sharpness/``); it also names the callback's state in
+        checkpoints (:attr:`state_key`), so two callbacks in one Trainer need two prefixes. Every other keyword goes to
         :class:`SharpnessMonitor` (n, seed, every, budget, batch_sizes, csv, callback, lr, momentum, bn,
-        dropout and the diagnose options). The optimiser is the trainer's first.
+        dropout, estimator, eigen, compute and the streaming options). The optimiser is the trainer's first.
     The monitor's state is part of Lightning checkpoints (``state_dict`` / ``load_state_dict``). Under
     data-parallel strategies only global rank 0 measures (on its own process; the others wait for it at the
     next collective).
@@ -43,6 +44,12 @@ class SharpnessCallback(Callback):
         self.kwargs = monitor_kwargs
         self.monitor: SharpnessMonitor | None = None
         self._pending_state: dict | None = None
+
+    @property
+    def state_key(self) -> str:
+        """The key of this callback's state in Lightning checkpoints: the class name and the prefix, so that
+        callbacks with different prefixes in one Trainer keep their own states."""
+        return self._generate_state_key(prefix=self.prefix)
 
     def on_train_start(self, trainer, pl_module) -> None:
         data = self.data if self.data is not None else trainer.train_dataloader

@@ -30,16 +30,26 @@ spread of consecutive rows (:func:`successive_se`), which holds the spread of th
 from __future__ import annotations
 
 import math
+from typing import Any, Callable
 
 import torch
 from torch import nn
 
-from .. import LssrError
+from ..curvature import GraphTooLarge
+from ..errors import LssrError
+from .api import _set_hvp_mode, memory_budget
+from .batches import collect
+from .engine import prepare
+from .guards import preserved_rng, unwrap
+from .guards import restoring as _restoring
+from .guards import train_mode_bn as _train_mode_bn
 
 Tensor = torch.Tensor
 
 #: The weight of the new direction in the damped power step of ‖H‖'s warm start (:func:`row_products`).
 EIG_STEP = 0.5
+#: tr(H S_b) from the window's last HVP_STEPS gradients (near the row's θ, where the probe samples' H is).
+HVP_STEPS = 8
 
 
 def grads_of(params: list[nn.Parameter]) -> list[Tensor] | None:
@@ -54,7 +64,9 @@ class Window:
     """The running sums of one window of training gradients g_t (length m), in M round-robin groups: per step one
     copy of the gradients into a flat buffer, a dot product and two in-place additions."""
 
-    def __init__(self, params: list[Tensor], groups: int, *, generator: torch.Generator, start: int):
+    def __init__(
+        self, params: list[Tensor], groups: int, *, generator: torch.Generator, start: int, recent: int | None = None
+    ):
         self.M = int(groups)
         self.start = int(start)
         first = params[0]
@@ -68,6 +80,8 @@ class Window:
         self.steps = 0
         self.generator = generator
         self._signs: list[float] = []
+        # the last `recent` gradients (a ring), for tr(H S_b) at the row's θ; None: the whole window's sums
+        self.R = None if recent is None else torch.zeros(int(recent), dim, dtype=first.dtype, device=first.device)
 
     def add(self, grads: list[Tensor]) -> None:
         """Adds one step's mini-batch gradient g_t (one tensor per parameter)."""
@@ -81,7 +95,13 @@ class Window:
         self.q[i] += float(g.dot(g))
         self.k[i] += 1
         self.w[i] += z
+        if self.R is not None:
+            self.R[self.steps % self.R.shape[0]].copy_(g)
         self.steps += 1
+
+    def recent(self) -> Tensor | None:
+        """The last min(steps, ``recent``) gradients (rows, in ring order), or None without ``recent``."""
+        return None if self.R is None else self.R[: min(self.steps, self.R.shape[0])]
 
     @property
     def last(self) -> Tensor:
@@ -119,6 +139,11 @@ def _rel(se: float, x: float) -> float:
     return se / abs(x) if x != 0 else math.inf
 
 
+def _div(a: float, b: float) -> float:
+    """a / b, NaN for b = 0 (e.g. tr S_b of a window whose gradients all vanish)."""
+    return a / b if b != 0 else math.nan
+
+
 def stream_estimates(window: Window, products: dict, tn_se: float, b: int | None, gamma: float) -> dict:
     """Every streaming quantity of a row with its standard error (``<name>_se``): tr S_b (the window's mean of
     ‖g_t‖², jackknife), tr S_n (g_Pᵀg_last from :func:`row_products`, with ``tn_se`` from the spread of
@@ -140,17 +165,17 @@ def stream_estimates(window: Window, products: dict, tn_se: float, b: int | None
         "tr_HS_b_se": ths_se,
         "top_eig": lam,
         "top_eig_se": math.nan,
-        "rho_b": tn / tb,
-        "rho_b_se": abs(tn / tb) * math.hypot(_rel(tn_se, tn), _rel(tb_se, tb)),
-        "ias_b": ths / tb,
-        "ias_b_se": abs(ths / tb) * math.hypot(_rel(ths_se, ths), _rel(tb_se, tb)),
+        "rho_b": _div(tn, tb),
+        "rho_b_se": abs(_div(tn, tb)) * math.hypot(_rel(tn_se, tn), _rel(tb_se, tb)),
+        "ias_b": _div(ths, tb),
+        "ias_b_se": abs(_div(ths, tb)) * math.hypot(_rel(ths_se, ths), _rel(tb_se, tb)),
     }
     if b is not None and gamma > 0:
         f = b / gamma
         out["tr_S_1"] = tn + f * (tb - tn)
         out["tr_S_1_se"] = math.hypot((f - 1) * tn_se, f * tb_se)
         out["b_simple"] = f * (tb - tn) / tn if tn != 0 else math.nan
-        out["b_simple_se"] = f * abs(tb / tn) * math.hypot(_rel(tb_se, tb), _rel(tn_se, tn)) if tn != 0 else math.nan
+        out["b_simple_se"] = f * abs(_div(tb, tn)) * math.hypot(_rel(tb_se, tb), _rel(tn_se, tn))
     else:
         out["tr_S_1"] = out["tr_S_1_se"] = out["b_simple"] = out["b_simple_se"] = math.nan
     return out
@@ -165,7 +190,17 @@ def successive_se(values: list[float]) -> float:
     return math.sqrt(sum(d) / (2 * len(d)))
 
 
-def check_groups(groups: int, window: int) -> None:
+def check_stream(groups: int, window: int, stream_n: int, hvp_steps: int | None = HVP_STEPS) -> None:
+    """Refuses a streaming configuration that cannot make a row: fewer than two groups, a window with fewer than
+    two steps per group, no probe samples, or ``hvp_steps`` not in 2 .. window (None: the whole window)."""
+    if hvp_steps is not None and (
+        isinstance(hvp_steps, bool) or not isinstance(hvp_steps, int) or not 2 <= hvp_steps <= window
+    ):
+        raise LssrError(
+            f"SharpnessMonitor: hvp_steps must be an integer in 2..window ({window}) or None, got {hvp_steps!r}"
+        )
+    if not isinstance(stream_n, int) or stream_n < 1:
+        raise LssrError(f"SharpnessMonitor: stream_n must be a positive integer, got {stream_n!r}")
     if not isinstance(groups, int) or groups < 2:
         raise LssrError(f"SharpnessMonitor: groups must be an integer >= 2, got {groups!r}")
     if not isinstance(window, int) or window < 2 * groups:
@@ -189,38 +224,54 @@ def ritz2(x: Tensor, Hx: Tensor, v: Tensor, Hv: Tensor) -> tuple[float, Tensor, 
     return float(vals[-1]), c0 * x + c1 * vv, c0 * Hx + c1 * Hvv
 
 
-def row_products(op, window: Window, x: Tensor | None) -> dict:
-    """The HVP part of a row, two products with the Hessian H_P of the probe samples: H_P v with v = ḡ + U/√K
-    (ḡ the window's mean gradient, U = Σ_t z_t (g_t − ḡ) its centred sign sketch) and H_P x (x the unit warm
-    start of ‖H‖; the window's mean direction at first).
+def _hvp_direction(window: Window) -> tuple[Tensor, Tensor, Tensor]:
+    """(v, parts, k): the direction v of tr(H S_b)'s product, its shares (rows summing to v) and each share's steps.
 
-    Returns ``tr_HS_b`` = vᵀH_Pv, its M leave-one-group-out values ``tr_HS_b_loo``, ``tr_S_n`` = g_Pᵀg_last (the
-    probe samples' gradient, a by-product of the first product, against the window's last mini-batch gradient:
-    both at the current θ and independent, so unbiased for ‖∇L(θ)‖²), ``top_eig`` ≈ xᵀH_Px, the next warm start
-    ``x`` and the relative residual ``top_eig_residual`` = ‖H_Py − θ y‖/|θ| of the top Ritz pair (θ, y) in
-    span{x, v} (:func:`ritz2`, free with the two products: the mean gradient leans towards the top eigenvector),
-    the row's ‖H‖. Over the signs
-    E[ḡᵀH_PU] = 0 and E[UᵀH_PU] = Σ_t (g_t − ḡ)ᵀH_P(g_t − ḡ), so E[vᵀH_Pv] = (1/K) Σ_t g_tᵀH_Pg_t exactly,
-    whatever the gradients (their drift and oscillation over the window included); for independent g_t at one θ
-    its mean is tr(H_P S_b), and over fresh probe samples tr(H S_b).
-    Leaving group i out removes its share p_i = w_iᵀH_Pv (w_i = A_i/K + (Z_i − w_i ḡ)/√K, Σ_i w_i = v) and
-    rescales by K/(K − k_i). The next warm start is y + EIG_STEP · H_Py/‖H_Py‖, normalised: a damped power step
-    (Oja's iteration) that averages over the rows' fresh probe samples, so that it follows the top eigenvector of
-    their mean H rather than of one row's H_P."""
+    With the window's last L gradients (``recent``): v = Σ_t z_t g_t/√L with fresh signs z_t = ±1, so that over the
+    signs E[vᵀH_Pv] = (1/L) Σ_t g_tᵀH_Pg_t exactly; one share per step. Without: v = ḡ + U/√K (ḡ the window's mean
+    gradient, U = Σ_t z_t (g_t − ḡ) its centred sign sketch; E[ḡᵀH_PU] = 0 and E[UᵀH_PU] = Σ_t (g_t − ḡ)ᵀH_P(g_t −
+    ḡ), so E[vᵀH_Pv] = (1/K) Σ_t g_tᵀH_Pg_t), one share per group: w_i = A_i/K + (Z_i − w_i ḡ)/√K."""
+    R = window.recent()
+    if R is not None:
+        L = R.shape[0]
+        z = (torch.randint(0, 2, (L,), generator=window.generator) * 2 - 1).to(R.dtype).to(R.device)
+        parts = z.unsqueeze(1) * R / math.sqrt(L)
+        return parts.sum(0), parts, torch.ones(L, dtype=torch.float64)
     K = float(window.steps)
     gbar = window.A.sum(0) / K
     w = torch.tensor(window.w, dtype=gbar.dtype, device=gbar.device).unsqueeze(1)
     parts = window.A / K + (window.Z - w * gbar) / math.sqrt(K)  # w_i, (M, m)
-    v = parts.sum(0)
+    return parts.sum(0), parts, torch.tensor(window.k, dtype=torch.float64)
+
+
+def row_products(op, window: Window, x: Tensor | None) -> dict:
+    """The HVP part of a row, two products with the Hessian H_P of the probe samples: H_P v with v from
+    :func:`_hvp_direction` and H_P x (x the unit warm start of ‖H‖; the window's mean direction at first).
+
+    Returns ``tr_HS_b`` = vᵀH_Pv, its leave-one-share-out values ``tr_HS_b_loo``, ``tr_S_n`` = g_Pᵀg_last (the
+    probe samples' gradient, a by-product of the first product, against the window's last mini-batch gradient:
+    both at the current θ and independent, so unbiased for ‖∇L(θ)‖²), ``top_eig`` ≈ xᵀH_Px, the next warm start
+    ``x`` and the relative residual ``top_eig_residual`` = ‖H_Py − θ y‖/|θ| of the top Ritz pair (θ, y) in
+    span{x, v} (:func:`ritz2`, free with the two products), the row's ‖H‖.
+    E[vᵀH_Pv] is the mean of g_tᵀH_Pg_t over the steps v holds; for independent g_t at one θ its mean is
+    tr(H_P S_b), and over fresh probe samples tr(H S_b). The probe samples' H is at the row's θ: with the last L
+    steps (the default) the g_t are near it, with the whole window they are up to K steps old, and the top
+    eigen-directions of H can turn within a window (then vᵀH_Pv falls below the window's mean of tr(H S_b)).
+    Leaving share i out removes p_i = w_iᵀH_Pv (Σ_i w_i = v) and rescales by K/(K − k_i). The next warm start is
+    y + EIG_STEP · H_Py/‖H_Py‖, normalised: a damped power step (Oja's iteration) that averages over the rows'
+    fresh probe samples, so that it follows the top eigenvector of their mean H rather than of one row's H_P."""
+    K = float(window.steps)
+    gbar = window.A.sum(0) / K
+    v, parts, k = _hvp_direction(window)
     if x is None:
         x = gbar / gbar.norm() if float(gbar.norm()) > 0 else torch.ones_like(gbar) / math.sqrt(gbar.numel())
     Hv, gP = op.hvp(v, return_grad=True)
     Hv, gP = Hv.to(gbar.dtype), gP.to(gbar.dtype)
     Hx = op.hvp(x).to(gbar.dtype)
     ths = float(v @ Hv)
-    k = torch.tensor(window.k, dtype=torch.float64)
+    total = float(k.sum())
     p = (parts @ Hv).double()
-    ths_loo = (ths - p) * K / (K - k)
+    ths_loo = (ths - p) * total / (total - k)
     lam, x, Hx = ritz2(x, Hx, v, Hv)
     rel = float((Hx - lam * x).norm()) / max(abs(lam), 1e-300)
     nrm = float(Hx.norm())
@@ -233,3 +284,182 @@ def row_products(op, window: Window, x: Tensor | None) -> dict:
         x=step / step.norm(),
         top_eig_residual=rel,
     )
+
+
+#: The streaming mode's defaults: a row every WINDOW training steps (the window of mini-batch gradients it
+#: averages), HVPs on STREAM_N fresh probe samples per row in GROUPS groups (the jackknife's).
+WINDOW, STREAM_N, GROUPS = 80, 32, 8
+
+#: The terms whose standard error comes from (tr S_n), or is at least, the spread of the last SPREAD_ROWS
+#: streaming rows (:func:`successive_se`): each row has fresh probe samples, whose spread the window's
+#: jackknife leaves out.
+SPREAD_KEYS, SPREAD_ROWS = ("tr_S_n", "tr_HS_b", "top_eig"), 8
+
+
+def _larger(a: float, b: float) -> float:
+    """The larger of two standard errors, either of which may be NaN (unknown); NaN when both are."""
+    return b if math.isnan(a) else a if math.isnan(b) else max(a, b)
+
+
+class StreamEstimator:
+    """The streaming rows of one monitor: collects the training's mini-batch gradients g_t into a :class:`Window`
+    (:meth:`add`) and closes it with a row (:meth:`measure`) from the window and two HVPs on ``stream_n`` fresh
+    samples of ``source`` (the training's map-style data set; without one, a random subset of ``probe``).
+
+    model, loss, forward: as for :func:`lssr.diagnose`; bn, dropout, dtype, hvp_mode: its options for the HVPs.
+    b: the training batch size of the g_t (None: unknown, no tr S_1 or B_simple); ``replacement=False`` gives
+    tr S_1 the γ_{N,b} = (N − b)/(N − 1) of batches drawn without replacement from the N samples of ``source``.
+    The monitor's generator (seeded with ``seed``) draws the window's signs and the fresh samples."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        loss: Any,
+        *,
+        source: Any,
+        probe: Any,
+        b: int | None,
+        seed: int,
+        window: int = WINDOW,
+        groups: int = GROUPS,
+        stream_n: int = STREAM_N,
+        hvp_steps: int | None = HVP_STEPS,
+        forward: Callable | None = None,
+        replacement: bool = True,
+        options: dict | None = None,
+    ):
+        check_stream(groups, window, stream_n, hvp_steps)
+        self.hvp_steps = hvp_steps
+        self.model, self.loss, self.forward = model, loss, forward
+        self.source, self.probe = source, probe
+        self.n = int(torch.utils._pytree.tree_leaves(probe)[0].shape[0])
+        self.b, self.replacement = b, replacement
+        self.train_size = len(source) if source is not None else None
+        self.window, self.groups, self.stream_n = int(window), int(groups), int(stream_n)
+        self.options = dict(options or {})
+        self.generator = torch.Generator().manual_seed(int(seed))
+        self.current: Window | None = None
+        self.x: Tensor | None = None  # the warm start of ‖H‖
+        self.recent: list[dict] = []  # the last SPREAD_ROWS rows' curvature terms
+        self.hvp_mode: str | None = None
+        self.rows = 0
+        self.last_seconds = 0.0
+        self._params: list | None = None
+
+    def add(self, start: int) -> None:
+        """Adds the parameters' ``.grad`` (the step's g_t) to the window, opening one at step ``start`` if none is
+        open (batch norm in train mode refused)."""
+        if self.current is None:
+            bns = _train_mode_bn(unwrap(self.model))
+            if bns:
+                raise LssrError(
+                    f"SharpnessMonitor: batch norm in train mode ({bns[0]}): the streaming mode reads training "
+                    "gradients computed with batch statistics while its Hessian-vector products would use running "
+                    "statistics, so rows would mix two losses; fix: stream=False (diagnose rows with bn='eval'), "
+                    "or a model without batch norm"
+                )
+            # the window's parameters (listed once: a walk of the modules costs)
+            self._params = [p for p in unwrap(self.model).parameters() if p.requires_grad]
+        g = grads_of(self._params)
+        if g is None:
+            raise LssrError(
+                "SharpnessMonitor: the streaming mode reads the training's gradients, but no parameter has a .grad; "
+                "fix: call monitor.step() after loss.backward() and before optimizer.step(), or stream=False"
+            )
+        if self.current is None:
+            self.current = Window(
+                self._params, self.groups, generator=self.generator, start=start, recent=self.hvp_steps
+            )
+        self.current.add(g)
+
+    def full(self) -> bool:
+        """Whether the open window has ``window`` steps and two in every group."""
+        w = self.current
+        return w is not None and w.steps >= self.window and w.ready()
+
+    def sample(self):
+        """The row's probe samples: ``stream_n`` fresh samples of the training data set drawn with a seed of the
+        monitor's generator, through the data set's own transform (the training's distribution, its random
+        augmentation seeded by the monitor); for data without a map-style data set, a random subset of the
+        probe set. The global random states are as before."""
+        seed = int(torch.randint(0, 2**62, (1,), generator=self.generator))
+        if self.source is None:
+            idx = torch.randperm(self.n, generator=self.generator)[: self.stream_n].sort().values
+            return torch.utils._pytree.tree_map(lambda t: t[idx] if isinstance(t, torch.Tensor) else t, self.probe)
+        with preserved_rng():
+            torch.manual_seed(seed)
+            batch, _ = collect(self.source, n=min(self.stream_n, len(self.source)), seed=seed)
+        return batch
+
+    def _set_mode(self, op) -> None:
+        """Sets the HVP mode of ``op``: the one found at the first row (the kept graph of ∇L when it works, the
+        cheapest HVPs, without trying the others first; else the ``hvp_mode`` option's)."""
+        o = self.options
+        if self.hvp_mode is None and o.get("hvp_mode", "auto") == "auto":
+            try:
+                op.set_hvp_mode("graph", "SharpnessMonitor", graph_budget=memory_budget(op.device))
+                self.hvp_mode = "graph"
+            except (GraphTooLarge, NotImplementedError, RuntimeError):
+                self.hvp_mode = _set_hvp_mode(op, "auto")
+        elif self.hvp_mode is None:
+            self.hvp_mode = _set_hvp_mode(op, o["hvp_mode"])
+        else:
+            op.set_hvp_mode(self.hvp_mode, "SharpnessMonitor", graph_budget=memory_budget(op.device))
+
+    def measure(self) -> dict:
+        """Closes the window: every streaming quantity with its standard error (:func:`stream_estimates`, the
+        curvature terms' se at least the spread of consecutive rows), the window and the probe samples."""
+        w, self.current = self.current, None
+        o = self.options
+        with preserved_rng():
+            batch = self.sample()
+            prep = prepare(
+                self.model, self.loss, [batch], forward=self.forward, chunk_size=self.stream_n, dtype=o.get("dtype")
+            )
+            with _restoring(prep.model, o["bn"], o["dropout"]), torch.autocast(prep.device_type, enabled=False):
+                op = prep.operator(chunk_size=self.stream_n)
+                self._set_mode(op)
+                prod = row_products(op, w, self.x)
+                self.x = prod["x"]
+        gam = 1.0
+        if not self.replacement and self.b is not None and self.train_size and self.train_size > 1:
+            gam = (self.train_size - self.b) / (self.train_size - 1)
+        # the spread of consecutive rows (fresh probe samples and batches each) in the standard errors
+        self.recent = (self.recent + [{k: prod[k] for k in SPREAD_KEYS}])[-SPREAD_ROWS:]
+        spread = {k: successive_se([r[k] for r in self.recent]) for k in SPREAD_KEYS}
+        est = stream_estimates(w, prod, spread["tr_S_n"], self.b, gam)
+        for key in ("tr_HS_b", "top_eig"):
+            est[f"{key}_se"] = _larger(est[f"{key}_se"], spread[key])
+        est["ias_b_se"] = _larger(est["ias_b_se"], _div(spread["tr_HS_b"], abs(est["tr_S_b"])))
+        self.rows += 1
+        return est | dict(
+            kind="stream",
+            window_start=w.start,
+            window_steps=w.steps,
+            b=self.b if self.b is not None else math.nan,
+            top_eig_residual=prod["top_eig_residual"],
+            probe_n=op.n,
+            groups=w.M,
+        )
+
+    def state_dict(self) -> dict:
+        """The warm start of ‖H‖, the recent rows' spread, the HVP mode and the generator (a resumed run starts a
+        new window)."""
+        return {
+            "stream_rows": self.rows,
+            "last_stream_seconds": self.last_seconds,
+            "stream_x": self.x,
+            "stream_recent": list(self.recent),
+            "hvp_mode": self.hvp_mode,
+            "stream_generator": self.generator.get_state(),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.rows = int(state.get("stream_rows", 0))
+        self.last_seconds = float(state.get("last_stream_seconds", 0.0))
+        self.x = state.get("stream_x")
+        self.recent = list(state.get("stream_recent", []))
+        self.hvp_mode = state.get("hvp_mode")
+        if state.get("stream_generator") is not None:
+            self.generator.set_state(state["stream_generator"])
+        self.current = None
