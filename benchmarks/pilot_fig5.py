@@ -2,7 +2,7 @@
 
 Reads the pilot's runs (those the workflow config plans for table fig5_rho, ``results/runs/<run>/run.json``) and its
 table ``results/tables/fig5_rho.csv`` (B_simple = (tr S_1 − tr S_n)/tr S_n on each goal-reaching run's final model),
-keeps the table as ``results/bench/pilot_fig5_rho.csv`` and writes ``results/bench/pilot_fig5.json``: the config,
+writes ``results/bench/pilot_fig5.json`` (``--out``) with the table beside it (``pilot_fig5_rho.csv``): the config,
 the git commit, the workflow's wall time (``--wall-seconds``, measured by the Makefile), the training groups' wall
 and CPU seconds (Snakemake's benchmark files, one process of one thread per b) and fig5_rho's seconds (its log), per
 b the median B_simple, its range and the sd of ln B_simple, per cell (b, η) the same over seeds, per run whether and
@@ -121,14 +121,15 @@ def main(argv=None) -> dict:
     args = ap.parse_args(argv)
     out = summary(args.config, Path(args.results), args.wall_seconds)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(Path(args.results) / "tables" / "fig5_rho.csv", Path(args.out).parent / "pilot_fig5_rho.csv")
+    out_csv = Path(args.out).with_name(Path(args.out).stem + "_rho.csv")
+    shutil.copyfile(Path(args.results) / "tables" / "fig5_rho.csv", out_csv)
     Path(args.out).write_text(json.dumps(out, indent=1, default=float) + "\n")
     for b, v in out["per_b"].items():
         s = v["b_simple"] or {}
         lo, mid, hi = (s.get(k, float("nan")) for k in ("min", "median", "max"))
         print(f"b {b:>5}: goal {v['reached_goal']}/{v['runs']} at epochs {v['goal_epochs']}; B_simple median {mid:.4g} "
               f"[{lo:.4g}, {hi:.4g}]")  # fmt: skip
-    print(f"wrote {args.out} and pilot_fig5_rho.csv beside it")
+    print(f"wrote {args.out} and {out_csv}")
     return out
 
 
