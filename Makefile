@@ -10,8 +10,9 @@ CORES ?= all
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
 REPLICATION_CONFIG ?= config/cifar10-replication.yaml
+PILOT_CONFIG ?= config/cifar10-fig5-pilot.yaml
 
-.PHONY: demo replication test test-fast lint lock bench-diagnostics bench-se bench-grid bench-monitor bench-own-model clean-results
+.PHONY: demo replication pilot-fig5 test test-fast lint lock bench-diagnostics bench-se bench-grid bench-monitor bench-own-model clean-results
 
 $(BIN)/lssr: pyproject.toml requirements-lock.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -37,6 +38,13 @@ replication: $(BIN)/lssr
 	$(BIN)/snakemake --configfile $(REPLICATION_CONFIG) --report report-replication.html
 	$(BIN)/lssr replication-record --results results --figures figures --config $(REPLICATION_CONFIG) \
 		--out docs/replication
+
+# Figure 5's pilot: B_simple of goal-trained models (table fig5_rho) for benchmarks/power_fig5.py; its record is kept as
+# results/bench/pilot_fig5_rho.csv and results/bench/pilot_fig5.json (with the workflow's wall time).
+pilot-fig5: $(BIN)/lssr
+	start=$$(date +%s); \
+	$(BIN)/snakemake --cores $(CORES) results/tables/fig5_rho.csv results/tables/fig5.csv --configfile $(PILOT_CONFIG) && \
+	$(BIN)/python benchmarks/pilot_fig5.py --config $(PILOT_CONFIG) --wall-seconds $$(( $$(date +%s) - start ))
 
 lint: $(BIN)/lssr
 	$(BIN)/ruff check .

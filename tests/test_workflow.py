@@ -716,3 +716,19 @@ def test_replication_config_plans_a_table_for_every_claim():
     assert len(grid) == len(cells)
     assert len({b for b, _, _ in grid}) >= 6 and len({lr for _, lr, _ in grid}) >= 8
     assert len({s for _, _, s in grid}) >= 3
+
+
+def test_fig5_pilot_config_trains_as_the_replication():
+    """config/cifar10-fig5-pilot.yaml (make pilot-fig5) plans only Figure 5, with the replication's data set, model,
+    batch norm, loss, training-accuracy goal and cap, and measures B_simple on every goal-reaching run."""
+    from lssr.workflow import plan
+
+    pilot = yaml.safe_load((ROOT / "config" / "cifar10-fig5-pilot.yaml").read_text())
+    repl = yaml.safe_load((ROOT / "config" / "cifar10-replication.yaml").read_text())
+    p = plan(pilot)
+    assert set(p.figures) == {"fig5"}
+    keys = ("datasets", "model", "batch_norm", "loss", "epochs", "train_acc_goal", "goal_every")
+    assert {k: pilot["experiments"]["fig5"][k] for k in keys} == {k: repl["experiments"]["fig5"][k] for k in keys}
+    assert pilot["datasets"] == {d: repl["datasets"][d] for d in pilot["experiments"]["fig5"]["datasets"]}
+    assert pilot["experiments"]["fig5"]["rho_runs"] is None
+    assert sorted(p.fig5_rho) == ["cifar10-1k"] and len(p.fig5_rho["cifar10-1k"]) == len(p.figures["fig5"])
