@@ -67,8 +67,8 @@ class Cost:
 class AtB:
     """The diagnostics at batch size b (identity (1)): tr S_b, tr(H S_b), ρ_b = tr S_n/tr S_b, ‖H‖_{S_b} =
     tr(H S_b)/tr S_b (``ias_b``) and the instability ratio tr(H S_b)/tr S_n (one SGD step raises the loss in
-    expectation when it exceeds 2/η), each with its standard error (0 for exact quantities, except with finite-difference HVPs: their
-    measured error, see :class:`Diagnostics`)."""
+    expectation when it exceeds 2/η), each with its standard error (0 for exact quantities, except with
+    finite-difference HVPs: their measured error, see :class:`Diagnostics`)."""
 
     b: int
     replacement: bool
