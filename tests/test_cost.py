@@ -86,23 +86,16 @@ def test_flop_table_matches_torch_flop_counter(model):
         assert flops_per_sample(model, side) == pytest.approx(fc.get_total_flops() / 2, rel=2e-3)
 
 
+def _fig5_workflow() -> dict:
+    """Figure 5 alone on digits-256 on CUDA: b = 8 and 64, η = 0.1 and 0.2, 100 epochs, batched groups."""
+    fig5 = {"datasets": ["d"], "model": "digits_cnn", "loss": "ce", "lrs": [0.1, 0.2], "batch_sizes": [8, 64]}
+    data = {"d": {"source": "digits", "n": 256}}
+    return {"figures": ["fig5"], "device": "cuda", "batch_runs": True, "datasets": data,
+            "experiments": {"fig5": {**fig5, "epochs": 100}}}  # fmt: skip
+
+
 def test_plan_gives_each_job_its_own_runtime_capped_by_resources():
-    wf = {
-        "figures": ["fig5"],
-        "device": "cuda",
-        "batch_runs": True,
-        "datasets": {"d": {"source": "digits", "n": 256}},
-        "experiments": {
-            "fig5": {
-                "datasets": ["d"],
-                "model": "digits_cnn",
-                "loss": "ce",
-                "lrs": [0.1, 0.2],
-                "batch_sizes": [8, 64],
-                "epochs": 100,
-            }
-        },
-    }
+    wf = _fig5_workflow()
     p = plan(wf)
     # b = 8: 3200 steps, b = 64: 400 steps; the small-b group takes longer
     assert set(p.group_runtime) == {"d_b8", "d_b64"} and p.group_runtime["d_b8"] > p.group_runtime["d_b64"]
@@ -133,22 +126,7 @@ def test_probed_steps_counts_the_probe_schedule(probe, T):
 def test_gpu_hours_sums_the_jobs_of_a_plan():
     from lssr.cost import gpu_hours, training_jobs
 
-    wf = {
-        "figures": ["fig5"],
-        "device": "cuda",
-        "batch_runs": True,
-        "datasets": {"d": {"source": "digits", "n": 256}},
-        "experiments": {
-            "fig5": {
-                "datasets": ["d"],
-                "model": "digits_cnn",
-                "loss": "ce",
-                "lrs": [0.1, 0.2],
-                "batch_sizes": [8, 64],
-                "epochs": 100,
-            }  # fmt: skip
-        },
-    }
+    wf = _fig5_workflow()
     p = plan(wf)
     jobs = training_jobs(p)
     assert sorted(j.name for j in jobs) == ["d_b64", "d_b8"] and all(j.figure == "fig5" for j in jobs)

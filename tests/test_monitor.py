@@ -23,7 +23,6 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 import lssr
 from lssr import LssrError
 from lssr.diagnostics.options import Eigen
-from lssr.scaling import sgd_threshold
 
 N, N_PROBE, B = 96, 48, 16
 EXACT = ("tr_S_1", "tr_S_n", "tr_HS_1", "tr_HS_1_se", "tr_HS_n", "ias_n", "b_simple", "loss")
@@ -364,27 +363,6 @@ def test_the_calibration_gradient_leaves_the_training_state_as_it_was():
         assert torch.equal(v, saved[0][k]), k
     assert all(torch.equal(p.grad, g) for p, g in zip(model.parameters(), saved[1]))
     assert torch.equal(torch.get_rng_state(), saved[2])
-
-
-@pytest.mark.parametrize(
-    "momentum, dampening, nesterov", [(0.0, 0.0, False), (0.9, 0.0, False), (0.5, 0.3, False), (0.9, 0.0, True)]
-)
-def test_the_threshold_is_where_torch_sgd_diverges_on_a_quadratic(momentum, dampening, nesterov):
-    """torch.optim.SGD on ½λθ² (with weight decay w, curvature λ + w) shrinks θ for λ + w 2% below
-    sgd_threshold and blows it up 2% above."""
-    lr, wd = 0.1, 0.05
-    thr = sgd_threshold(lr, momentum, dampening, nesterov)
-    for factor, grows in ((0.98, False), (1.02, True)):
-        lam = factor * thr - wd
-        theta = torch.ones(1, dtype=torch.float64, requires_grad=True)
-        opt = torch.optim.SGD(
-            [theta], lr=lr, momentum=momentum, dampening=dampening, nesterov=nesterov, weight_decay=wd
-        )
-        for _ in range(3000):
-            opt.zero_grad()
-            (0.5 * lam * theta**2).sum().backward()
-            opt.step()
-        assert (abs(float(theta.detach())) > 1.0) == grows
 
 
 class Augmented(Dataset):
