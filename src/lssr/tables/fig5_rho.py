@@ -5,9 +5,9 @@ without), so the measured B_simple of the heatmap's models predicts the best η 
 it is measured at ``where = final``: on the final weights of each Figure-5 run that reached its training goal
 (``model.pt``, the step it stopped at, its goal step), over the run's own training subset, with the loss it
 was trained on, and batch norm in eval mode (the running statistics: per-sample gradients g_i and S_1 are not
-defined with batch statistics). tr S_1 = (1/n) Σ‖g_i‖² and tr S_n = ‖∇L‖² = ‖(1/n) Σ g_i‖² come exactly from
-one pass of per-sample gradients (:meth:`lssr.curvature.LossOperator.per_sample_grads`, the diagnostics' own
-pass, without the Hessian terms they would add), computed in float64.
+defined with batch statistics). tr S_1 = (1/n) Σ‖g_i‖² and tr S_n = ‖∇L‖² come exactly from one full gradient
+and one pass of per-sample gradients (:func:`lssr.noise_scale.noise_scale`, without the Hessian terms of
+:func:`lssr.diagnose`), computed in float64.
 
 At most ``rho_runs`` runs per (data set, b) are measured (``experiments.fig5.rho_runs``), those with the highest
 final test accuracy; None measures every run that reached the goal. A run that did not reach it (the paper's
@@ -48,26 +48,6 @@ def _test_acc(run: Run) -> float:
     return float("-inf") if acc is None else float(acc)
 
 
-def gradient_traces(model, loss: str, x, y, chunk_size: int = 512) -> tuple[float, float]:
-    """tr S_1 = (1/n) Σ_i ‖g_i‖² and tr S_n = ‖∇L‖², g_i = ∇ℓ_i(θ), of ``model`` (in eval mode) on (x, y), in
-    float64, from one pass of per-sample gradients."""
-    import torch
-
-    from ..curvature import LossOperator
-    from ..losses import get_loss
-
-    op = LossOperator(
-        model, get_loss(loss), x, y, chunk_size=chunk_size, where="fig5_rho", stream=True, dtype=torch.float64
-    )
-    sq = torch.zeros((), dtype=torch.float64, device=op.device)
-    total = torch.zeros(op.space.dim, dtype=torch.float64, device=op.device)
-    for _, G in op.per_sample_grads(reuse=True):
-        sq += (G * G).sum()
-        total += G.sum(0)
-    mean = total / op.n
-    return float(sq / op.n), float(mean @ mean)
-
-
 def trained_model(run: Run, data, device: str = "cpu"):
     """The final model of ``run`` (``model.pt``) on ``device``, batch norm in eval mode (running statistics)."""
     import torch
@@ -84,10 +64,17 @@ def trained_model(run: Run, data, device: str = "cpu"):
 
 
 def measure(run: Run, data, device: str = "cpu") -> dict:
-    """One row of the table: B_simple of ``run``'s final model on ``data`` (its training subset), on ``device``."""
+    """One row of the table: B_simple of ``run``'s final model on ``data`` (its training subset, all of the run's
+    training set: N = n), on ``device``, by :func:`lssr.noise_scale.noise_scale` in float64."""
+    import torch
+
+    from ..diagnostics.options import Compute
+    from ..noise_scale import noise_scale
+
     model = trained_model(run, data, device)
     chunk = int(run.config.get("chunk_size", 512))
-    tr_s_1, tr_s_n = gradient_traces(model, run.loss, data.x_train, data.y_train, chunk)
+    x, y = data.x_train, data.y_train
+    ns = noise_scale(model, run.loss, (x, y), compute=Compute(chunk_size=chunk, dtype=torch.float64), n_total=len(x))
     return {
         "run": run.name,
         "dataset": run.dataset,
@@ -98,9 +85,9 @@ def measure(run: Run, data, device: str = "cpu") -> dict:
         "seed": int(run.config.get("seed", 0)),
         "step": int(run.meta["steps"]),
         "where": "final",
-        "tr_S_1": tr_s_1,
-        "tr_S_n": tr_s_n,
-        "b_simple": (tr_s_1 - tr_s_n) / tr_s_n if tr_s_n > 0 else float("nan"),
+        "tr_S_1": ns.tr_S_1,
+        "tr_S_n": ns.tr_S_n,
+        "b_simple": ns.b_simple,
     }
 
 
