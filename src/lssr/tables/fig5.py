@@ -166,16 +166,14 @@ def _ghost(config: dict) -> float:
     return float(g) if g and config.get("model", {}).get("batch_norm") else np.nan
 
 
-def _goal(meta: dict, train_acc: float) -> tuple[float, bool, float]:
-    """(goal, reached, goal step) of one run: the training-accuracy goal of its stop rule (``stop.train_acc_goal``,
-    else :data:`FALLBACK_GOAL`), whether it stopped by it (``stopped_by == "goal"``) or ends at it, and the step it
-    reached it (NaN if never or unknown)."""
-    goal = (meta.get("config", {}).get("stop") or {}).get("train_acc_goal")
-    goal = float(goal) if goal is not None else np.nan
-    by_goal = meta.get("stopped_by") == "goal"
-    reached = by_goal or bool(train_acc >= (goal if math.isfinite(goal) else FALLBACK_GOAL))
-    step = float(meta.get("goal_step", meta.get("steps") if by_goal else np.nan) or np.nan) if reached else np.nan
-    return goal, reached, step
+def _goal(run: Run, train_acc: float) -> tuple[float, bool, float]:
+    """(goal, reached, goal step) of one run: the training-accuracy goal of its stop rule
+    (:attr:`~lssr.tables.runs.Run.train_acc_goal`, else :data:`FALLBACK_GOAL`), whether it stopped by it
+    (:attr:`~lssr.tables.runs.Run.reached_goal`) or ends at it, and the step it reached it (NaN if never or
+    unknown)."""
+    goal = run.train_acc_goal
+    reached = run.reached_goal or bool(train_acc >= (goal if math.isfinite(goal) else FALLBACK_GOAL))
+    return goal, reached, run.goal_step if reached else np.nan
 
 
 def seed_rows(runs: list[Run]) -> pd.DataFrame:
@@ -188,7 +186,7 @@ def seed_rows(runs: list[Run]) -> pd.DataFrame:
         train = final.get("train_acc")
         train = float(train) if train is not None else np.nan
         div = r.status == "diverged" or not math.isfinite(acc)
-        goal, reached, step = _goal(r.meta, train)
+        goal, reached, step = _goal(r, train)
         recs.append(
             {"dataset": r.dataset, "n": r.n, "replacement": r.replacement, "b": r.b, "lr": r.lr,
              "seed": int(r.config.get("seed", 0)), "acc": acc, "train": train, "div": div,
