@@ -80,18 +80,12 @@ def _censored_handle(cells: pd.DataFrame) -> list[Line2D]:
 
 
 def _under_trained(cells: pd.DataFrame) -> np.ndarray:
-    """Non-diverged cells short of the training-accuracy goal: ``reached_goal`` false, or (a table without it) a
-    training accuracy below the fallback goal."""
-    from ..tables.fig5 import FALLBACK_GOAL
+    """Non-diverged cells short of the training-accuracy goal (:func:`lssr.tables.fig5_best.reached_goal`: the
+    ``reached_goal`` column, or, for a table without it, a training accuracy below the fallback goal)."""
+    from ..tables.fig5_best import reached_goal
 
-    live = ~cells["diverged"].astype(bool).to_numpy()
-    if "reached_goal" in cells.columns and cells["reached_goal"].notna().any():
-        reached = cells["reached_goal"].astype(str).str.lower().isin(["true", "1", "1.0"]).to_numpy()
-    elif "train_acc" in cells.columns and cells["train_acc"].notna().any():
-        reached = (cells["train_acc"].astype(float) >= FALLBACK_GOAL).to_numpy()
-    else:
-        reached = np.ones(len(cells), bool)
-    return live & ~reached
+    reached, _ = reached_goal(cells)
+    return ~cells["diverged"].astype(bool).to_numpy() & ~reached.to_numpy()
 
 
 def _extra_handles(cells: pd.DataFrame, predicted: bool) -> list:
