@@ -13,6 +13,7 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
+from synthetic_gradients import gradients_with
 
 from lssr.claims import rules
 from lssr.tables import fig5
@@ -156,18 +157,6 @@ def test_a_true_lssr_curve_at_realistic_noise_passes():
 
 
 # --- the prediction against an independent oracle --------------------------------------------------------------
-def gradients_with(n, d, b_simple, seed=0):
-    """n per-sample gradients g_i = μ + e_i, ‖μ‖ = 1, Σ e_i = 0, (1/n) Σ ‖e_i‖² = B_simple: tr S_n = 1 and
-    tr S_1 = 1 + B."""
-    rng = np.random.default_rng(seed)
-    e = rng.standard_normal((n, d))
-    e -= e.mean(0)
-    e *= math.sqrt(b_simple / np.mean((e * e).sum(1)))
-    mu = np.zeros(d)
-    mu[0] = 1.0
-    return mu + e
-
-
 @pytest.mark.usefixtures("one_torch_thread")
 @pytest.mark.parametrize("replacement", [True, False])
 def test_the_predicted_curve_is_eq12_at_the_measured_b_simple(replacement):
