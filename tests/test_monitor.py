@@ -539,6 +539,23 @@ def test_two_lightning_callbacks_keep_their_own_checkpoint_states(tmp_path):
         assert {k: v for k, v in a.items() if k not in timing} == {k: v for k, v in b.items() if k not in timing}
 
 
+def plain_loop_rows(model, loader, steps: int, **monitor_kw) -> list[dict]:
+    """The plain loop the Lightning tests compare with: SGD (η = 0.1, β = 0.5, λ = 1e-3) on ``loader``'s batches
+    in order, epoch after epoch, for ``steps`` steps, with a SharpnessMonitor; its rows. ``model`` is trained in
+    place."""
+    rows = []
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.5, weight_decay=1e-3)
+    mon = lssr.SharpnessMonitor(model, "ce", loader, opt, callback=rows.append, **monitor_kw)
+    model.train()
+    batches = (batch for _ in range(steps) for batch in loader)
+    for _, (x, y) in zip(range(steps), batches):
+        opt.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        mon.step()
+        opt.step()
+    return rows
+
+
 def test_a_lightning_trainer_logs_the_plain_monitors_numbers(tmp_path):
     """lssr.SharpnessCallback in a real lightning Trainer (CPU, CSVLogger, 20 steps, measuring every 4): the
     logged rows are the plain loop's monitor rows at the same steps, on the same trajectory (same initial
@@ -560,16 +577,8 @@ def test_a_lightning_trainer_logs_the_plain_monitors_numbers(tmp_path):
     logged = pd.read_csv(Path(logger.log_dir) / "metrics.csv")
     logged = logged.dropna(subset=["sharpness/top_eig"]).reset_index(drop=True)
 
-    rows = []
     model = init
-    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.5, weight_decay=1e-3)
-    mon = lssr.SharpnessMonitor(model, "ce", loader, opt, callback=rows.append, **kw)
-    model.train()
-    for t, (x, y) in zip(range(20), [b for _ in range(4) for b in loader]):
-        opt.zero_grad()
-        F.cross_entropy(model(x), y).backward()
-        mon.step()
-        opt.step()
+    rows = plain_loop_rows(model, loader, 20, **kw)
     for a, b in zip(model.parameters(), module.net.parameters()):
         assert torch.allclose(a, b, rtol=1e-12, atol=1e-14)
     assert list(logged["step"]) == [r["step"] for r in rows] == [0, 4, 8, 12, 16]

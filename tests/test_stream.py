@@ -284,7 +284,7 @@ def test_the_lightning_callback_runs_the_streaming_mode(tmp_path):
     """lssr.SharpnessCallback with the streaming mode in a real lightning Trainer (CPU, 32 steps, a row every 16):
     its rows are the plain loop's streaming rows at the same steps on the same trajectory."""
     L = pytest.importorskip("lightning.pytorch", reason="lightning is an optional extra (pip install lightning)")
-    from test_monitor import N_PROBE, lightning_module, lightning_trainer, make
+    from test_monitor import N_PROBE, lightning_module, lightning_trainer, make, plain_loop_rows
     from test_monitor import B as B2
 
     net, ds = make()
@@ -303,16 +303,8 @@ def test_the_lightning_callback_runs_the_streaming_mode(tmp_path):
     )
     trainer.fit(lightning_module(L)(net), loader)
 
-    rows = []
     model = init
-    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.5, weight_decay=1e-3)
-    mon = lssr.SharpnessMonitor(model, "ce", loader, opt, callback=rows.append, **kw)
-    model.train()
-    for _, (x, y) in zip(range(32), [b for _ in range(6) for b in loader]):
-        opt.zero_grad()
-        F.cross_entropy(model(x), y).backward()
-        mon.step()
-        opt.step()
+    rows = plain_loop_rows(model, loader, 32, **kw)
     assert [r["step"] for r in logged] == [r["step"] for r in rows] == [15, 31]
     assert all(r["kind"] == "stream" for r in logged)
     for key in ("tr_S_b", "tr_S_n", "tr_S_n_window", "tr_HS_b", "top_eig", "rho_b", "ias_b"):
