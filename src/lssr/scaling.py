@@ -204,14 +204,6 @@ def fit_lssr(b, eta, n: int, replacement: bool = False, rho_bounds: tuple[float,
     return Fit("LSSR", {"c": c, "rho": rho}, rmse, b.size, lambda bb: lssr(bb, c, rho, n, replacement))
 
 
-def fit_constant(b, eta) -> Fit:
-    """Fit η = c (one learning rate for every b, LSSR's saturated limit ρ → 1) in log2 space."""
-    b, eta = _prepare(b, eta)
-    log_c, rmse = _fit_constant(np.zeros_like(b), np.log2(eta))
-    c = 2.0**log_c
-    return Fit("constant", {"c": c}, rmse, b.size, lambda bb: np.full(np.shape(bb), c, dtype=float))
-
-
 def fit_rules(b, eta, n: int, replacement: bool = False):
     """All three fits as a DataFrame: rule, c, rho (LSSR only), rmse_log2, n_points."""
     import pandas as pd
