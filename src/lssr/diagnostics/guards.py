@@ -82,14 +82,20 @@ def _apply_policies(model: nn.Module, bn: str, dropout: str) -> None:
             f"the call, or diagnose(..., dropout='off')"
         )
     for m in model.modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm) or isinstance(m, nn.modules.dropout._DropoutNd):
+        if isinstance(m, nn.modules.dropout._DropoutNd) or (
+            isinstance(m, nn.modules.batchnorm._BatchNorm) and bn != "batch"
+        ):
             m.eval()
 
 
 @contextmanager
 def restoring(model: nn.Module, bn: str, dropout: str):
     """Applies the ``bn`` / ``dropout`` policies for the duration of the call and restores afterwards every
-    module's train flag, every parameter's ``.grad``, the buffers' values and the global random states."""
+    module's train flag, every parameter's ``.grad``, the buffers' values and the global random states.
+
+    ``bn="batch"`` leaves batch norm in the mode it has: in train mode each forward pass normalises with the
+    statistics of its own chunk of samples (a batch of SGD), and the running statistics it updates are restored
+    afterwards."""
     modes = [(m, m.training) for m in model.modules()]
     grads = [(p, p.grad) for p in model.parameters()]
     buffers = [(b, b.detach().clone()) for b in model.buffers()]
