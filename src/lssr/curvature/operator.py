@@ -105,13 +105,18 @@ class LossOperator:
         hvp_mode: str = "forward",
         dtype: torch.dtype | None = None,
         graph_budget: int | None = None,
+        batch_chunks: bool = False,
     ):
         """``inputs``: a tensor (``targets`` alongside) or, for a :class:`~.functions.ForwardAdapter` model, the
         whole batch (any nest of tensors with a leading sample dimension; ``targets`` None). ``stream``: the
         data stays where it is (e.g. host memory) and each chunk is moved to the parameters' device when used;
         otherwise it is moved there once. ``dtype``: compute in this dtype (parameters and floating buffers cast),
-        default the parameters' own."""
-        check_functional_mode(model, where)
+        default the parameters' own. ``batch_chunks``: batch norm in train mode is allowed, each chunk being one
+        batch normalised with its own statistics (L is then the mean of the chunks' losses when all chunks have
+        ``chunk_size`` samples; per-sample gradients are not defined; the caller restores the running statistics
+        the passes update)."""
+        if not batch_chunks:
+            check_functional_mode(model, where)
         self.model = model
         self.loss_fn = loss_fn
         self.per_sample = per_sample_loss_of(loss_fn)

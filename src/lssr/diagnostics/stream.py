@@ -20,8 +20,14 @@ independent draws at one θ (batches drawn with replacement, or from a training 
 - ‖H‖: xᵀH_Px for a warm-started x that a damped power step per row moves towards the top eigenvector: it
   settles on ‖H‖ at a fixed θ but lags while θ moves (a lower estimate during training).
 
-The training's g_t and the HVPs must be gradients of one loss: the monitor refuses batch norm in train mode
-(batch statistics in g_t, running statistics in the HVPs).
+The training's g_t and the HVPs are gradients of one loss. With batch norm in train mode, g_t is the gradient
+of ℓ(θ; B_t), the batch B_t normalised with its own statistics: the loss SGD descends is L_b(θ) = E_B ℓ(θ; B) over
+batches of b, and every quantity above is of L_b (S_b = E[g_B g_Bᵀ], H = ∇²L_b; ``lssr.diagnose(...,
+bn="batch")`` measures the same on a fixed sample). The probe samples of a row are then drawn in batches of b
+(``stream_n`` rounded up to a multiple of b), each batch normalised with its own statistics, the running
+statistics restored afterwards; tr S_1 and B_simple are those identity (1) gives from batches of b (a per-sample
+S_1 does not exist with batch statistics; B_simple is McCandlish et al.'s noise scale measured at b). ‖H‖ is the
+top Ritz value of one probe batch's Hessian: when that Hessian is noisy (small b) it lies above ‖∇²L_b‖.
 
 Standard errors: the delete-one-group jackknife over the M groups; for tr(H S_b), ‖H‖_{S_b} and ‖H‖ at least the
 spread of consecutive rows (:func:`successive_se`), which holds the spread of the probe samples.
@@ -345,19 +351,20 @@ class StreamEstimator:
         self.rows = 0
         self.last_seconds = 0.0
         self._params: list | None = None
+        self.batch_bn = False  # batch norm in train mode at the window's first step (probe batches of b)
 
     def add(self, start: int) -> None:
         """Adds the parameters' ``.grad`` (the step's g_t) to the window, opening one at step ``start`` if none is
-        open (batch norm in train mode refused)."""
+        open (and noting whether batch norm is in train mode: then the row's HVPs use batches of b)."""
         if self.current is None:
             bns = _train_mode_bn(unwrap(self.model))
-            if bns:
+            if bns and self.b is None:
                 raise LssrError(
-                    f"SharpnessMonitor: batch norm in train mode ({bns[0]}): the streaming mode reads training "
-                    "gradients computed with batch statistics while its Hessian-vector products would use running "
-                    "statistics, so rows would mix two losses; fix: stream=False (diagnose rows with bn='eval'), "
-                    "or a model without batch norm"
+                    f"SharpnessMonitor: batch norm in train mode ({bns[0]}) normalises each batch with its own "
+                    "statistics, so the streaming rows need the training batch size b for their probe batches; "
+                    "fix: pass the training DataLoader as data, or batch_sizes=[b]"
                 )
+            self.batch_bn = bool(bns)
             # the window's parameters (listed once: a walk of the modules costs)
             self._params = [p for p in unwrap(self.model).parameters() if p.requires_grad]
         g = grads_of(self._params)
@@ -377,18 +384,32 @@ class StreamEstimator:
         w = self.current
         return w is not None and w.steps >= self.window and w.ready()
 
+    def probe_size(self) -> int:
+        """The number of probe samples of a row: ``stream_n``; with batch norm in train mode, ``stream_n`` rounded
+        up to a multiple of b (whole batches of b, each normalised with its own statistics)."""
+        if not self.batch_bn:
+            return self.stream_n
+        return self.b * max(1, math.ceil(self.stream_n / self.b))
+
     def sample(self):
-        """The row's probe samples: ``stream_n`` fresh samples of the training data set drawn with a seed of the
-        monitor's generator, through the data set's own transform (the training's distribution, its random
+        """The row's probe samples: :meth:`probe_size` fresh samples of the training data set drawn with a seed of
+        the monitor's generator, through the data set's own transform (the training's distribution, its random
         augmentation seeded by the monitor); for data without a map-style data set, a random subset of the
         probe set. The global random states are as before."""
         seed = int(torch.randint(0, 2**62, (1,), generator=self.generator))
+        size = self.probe_size()
+        have = self.n if self.source is None else len(self.source)
+        if self.batch_bn and size > have:
+            raise LssrError(
+                f"SharpnessMonitor: a probe batch of b = {self.b} samples (batch norm in train mode) needs {size} "
+                f"samples, but the data have {have}; fix: more data, or a smaller training batch"
+            )
         if self.source is None:
-            idx = torch.randperm(self.n, generator=self.generator)[: self.stream_n].sort().values
+            idx = torch.randperm(self.n, generator=self.generator)[:size].sort().values
             return torch.utils._pytree.tree_map(lambda t: t[idx] if isinstance(t, torch.Tensor) else t, self.probe)
         with preserved_rng():
             torch.manual_seed(seed)
-            batch, _ = collect(self.source, n=min(self.stream_n, len(self.source)), seed=seed)
+            batch, _ = collect(self.source, n=min(size, len(self.source)), seed=seed)
         return batch
 
     def _set_mode(self, op) -> None:
@@ -411,13 +432,13 @@ class StreamEstimator:
         curvature terms' se at least the spread of consecutive rows), the window and the probe samples."""
         w, self.current = self.current, None
         o = self.options
+        # with batch norm in train mode, each chunk of b probe samples is one batch normalised with its own statistics
+        chunk, bn = (self.b, "batch") if self.batch_bn else (self.probe_size(), o["bn"])
         with preserved_rng():
             batch = self.sample()
-            prep = prepare(
-                self.model, self.loss, [batch], forward=self.forward, chunk_size=self.stream_n, dtype=o.get("dtype")
-            )
-            with _restoring(prep.model, o["bn"], o["dropout"]), torch.autocast(prep.device_type, enabled=False):
-                op = prep.operator(chunk_size=self.stream_n)
+            prep = prepare(self.model, self.loss, [batch], forward=self.forward, chunk_size=chunk, dtype=o.get("dtype"))
+            with _restoring(prep.model, bn, o["dropout"]), torch.autocast(prep.device_type, enabled=False):
+                op = prep.operator(chunk_size=chunk, batch_chunks=self.batch_bn)
                 self._set_mode(op)
                 prod = row_products(op, w, self.x)
                 self.x = prod["x"]
