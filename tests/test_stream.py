@@ -237,6 +237,11 @@ def test_the_streaming_mode_needs_gradients_and_a_long_enough_window():
     for bad in (1, 81, 2.5):
         with pytest.raises(LssrError, match="hvp_steps"):
             lssr.SharpnessMonitor(model, "ce", ds, window=80, hvp_steps=bad)
+    with pytest.raises(LssrError, match=r"stream must be None \(auto\), True or False, got 'yes'"):
+        lssr.SharpnessMonitor(model, "ce", ds, stream="yes")
+    for bad in (0, True, 1.5):
+        with pytest.raises(LssrError, match="accumulate must be a positive integer"):
+            lssr.SharpnessMonitor(model, "ce", ds, accumulate=bad)
 
 
 def test_the_streaming_mode_refuses_batch_norm_in_train_mode():
@@ -419,7 +424,7 @@ def test_the_lightning_callback_streams_by_default(tmp_path, accumulate):
     every 16) streams (the gradients are there in on_before_optimizer_step): its rows are the plain loop's rows of
     a SharpnessMonitor with no stream option either (called after backward) at the same steps on the same
     trajectory. With accumulate_grad_batches = 2 over batches of 8, each optimiser step's gradient is that of the
-    plain loop's batch of 16 (the same samples), and the rows' b is 16."""
+    plain loop's batch of 16 (the same samples), and the rows' b (and the monitor's batch size) is 16."""
     L = pytest.importorskip("lightning.pytorch", reason="lightning is an optional extra (pip install lightning)")
     from test_monitor import N_PROBE, lightning_module, lightning_trainer, make, plain_loop_rows
     from test_monitor import B as B2
@@ -430,9 +435,10 @@ def test_the_lightning_callback_streams_by_default(tmp_path, accumulate):
     init = copy.deepcopy(net)
     kw = dict(n=N_PROBE, window=16, stream_n=8, budget=math.inf)
     logged = []
+    cb = lssr.SharpnessCallback("ce", callback=logged.append, **kw)
     trainer = lightning_trainer(
         L,
-        lssr.SharpnessCallback("ce", callback=logged.append, **kw),
+        cb,
         max_steps=32,
         logger=False,
         enable_checkpointing=False,
@@ -447,5 +453,6 @@ def test_the_lightning_callback_streams_by_default(tmp_path, accumulate):
         assert torch.allclose(a, b, rtol=1e-12, atol=1e-14)
     assert [r["step"] for r in logged] == [r["step"] for r in rows] == [15, 31]
     assert all(r["kind"] == "stream" and r["b"] == B2 for r in logged + rows)
+    assert cb.monitor.stream is True and cb.monitor.batch_sizes == (B2,)
     for key in ("tr_S_b", "tr_S_n", "tr_S_n_window", "tr_S_1", "tr_HS_b", "top_eig", "rho_b", "ias_b"):
         assert np.allclose([r[key] for r in logged], [r[key] for r in rows], rtol=1e-9, atol=1e-12), key
