@@ -2,7 +2,9 @@
 training is unchanged (losses torch.equal with and without the monitor; every piece of state restored after
 each measurement), each row equals an independent lssr.diagnose call at the same θ on the same samples, a
 checkpointed monitor continues the same schedule and warm start, the SGD threshold is the one at which
-torch.optim.SGD itself diverges on a quadratic, and a real Lightning Trainer logs the plain monitor's numbers."""
+torch.optim.SGD itself diverges on a quadratic, and a real Lightning Trainer logs the plain monitor's numbers.
+The loops here call the monitor after backward(), where its default would be the streaming mode (tests/test_stream.py):
+they ask for the rows of lssr.diagnose with stream=False."""
 
 import copy
 import io
@@ -57,13 +59,14 @@ def probe_indices(total, n, seed):
 
 
 def train(steps=50, monitor_kwargs=None, seed=0, record=None):
-    """SGD (momentum, weight decay) on a shuffling loader that draws from the global RNG, dropout active."""
+    """SGD (momentum, weight decay) on a shuffling loader that draws from the global RNG, dropout active; the
+    monitor (rows of lssr.diagnose: stream=False) called after backward()."""
     model, ds = make(seed)
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.5, weight_decay=1e-3)
     loader = DataLoader(ds, batch_size=B, shuffle=True)
     mon = None
     if monitor_kwargs is not None:
-        mon = lssr.SharpnessMonitor(model, "ce", loader, opt, n=N_PROBE, **monitor_kwargs)
+        mon = lssr.SharpnessMonitor(model, "ce", loader, opt, n=N_PROBE, **(dict(stream=False) | monitor_kwargs))
     losses, t = [], 0
     model.train()
     while t < steps:
@@ -236,7 +239,7 @@ def test_a_resumed_run_continues_the_schedule_the_warm_start_and_the_csv(tmp_pat
     loader = DataLoader(ds, batch_size=B, shuffle=True)
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.5, weight_decay=1e-3)
     after = []
-    mon = lssr.SharpnessMonitor(model, "ce", loader, opt, n=N_PROBE, callback=after.append, csv=csv, **kw)
+    mon = lssr.SharpnessMonitor(model, "ce", loader, opt, n=N_PROBE, callback=after.append, csv=csv, stream=False, **kw)
     mon.load_state_dict(torch.load(io.BytesIO(ckpt["monitor"])))
     assert mon.steps == 15 and torch.equal(mon.eigenvector, vec[12])
     model.train()
@@ -458,7 +461,7 @@ def test_a_lightning_checkpoint_resumes_the_monitor(tmp_path):
     HVP counts included: the monitor's state, warm start included, travels in the Lightning checkpoint."""
     L = pytest.importorskip("lightning.pytorch", reason="lightning is an optional extra (pip install lightning)")
     Module = lightning_module(L)
-    kw = dict(n=N_PROBE, every=3, budget=None)
+    kw = dict(n=N_PROBE, every=3, budget=None, stream=False)
 
     def fit(max_steps, rows, ckpt_path=None, max_epochs=-1, extra=()):
         net, ds = make()
@@ -504,7 +507,9 @@ def test_two_lightning_callbacks_keep_their_own_checkpoint_states(tmp_path):
         net.drop.p = 0.0
         rows = {p: [] for p in every}
         cbs = [
-            lssr.SharpnessCallback("ce", prefix=p, n=N_PROBE, every=k, budget=None, callback=rows[p].append)
+            lssr.SharpnessCallback(
+                "ce", prefix=p, n=N_PROBE, every=k, budget=None, stream=False, callback=rows[p].append
+            )
             for p, k in every.items()
         ]
         trainer = lightning_trainer(
@@ -539,20 +544,24 @@ def test_two_lightning_callbacks_keep_their_own_checkpoint_states(tmp_path):
         assert {k: v for k, v in a.items() if k not in timing} == {k: v for k, v in b.items() if k not in timing}
 
 
-def plain_loop_rows(model, loader, steps: int, **monitor_kw) -> list[dict]:
+def plain_loop_rows(model, loader, steps: int, *, losses=None, monitored=True, **monitor_kw) -> list[dict]:
     """The plain loop the Lightning tests compare with: SGD (η = 0.1, β = 0.5, λ = 1e-3) on ``loader``'s batches
-    in order, epoch after epoch, for ``steps`` steps, with a SharpnessMonitor; its rows. ``model`` is trained in
-    place."""
+    in order, epoch after epoch, for ``steps`` steps, with a SharpnessMonitor called after backward() (none when
+    not ``monitored``); its rows. ``model`` is trained in place; ``losses``: a list that gets each step's loss."""
     rows = []
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.5, weight_decay=1e-3)
-    mon = lssr.SharpnessMonitor(model, "ce", loader, opt, callback=rows.append, **monitor_kw)
+    mon = lssr.SharpnessMonitor(model, "ce", loader, opt, callback=rows.append, **monitor_kw) if monitored else None
     model.train()
     batches = (batch for _ in range(steps) for batch in loader)
     for _, (x, y) in zip(range(steps), batches):
         opt.zero_grad()
-        F.cross_entropy(model(x), y).backward()
-        mon.step()
+        loss = F.cross_entropy(model(x), y)
+        loss.backward()
+        if mon is not None:
+            mon.step()
         opt.step()
+        if losses is not None:
+            losses.append(loss.detach())
     return rows
 
 
@@ -566,7 +575,7 @@ def test_a_lightning_trainer_logs_the_plain_monitors_numbers(tmp_path):
     net, ds = make()
     net.drop.p = 0.0  # the two runs draw dropout masks at different points of the global RNG stream
     init = copy.deepcopy(net)
-    kw = dict(n=N_PROBE, every=4, budget=None)
+    kw = dict(n=N_PROBE, every=4, budget=None, stream=False)
     module = Module(net)
     loader = DataLoader(ds, batch_size=B, shuffle=False)
     logger = L.loggers.CSVLogger(tmp_path, name="run")
@@ -606,6 +615,7 @@ def test_the_guides_plain_loop_runs_as_written(tmp_path, monkeypatch, capsys):
     state = torch.load(tmp_path / "ckpt.pt")["monitor"]
     mon = lssr.SharpnessMonitor(scope["model"], "ce", scope["loader"], scope["opt"], every=8)
     mon.load_state_dict(state)
+    assert mon.stream is False and all(table["kind"] == "diagnose")
     assert mon.steps == 16 and mon.due() and torch.equal(mon.eigenvector, state["eigenvector"])
 
 

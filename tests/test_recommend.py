@@ -448,3 +448,6 @@ def test_a_sharpness_monitor_log_gives_the_points_latest_first(tmp_path, capsys)
     capsys.readouterr()
     assert main(["recommend", "--monitor-log", str(tmp_path / "none.csv"), *argv[3:], "--out", str(out)]) == 2
     assert "none.csv: no such file" in capsys.readouterr().err
+    streaming = [{"step": 79, "kind": "stream", "tr_S_1": 2.0, "tr_S_n": 1.0}]  # no probe set's n, n_total
+    with pytest.raises(LssrError, match=r"streaming mode's \(kind 'stream'\).*fix: .*stream=False"):
+        points_from_log(streaming)

@@ -237,57 +237,204 @@ def test_the_streaming_mode_needs_gradients_and_a_long_enough_window():
     for bad in (1, 81, 2.5):
         with pytest.raises(LssrError, match="hvp_steps"):
             lssr.SharpnessMonitor(model, "ce", ds, window=80, hvp_steps=bad)
+    with pytest.raises(LssrError, match=r"stream must be None \(auto\), True or False, got 'yes'"):
+        lssr.SharpnessMonitor(model, "ce", ds, stream="yes")
+    for bad in (0, True, 1.5):
+        with pytest.raises(LssrError, match="accumulate must be a positive integer"):
+            lssr.SharpnessMonitor(model, "ce", ds, accumulate=bad)
 
 
-@pytest.mark.parametrize("stream", [None, False, "not given"])
-def test_the_default_mode_is_diagnose_rows_not_the_streaming_mode(stream):
-    """Without stream=True a call after backward() measures lssr.diagnose on the probe set: the row's ‖H‖ and
-    tr S_n are the dense truths at θ on the probe set (all N samples here), and it has no streaming column."""
+def test_stream_false_gives_diagnose_rows_after_backward():
+    """stream=False: a call after backward() measures lssr.diagnose on the probe set: the row (kind "diagnose")
+    has ‖H‖ and tr S_n equal to the dense truths at θ on the probe set (all N samples here) and no streaming
+    column; with neither every nor budget (the 10% budget) no streaming window opens either."""
     model, ds = tiny()
     x, y = ds.tensors
-    kw = {} if stream == "not given" else dict(stream=stream)
     rows = []
-    mon = lssr.SharpnessMonitor(model, "ce", DataLoader(ds, batch_size=B), every=1, n=N, callback=rows.append, **kw)
+    mon = lssr.SharpnessMonitor(
+        model, "ce", DataLoader(ds, batch_size=B), every=1, n=N, callback=rows.append, stream=False
+    )
     F.cross_entropy(model(x[:B]), y[:B]).backward()
     mon.step()
     truth = truths(model, ds)
-    assert not mon.stream and len(rows) == 1 and "kind" not in rows[0]
+    assert mon.stream is False and len(rows) == 1 and rows[0]["kind"] == "diagnose" and "window_steps" not in rows[0]
     assert rows[0]["top_eig"] == pytest.approx(truth["top_eig"], rel=1e-6)
     assert rows[0]["tr_S_n"] == pytest.approx(truth["tr_S_n"], rel=1e-9)
-    # neither every nor budget (the 10% budget): no streaming window either, whatever the gradients
     quiet = []
-    mon = lssr.SharpnessMonitor(model, "ce", DataLoader(ds, batch_size=B), n=N, callback=quiet.append, **kw)
+    mon = lssr.SharpnessMonitor(model, "ce", DataLoader(ds, batch_size=B), n=N, callback=quiet.append, stream=False)
     for _ in range(3):
         mon.step()
-    assert not mon.stream and mon.streamer.current is None and all("kind" not in r for r in quiet)
+    assert mon.stream is False and mon.streamer.current is None and all(r["kind"] == "diagnose" for r in quiet)
 
 
-def test_the_lightning_callback_runs_the_streaming_mode(tmp_path):
-    """lssr.SharpnessCallback with the streaming mode in a real lightning Trainer (CPU, 32 steps, a row every 16):
-    its rows are the plain loop's streaming rows at the same steps on the same trajectory."""
+def flat_grad(model) -> torch.Tensor:
+    return torch.cat([p.grad.reshape(-1) for p in model.parameters()])
+
+
+def test_the_auto_mode_streams_when_called_after_backward():
+    """stream not given, called after backward(): the first call chooses the streaming mode (monitor.stream None
+    before it, True after), its rows (kind "stream") are those of a monitor forced with stream=True on the same
+    gradients, and each row's tr S_b is the mean of ‖g_t‖² over its window's steps, computed here from the
+    gradients the loop made."""
+    model, ds = tiny()
+    x, y = ds.tensors
+    kw = dict(budget=math.inf, window=WINDOW, groups=GROUPS, stream_n=16)
+    rows, forced = [], []
+    auto = lssr.SharpnessMonitor(model, "ce", DataLoader(ds, batch_size=B), callback=rows.append, **kw)
+    ref = lssr.SharpnessMonitor(model, "ce", DataLoader(ds, batch_size=B), callback=forced.append, stream=True, **kw)
+    assert auto.stream is None
+    g = torch.Generator().manual_seed(4)
+    sq = []
+    for _ in range(2 * WINDOW):
+        idx = torch.randint(0, N, (B,), generator=g)
+        model.zero_grad()
+        F.cross_entropy(model(x[idx]), y[idx]).backward()
+        sq.append(float(flat_grad(model).square().sum()))
+        auto.step()
+        ref.step()
+        assert auto.stream is True and auto.stream_refusal is None
+    assert [r["step"] for r in rows] == [WINDOW - 1, 2 * WINDOW - 1] and all(r["kind"] == "stream" for r in rows)
+    for a, b in zip(rows, forced):
+        assert a.keys() == b.keys()
+        for k in a.keys() - {"cost_seconds"}:
+            assert a[k] == b[k] or (math.isnan(a[k]) and math.isnan(b[k])), k
+    for r in rows:
+        window = sq[r["window_start"] : r["step"] + 1]
+        assert r["tr_S_b"] == pytest.approx(sum(window) / len(window), rel=1e-12) and r["b"] == B
+
+
+def test_the_auto_mode_gives_diagnose_rows_when_called_before_backward():
+    """stream not given, called after zero_grad() (set_to_none=True, torch's default) and before backward(): no
+    parameter has a gradient, so the monitor makes rows of lssr.diagnose (kind "diagnose") at every step, whose
+    ‖H‖ and tr S_n are the dense truths at that step's θ on the probe set (all N samples)."""
+    model, ds = tiny()
+    x, y = ds.tensors
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    rows, want = [], []
+    mon = lssr.SharpnessMonitor(model, "ce", DataLoader(ds, batch_size=B), opt, every=1, n=N, callback=rows.append)
+    for t in range(3):
+        opt.zero_grad()
+        want.append(truths(model, ds))
+        mon.step()
+        assert mon.stream is False and mon.stream_refusal is None
+        F.cross_entropy(model(x[t * B : (t + 1) * B]), y[t * B : (t + 1) * B]).backward()
+        opt.step()
+    assert [r["step"] for r in rows] == [0, 1, 2] and all(r["kind"] == "diagnose" for r in rows)
+    for r, truth in zip(rows, want):
+        assert r["top_eig"] == pytest.approx(truth["top_eig"], rel=1e-6)
+        assert r["tr_S_n"] == pytest.approx(truth["tr_S_n"], rel=1e-9)
+
+
+def test_the_auto_choice_travels_in_the_checkpoint():
+    """A monitor whose first call chose the streaming mode (after backward) checkpoints the choice: a new monitor
+    with stream not given loads it (monitor.stream True before any call) and, called without gradients, says so
+    instead of choosing diagnose rows; one that chose diagnose rows (no gradients) keeps them in a new monitor
+    called with gradients; a state saved before any call leaves the choice to the new monitor's first call."""
+    import io
+
+    model, ds = tiny()
+    x, y = ds.tensors
+
+    def new(**kw):
+        return lssr.SharpnessMonitor(model, "ce", DataLoader(ds, batch_size=B), n=N, every=1, **kw)
+
+    def reload(state, **kw):
+        buf = io.BytesIO()
+        torch.save(state, buf)
+        mon = new(**kw)
+        mon.load_state_dict(torch.load(io.BytesIO(buf.getvalue()), weights_only=False))
+        return mon
+
+    untouched = reload(new().state_dict())
+    assert untouched.stream is None
+    F.cross_entropy(model(x[:B]), y[:B]).backward()
+    first = new()
+    first.step()
+    resumed = reload(first.state_dict())
+    assert first.stream is True and resumed.stream is True and resumed.steps == 1
+    model.zero_grad(set_to_none=True)
+    with pytest.raises(LssrError, match="after loss.backward"):
+        resumed.step()
+    chose = new()
+    chose.step()
+    assert chose.stream is False
+    F.cross_entropy(model(x[:B]), y[:B]).backward()
+    rows = []
+    kept = reload(chose.state_dict(), callback=rows.append)
+    assert kept.stream is False
+    kept.step()
+    assert kept.stream is False and [r["kind"] for r in rows] == ["diagnose"]
+    untouched.step()
+    assert untouched.stream is True
+
+
+@pytest.mark.parametrize("bn", [False, True], ids=["no-bn", "bn-train"])
+def test_the_auto_mode_leaves_the_training_unchanged(bn):
+    """The conv net of test_monitor (dropout, and batch norm in train mode or not) trained by SGD on a shuffling
+    loader for 32 steps with the monitor in auto mode called after backward(): the losses, final parameters and
+    buffers are those of the same loop without it (torch.equal). The rows are of one kind: streaming rows at the
+    windows' ends without batch norm; with it, whichever the monitor chose (diagnose rows at every 8th step when
+    the streaming mode refuses batch norm in train mode)."""
+    from test_monitor import N_PROBE, make, plain_loop_rows
+    from test_monitor import B as B2
+
+    def run(monitored):
+        net, ds = make()
+        if not bn:
+            net.bn = torch.nn.Identity()
+        torch.manual_seed(3)
+        loader = DataLoader(ds, batch_size=B2, shuffle=True)
+        losses = []
+        kw = dict(n=N_PROBE, every=8, budget=None, window=16, stream_n=8)
+        rows = plain_loop_rows(net, loader, 32, losses=losses, monitored=monitored, **kw)
+        return torch.stack(losses), net, rows
+
+    plain, m0, _ = run(False)
+    monitored, m1, rows = run(True)
+    assert torch.equal(plain, monitored)
+    for a, b in zip(m0.state_dict().values(), m1.state_dict().values()):
+        assert torch.equal(a, b)
+    kinds = {r["kind"] for r in rows}
+    assert kinds == {"stream"} if not bn else len(kinds) == 1
+    (kind,) = kinds
+    assert [r["step"] for r in rows] == {"stream": [15, 31], "diagnose": [0, 8, 16, 24]}[kind]
+
+
+@pytest.mark.parametrize("accumulate", [1, 2])
+def test_the_lightning_callback_streams_by_default(tmp_path, accumulate):
+    """lssr.SharpnessCallback with no stream option in a real lightning Trainer (CPU, 32 optimiser steps, a row
+    every 16) streams (the gradients are there in on_before_optimizer_step): its rows are the plain loop's rows of
+    a SharpnessMonitor with no stream option either (called after backward) at the same steps on the same
+    trajectory. With accumulate_grad_batches = 2 over batches of 8, each optimiser step's gradient is that of the
+    plain loop's batch of 16 (the same samples), and the rows' b (and the monitor's batch size) is 16."""
     L = pytest.importorskip("lightning.pytorch", reason="lightning is an optional extra (pip install lightning)")
     from test_monitor import N_PROBE, lightning_module, lightning_trainer, make, plain_loop_rows
     from test_monitor import B as B2
 
     net, ds = make()
     net.drop.p = 0.0  # the two runs draw dropout masks at different points of the global RNG stream
-    net.bn = torch.nn.Identity()  # the streaming mode refuses batch norm in train mode
+    net.bn = torch.nn.Identity()  # batch statistics of 8 samples are not those of 16
     init = copy.deepcopy(net)
-    kw = dict(n=N_PROBE, window=16, stream_n=8, stream=True, budget=math.inf)
+    kw = dict(n=N_PROBE, window=16, stream_n=8, budget=math.inf)
     logged = []
-    loader = DataLoader(ds, batch_size=B2, shuffle=False)
+    cb = lssr.SharpnessCallback("ce", callback=logged.append, **kw)
     trainer = lightning_trainer(
         L,
-        lssr.SharpnessCallback("ce", callback=logged.append, **kw),
+        cb,
         max_steps=32,
         logger=False,
         enable_checkpointing=False,
+        accumulate_grad_batches=accumulate,
     )
-    trainer.fit(lightning_module(L)(net), loader)
+    module = lightning_module(L)(net)
+    trainer.fit(module, DataLoader(ds, batch_size=B2 // accumulate, shuffle=False))
 
     model = init
-    rows = plain_loop_rows(model, loader, 32, **kw)
+    rows = plain_loop_rows(model, DataLoader(ds, batch_size=B2, shuffle=False), 32, **kw)
+    for a, b in zip(model.parameters(), module.net.parameters()):
+        assert torch.allclose(a, b, rtol=1e-12, atol=1e-14)
     assert [r["step"] for r in logged] == [r["step"] for r in rows] == [15, 31]
-    assert all(r["kind"] == "stream" for r in logged)
-    for key in ("tr_S_b", "tr_S_n", "tr_S_n_window", "tr_HS_b", "top_eig", "rho_b", "ias_b"):
+    assert all(r["kind"] == "stream" and r["b"] == B2 for r in logged + rows)
+    assert cb.monitor.stream is True and cb.monitor.batch_sizes == (B2,)
+    for key in ("tr_S_b", "tr_S_n", "tr_S_n_window", "tr_S_1", "tr_HS_b", "top_eig", "rho_b", "ias_b"):
         assert np.allclose([r[key] for r in logged], [r[key] for r in rows], rtol=1e-9, atol=1e-12), key

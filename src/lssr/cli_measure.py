@@ -154,8 +154,8 @@ def add_recommend_command(sub) -> None:
       help="diagnostics.json of `lssr diagnose` or `lssr recommend` instead of measuring (several: points along "
       "training; the first gives η, the interval spans all)")
     a("--monitor-log", default=None, metavar="CSV",
-      help="the CSV of lssr.SharpnessMonitor (e.g. over a short run at --b-ref) instead of measuring: its latest row "
-      "gives η, every row widens the interval")
+      help="the CSV of lssr.SharpnessMonitor(..., stream=False) (e.g. over a short run at --b-ref) instead of "
+      "measuring: its latest row gives η, every row widens the interval")
     a("--b-ref", type=int, required=True, help="the reference batch size, where --lr-ref works")
     a("--lr-ref", type=float, required=True, help="the learning rate that works at --b-ref")
     a("--batch-sizes", type=int, nargs="+", required=True, metavar="B", help="target batch sizes b")

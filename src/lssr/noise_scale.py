@@ -126,10 +126,10 @@ def noise_scale(
 
 
 def points_from_log(log, *, last: int | None = None) -> list[dict]:
-    """The measurements of a :class:`lssr.SharpnessMonitor` log (its CSV file, a DataFrame or its rows as
-    dicts) as points for :func:`recommend`, the latest first (it gives η; the others widen the interval):
-    each row's n, n_total, tr S_1, tr S_N, tr(H S_1), tr(H S_N), labelled by its step. ``last``: keep only the
-    latest ``last`` rows (e.g. the end of a short run at b_ref)."""
+    """The measurements of a :class:`lssr.SharpnessMonitor` log of rows of :func:`lssr.diagnose` (``stream=False``;
+    its CSV file, a DataFrame or its rows as dicts) as points for :func:`recommend`, the latest first (it gives η;
+    the others widen the interval): each row's n, n_total, tr S_1, tr S_N, tr(H S_1), tr(H S_N), labelled by its
+    step. ``last``: keep only the latest ``last`` rows (e.g. the end of a short run at b_ref)."""
     import pandas as pd
 
     if isinstance(log, (str, bytes)) or hasattr(log, "__fspath__"):
@@ -142,6 +142,11 @@ def points_from_log(log, *, last: int | None = None) -> list[dict]:
         frame = pd.DataFrame(log)
     need = ["n", "n_total", "tr_S_1", "tr_S_n"]
     missing = [c for c in need if c not in frame.columns]
+    if missing and "kind" in frame.columns and (frame["kind"] == "stream").any():
+        raise LssrError(
+            "monitor log: its rows are the streaming mode's (kind 'stream'), without a probe set's n and n_total; "
+            "fix: the CSV of a SharpnessMonitor(..., stream=False) (rows of lssr.diagnose)"
+        )
     if missing or frame.empty:
         what = f"lacks the columns {', '.join(missing)}" if missing else "has no rows"
         raise LssrError(f"monitor log: {what}; fix: give the CSV a SharpnessMonitor wrote")

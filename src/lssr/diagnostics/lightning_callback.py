@@ -1,8 +1,13 @@
 """``lssr.SharpnessCallback``: :class:`.monitor.SharpnessMonitor` inside ``lightning.pytorch.Trainer.fit``.
 
 Needs the optional ``lightning`` package (``pip install "lssr-eos[lightning]"``); the rest of lssr never
-imports it. The monitor measures in ``on_before_optimizer_step`` (θ_t after ``backward``, before the
-update) and logs each row's numbers through every logger of the trainer at ``trainer.global_step``.
+imports it. The monitor measures in ``on_before_optimizer_step``: in Lightning 2.x the precision plugin runs
+the optimiser's closure (``training_step`` and ``backward``) and then this hook, before ``optimizer.step()`` and
+before gradient clipping, so the parameters' ``.grad`` hold the step's mini-batch gradient g_t and the monitor's
+auto choice is its streaming mode. With ``accumulate_grad_batches`` = k the hook comes once per optimiser step,
+after the k-th micro-batch's ``backward``, each micro-batch's loss divided by k: ``.grad`` is the gradient of the
+effective batch of k micro-batches, one g_t at b = k × the loader's batch size (the callback passes
+``accumulate=k``). It logs each row's numbers through every logger of the trainer at ``trainer.global_step``.
 """
 
 from __future__ import annotations
@@ -32,7 +37,10 @@ class SharpnessCallback(Callback):
     prefix: put before every logged name (default ``sharpness/``); it also names the callback's state in
         checkpoints (:attr:`state_key`), so two callbacks in one Trainer need two prefixes. Every other keyword goes to
         :class:`SharpnessMonitor` (n, seed, every, budget, batch_sizes, csv, callback, lr, momentum, bn,
-        dropout, estimator, eigen, compute and the streaming options). The optimiser is the trainer's first.
+        dropout, estimator, eigen, compute, stream and the streaming options). The optimiser is the trainer's
+        first; ``accumulate`` is the trainer's ``accumulate_grad_batches``. The monitor is called after
+        ``backward``, so its default (``stream=None``) is the streaming mode; ``stream=False`` gives rows of
+        :func:`lssr.diagnose` on the probe set.
     The monitor's state is part of Lightning checkpoints (``state_dict`` / ``load_state_dict``). Under
     data-parallel strategies only global rank 0 measures (on its own process; the others wait for it at the
     next collective).
@@ -56,7 +64,8 @@ class SharpnessCallback(Callback):
         if data is None:
             raise LssrError("SharpnessCallback: no data; fix: SharpnessCallback(loss, data=...) or a train dataloader")
         optimizer = trainer.optimizers[0] if trainer.optimizers else None
-        self.monitor = SharpnessMonitor(pl_module, self.loss, data, optimizer, **self.kwargs)
+        kwargs = {"accumulate": int(trainer.accumulate_grad_batches)} | self.kwargs
+        self.monitor = SharpnessMonitor(pl_module, self.loss, data, optimizer, **kwargs)
         if self._pending_state is not None:
             self.monitor.load_state_dict(self._pending_state)
             self._pending_state = None

@@ -2,9 +2,10 @@
 
 A thin composition: a :class:`.schedule.Schedule` decides when to measure (every k steps and/or within a wall-time
 budget), a fixed probe set (:mod:`.probeset`) is measured by :func:`.api.diagnose` warm-started from the last
-eigenvector, or, with ``stream=True``, a :class:`.stream.StreamEstimator` makes rows from the training's own
-mini-batch gradients; the rows (:mod:`.rows`: the optimiser's η, β, τ, λ, the SGD threshold, ‖H‖ + λ, the
-moments and every b's tr(H S_b), ‖H‖_{S_b}, ρ_b, ...) go to a :class:`.sink.RowSink` (CSV and/or callback).
+eigenvector, or, in the streaming mode (the default when the loop calls :meth:`SharpnessMonitor.step` after
+``backward``), a :class:`.stream.StreamEstimator` makes rows from the training's own mini-batch gradients; the
+rows (:mod:`.rows`: the optimiser's η, β, τ, λ, the SGD threshold, ‖H‖ + λ, the moments and every b's tr(H S_b),
+‖H‖_{S_b}, ρ_b, ...) go to a :class:`.sink.RowSink` (CSV and/or callback).
 Its state (schedule, warm start, CSV offset) goes into checkpoints through :meth:`SharpnessMonitor.state_dict`.
 The training run is not changed: the model's modes, parameters, ``.grad``, buffers, the optimiser and the
 global random states are as before each measurement.
@@ -24,7 +25,7 @@ from torch.utils.data import DataLoader
 from ..errors import LssrError
 from .api import diagnose
 from .engine import gradient_seconds
-from .guards import preserved_rng
+from .guards import preserved_rng, unwrap
 from .options import Compute, Eigen, Estimator
 from .probeset import draw_probe_set, map_style
 from .results import Diagnostics
@@ -60,8 +61,10 @@ def _delegate(owner: str, name: str, doc: str) -> property:
 
 
 class SharpnessMonitor:
-    """Measures :func:`lssr.diagnose` of ``model`` on a fixed probe set at θ_t, before the update, during a
-    training loop; call :meth:`step` once per optimiser step (before ``optimizer.step()``).
+    """Measures the sharpness diagnostics of ``model`` at θ_t, before the update, during a training loop: rows of
+    :func:`lssr.diagnose` on a fixed probe set, or streaming rows from the training's own mini-batch gradients
+    (the default when :meth:`step` comes after ``backward``: ``stream``); call :meth:`step` once per optimiser
+    step (before ``optimizer.step()``).
 
     model, loss, forward: as for :func:`lssr.diagnose`. Its defaults differ from diagnose's in three places,
         because the monitor measures a model in the middle of training: ``bn="eval"`` (batch norm measured with
@@ -87,17 +90,33 @@ class SharpnessMonitor:
         A short run may measure nothing (:meth:`steps_to_next` says when the next measurement fits). Neither
         given: ``budget=BUDGET`` (10%); both: the multiples of k that fit. clock: the schedule's wall clock
         (seconds; ``time.perf_counter``).
-    batch_sizes: the b of each row (default: the DataLoader's batch size).
+    batch_sizes: the b of each row (default: the DataLoader's batch size times ``accumulate``).
+    accumulate: the micro-batches whose gradients the loop adds up into one optimiser step (gradient accumulation,
+        the loss of each divided by ``accumulate``): the step's g_t is the gradient of a batch of ``accumulate`` ×
+        the DataLoader's batch size, the b of the streaming rows and of the default ``batch_sizes``.
     csv, callback: where rows go (:class:`.sink.RowSink`): a CSV file, appended and fsynced in
         ``<csv>.partial`` and renamed onto ``csv`` by :meth:`close` (resumed runs cut it back to the
         checkpoint's rows), and/or a callable called with each row (a dict).
-    stream: False (default; None is the same) measures the rows above; True turns on the streaming mode
-        (:class:`.stream.StreamEstimator`; call :meth:`step` after ``backward``; refused for batch norm in train
-        mode): each call adds the mini-batch gradient to the window; a row closes the window after ``window``
+    stream: None (default, "auto") chooses the mode once, at the first call of :meth:`step`: the streaming mode
+        when the model's trainable parameters have gradients then (``.grad`` set: the loop calls :meth:`step`
+        after ``loss.backward()`` and before ``optimizer.step()``), since the training's mini-batch gradient g_t
+        in ``.grad`` is what a streaming row reads, and costs nothing more to read; the rows above otherwise
+        (called before ``backward``, or after ``optimizer.zero_grad()``, whose default ``set_to_none=True`` since
+        torch 2.0 leaves ``.grad`` None). A loop that calls :meth:`step` before ``backward`` but clears the
+        gradients with ``zero_grad(set_to_none=False)`` (zeros), or not at all, leaves the last step's or zero
+        gradients in ``.grad``, which the streaming mode would read as this step's g_t: pass ``stream=False``
+        there. When the streaming mode refuses the model at the first call (:class:`.stream.StreamEstimator`:
+        batch norm in train mode), the auto choice is the rows above and :attr:`stream_refusal` says why. The
+        choice is :attr:`stream` (None before the first call, then True or False), each row's ``kind``
+        (``stream``, or ``diagnose`` for a row of :func:`lssr.diagnose`) and part of :meth:`state_dict`, so a
+        resumed run keeps it. True / False force the mode (True at a call without gradients: an error naming
+        the fix). The streaming mode (:class:`.stream.StreamEstimator`): each call adds the mini-batch gradient
+        to the window; a row closes the window after ``window``
         steps when its predicted cost (the last row's) fits the budget, from the window's gradients and two HVPs
         on ``stream_n`` fresh samples of the data set; ``groups`` round-robin groups of steps give the jackknife
-        standard errors; tr(H S_b) is from the window's last ``hvp_steps`` gradients (None: all of them). Rows
-        hold HEAD and STREAM_COLS. ``calibrate_every``: also a row of
+        standard errors; tr(H S_b) is from the window's last ``hvp_steps`` gradients (None: all of them);
+        ``every`` plays no part (the window sets when rows come). Rows hold HEAD and STREAM_COLS; their ‖H‖ lags
+        during training (a few power steps on a few probe samples per row). ``calibrate_every``: also a row of
         :func:`lssr.diagnose` on the probe set (kind ``diagnose``, same columns) at those multiples, when it
         fits the budget.
     """
@@ -135,15 +154,18 @@ class SharpnessMonitor:
         eigen: Eigen | bool | None = None,
         compute: Compute | None = None,
         clock: Callable[[], float] = time.perf_counter,
-        stream: bool | None = False,
+        stream: bool | None = None,
         window: int = WINDOW,
         stream_n: int = STREAM_N,
         groups: int = GROUPS,
         hvp_steps: int | None = HVP_STEPS,
         calibrate_every: int | None = None,
+        accumulate: int = 1,
     ):
         if stream not in (None, True, False):
-            raise LssrError(f"SharpnessMonitor: stream must be True or False (None: False), got {stream!r}")
+            raise LssrError(f"SharpnessMonitor: stream must be None (auto), True or False, got {stream!r}")
+        if isinstance(accumulate, bool) or not isinstance(accumulate, int) or accumulate < 1:
+            raise LssrError(f"SharpnessMonitor: accumulate must be a positive integer (1: none), got {accumulate!r}")
         check_stream(groups, window, stream_n, hvp_steps)
         if calibrate_every is not None and (not isinstance(calibrate_every, int) or calibrate_every < 1):
             raise LssrError(
@@ -154,8 +176,14 @@ class SharpnessMonitor:
         self.replacement, self.bn, self.dropout = replacement, bn, dropout
         self.model, self.loss, self.optimizer, self.forward = model, loss, optimizer, forward
         self.seed, self.lr, self.momentum, self.clock = int(seed), lr, momentum, clock
-        self.stream, self.calibrate_every = bool(stream), calibrate_every
+        #: The mode: True streaming, False rows of lssr.diagnose, None until the first call decides (auto).
+        self.stream: bool | None = stream
+        #: Why the auto choice is not the streaming mode although the gradients were there (None: it is, or not
+        #: chosen so): the streaming mode's refusal of the model.
+        self.stream_refusal: str | None = None
+        self.calibrate_every = calibrate_every
         loader_bs = getattr(data, "batch_size", None) if isinstance(data, DataLoader) else None
+        loader_bs = loader_bs * accumulate if loader_bs else None  # the batch of one optimiser step's g_t
         if batch_sizes is None:
             batch_sizes = (loader_bs,) if loader_bs else ()
         self.batch_sizes = tuple(int(b) for b in batch_sizes)
@@ -214,12 +242,16 @@ class SharpnessMonitor:
 
     def step(self, step: int | None = None) -> dict | None:
         """One optimiser step: measures at the current θ when due (call it before ``optimizer.step()``,
-        before or after ``backward``; after it in the streaming mode) and returns the row, else None. ``step``:
-        the step's index (default: the number of earlier calls). A resumed run counts the training before its
-        first call at the mean step time of the checkpoint."""
+        before or after ``backward``; after it in the streaming mode, which the first call chooses when the
+        gradients are there: ``stream``) and returns the row, else None. ``step``: the step's index (default: the
+        number of earlier calls). A resumed run counts the training before its first call at the mean step time
+        of the checkpoint."""
         self.schedule.begin(step)
+        added = False
+        if self.stream is None:
+            self.stream = added = self._auto()
         if self.stream:
-            row = self._stream_step()
+            row = self._stream_step(added)
         else:
             if self.schedule.calibration_due():
                 self.calibrate()
@@ -242,14 +274,31 @@ class SharpnessMonitor:
 
     # -- the streaming mode ----------------------------------------------------------------------
 
-    def _stream_step(self) -> dict | None:
-        """Adds the step's mini-batch gradient to the window; closes the window with a row when it has ``window``
-        steps and the row's predicted cost (the last row's) fits the budget; a calibration row of
-        :func:`lssr.diagnose` at the multiples of ``calibrate_every`` when it fits."""
-        s, st = self.schedule, self.streamer
+    def _auto(self) -> bool:
+        """The auto choice at the first call: the streaming mode when a trainable parameter has a ``.grad`` and
+        the streaming mode takes the step's gradient (added to its first window here); else False (its refusal
+        in :attr:`stream_refusal`)."""
+        if all(p.grad is None for p in unwrap(self.model).parameters() if p.requires_grad):
+            return False
         t0 = self.clock()
-        st.add(start=s.steps)
-        s.spent_seconds += self.clock() - t0
+        try:
+            self.streamer.add(start=self.schedule.steps)
+        except LssrError as refusal:
+            self.stream_refusal = str(refusal)
+            return False
+        finally:
+            self.schedule.spent_seconds += self.clock() - t0
+        return True
+
+    def _stream_step(self, added: bool = False) -> dict | None:
+        """Adds the step's mini-batch gradient to the window (unless ``added`` already); closes the window with a
+        row when it has ``window`` steps and the row's predicted cost (the last row's) fits the budget; a
+        calibration row of :func:`lssr.diagnose` at the multiples of ``calibrate_every`` when it fits."""
+        s, st = self.schedule, self.streamer
+        if not added:
+            t0 = self.clock()
+            st.add(start=s.steps)
+            s.spent_seconds += self.clock() - t0
         row = None
         if st.full() and s.fits_any(st.last_seconds):
             row = self.measure_stream()
@@ -298,7 +347,8 @@ class SharpnessMonitor:
 
     def measure(self, kind: str | None = None) -> dict:
         """Measures now with :func:`lssr.diagnose` (whatever the schedule), records the row (CSV, callback) and
-        returns it. ``kind="diagnose"``: the row in the streaming mode's columns (a calibration row, at b)."""
+        returns it: HEAD, ``kind`` = ``diagnose``, then :meth:`.results.Diagnostics.to_dict`. ``kind="diagnose"``:
+        the row in the streaming mode's columns (a calibration row, at b)."""
         t0 = self.clock()
         with preserved_rng():
             d = self.diagnose()
@@ -311,7 +361,7 @@ class SharpnessMonitor:
             self.schedule.measured(row["cost_seconds"])
             self.sink.emit(row)
             return row
-        row = head(self.schedule.steps, self.hyper(), d.top_eig) | d.to_dict()
+        row = head(self.schedule.steps, self.hyper(), d.top_eig) | {"kind": "diagnose"} | d.to_dict()
         self.sink.emit(row)
         self.schedule.measured(self.clock() - t0)
         return row
@@ -320,14 +370,16 @@ class SharpnessMonitor:
 
     def state_dict(self) -> dict:
         """The schedule (steps, measurements, the wall-time account, the calibration), the warm start (last
-        eigenvector), the last row, the CSV's byte offset and the streaming mode's state: save it with the
-        model's checkpoint."""
+        eigenvector), the last row, the CSV's byte offset, the mode (``stream``: None before the first call) and
+        the streaming mode's state: save it with the model's checkpoint."""
         own = {"eigenvector": self.eigenvector, "seed": self.seed, "n": self.n, "stream": self.stream}
+        own["stream_refusal"] = self.stream_refusal
         return self.schedule.state_dict() | self.sink.state_dict() | own | self.streamer.state_dict()
 
     def load_state_dict(self, state: dict) -> None:
-        """Continues from :meth:`state_dict`: the same schedule and warm start; the CSV is cut back to the
-        rows written up to the checkpoint (later rows are measured again by the resumed run)."""
+        """Continues from :meth:`state_dict`: the same schedule, warm start and mode (the checkpoint's, once its
+        first call chose it); the CSV is cut back to the rows written up to the checkpoint (later rows are
+        measured again by the resumed run)."""
         if int(state["n"]) != self.n or int(state["seed"]) != self.seed:
             raise LssrError(
                 f"SharpnessMonitor.load_state_dict: the checkpoint's probe set (n = {state['n']}, seed = "
@@ -336,7 +388,9 @@ class SharpnessMonitor:
             )
         self.schedule.load_state_dict(state)
         self.eigenvector = state["eigenvector"]
-        self.stream = state.get("stream", self.stream)
+        if state.get("stream") is not None:
+            self.stream = bool(state["stream"])
+            self.stream_refusal = state.get("stream_refusal")
         self.streamer.load_state_dict(state)  # a resumed run starts a new window at its first call
         self.sink.load_state_dict(state)
 
