@@ -46,8 +46,9 @@ def train_mode_bn(model: nn.Module) -> list[str]:
 
 
 def check_policies(bn: str, dropout: str, where: str = "diagnose") -> None:
-    """Refuses an unknown ``bn`` (:data:`.options.BN_OPTIONS`) or ``dropout`` (:data:`.options.DROPOUT_OPTIONS`)."""
-    check_choice(where, "bn", bn, BN_OPTIONS)
+    """Refuses an unknown ``bn`` (:data:`.options.BN_OPTIONS`; ``batch`` only in :func:`lssr.diagnose`) or
+    ``dropout`` (:data:`.options.DROPOUT_OPTIONS`)."""
+    check_choice(where, "bn", bn, BN_OPTIONS if where == "diagnose" else tuple(o for o in BN_OPTIONS if o != "batch"))
     check_choice(where, "dropout", dropout, DROPOUT_OPTIONS)
 
 
