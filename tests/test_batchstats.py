@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import lssr
-from lssr.diagnostics import Eigen, Estimator
+from lssr.diagnostics import Compute, Eigen, Estimator
 from lssr.diagnostics.batchstats import group_estimates
 from lssr.errors import LssrError
 from lssr.noise_scale import noise_scale
@@ -122,14 +122,15 @@ def test_unbiased_over_seeds_and_se_honest():
         assert 0.6 < ratio < 1.6, (k, ratio)
 
 
-def test_exact_estimator_uses_one_batch_per_form():
-    """``Estimator("exact")``: one group per batch, P = K forms g_kᵀ H_k g_k; still within 3 se."""
+@pytest.mark.parametrize("mode", ["forward", "reverse", "fd"])
+def test_exact_estimator_uses_one_batch_per_form(mode):
+    """``Estimator("exact")``: one group per batch, P = K forms g_kᵀ H_k g_k; within 3 se with each way of
+    forming H·v (``graph``, the default here, in the tests above)."""
     model, (x, y) = tiny(), data(8)
     t = truth(model, x, y, 4)
-    d = lssr.diagnose(
-        model, "ce", (x, y), batch_sizes=[4], bn="batch", estimator=Estimator("exact", batches=100), eigen=False
-    )
-    assert d.batch.sketches == 100 and d.probes == 100
+    est, comp = Estimator("exact", batches=60), Compute(hvp_mode=mode)
+    d = lssr.diagnose(model, "ce", (x, y), batch_sizes=[4], bn="batch", estimator=est, eigen=False, compute=comp)
+    assert d.batch.sketches == 60 and d.probes == 60 and d.cost.hvp_mode == mode
     m = measured(d)
     assert abs(m["tr_HS_b"] - t["tr_HS_b"]) <= 3 * m["tr_HS_b_se"]
 

@@ -238,7 +238,7 @@ def _sketch_forms(prep, V: Tensor, b: int, comp: Compute, gen: torch.Generator, 
         elif mode != op.hvp_mode:
             op.set_hvp_mode(mode, "diagnose", graph_budget=memory_budget(op.device, STORE_MB))
             op.fd_step = first.fd_step
-        quad[s] = float(V[s].double() @ op.hvp(V[s]).double())
+        quad[s] = float(V[s].double() @ op.hvp(V[s]).detach().double())
         if op is not first:
             for key in first.counts:
                 first.counts[key] += op.counts[key]
