@@ -120,6 +120,10 @@ def test_unbiased_over_seeds_and_se_honest():
         assert abs(float(v.mean()) - t[k]) <= 3 * float(v.std()) / math.sqrt(len(runs)), k
         ratio = float(se.square().mean().sqrt() / v.std())
         assert 0.6 < ratio < 1.6, (k, ratio)
+    for k in ("rho_b", "ias_b"):  # ratios (biased at O(1/K)): their jackknife se matches their spread too
+        v = torch.tensor([r[k] for r in runs], dtype=torch.float64)
+        se = torch.tensor([r[f"{k}_se"] for r in runs], dtype=torch.float64)
+        assert 0.6 < float(se.square().mean().sqrt() / v.std()) < 1.6, k
 
 
 @pytest.mark.parametrize("mode", ["forward", "reverse", "fd"])
