@@ -23,7 +23,8 @@ g_B = ∇ℓ(θ; B), S_b = E[g_B g_Bᵀ] and H = ∇²L_b:
 
 Every standard error is the delete-a-group jackknife over the P groups (each group's batches and sketch left
 out in turn), which for the ratios is the delta method with the covariance of numerator and denominator.
-Quantities only per-sample gradients define (tr(H S_1), tr(H S_n), ‖H‖_{S_n}) are NaN. The pure functions are
+NaN: tr(H S_1), which only per-sample gradients define (identity (1) would give it from tr(H S_n)), and
+tr(H S_n) = ∇L_bᵀ H ∇L_b and ‖H‖_{S_n}, which this route does not measure. The pure functions are
 :func:`draw_batches`, :func:`draw_partition`, :func:`group_estimates`; :func:`batch_diagnose` is the thin
 wrapper that :func:`lssr.diagnose` routes ``bn="batch"`` to.
 """
