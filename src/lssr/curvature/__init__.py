@@ -19,7 +19,9 @@ Design
   central difference of gradients (``LossOperator(hvp_mode=...)``).
 - The parameters are never modified and batch-norm running statistics are never updated: the
   functional calls use detached parameter tensors and refuse a model whose batch-norm layers are in
-  train mode (:class:`BatchNormModeError`; the fix for a run is ``bn_mode: eval``).
+  train mode (:class:`BatchNormModeError`; the fix for a run is ``bn_mode: eval``), except a
+  ``LossOperator(batch_stats=True)``, whose chunks are batches normalised with their own statistics (the loss
+  of ``lssr.diagnose(..., bn="batch")``, which keeps the running statistics from updating).
 
 Modules: :mod:`.functions` (the pure functions and the batch-norm guard), :mod:`.operator` (flat vectors and
 :class:`LossOperator`), :mod:`.linalg` (Gram–Schmidt with H-images, Rayleigh–Ritz), :mod:`.eigen` (‖H‖) and

@@ -95,7 +95,9 @@ def fd_tune(op: LossOperator, generator: torch.Generator, chunk: int, where: str
     ‖D(2ε) − D(ε)‖/‖D(ε)‖ on the first chunk, i.e. three times the Richardson estimate of D(ε)'s O(ε²)
     error, plus the rounding noise of both."""
     x, y = op.take(slice(0, min(op.n, chunk)))
-    sub = LossOperator(op.model, op.loss_fn, x, y, chunk_size=op.chunk_size, where=where, dtype=op.dtype)
+    sub = LossOperator(
+        op.model, op.loss_fn, x, y, chunk_size=op.chunk_size, where=where, dtype=op.dtype, batch_stats=op.batch_stats
+    )
     sub.theta, sub.params = op.theta, op.params
     v = torch.randn(op.space.dim, generator=generator, dtype=torch.float64).to(op.device, op.dtype)
     dirs = [d / d.norm() for d in (v, sub.gradient()) if float(d.norm()) > 0]

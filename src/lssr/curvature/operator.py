@@ -105,17 +105,18 @@ class LossOperator:
         hvp_mode: str = "forward",
         dtype: torch.dtype | None = None,
         graph_budget: int | None = None,
-        batch_chunks: bool = False,
+        batch_stats: bool = False,
     ):
         """``inputs``: a tensor (``targets`` alongside) or, for a :class:`~.functions.ForwardAdapter` model, the
         whole batch (any nest of tensors with a leading sample dimension; ``targets`` None). ``stream``: the
         data stays where it is (e.g. host memory) and each chunk is moved to the parameters' device when used;
         otherwise it is moved there once. ``dtype``: compute in this dtype (parameters and floating buffers cast),
-        default the parameters' own. ``batch_chunks``: batch norm in train mode is allowed, each chunk being one
-        batch normalised with its own statistics (L is then the mean of the chunks' losses when all chunks have
-        ``chunk_size`` samples; per-sample gradients are not defined; the caller restores the running statistics
-        the passes update)."""
-        if not batch_chunks:
+        default the parameters' own. ``batch_stats``: batch norm in train mode is allowed, each chunk of
+        ``chunk_size`` samples normalised with its own statistics (L is then the mean over the chunks of each
+        chunk's loss; H·v takes one tangent at a time so that the chunks stay whole); the caller keeps the
+        running statistics from updating (``track_running_stats`` off)."""
+        self.batch_stats = bool(batch_stats)
+        if not self.batch_stats:
             check_functional_mode(model, where)
         self.model = model
         self.loss_fn = loss_fn
@@ -299,7 +300,7 @@ class LossOperator:
         k = V.shape[0]
         if k == 0:
             return V.clone()
-        batch = batch or self.default_hvp_batch
+        batch = 1 if self.batch_stats else batch or self.default_hvp_batch
         if batch <= 1 or self.hvp_mode != "forward":
             out = V.new_empty(k, self.space.dim, device=self.device, dtype=self.dtype)
             for i, v in enumerate(V):

@@ -22,6 +22,7 @@ from torch import nn
 from ..curvature import LossOperator, choose_hvp_mode, default_store_mb, fd_tune
 from ..curvature import memory_budget as _budget
 from ..scaling import gamma
+from .batchstats import batch_diagnose, check_batch_call
 from .engine import Facts, Measurement, measure, prepare
 from .guards import check_deterministic, check_policies, restoring
 from .inputs import check_finite, check_loss_shape
@@ -102,8 +103,9 @@ def diagnose(
         :class:`Estimator` for the sketch's probes and precision.
     eigen: ‖H‖ by LOBPCG (True), not measured (False), or :class:`Eigen` (tolerance, HVP cap, warm start).
     compute: :class:`Compute` (chunk sizes, dtype, HVP mode, the sketch's store); None: its defaults.
-    bn: ``refuse`` batch norm in train mode, or ``eval``: use its running statistics. dropout: ``refuse``
-        active dropout, or ``off``.
+    bn: ``refuse`` batch norm in train mode, ``eval``: use its running statistics, or ``batch``: the
+        diagnostics of L_b = E_B ℓ(θ; B), each batch of b samples normalised with its own statistics, at the one
+        b of ``batch_sizes`` (:mod:`.batchstats`). dropout: ``refuse`` active dropout, or ``off``.
     seed: the one source of the call's randomness (the subset, the sketch's signs, the solver's start).
     The keywords of earlier versions (``probes=``, ``top=``, ``chunk_size=`` ...) are refused, each naming
     its new place.
@@ -113,6 +115,9 @@ def diagnose(
     check_policies(bn, dropout)
     est, eig, comp = Estimator.of(estimator), Eigen.of(eigen), Compute.of(compute)
     prep = prepare(model, loss, data, n=n, seed=seed, forward=forward, chunk_size=comp.chunk_size, dtype=comp.dtype)
+    if bn == "batch":
+        b = check_batch_call(prep.model, batch_sizes, prep.n_used, replacement)
+        return batch_diagnose(prep, b, est, eig, comp, seed, dropout)
     gen = torch.Generator().manual_seed(int(seed))
     bs = tuple(sorted({int(b) for b in batch_sizes}))
     for b in bs:

@@ -163,10 +163,10 @@ class Prepared:
     device_type: str
 
     def operator(
-        self, chunk_size: int = CHUNK, per_sample_chunk: int | None = None, batch_chunks: bool = False
+        self, chunk_size: int = CHUNK, per_sample_chunk: int | None = None, batch_stats: bool = False
     ) -> LossOperator:
         """The :class:`LossOperator` of L = (1/n) Σ ℓ_i on these samples (call it under the bn / dropout policy);
-        ``batch_chunks``: each chunk of ``chunk_size`` samples is one batch, batch norm in train mode normalising it
+        ``batch_stats``: each chunk of ``chunk_size`` samples is one batch, batch norm in train mode normalising it
         with its own statistics (under the ``bn="batch"`` policy)."""
         return LossOperator(
             self.module,
@@ -178,7 +178,7 @@ class Prepared:
             where="diagnose",
             stream=True,
             dtype=self.dtype,
-            batch_chunks=batch_chunks,
+            batch_stats=batch_stats,
         )
 
 

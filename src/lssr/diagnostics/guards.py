@@ -46,8 +46,9 @@ def train_mode_bn(model: nn.Module) -> list[str]:
 
 
 def check_policies(bn: str, dropout: str, where: str = "diagnose") -> None:
-    """Refuses an unknown ``bn`` (:data:`.options.BN_OPTIONS`) or ``dropout`` (:data:`.options.DROPOUT_OPTIONS`)."""
-    check_choice(where, "bn", bn, BN_OPTIONS)
+    """Refuses an unknown ``bn`` (:data:`.options.BN_OPTIONS`; ``batch`` only in :func:`lssr.diagnose`) or
+    ``dropout`` (:data:`.options.DROPOUT_OPTIONS`)."""
+    check_choice(where, "bn", bn, BN_OPTIONS if where == "diagnose" else tuple(o for o in BN_OPTIONS if o != "batch"))
     check_choice(where, "dropout", dropout, DROPOUT_OPTIONS)
 
 
@@ -94,18 +95,24 @@ def restoring(model: nn.Module, bn: str, dropout: str):
     module's train flag, every parameter's ``.grad``, the buffers' values and the global random states.
 
     ``bn="batch"`` leaves batch norm in the mode it has: in train mode each forward pass normalises with the
-    statistics of its own chunk of samples (a batch of SGD), and the running statistics it updates are restored
-    afterwards."""
+    statistics of its own chunk of samples (a batch of SGD) and, for the duration, updates no running statistics
+    (``track_running_stats`` off, as torch.func transforms need)."""
     modes = [(m, m.training) for m in model.modules()]
     grads = [(p, p.grad) for p in model.parameters()]
     buffers = [(b, b.detach().clone()) for b in model.buffers()]
+    tracking = [(m, m.track_running_stats) for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     try:
         _apply_policies(model, bn, dropout)
+        if bn == "batch":
+            for m, _ in tracking:
+                m.track_running_stats = not m.training and m.track_running_stats
         with preserved_rng():
             yield
     finally:
         for m, was in modes:
             m.training = was
+        for m, was in tracking:
+            m.track_running_stats = was
         for p, g in grads:
             p.grad = g
         with torch.no_grad():

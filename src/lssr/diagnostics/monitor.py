@@ -106,7 +106,8 @@ class SharpnessMonitor:
         gradients with ``zero_grad(set_to_none=False)`` (zeros), or not at all, leaves the last step's or zero
         gradients in ``.grad``, which the streaming mode would read as this step's g_t: pass ``stream=False``
         there. When the streaming mode refuses the model at the first call (:class:`.stream.StreamEstimator`:
-        batch norm in train mode), the auto choice is the rows above and :attr:`stream_refusal` says why. The
+        batch norm in train mode without a known training batch size), the auto choice is the rows above and
+        :attr:`stream_refusal` says why. The
         choice is :attr:`stream` (None before the first call, then True or False), each row's ``kind``
         (``stream``, or ``diagnose`` for a row of :func:`lssr.diagnose`) and part of :meth:`state_dict`, so a
         resumed run keeps it. True / False force the mode (True at a call without gradients: an error naming

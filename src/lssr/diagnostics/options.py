@@ -27,12 +27,16 @@ DIAGNOSE_ESTIMATOR = "auto"
 PIPELINE_ESTIMATOR = "exact"
 #: How H·v is formed (``auto`` picks the first that works, see :class:`Compute`).
 HVP_MODES = ("auto", "graph", "forward", "reverse", "fd")
-#: Batch norm in train mode: ``refuse`` it, or ``eval``: measure with its running statistics.
-BN_OPTIONS = ("refuse", "eval")
+#: Batch norm in train mode: ``refuse`` it, ``eval``: measure with its running statistics, or ``batch``: measure
+#: the loss SGD descends, L_b(θ) = E_B ℓ(θ; B), each batch B of b samples normalised with its own statistics
+#: (:mod:`.batchstats`).
+BN_OPTIONS = ("refuse", "eval", "batch")
 #: Active dropout: ``refuse`` it, or ``off``: measure without it.
 DROPOUT_OPTIONS = ("refuse", "off")
 
 PROBES = 16
+#: ``bn="batch"``: the random batches of b samples whose gradients g_B estimate tr S_b, tr S_n and tr(H S_b).
+BATCHES = 64
 STAGE1 = 6
 REL_SE = 0.05
 EIG_TOL = 1e-3
@@ -61,18 +65,21 @@ def _positive_int(owner: str, name: str, value: Any, least: int = 1) -> None:
 class Estimator:
     """tr(H S_1): ``kind`` one of :data:`ESTIMATORS`. The sketch uses at most ``probes`` random-sign probes:
     the first ``stage1``, then more while its jackknife se exceeds ``rel_se`` · |estimate| (None: all
-    ``probes``). Its signs are drawn from the call's ``seed``."""
+    ``probes``). Its signs are drawn from the call's ``seed``. ``batches``: with ``bn="batch"`` only, the K
+    random batches of b samples drawn (:mod:`.batchstats`; ``probes`` then caps its sketches of tr(H S_b))."""
 
     kind: str = DIAGNOSE_ESTIMATOR
     probes: int = PROBES
     stage1: int = STAGE1
     rel_se: float | None = REL_SE
+    batches: int = BATCHES
 
     def __post_init__(self) -> None:
         if self.kind not in ESTIMATORS:
             raise OptionError(f"Estimator: unknown kind={self.kind!r}; known: {', '.join(ESTIMATORS)}")
         _positive_int("Estimator", "probes", self.probes, 3)
         _positive_int("Estimator", "stage1", self.stage1, 3)
+        _positive_int("Estimator", "batches", self.batches, 3)
         if self.rel_se is not None and not (isinstance(self.rel_se, (int, float)) and self.rel_se > 0):
             raise OptionError(f"Estimator: rel_se must be a positive fraction (e.g. 0.05) or None, got {self.rel_se!r}")
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
-from typing import Iterable
+from typing import Any, Iterable
 
 import pandas as pd
 import torch
@@ -109,7 +109,9 @@ class Diagnostics:
     optimiser step on b samples moves b times as far as the mean's). ``tr_HS_1_se``: the sketch's jackknife se (0
     for the exact estimator); with finite-difference HVPs (``cost.hvp_mode == 'fd'``) combined in quadrature with
     their measured error (:mod:`.uncertainty`: the larger of cost.fd_rel_error·|tr_HS_1| and the Richardson
-    difference of the first samples' g_iᵀ H g_i), and every b's se inherits it."""
+    difference of the first samples' g_iᵀ H g_i), and every b's se inherits it. ``batch``: with ``bn="batch"``,
+    the :class:`.batchstats.BatchMoments` of the one b measured on the loss L_b of batches normalised with their
+    own statistics (None otherwise); :meth:`at`, :meth:`frame` and :meth:`to_dict` then give its numbers."""
 
     moments: Moments = field(repr=False, compare=False)
     m: int
@@ -126,6 +128,7 @@ class Diagnostics:
     n_total: int
     cost: Cost
     eigenvector: Tensor | None = field(default=None, repr=False, compare=False)
+    batch: Any = field(default=None, repr=False, compare=False)
 
     n = property(lambda self: self.moments.n, doc="n: the samples measured on")
     tr_S_1 = property(lambda self: self.moments.tr_S_1, doc="tr S_1 = (1/n) Σ ‖g_i‖² − ‖∇L‖²")
@@ -143,6 +146,8 @@ class Diagnostics:
     def at(self, b: int, replacement: bool | None = None) -> AtB:
         """The diagnostics at batch size b (see :class:`AtB`), 1 ≤ b ≤ n without replacement, b ≥ 1 with it;
         ``replacement`` defaults to the call's."""
+        if self.batch is not None:
+            return self.batch.at(b)
         rep = self.replacement if replacement is None else bool(replacement)
         b = int(b)
         if b < 1 or (not rep and b > self.n):
@@ -152,6 +157,10 @@ class Diagnostics:
     def frame(self, batch_sizes: Iterable[int] | None = None, replacement: bool | None = None) -> pd.DataFrame:
         """One row per b (default: the call's ``batch_sizes``): b, tr S_b, tr(H S_b), ρ_b, ‖H‖_{S_b}, the
         instability ratio, tr S_1, tr S_n, tr(H S_1), tr(H S_n), each with a ``_se`` column."""
+        if self.batch is not None:
+            for b in batch_sizes or ():
+                self.batch.at(b)  # refuses a b not measured
+            return self.batch.frame()
         rep = self.replacement if replacement is None else bool(replacement)
         bs = self.batch_sizes if batch_sizes is None else tuple(int(b) for b in batch_sizes)
         return moments_frame(self.moments, bs, rep)
@@ -159,6 +168,8 @@ class Diagnostics:
     def scalars(self) -> dict:
         """The numbers that do not depend on b (and the cost), as plain Python values."""
         out = {k: getattr(self, k) for k in SCALARS}
+        if self.batch is not None:
+            out.update(self.batch.scalars())
         out.update({f"cost_{k}": v for k, v in asdict(self.cost).items()})
         return out
 

@@ -1,6 +1,6 @@
 """The monitor's streaming estimates: tr S_b, tr S_n, tr S_1, B_simple, ρ_b, tr(H S_b), ‖H‖_{S_b} and ‖H‖
 from the mini-batch gradients g_t that training computes anyway, and two Hessian-vector products per row
-(``SharpnessMonitor(..., stream=True)``, opt-in; the monitor's default rows are :func:`lssr.diagnose`'s).
+(``SharpnessMonitor``'s rows when its ``step()`` comes after ``backward()``, or with ``stream=True``).
 
 A window is K consecutive training steps t with mini-batch gradients g_t (batch size b), dealt round-robin
 into M groups (group i: k_i steps, sum A_i = Σ_{t∈i} g_t, Σ_{t∈i} ‖g_t‖², and the sign sketch
@@ -25,7 +25,7 @@ of ℓ(θ; B_t), the batch B_t normalised with its own statistics: the loss SGD 
 batches of b, and every quantity above is of L_b (S_b = E[g_B g_Bᵀ], H = ∇²L_b; ``lssr.diagnose(...,
 bn="batch")`` measures the same on a fixed sample). The probe samples of a row are then drawn in batches of b
 (``stream_n`` rounded up to a multiple of b), each batch normalised with its own statistics, the running
-statistics restored afterwards; tr S_1 and B_simple are those identity (1) gives from batches of b (a per-sample
+statistics not updated; tr S_1 and B_simple are those identity (1) gives from batches of b (a per-sample
 S_1 does not exist with batch statistics; B_simple is McCandlish et al.'s noise scale measured at b). ‖H‖ is the
 top Ritz value of one probe batch's Hessian: when that Hessian is noisy (small b) it lies above ‖∇²L_b‖.
 
@@ -438,7 +438,7 @@ class StreamEstimator:
             batch = self.sample()
             prep = prepare(self.model, self.loss, [batch], forward=self.forward, chunk_size=chunk, dtype=o.get("dtype"))
             with _restoring(prep.model, bn, o["dropout"]), torch.autocast(prep.device_type, enabled=False):
-                op = prep.operator(chunk_size=chunk, batch_chunks=self.batch_bn)
+                op = prep.operator(chunk_size=chunk, batch_stats=self.batch_bn)
                 self._set_mode(op)
                 prod = row_products(op, w, self.x)
                 self.x = prod["x"]
