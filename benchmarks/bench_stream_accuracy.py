@@ -1,17 +1,21 @@
-"""The streaming monitor's rows against ``lssr.diagnose`` on the whole training set along the same windows (~6 minutes).
+"""The streaming monitor's rows against ``lssr.diagnose`` on the whole training set along its windows (~25 minutes).
 
-An SGD run (momentum 0.9, b = 128, batches drawn with replacement, as the streaming estimators assume) of the
-project's ``digits_cnn`` (no batch norm, 3 input channels) on N = 1024 real CIFAR-10 training images at 16 px
-(/work/shared/data/cifar10-jpeg/train, a seeded subset, no augmentation) with ``lssr.SharpnessMonitor`` in its
-streaming mode (rows every ``--window`` steps whatever they cost, its defaults otherwise). After ``--warmup``
-rows (the fast start of training from θ_0, where the gradients change several-fold within a window), at
-``--points`` evenly spaced steps of each of the next ``--rows`` windows, the last one the row's own step (θ
-before that step's update), ``lssr.diagnose`` measures on all N samples (exact tr S_1 and tr S_n, tr(H S_1) by
-its sketch with a standard error, ‖H‖ by LOBPCG, batch size b with replacement).
+The kept workload of ``make bench-monitor``: an SGD run (momentum 0.9, weight decay 5e-4, b = 128, η = 0.05) of
+torchvision's ``shufflenet_v2_x0_5`` (batch norm in train mode, 10 classes) on N = 1024 real CIFAR-10 training
+images at 32 px (/work/shared/data/cifar10-jpeg/train, a seeded subset, no augmentation, so that the reference
+sees the same samples), each step an independent uniform batch of b distinct samples (the batches of the loss
+L_b(θ) = E_B ℓ(θ; B) that batch norm in train mode makes SGD descend), with ``lssr.SharpnessMonitor`` in its
+streaming mode (a row every ``--window`` steps, the monitor's default, whatever it costs; its defaults
+otherwise). After ``--warmup`` rows (the fast start of training from θ_0, where the gradients change several-fold
+within a window), at ``--points`` evenly spaced steps of each of the next ``--rows`` windows, the last one the
+row's own step (θ before that step's update), ``lssr.diagnose(..., bn="batch")`` measures L_b on all N samples
+(K = 64 random batches, tr(H S_b) by sketches over random partitions, ‖H‖ by LOBPCG at the row's step only). A
+model without batch norm (``--model digits_cnn --px 16``) draws batches with replacement and is referenced by
+the per-sample ``lssr.diagnose`` (exact tr S_1 and tr S_n, γ = 1).
 
 The reference is what each streaming quantity estimates: tr S_b and tr(H S_b), means over the window's steps,
 against the mean of the points (its standard error from the points' spread, a stratified sample of the
-window's steps, and the sketch's); tr S_n and ‖H‖, at the row's θ, against the last point; the derived ρ_b =
+window's steps, and the points' own); tr S_n and ‖H‖, at the row's θ, against the last point; the derived ρ_b =
 tr S_n/tr S_b, tr S_1 = tr S_n + b(tr S_b − tr S_n), B_simple and ‖H‖_{S_b} = tr(H S_b)/tr S_b from those
 references, their standard errors by the delta method; the window's U-statistic of tr S_n against the mean of
 the points' tr S_n. For each quantity and row: z = (streaming − reference)/√(se_stream² + se_ref²); the record
@@ -37,7 +41,8 @@ from torch.utils.data import DataLoader, RandomSampler, TensorDataset
 from torchvision import transforms as T
 
 import lssr
-from lssr.diagnostics.stream import HVP_STEPS
+from lssr.diagnostics.guards import train_mode_bn
+from lssr.diagnostics.stream import HVP_STEPS, WINDOW
 from lssr.io import write_json
 from lssr.models import build_model
 
@@ -53,16 +58,26 @@ def images(root: Path, n: int, px: int, seed: int) -> TensorDataset:
     return TensorDataset(torch.stack(xs), torch.tensor(ys))
 
 
-def point(model, ds: TensorDataset, b: int, seed: int) -> dict:
-    """``lssr.diagnose`` on all of ``ds`` at the current θ: the values and standard errors the references use."""
-    d = lssr.diagnose(model, "ce", ds.tensors, batch_sizes=[b], replacement=True, seed=seed)
+def point(model, ds: TensorDataset, b: int, seed: int, eigen: bool = True) -> dict:
+    """``lssr.diagnose`` on all of ``ds`` at the current θ: the values and standard errors the references use.
+    With batch norm in train mode, ``bn="batch"``: the loss L_b of batches of b distinct samples, each normalised
+    with its own statistics (the loss the loop descends); else the per-sample diagnostics with replacement."""
+    if train_mode_bn(model):
+        d = lssr.diagnose(model, "ce", ds.tensors, batch_sizes=[b], bn="batch", seed=seed, eigen=eigen)
+        e = d.batch.estimates
+        tn, tn_se = e["tr_S_n"], e["tr_S_n_se"]
+    else:
+        d = lssr.diagnose(model, "ce", ds.tensors, batch_sizes=[b], replacement=True, seed=seed, eigen=eigen)
+        tn, tn_se = d.tr_S_n, 0.0
     a = d.at(b)
     return dict(
         tr_S_b=a.tr_S_b,
-        tr_S_n=d.tr_S_n,
+        tr_S_b_se=a.tr_S_b_se if math.isfinite(a.tr_S_b_se) else 0.0,
+        tr_S_n=tn,
+        tr_S_n_se=tn_se,
         tr_HS_b=a.tr_HS_b,
         tr_HS_b_se=a.tr_HS_b_se,
-        top_eig=d.top_eig,
+        top_eig=d.top_eig if eigen else math.nan,
         seconds=d.cost.seconds,
     )
 
@@ -83,18 +98,18 @@ def _ratio(a: tuple[float, float], b: tuple[float, float]) -> tuple[float, float
 
 def reference(points: list[dict], b: int, steps: int) -> dict:
     """The references of one row (value, se) from the points of its window, the last at the row's θ."""
-    tb = _mean_se([p["tr_S_b"] for p in points], [0.0] * len(points), steps)
+    tb = _mean_se([p["tr_S_b"] for p in points], [p["tr_S_b_se"] for p in points], steps)
     ths_w = _mean_se([p["tr_HS_b"] for p in points], [p["tr_HS_b_se"] for p in points], steps)
     ths = (points[-1]["tr_HS_b"], points[-1]["tr_HS_b_se"])
-    tnw = _mean_se([p["tr_S_n"] for p in points], [0.0] * len(points), steps)
-    tn = (points[-1]["tr_S_n"], 0.0)
+    tnw = _mean_se([p["tr_S_n"] for p in points], [p["tr_S_n_se"] for p in points], steps)
+    tn = (points[-1]["tr_S_n"], points[-1]["tr_S_n_se"])
     s1 = tn[0] + b * (tb[0] - tn[0])
     return dict(
         tr_S_b=tb,
         tr_S_n=tn,
         tr_S_n_window=tnw,
         tr_S_1=(s1, math.hypot((b - 1) * tn[1], b * tb[1])),
-        b_simple=(b * (tb[0] - tn[0]) / tn[0], b * abs(tb[0] / tn[0]) * (tb[1] / tb[0])),
+        b_simple=(b * (tb[0] - tn[0]) / tn[0], b * abs(tb[0] / tn[0]) * math.hypot(tb[1] / tb[0], tn[1] / tn[0])),
         rho_b=_ratio(tn, tb),
         tr_HS_b=ths,
         ias_b=_ratio(ths, tb),
@@ -145,16 +160,18 @@ def compare(rows: list[dict], refs: dict[int, dict], window_hvp: bool = False) -
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", type=Path, default=Path("/work/shared/data/cifar10-jpeg"))
+    ap.add_argument("--model", default="shufflenet_v2_x0_5", help="a torchvision model name, or digits_cnn")
     ap.add_argument("--n", type=int, default=1024, help="training images (all of them are the reference's)")
-    ap.add_argument("--px", type=int, default=16)
+    ap.add_argument("--px", type=int, default=32)
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--lr", type=float, default=0.05)
-    ap.add_argument("--window", type=int, default=40)
+    ap.add_argument("--weight-decay", type=float, default=5e-4)
+    ap.add_argument("--window", type=int, default=WINDOW)
     ap.add_argument("--rows", type=int, default=6, help="rows compared with the reference")
-    ap.add_argument("--points", type=int, default=4, help="steps of each compared window measured by diagnose")
+    ap.add_argument("--points", type=int, default=3, help="steps of each compared window measured by diagnose")
     ap.add_argument("--warmup", type=int, default=6, help="rows before the compared ones (training from θ_0)")
     ap.add_argument(
-        "--compare-hvp-steps", type=int, nargs="*", default=[2, 0], help="other hvp_steps to record (0: the window)"
+        "--compare-hvp-steps", type=int, nargs="*", default=[], help="other hvp_steps to record (0: the window)"
     )
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
@@ -168,21 +185,32 @@ def main(argv: list[str] | None = None) -> int:
     t_start = time.perf_counter()
     ds = images(args.data, args.n, args.px, args.seed)
     torch.manual_seed(args.seed)
-    model = build_model("digits_cnn", 3, 10)
-    opt = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9)
+    if hasattr(torchvision.models, args.model):
+        model = getattr(torchvision.models, args.model)(num_classes=10)
+    else:
+        model = build_model(args.model, 3, 10)
+    model.train()
+    opt = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9, weight_decay=args.weight_decay)
     total = args.window * (args.warmup + args.rows)
-    sampler = RandomSampler(ds, replacement=True, num_samples=total * args.batch)
-    loader = DataLoader(ds, batch_size=args.batch, sampler=sampler)
+    batch_norm = bool(train_mode_bn(model))
+    if batch_norm:  # each step an independent uniform batch of b distinct samples: the batches of L_b
+        g = torch.Generator().manual_seed(args.seed + 1)
+        batches = [torch.randperm(len(ds), generator=g)[: args.batch].tolist() for _ in range(total)]
+        loader = DataLoader(ds, batch_sampler=batches)
+    else:  # batches drawn with replacement, as the per-sample reference's γ = 1 assumes
+        sampler = RandomSampler(ds, replacement=True, num_samples=total * args.batch)
+        loader = DataLoader(ds, batch_size=args.batch, sampler=sampler)
     rows: list[dict] = []
     mon = lssr.SharpnessMonitor(
-        model, "ce", loader, opt, window=args.window, callback=rows.append, stream=True, budget=math.inf
-    )
+        model, "ce", loader, opt, window=args.window, callback=rows.append, stream=True, budget=math.inf,
+        batch_sizes=[args.batch],
+    )  # fmt: skip
     # the same run seen by monitors with other hvp_steps (the streaming mode leaves the training unchanged)
     alt_rows: dict[str, list[dict]] = {str(h): [] for h in args.compare_hvp_steps}
     alts = [
         lssr.SharpnessMonitor(
             model, "ce", loader, opt, window=args.window, callback=alt_rows[str(h)].append, stream=True,
-            budget=math.inf, hvp_steps=None if h == 0 else h, seed=1,
+            budget=math.inf, hvp_steps=None if h == 0 else h, seed=1, batch_sizes=[args.batch],
         )
         for h in args.compare_hvp_steps
     ]  # fmt: skip
@@ -198,7 +226,9 @@ def main(argv: list[str] | None = None) -> int:
             and offset % spacing == 0
             and offset > args.window - args.points * spacing
         ):
-            points.setdefault(start, []).append(point(model, ds, args.batch, args.seed + t) | {"step": t})
+            last = offset == args.window  # ‖H‖ only at the row's step, where it is compared
+            points.setdefault(start, []).append(point(model, ds, args.batch, args.seed + t, last) | {"step": t})
+            print(f"step {t}: reference point {len(points[start])} of window {start}", flush=True)
         mon.step()
         for alt in alts:
             alt.step()
@@ -217,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
         "pairs": pairs,
         "alternatives": alternatives,
         "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
-        "model": "digits_cnn (no batch norm)",
+        "model": args.model + (" (batch norm in train mode: diagnose(bn='batch'))" if batch_norm else ""),
         "m": sum(p.numel() for p in model.parameters()),
         "wall_s": time.perf_counter() - t_start,
         "loadavg_before": list(load_before),

@@ -80,7 +80,7 @@ def train(args) -> tuple[Path, dict]:
     csv = ROOT / "results" / "bench" / "monitor_run.csv"
     t0 = time.perf_counter()
     with lssr.SharpnessMonitor(model, "ce", ds, opt, n=args.probe_n, every=args.every, batch_sizes=[args.b],
-                               csv=csv, seed=args.seed) as mon:  # fmt: skip
+                               csv=csv, seed=args.seed, stream=False) as mon:  # fmt: skip
         for step, (x, y) in enumerate(loader):
             opt.zero_grad()
             loss = F.cross_entropy(model(x), y)
