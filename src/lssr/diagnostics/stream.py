@@ -68,7 +68,8 @@ def grads_of(params: list[nn.Parameter]) -> list[Tensor] | None:
 
 class Window:
     """The running sums of one window of training gradients g_t (length m), in M round-robin groups: per step one
-    copy of the gradients into a flat buffer, a dot product and two in-place additions."""
+    copy of the gradients into a flat buffer (a row of the ring of the last ``recent`` gradients), a dot product
+    and one in-place addition (two without ``recent``: the sign sketch Z of the whole window's tr(H S_b))."""
 
     def __init__(
         self, params: list[Tensor], groups: int, *, generator: torch.Generator, start: int, recent: int | None = None
@@ -77,17 +78,19 @@ class Window:
         self.start = int(start)
         first = params[0]
         dim = sum(p.numel() for p in params)
-        self.A = torch.zeros(self.M, dim, dtype=first.dtype, device=first.device)  # Σ_{t∈i} g_t
-        self.Z = torch.zeros(self.M, dim, dtype=first.dtype, device=first.device)  # Σ_{t∈i} z_t g_t
-        self._g = torch.empty(dim, dtype=first.dtype, device=first.device)
+        like = dict(dtype=first.dtype, device=first.device)
+        self.A = torch.zeros(self.M, dim, **like)  # Σ_{t∈i} g_t
+        # the last `recent` gradients (a ring), for tr(H S_b) at the row's θ; None: the whole window's sign sketch
+        # Z_i = Σ_{t∈i} z_t g_t instead
+        self.R = None if recent is None else torch.zeros(int(recent), dim, **like)
+        self.Z = torch.zeros(self.M, dim, **like) if recent is None else None
+        self._g = torch.empty(dim, **like) if recent is None else self.R[0]
         self.q = [0.0] * self.M  # Σ_{t∈i} ‖g_t‖²
         self.k = [0] * self.M
         self.w = [0.0] * self.M  # Σ_{t∈i} z_t
         self.steps = 0
         self.generator = generator
         self._signs: list[float] = []
-        # the last `recent` gradients (a ring), for tr(H S_b) at the row's θ; None: the whole window's sums
-        self.R = None if recent is None else torch.zeros(int(recent), dim, dtype=first.dtype, device=first.device)
 
     def add(self, grads: list[Tensor]) -> None:
         """Adds one step's mini-batch gradient g_t (one tensor per parameter)."""
@@ -95,14 +98,15 @@ class Window:
         if not self._signs:
             self._signs = (torch.randint(0, 2, (256,), generator=self.generator) * 2 - 1).double().tolist()
         z = self._signs.pop()
+        if self.R is not None:
+            self._g = self.R[self.steps % self.R.shape[0]]
         g = torch.cat([t.reshape(-1) for t in grads], out=self._g)
         self.A[i].add_(g)
-        self.Z[i].add_(g, alpha=z)
+        if self.Z is not None:
+            self.Z[i].add_(g, alpha=z)
         self.q[i] += float(g.dot(g))
         self.k[i] += 1
         self.w[i] += z
-        if self.R is not None:
-            self.R[self.steps % self.R.shape[0]].copy_(g)
         self.steps += 1
 
     def recent(self) -> Tensor | None:
@@ -294,7 +298,7 @@ def row_products(op, window: Window, x: Tensor | None) -> dict:
 
 #: The streaming mode's defaults: a row every WINDOW training steps (the window of mini-batch gradients it
 #: averages), HVPs on STREAM_N fresh probe samples per row in GROUPS groups (the jackknife's).
-WINDOW, STREAM_N, GROUPS = 80, 32, 8
+WINDOW, STREAM_N, GROUPS = 100, 32, 8
 
 #: The terms whose standard error comes from (tr S_n), or is at least, the spread of the last SPREAD_ROWS
 #: streaming rows (:func:`successive_se`): each row has fresh probe samples, whose spread the window's
