@@ -207,12 +207,15 @@ def _batch_gradients(op: LossOperator, batches: Tensor, groups: int, gen: torch.
 
 
 def _sketch_forms(prep, V: Tensor, b: int, comp: Compute, gen: torch.Generator, dtype):
-    """v_sᵀ H_s v_s with H_s the Hessian of its own random partition's loss; the first partition's operator
-    (HVP mode chosen on it, the others use the same) and the fd error bound (NaN unless ``fd``)."""
+    """v_sᵀ H_s v_s with H_s the Hessian of its own random partition's loss, one partition's operator alive at a
+    time (a kept graph of ∇L is as large as the partition's activations); the first partition (its index), the
+    HVP mode chosen on it (the others use the same), its finite-difference step, the fd error bound (NaN unless
+    ``fd``) and the operators' summed counts."""
     quad = torch.zeros(V.shape[0], dtype=torch.float64)
-    first, fd_err, mode = None, math.nan, comp.hvp_mode
+    first, fd_err, fd_step, mode, counts = None, math.nan, None, comp.hvp_mode, {}
     for s in range(V.shape[0]):
-        op = _operator(prep, draw_partition(prep.n_used, b, gen), b, dtype)
+        index = draw_partition(prep.n_used, b, gen)
+        op = _operator(prep, index, b, dtype)
         if first is None:
             with _bn_eval(prep.model):
                 check_loss_shape(op)
@@ -220,15 +223,27 @@ def _sketch_forms(prep, V: Tensor, b: int, comp: Compute, gen: torch.Generator, 
             check_deterministic(op)
             mode = choose_hvp_mode(op, comp.hvp_mode, memory_budget(op.device, STORE_MB))
             fd_err = fd_tune(op, gen, b) if mode == "fd" else math.nan
-            first = op
+            first, fd_step = index, op.fd_step
         elif mode != op.hvp_mode:
             op.set_hvp_mode(mode, "diagnose", graph_budget=memory_budget(op.device, STORE_MB))
-            op.fd_step = first.fd_step
+            op.fd_step = fd_step
         quad[s] = float(V[s].double() @ op.hvp(V[s]).detach().double())
-        if op is not first:
-            for key in first.counts:
-                first.counts[key] += op.counts[key]
-    return quad, first, fd_err
+        counts = {k: counts.get(k, 0) + v for k, v in op.counts.items()}
+        del op  # its kept graph, if any, before the next partition's
+    return quad, (first, mode, fd_step, counts), fd_err
+
+
+def _first_operator(prep, b: int, dtype, first: tuple) -> LossOperator:
+    """The first partition's operator again (for ‖H‖, L and the timed gradient), in the chosen HVP mode, its
+    counts those of every partition so far."""
+    index, mode, fd_step, counts = first
+    op = _operator(prep, index, b, dtype)
+    if mode != op.hvp_mode:
+        op.set_hvp_mode(mode, "diagnose", graph_budget=memory_budget(op.device, STORE_MB))
+    op.fd_step = fd_step
+    for k, v in counts.items():
+        op.counts[k] += v
+    return op
 
 
 def batch_diagnose(prep, b: int, est: Estimator, eig: Eigen | None, comp: Compute, seed: int, dropout: str):
@@ -244,7 +259,8 @@ def batch_diagnose(prep, b: int, est: Estimator, eig: Eigen | None, comp: Comput
             op_all = _operator(prep, torch.arange(prep.n_used), b, prep.dtype)
             batches = draw_batches(prep.n_used, b, K, gen)
             sizes, sq, A, V = _batch_gradients(op_all, batches, P, gen)
-            quad, op, fd_err = _sketch_forms(prep, V, b, comp, gen, prep.dtype)
+            quad, first, fd_err = _sketch_forms(prep, V, b, comp, gen, prep.dtype)
+            op = _first_operator(prep, b, prep.dtype, first)
             gram = (A.double() @ A.double().T).cpu()
             est_ = group_estimates(sizes, sq, gram, quad, b)
             top = None
