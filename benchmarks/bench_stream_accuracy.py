@@ -28,6 +28,7 @@ relative difference is recorded too. Writes ``results/bench/monitor_accuracy.jso
 from __future__ import annotations
 
 import argparse
+import gc
 import math
 import os
 import platform
@@ -59,14 +60,14 @@ def images(root: Path, n: int, px: int, seed: int) -> TensorDataset:
     return TensorDataset(torch.stack(xs), torch.tensor(ys))
 
 
-def point(model, ds: TensorDataset, b: int, seed: int, eigen: bool = True) -> dict:
+def point(model, ds: TensorDataset, b: int, seed: int, eigen: bool = True, init=None) -> dict:
     """``lssr.diagnose`` on all of ``ds`` at the current θ: the values and standard errors the references use.
     With batch norm in train mode, ``bn="batch"``: the loss L_b of batches of b distinct samples, each normalised
     with its own statistics (the loss the loop descends); else the per-sample diagnostics with replacement."""
     if train_mode_bn(model):
         d = lssr.diagnose(
             model, "ce", ds.tensors, batch_sizes=[b], bn="batch", seed=seed, estimator=lssr.Estimator(probes=8),
-            eigen=lssr.Eigen(tol=1e-2, max_hvps=30) if eigen else False,
+            eigen=lssr.Eigen(tol=1e-2, max_hvps=30, init=init) if eigen else False,
         )  # fmt: skip
         e = d.batch.estimates
         tn, tn_se = e["tr_S_n"], e["tr_S_n_se"]
@@ -83,6 +84,7 @@ def point(model, ds: TensorDataset, b: int, seed: int, eigen: bool = True) -> di
         tr_HS_b_se=a.tr_HS_b_se,
         top_eig=d.top_eig if eigen else math.nan,
         seconds=d.cost.seconds,
+        eigenvector=d.eigenvector,
     )
 
 
@@ -220,44 +222,58 @@ def main(argv: list[str] | None = None) -> int:
     ]  # fmt: skip
     points: dict[int, list[dict]] = {}
     spacing = args.window // args.points  # the points at offsets window, window − spacing, ... (the last the row's)
+    vec = None  # the last reference eigenvector: the next one's warm start
+
+    def write() -> tuple[dict, dict]:
+        """The record of the rows compared so far (rewritten after each, so that a killed run keeps them)."""
+        refs = {s: reference(p, args.batch, args.window) | {"steps": [q["step"] for q in p]} for s, p in points.items()}
+        pairs, summary = compare(rows, refs)
+        alternatives = {}
+        for h, got in alt_rows.items():
+            a_pairs, a_summary = compare(got, refs, window_hvp=h == "0")
+            alternatives[h] = {"summary": {k: a_summary[k] for k in ("tr_HS_b", "ias_b", "top_eig")}, "pairs": a_pairs}
+        result = {
+            "what": "streaming SharpnessMonitor rows against lssr.diagnose on all N training samples: window means "
+            "against the mean of --points steps of the window, tr S_n and ‖H‖ against the row's step",
+            "hvp_steps": HVP_STEPS,
+            "summary": summary,
+            "pairs": pairs,
+            "alternatives": alternatives,
+            "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+            "model": args.model + (" (batch norm in train mode: diagnose(bn='batch'))" if batch_norm else ""),
+            "m": sum(p.numel() for p in model.parameters()),
+            "wall_s": time.perf_counter() - t_start,
+            "loadavg_before": list(load_before),
+            "loadavg_after": list(os.getloadavg()),
+            "cpu_count": os.cpu_count(),
+            "torch": torch.__version__,
+            "python": platform.python_version(),
+        }
+        write_json(args.out, result)
+        return summary, alternatives
+
     for t, (x, y) in enumerate(loader):
         opt.zero_grad()
         F.cross_entropy(model(x), y).backward()
         start = t - t % args.window  # the windows close every args.window steps (budget=inf)
         offset = t - start + 1  # 1 .. window; the last points, spaced by `spacing`, end at the row's step
         back = args.window - offset  # steps before the row's
-        if start >= args.window * args.warmup and back % spacing == 0 and back < args.points * spacing:
-            last = offset == args.window  # ‖H‖ only at the row's step, where it is compared
-            points.setdefault(start, []).append(point(model, ds, args.batch, args.seed + t, last) | {"step": t})
+        due = start >= args.window * args.warmup and back % spacing == 0 and back < args.points * spacing
+        last = due and offset == args.window  # ‖H‖ only at the row's step, where it is compared
+        if due:
+            p = point(model, ds, args.batch, args.seed + t, last, vec)
+            vec = p.pop("eigenvector") if last else vec
+            p.pop("eigenvector", None)
+            points.setdefault(start, []).append(p | {"step": t})
+            gc.collect()
             print(f"step {t}: reference point {len(points[start])} of window {start}", flush=True)
         mon.step()
         for alt in alts:
             alt.step()
         opt.step()
-    refs = {s: reference(p, args.batch, args.window) | {"steps": [q["step"] for q in p]} for s, p in points.items()}
-    pairs, summary = compare(rows, refs)
-    alternatives = {}
-    for h, got in alt_rows.items():
-        a_pairs, a_summary = compare(got, refs, window_hvp=h == "0")
-        alternatives[h] = {"summary": {k: a_summary[k] for k in ("tr_HS_b", "ias_b", "top_eig")}, "pairs": a_pairs}
-    result = {
-        "what": "streaming SharpnessMonitor rows against lssr.diagnose on all N training samples: window means "
-        "against the mean of --points steps of the window, tr S_n and ‖H‖ against the row's step",
-        "hvp_steps": HVP_STEPS,
-        "summary": summary,
-        "pairs": pairs,
-        "alternatives": alternatives,
-        "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
-        "model": args.model + (" (batch norm in train mode: diagnose(bn='batch'))" if batch_norm else ""),
-        "m": sum(p.numel() for p in model.parameters()),
-        "wall_s": time.perf_counter() - t_start,
-        "loadavg_before": list(load_before),
-        "loadavg_after": list(os.getloadavg()),
-        "cpu_count": os.cpu_count(),
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-    }
-    write_json(args.out, result)
+        if last:
+            write()
+    summary, alternatives = write()
     for k, s in summary.items():
         if k == "top_eig":
             print(f"top_eig: relative differences {[f'{v:+.3f}' for v in s['rel_diff']]}")

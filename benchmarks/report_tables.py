@@ -632,7 +632,8 @@ def stream_overhead(name: str) -> str:
     ]
     loops = [(p, st["steps"]) for p in r["reps"]] + ([(r["long"], r["long"]["steps"])] if "long" in r else [])
     in_steps = [x["cost_seconds"] / (p["plain"]["wall_s"] / n) for p, n in loops for x in p["monitor"]["rows"]]
-    every = st.get("window") or "80"
+    steps_long = r.get("long", r["reps"][0])["monitor"]["measured_steps"]
+    every = st.get("window") or (steps_long[1] - steps_long[0] if len(steps_long) > 1 else "?")
     goal = f" (goal ≤ {r['goal_overhead']:.0%})" if "goal_overhead" in r else ""
     return (
         f"{table}\n\nMedian overhead of the {st['steps']}-step pairs: {r['overhead_median']:+.1%}"
