@@ -52,8 +52,8 @@ def group_configs(wf: dict, b: int, lrs: list[float], seeds: list[int], epochs: 
     out = []
     for lr in lrs:
         for seed in seeds:
-            raw = next(r for r in group if abs(r["optim"]["lr"] - lr) <= 1e-9 * lr and r["seed"] == seed)
-            raw = {**raw, "stop": {"epochs": epochs, "train_acc_goal": 1.0}, "eval_every": 10**9}
+            raw = next(r for r in group if abs(r["optim"]["lr"] - lr) <= 1e-9 * lr)  # seeds beyond the config's too
+            raw = {**raw, "seed": seed, "stop": {"epochs": epochs, "train_acc_goal": 1.0}, "eval_every": 10**9}
             raw.pop("goal_every", None)
             raw.pop("checkpoint_every", None)
             spe = steps_per_epoch(raw["data"]["n"], b)
@@ -65,6 +65,10 @@ def group_configs(wf: dict, b: int, lrs: list[float], seeds: list[int], epochs: 
                 raw["eval_every"] = every * spe
             out.append(config_from_dict(raw))
     return out
+
+
+VARIANTS = ("train", "checks", "checks_with_test")
+KEY = {"checks": "check", "checks_with_test": "check_with_test"}  # the record's names of a check's cost
 
 
 def load() -> float:
@@ -83,6 +87,9 @@ def main(argv=None) -> dict:
     )
     ap.add_argument("--checks", type=int, default=4, help="goal checks between step 0 and the cap")
     ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument(
+        "--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS, help="train alone: the rate only"
+    )
     ap.add_argument("--out", default="results/bench/fig5_checks.json")
     args = ap.parse_args(argv)
     epochs = args.epochs * len(args.bs) if len(args.epochs) == 1 else args.epochs
@@ -91,7 +98,7 @@ def main(argv=None) -> dict:
     wf = yaml.safe_load(Path(args.config).read_text(encoding="utf-8"))
     data = load_subset(args.data)
     n, n_test = len(data.y_train), len(data.y_test)
-    variants = ("train", "checks", "checks_with_test")
+    variants = tuple(args.variants)
     rows = []
     for b, E in zip(args.bs, epochs):
         every = E // (args.checks + 1)
@@ -129,19 +136,17 @@ def main(argv=None) -> dict:
             "seconds": times, "load_avg_before_after": loads, "stopped_early": early,
             "eval_seconds": ev,
             "s_per_member_epoch": epoch_s / M,
-            "check_s_per_member": (best["checks"] - best["train"]) / K / M,
-            "check_with_test_s_per_member": (best["checks_with_test"] - best["train"]) / K / M,
-            "check_epochs": (best["checks"] - best["train"]) / K / epoch_s,
-            "check_with_test_epochs": (best["checks_with_test"] - best["train"]) / K / epoch_s,
+            **{f"{KEY[v]}_s_per_member": (best[v] - best["train"]) / K / M for v in best if v != "train"},
+            **{f"{KEY[v]}_epochs": (best[v] - best["train"]) / K / epoch_s for v in best if v != "train"},
             "direct_train_eval_epochs": min(ev["train"]) / epoch_s,
             "direct_test_eval_epochs": min(ev["test"]) / epoch_s,
         }  # fmt: skip
         rows.append(row)
+        runs = ", ".join(f"{KEY[v].replace('_', ' ')} {row[f'{KEY[v]}_epochs']:.3g}" for v in best if v != "train")
         print(
-            f"b={b}: {M} members, {epoch_s / M:.4g} s per member-epoch; a check costs {row['check_epochs']:.3g} "
-            f"epochs (train set only; direct {row['direct_train_eval_epochs']:.3g}), "
-            f"{row['check_with_test_epochs']:.3g} with the test set (direct {row['direct_test_eval_epochs']:.3g}); "
-            f"load {loads[0][0]:.2f}-{loads[-1][1]:.2f}",
+            f"b={b}: {M} members, {epoch_s / M:.4g} s per member-epoch; in epochs, a check by whole runs: "
+            f"{runs or '-'}; one evaluation of the training set {row['direct_train_eval_epochs']:.3g}, of the test "
+            f"set {row['direct_test_eval_epochs']:.3g}; load {loads[0][0]:.2f}-{loads[-1][1]:.2f}",
             flush=True,
         )
     out = {"config": args.config, "data": args.data, "threads": torch.get_num_threads(), "rows": rows}

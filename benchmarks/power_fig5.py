@@ -190,12 +190,14 @@ def draw(
 
 
 def run_epoch_seconds(b: float, rec: dict) -> float:
-    """Seconds per member and epoch of training at batch size b: the measured rate at the nearest b; below the
-    smallest measured b scaled by (smallest b)/b (as many more steps per epoch)."""
+    """Seconds per member and epoch of training at batch size b: the measured rates interpolated linearly in
+    (log b, log rate), the largest measured b's above it; below the smallest measured b its rate scaled by
+    (smallest b)/b (as many more steps per epoch)."""
     rate = {int(k): v for k, v in rec["s_per_run_epoch"].items()}
-    known = np.array(sorted(rate))
-    near = int(known[np.argmin(np.abs(np.log2(known) - np.log2(b)))])
-    return rate[near] * (known[0] / b if b < known[0] else 1.0)
+    known = np.array(sorted(rate), float)
+    if b < known[0]:
+        return rate[int(known[0])] * known[0] / b
+    return float(np.exp(np.interp(np.log2(b), np.log2(known), np.log([rate[int(k)] for k in known]))))
 
 
 def run_epochs(

@@ -9,7 +9,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
-from power_fig5 import run_epochs, two_core_hours  # noqa: E402
+from power_fig5 import run_epoch_seconds, run_epochs, two_core_hours  # noqa: E402
 
 
 def test_a_run_to_the_cap_with_goal_checks_by_hand():
@@ -29,3 +29,12 @@ def test_groups_on_two_cores_longest_first():
     assert two_core_hours([5 * 3600, 3600, 3600, 3600]) == pytest.approx(5.0)
     # 3, 2, 2, 1 hours: 3 | 2, then 2 -> the core at 2 (4), 1 -> the core at 3 (4)
     assert two_core_hours([3600 * h for h in (1, 2, 3, 2)]) == pytest.approx(4.0)
+
+
+def test_rates_between_and_beyond_the_measured_batch_sizes():
+    rec = {"s_per_run_epoch": {"8": 0.1, "64": 0.05, "512": 0.064}}
+    assert run_epoch_seconds(64, rec) == pytest.approx(0.05)
+    # b = 16 lies a third of the way from 8 to 64 in log2 b: 0.1 x (0.05 / 0.1)^(1/3)
+    assert run_epoch_seconds(16, rec) == pytest.approx(0.1 * 0.5 ** (1 / 3))
+    assert run_epoch_seconds(4, rec) == pytest.approx(0.2)  # twice the steps per epoch of b = 8
+    assert run_epoch_seconds(1024, rec) == pytest.approx(0.064)
