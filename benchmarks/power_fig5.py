@@ -12,7 +12,18 @@ What is measured from the kept record (``docs/replication``):
   fig5_rho of goal-trained Figure-5 models, batch norm, the replication's data and model): the median over its
   models is the B_simple of the synthetic truths and the sd of its ln the spread of the synthetic measurements;
 - the cost of training: per b, the wall time of the Figure-5 runs in runs.csv per run and epoch (a batched
-  group's wall time shared by its members), one core.
+  group's wall time shared by its members, less the two evaluations of both sets that the record made), one core;
+  with ``--costs`` (``benchmarks/bench_fig5_checks.py``'s record) the seconds per member and epoch measured there
+  instead, and its measured cost of a goal check and of the test set.
+
+The cost model (:func:`run_epochs`, :func:`cost`): every run trains to the cap (an upper bound: cells that cannot
+reach the goal run to it, goal-reaching ones stop earlier), ``epochs`` epochs of s(b) seconds per member-epoch,
+plus its evaluations in epochs of training compute (an epoch is forward and backward over n: three forward passes
+of n): step 0 (training and test sets, (n + n_test)/3n), a goal check every ``goal_every`` epochs (the training
+set, n/3n = 1/3) and the test set at the stop (n_test/3n). Below the smallest measured b, s(b) grows as
+(smallest b)/b (as many more steps per epoch). A group (one b) is one job on one core; the hours on 2 cores are
+the makespan of the groups placed longest first on 2 cores (not the sum over 2: the b = 8 group alone may be the
+longest).
 
 Each synthetic heatmap: per b, the accuracy A0 − curvature·(log2 η − log2 η*(b))² plus Gaussian seed noise, every
 cell trained to the goal; one η grid for every b (as the config's ``lrs``) covers the ridge predicted from the
@@ -25,13 +36,18 @@ truth and design. Only the ratio of seed noise to curvature enters C5 (differenc
 and the plateau's standard errors), so a curvature k times the record's acts about like k² times as many seeds.
 
     python benchmarks/power_fig5.py [--draws 50] [--pilot results/bench/pilot_fig5_rho.csv]
-        [--out results/bench/power_fig5.json]
+        [--out results/bench/power_fig5.json] [--costs results/bench/fig5_checks.json]
+    python benchmarks/power_fig5.py --hours-only [--epochs 200 100] [--goal-every 10 20] [--seeds 4 5]
+        [--design TEXT] [--costs ...]
+        (the cost of each design at each cap and check interval, no draws; --out defaults to
+        results/bench/power_fig5_hours.json)
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import time
 from pathlib import Path
 
@@ -43,6 +59,10 @@ from lssr.claims import rules
 
 RECORD = Path("docs/replication")
 PILOT = Path("results/bench/pilot_fig5_rho.csv")
+OUT, HOURS_OUT = "results/bench/power_fig5.json", "results/bench/power_fig5_hours.json"
+#: The test set of the record (all of CIFAR-10's), and the design's goal check interval (epochs): the replication's.
+N_TEST = 10_000
+GOAL_EVERY = 10.0
 #: Models measured per data set (fig5_rho rows).
 N_RHO = 8
 A0 = 0.4
@@ -96,16 +116,19 @@ def record_numbers() -> dict:
     B = 1.0 / c5["rho_1"] - 1.0
     runs = pd.read_csv(RECORD / "runs.csv")
     epochs = 200  # config/cifar10-replication.yaml's fig5 epochs when the record was trained
+    n = int(t.loc[t["kind"] == "cell", "n"].iloc[0])
+    # its evaluations: both sets at step 0 and at the end (eval_every 1000000, no goal checks)
+    evals = 2 * (n + N_TEST) / (3 * n)
     f5 = runs[runs["batch_norm"].astype(bool)]
     # one batched group per b: its members share the group's wall time (diverged members stop early)
-    rate = {int(b): float(g["wall_time_s"].max() / (len(g) * epochs)) for b, g in f5.groupby("b")}
+    rate = {int(b): float(g["wall_time_s"].max() / (len(g) * (epochs + evals))) for b, g in f5.groupby("b")}
     return {
         "seed_sd": sd,
         "curvature": float(np.median(curv)),
         "curvatures": [float(v) for v in curv],
         "b_simple_last": float(B.groupby(c5["run"]).last().median()),
         "b_simple_first": float(B.groupby(c5["run"]).first().median()),
-        "n": int(t.loc[t["kind"] == "cell", "n"].iloc[0]),
+        "n": n,
         "replacement": bool(t.loc[t["kind"] == "cell", "replacement"].iloc[0]),
         "s_per_run_epoch": rate,
         "epochs": epochs,
@@ -167,32 +190,118 @@ def draw(
 
 
 def run_epoch_seconds(b: float, rec: dict) -> float:
-    """Seconds per run and epoch at batch size b: the record's at the nearest b; below the record's smallest b
-    scaled by (smallest b)/b (as many more steps per epoch: an upper bound)."""
-    rate = rec["s_per_run_epoch"]
-    known = np.array(sorted(rate))
-    near = int(known[np.argmin(np.abs(np.log2(known) - np.log2(b)))])
-    return rate[near] * (known[0] / b if b < known[0] else 1.0)
+    """Seconds per member and epoch of training at batch size b: the measured rates interpolated linearly in
+    (log b, log rate), the largest measured b's above it; below the smallest measured b its rate scaled by
+    (smallest b)/b (as many more steps per epoch)."""
+    rate = {int(k): v for k, v in rec["s_per_run_epoch"].items()}
+    known = np.array(sorted(rate), float)
+    if b < known[0]:
+        return rate[int(known[0])] * known[0] / b
+    return float(np.exp(np.interp(np.log2(b), np.log2(known), np.log([rate[int(k)] for k in known]))))
 
 
-def cost(design: dict, grids: list[np.ndarray], rec: dict) -> dict:
-    """Runs and training cost at the record's epochs (one core, and wall on two cores)."""
+def run_epochs(
+    epochs: float, goal_every: float | None, n: int, n_test: int, check: float | None = None, test: float | None = None
+) -> float:
+    """Epochs of training compute of one run to the cap: ``epochs`` of training, both sets at step 0, a goal check
+    every ``goal_every`` epochs (None: no goal, the training set at the cap only), the test set at the cap.
+    ``check`` and ``test``: the measured cost of a check and of the test set in epochs; by default the forward
+    passes over three per epoch, n/3n and n_test/3n."""
+    check = n / (3 * n) if check is None else check
+    test = n_test / (3 * n) if test is None else test
+    checks = 1 if goal_every is None else math.floor(epochs / goal_every + 1e-9) + (epochs % goal_every > 1e-9)
+    return epochs + (check + test) + checks * check + test
+
+
+def two_core_hours(seconds: list[float], cores: int = 2) -> float:
+    """The makespan (hours) of one-core jobs placed longest first on ``cores`` cores."""
+    load = [0.0] * cores
+    for s in sorted(seconds, reverse=True):
+        load[int(np.argmin(load))] += s
+    return max(load) / 3600
+
+
+def cost(
+    design: dict, grids: list[np.ndarray], rec: dict, epochs: float | None = None, goal_every: float | None = GOAL_EVERY
+) -> dict:
+    """Runs and training cost of the design at the cap ``epochs`` (default the record's) with a goal check every
+    ``goal_every`` epochs: core hours, and the hours of its groups (one per b) on 2 cores (:func:`run_epochs`)."""
+    epochs = rec["epochs"] if epochs is None else epochs
     runs = [len(g) * design["seeds"] for g in grids]
-    scale = design.get("n", rec["n"]) / rec["n"]
-    s = sum(r * rec["epochs"] * run_epoch_seconds(b, rec) * scale for r, b in zip(runs, design["bs"]))
-    return {"runs": int(sum(runs)), "core_hours": float(s / 3600), "wall_hours_2_cores": float(s / 7200)}
+    n = design.get("n", rec["n"])
+    scale = n / rec["n"]
+    measured = rec.get("measured", {})
+    group_s = []
+    for r, b in zip(runs, design["bs"]):
+        m = measured.get(int(b)) or measured.get(str(int(b))) or {}
+        e = run_epochs(epochs, goal_every, n, N_TEST, m.get("check_epochs"), m.get("test_epochs"))
+        group_s.append(r * e * run_epoch_seconds(b, rec) * scale)
+    s = sum(group_s)
+    return {
+        "runs": int(sum(runs)),
+        "epochs": epochs,
+        "goal_every": goal_every,
+        "core_hours": float(s / 3600),
+        "wall_hours_2_cores": two_core_hours(group_s),
+        "group_hours": [float(g / 3600) for g in group_s],
+    }
+
+
+def measured_costs(path: str | Path, rec: dict) -> dict:
+    """``rec`` with the seconds per member-epoch, check and test costs of ``bench_fig5_checks.py``'s record."""
+    rows = json.loads(Path(path).read_text())["rows"]
+    out = dict(rec)
+    out["s_per_run_epoch"] = {int(r["b"]): float(r["s_per_member_epoch"]) for r in rows}
+    out["measured"] = {int(r["b"]): {"check_epochs": float(r["direct_train_eval_epochs"]),
+                                     "test_epochs": float(r["direct_test_eval_epochs"])} for r in rows}  # fmt: skip
+    out["costs_from"] = str(path)
+    return out
+
+
+def hours_only(args, rec: dict, B: float) -> dict:
+    """The cost of every design at each cap in ``args.epochs`` and check interval in ``args.goal_every``."""
+    rows = []
+    for dname, design in DESIGNS.items():
+        if args.design and args.design not in dname:
+            continue
+        n = design.get("n", rec["n"])
+        grids = grid(design, truth("LSSR", np.asarray(design["bs"], float), B, n, rec["replacement"]))
+        for seeds in args.seeds or [design["seeds"]]:
+            for epochs in args.epochs:
+                for every in args.goal_every:
+                    d = {**design, "seeds": seeds}
+                    rows.append({"design": dname, "seeds": seeds, **cost(d, grids, rec, epochs, every)})
+    table = pd.DataFrame(rows)
+    print(table.drop(columns="group_hours").to_string(index=False))
+    out = {"record": rec, "b_simple_used": B, "designs": DESIGNS, "hours": rows}
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(out, indent=1, default=float))
+    print(f"wrote {args.out}")
+    return out
 
 
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--draws", type=int, default=50)
-    ap.add_argument("--out", default="results/bench/power_fig5.json")
+    ap.add_argument("--out", default=OUT)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--pilot", default=str(PILOT), help="the pilot's fig5_rho table (make pilot-fig5)")
+    ap.add_argument("--costs", help="benchmarks/bench_fig5_checks.py's record: measured costs instead of runs.csv's")
+    ap.add_argument("--hours-only", action="store_true", help="only the cost of each design (no draws)")
+    ap.add_argument("--epochs", type=float, nargs="+", default=[200.0], help="--hours-only: caps (epochs)")
+    ap.add_argument("--goal-every", type=float, nargs="+", default=[GOAL_EVERY], help="--hours-only: check intervals")
+    ap.add_argument("--seeds", type=int, nargs="+", help="--hours-only: seeds per cell (default: each design's)")
+    ap.add_argument("--design", help="--hours-only: only the designs whose name contains this")
     args = ap.parse_args(argv)
     rec = record_numbers()
+    if args.costs:
+        rec = measured_costs(args.costs, rec)
     pilot = pilot_numbers(args.pilot)
     B, spread = pilot["b_simple"], pilot["sd_ln"]
+    if args.hours_only:
+        if args.out == OUT:
+            args.out = HOURS_OUT
+        return hours_only(args, rec, B)
     t0 = time.time()
     results = []
     for dname, design in DESIGNS.items():

@@ -337,3 +337,81 @@ def test_gpu_script_syntax_and_tiny_cpu_mode(tmp_path):
     report = (tmp_path / "gpu_bench.md").read_text()
     assert report.startswith("# gpu.sh (cpu-tiny) on cpu (1 thread)") and "| cnn6@8px | 32 |" in report
     assert not (tmp_path / "nvidia-smi.txt").exists()
+
+
+def test_goal_checks_evaluate_the_test_set_only_where_a_member_stops(digits, tmp_path, monkeypatch):
+    """Goal checks (goal_every = 4 steps) between the evaluations (eval_every = 16): at a check the training set
+    alone is evaluated, the test set only for a member that stops there; at steps 0, 16, 32 and the cap T = 40 the
+    test set of every member still training. Batched and alone runs agree row by row (NaN test columns at the
+    checks), each run evaluates the test set exactly that often (counted), and the final test loss and accuracy in
+    run.json equal those of the saved model.pt evaluated here by a plain forward pass over the test set."""
+    from lssr.models import build_model
+    from lssr.training import core
+
+    data = Subset(digits.x_train, digits.y_train, digits.x_test[:96], digits.y_test[:96], digits.manifest)
+    test_members: list[int] = []  # per evaluation of the 96 test images: how many members it evaluated
+    evaluate = core.evaluate
+
+    def counted(forward, members, x, *rest):
+        if len(x) == 96:
+            test_members.append(members)
+        return evaluate(forward, members, x, *rest)
+
+    monkeypatch.setattr(core, "evaluate", counted)
+    bn = {"name": "digits_cnn", "batch_norm": True}
+    stop = {"steps": None, "epochs": 10, "train_acc_goal": 0.9}
+    cfgs = [
+        make_cfg(seed=1, optim={"lr": lr}, model=bn, stop=stop, eval_every=16, goal_every=4)
+        for lr in (0.003, 0.05, 0.1, 0.3)
+    ]
+    outs = [tmp_path / f"b{i}" for i in range(len(cfgs))]
+    res = train_batched(cfgs, data, outs, progress=False)
+    batched_tests = sum(test_members)
+    steps = [r.steps for r in res]
+    assert steps[0] == 40 and any(s % 16 for s in steps), f"a member should stop at a pure goal check: {steps}"
+
+    def expected_tests(s):  # test evaluations of a run that stopped at step s
+        return sum(t <= s for t in (0, 16, 32, 40)) + (s not in (0, 16, 32, 40))
+
+    assert batched_tests == sum(expected_tests(s) for s in steps)
+    for i, cfg in enumerate(cfgs):
+        test_members.clear()
+        alone = train(cfg, data, tmp_path / f"a{i}", progress=False)
+        assert len(test_members) == expected_tests(alone.steps)
+        assert_same_run(alone, res[i], tmp_path / f"a{i}", outs[i])
+        m = pd.read_csv(outs[i] / "metrics.csv").dropna(subset=["train_acc"]).set_index("step")
+        checks = [t for t in m.index if t % 16 and t != res[i].steps]
+        assert m.loc[checks, "test_acc"].isna().all() and m.loc[checks, "train_acc"].notna().all()
+        assert m["test_acc"].notna().sum() == expected_tests(res[i].steps)
+        # the oracle: the saved final weights, a plain model in eval mode, the test set
+        model = build_model("digits_cnn", 1, 10, True).double()
+        model.load_state_dict(torch.load(outs[i] / "model.pt", weights_only=True))
+        with torch.no_grad():
+            out = model.eval()(data.x_test)
+        acc = (out.argmax(1) == data.y_test).double().mean().item()
+        loss = torch.nn.functional.cross_entropy(out, data.y_test).item()
+        final = json.loads((outs[i] / "run.json").read_text())["final"]
+        assert final["test_acc"] == acc and final["test_acc"] == m["test_acc"].iloc[-1]
+        assert final["test_loss"] == pytest.approx(loss, rel=1e-12, abs=0)
+
+
+def test_goal_checks_without_the_test_set_change_no_final_number(digits32):
+    """Float32, as the workflow trains: a group with goal checks (goal_every = 4, training set only) and the same
+    group evaluating the training and test sets at every check (eval_every = 4) stop each member at the same step,
+    for the same reason, with bit-identical weights and final training and test metrics."""
+    bn = {"name": "digits_cnn", "batch_norm": True}
+    stop = {"steps": None, "epochs": 10, "train_acc_goal": 0.9}
+    lrs = (0.003, 0.05, 0.1, 0.3)
+    full = [make_cfg(seed=1, optim={"lr": lr}, model=bn, stop=stop, eval_every=4) for lr in lrs]
+    checks = [make_cfg(seed=1, optim={"lr": lr}, model=bn, stop=stop, eval_every=1000, goal_every=4) for lr in lrs]
+    a, b = train_batched(full, digits32, None, progress=False), train_batched(checks, digits32, None, progress=False)
+    assert len({r.steps for r in a}) > 1
+    for ra, rb in zip(a, b):
+        assert (ra.status, ra.steps) == (rb.status, rb.steps)
+        last_a, last_b = ra.metrics.iloc[-1], rb.metrics.iloc[-1]
+        for col in ("train_loss", "train_acc", "test_loss", "test_acc"):
+            assert last_b[col] == last_a[col], col
+        assert ra.metrics["train_acc"].equals(rb.metrics["train_acc"])
+        sa, sb = ra.model.state_dict(), rb.model.state_dict()
+        assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert b[1].metrics["test_acc"].isna().sum() > 0  # the checks measured no test accuracy

@@ -399,8 +399,9 @@ def test_fig5_goal_keys_schema_and_config_agree():
 
 
 def test_fig5_cells_train_to_the_goal_checked_every_few_epochs():
-    """Each Figure-5 run stops at 100% training accuracy by default, checked every goal_every epochs of n // b
-    steps (the experiment's eval_every when that is shorter); train_acc_goal: null trains to the cap."""
+    """Each Figure-5 run stops at 100% training accuracy by default, checked (run key goal_every) every goal_every
+    epochs of n // b steps; the experiment's eval_every as it is, and without one the cap T (the test set only at
+    step 0 and where the run stops); train_acc_goal: null trains to the cap without goal checks."""
     from lssr.workflow import plan
 
     wf = yaml.safe_load((Path(__file__).resolve().parents[1] / "config" / "test.yaml").read_text())
@@ -414,12 +415,20 @@ def test_fig5_cells_train_to_the_goal_checked_every_few_epochs():
         raw = p.runs[rid]
         b = raw["optim"]["batch_size"]
         assert raw["stop"] == {"epochs": 30, "train_acc_goal": 1.0}
-        assert raw["eval_every"] == 10 * (n // b)  # the default: every 10 epochs
+        assert raw["goal_every"] == 10 * (n // b) and raw["eval_every"] == 100000  # the default: every 10 epochs
     e.update(goal_every=0.5, eval_every=3)
-    assert {plan(wf).runs[r]["eval_every"] for r in p.figures["fig5"]} == {3, 2}  # b = 16: 8 steps; b = 64: 2
+    runs = plan(wf).runs
+    assert {runs[r]["goal_every"] for r in p.figures["fig5"]} == {8, 2}  # b = 16: 8 steps; b = 64: 2
+    assert {runs[r]["eval_every"] for r in p.figures["fig5"]} == {3}
+    del e["eval_every"]
+    runs = plan(wf).runs
+    assert {(runs[r]["optim"]["batch_size"], runs[r]["eval_every"]) for r in p.figures["fig5"]} == {
+        (16, 480),
+        (64, 120),
+    }
     e.update(train_acc_goal=None, eval_every=7)
     assert all(plan(wf).runs[r]["stop"]["train_acc_goal"] is None and plan(wf).runs[r]["eval_every"] == 7
-               for r in p.figures["fig5"][:1])  # fmt: skip
+               and "goal_every" not in plan(wf).runs[r] for r in p.figures["fig5"][:1])  # fmt: skip
 
 
 def test_the_config_and_the_planner_import_no_torch():

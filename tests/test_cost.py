@@ -136,3 +136,19 @@ def test_gpu_hours_sums_the_jobs_of_a_plan():
     assert set(est) == {"Figure 5"} and est["Figure 5"]["jobs"] == 2 and est["Figure 5"]["runs"] == len(p.runs)
     assert est["Figure 5"]["hours"] == pytest.approx(by_hand, rel=1e-12)
     assert est["Figure 5"]["longest"]["name"] == "d_b8"
+
+
+@pytest.mark.parametrize("T,eval_every,goal_every", [(100, 30, 8), (400, 1_000_000, 20), (120, 40, 8), (7, 1, 3)])
+def test_goal_checks_cost_the_training_set_alone(T, eval_every, goal_every):
+    """Evaluations (training and test sets) at 0, eval_every, ... and T; goal checks (training set only) at the
+    other multiples of goal_every, counted here step by step; each check adds members x n x F / 3 to the job."""
+    from lssr.cost import evaluation_steps
+
+    kw = dict(device="cpu", dataset="digits", n=256, b=16, steps=T, model="digits_cnn", eval_every=eval_every)
+    cfg = config_from_dict({**run(**kw).to_dict(), "goal_every": goal_every})
+    full = sum(t % eval_every == 0 or t == T for t in range(T + 1))
+    checks = sum(t % goal_every == 0 and not (t % eval_every == 0 or t == T) for t in range(T + 1))
+    assert evaluation_steps(cfg, T) == (full, checks)
+    members, F, rate = 5, flops_per_sample("digits_cnn", 8), 30e9
+    extra = job_seconds([cfg] * members) - job_seconds([run(**kw)] * members)
+    assert extra == pytest.approx(checks * members * 256 * F / 3 / rate, rel=1e-9)

@@ -114,9 +114,10 @@ def _paper_expectation(paper: dict) -> tuple[dict, dict, set]:
             if b > n:
                 break
             # each cell trains until 100% training accuracy (§5.2), checked every goal_every epochs of n // b steps
+            # (run key goal_every, in steps); the experiment's eval_every as it is
             assert e["train_acc_goal"] == 1.0 and e["epochs"] == 800
             stop = {"epochs": e["epochs"], "train_acc_goal": e["train_acc_goal"]}
-            every = {"eval_every": min(e["goal_every"] * (n // b), e["eval_every"])}
+            every = {"goal_every": e["goal_every"] * (n // b)}
             groups[(ds, b)] = [
                 want(e, ds, e["loss"], lr, b, bn=True, stop=stop, seed=seed, run_keys=every)
                 for lr in e["lrs"]

@@ -10,7 +10,8 @@ it (a job that hits the cap is killed, and resumes from its checkpoint when retr
   size, scaled with the pixel count: the convolutions dominate) and ``rate`` the effective FLOP/s of the
   device (:data:`FLOPS_PER_S`; per thread on the CPU);
 - evaluation, every ``eval_every`` steps and at the end: members x (n + test-set size) x F / 3 (forward
-  only);
+  only); goal checks (``goal_every``) between them: members x n x F / 3 (the training set only; the test set
+  where a member stops is the evaluation at the end of this upper bound);
 - probes (single runs only), at every step the probe schedule names (:func:`probed_steps`: every step of the
   dense window ``[start, dense_until)``, then every ``probe.every`` steps): :data:`PROBE_GRADIENTS` full-batch
   gradients (n x F) plus two batch gradients per sampled batch (``expected_change_batches``,
@@ -88,6 +89,18 @@ def probed_steps(p: ProbeConfig, T: int) -> int:
     return dense + max(last_k - first_k + 1, 0)
 
 
+def evaluation_steps(cfg: RunConfig, T: int) -> tuple[int, int]:
+    """Of the steps 0..T, how many evaluate the training and test sets (every ``eval_every`` steps, and T) and how
+    many are goal checks alone (every ``goal_every`` steps, the others), as ``lssr.training.core`` schedules them."""
+    e, g = cfg.eval_every, cfg.goal_every
+    full = T // e + 1 + (T % e != 0)
+    if g is None:
+        return full, 0
+    both = T // math.lcm(e, g) + 1  # multiples of eval_every and goal_every (0 among them)
+    checks = T // g + 1 - both - (T % g == 0 and T % e != 0)
+    return full, checks
+
+
 def job_seconds(cfgs: Sequence[RunConfig], threads: int = 1) -> float:
     """Estimated seconds of one job training ``cfgs`` (one run, or a batched group of runs that differ only
     in η / seed / stop thresholds), on the device the configs name (``auto`` counts as the CPU)."""
@@ -97,7 +110,8 @@ def job_seconds(cfgs: Sequence[RunConfig], threads: int = 1) -> float:
     F = flops_per_sample(cfg.model.name, cfg.data.resize or NATIVE_PIXELS.get(source, 64))
     rate = FLOPS_PER_S["cuda"] if cfg.device.startswith("cuda") else FLOPS_PER_S["cpu"] * threads
     steps = T * (STEP_OVERHEAD_S + members * b * F / rate)
-    evals = (T // cfg.eval_every + 1) * members * (n + TEST_SET_SIZE.get(source, 10000)) * F / 3 / rate
+    full, checks = evaluation_steps(cfg, T)
+    evals = members * (full * (n + TEST_SET_SIZE.get(source, 10000)) + checks * n) * F / 3 / rate
     probes = 0.0
     if cfg.probe is not None:
         p = cfg.probe

@@ -258,12 +258,15 @@ class Planner:
         probe: dict | None = None,
         stop: dict | None = None,
         seed: int | None = None,
+        run: dict | None = None,
     ) -> str:
+        """Plan one run; ``run``: run-level keys (e.g. Figure 5's ``goal_every`` in steps) over the experiment's."""
         subset_name, data = self.subset(dataset)
         # the top-level seed and device always (as the schema's defaults did), other run keys when given
         raw: dict = {"seed": self.plan.settings.seed, "device": self.plan.settings.device}
         raw.update({k: self.wf[k] for k in RUN_KEYS if k in self.wf})
         raw.update({k: exp[k] for k in RUN_KEYS if k in exp})
+        raw.update(run or {})
         if seed is not None:
             raw["seed"] = seed
         raw["data"] = data
@@ -365,13 +368,13 @@ def _plan_fig5(P: Planner, e: dict) -> None:
                     f"workflow config: experiments.fig5.batch_sizes has b = {b} > n = {n} of data set '{ds}'; "
                     "drop it or use 'full'"
                 )
-            stop, eval_every = fig5_stop(e, n, b)  # until the training-accuracy goal, checked every few epochs
-            cell = e if eval_every is None else {**e, "eval_every": eval_every}
+            stop, cadence = fig5_stop(e, n, b)  # until the training-accuracy goal, checked every few epochs
             for lr in e["lrs"]:
                 for seed in seeds:
-                    group.append(
-                        P.add_run("fig5", cell, dataset=ds, loss=e["loss"], lr=lr, batch_size=b, seed=seed, stop=stop)
+                    rid = P.add_run(
+                        "fig5", e, dataset=ds, loss=e["loss"], lr=lr, batch_size=b, seed=seed, stop=stop, run=cadence
                     )
+                    group.append(rid)
             P.plan.groups[f"{ds}_b{b}"] = group
             P.plan.fig5_rho.setdefault(ds, []).extend(group)
     P.plan.rho_runs = fig5_rho_runs(e)

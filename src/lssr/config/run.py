@@ -14,6 +14,7 @@ A run config is a YAML mapping with the sections below (every key optional excep
     optim: {lr: 0.1, batch_size: 32, replacement: false}   # batch_size: full (= n) for GD
     stop: {steps: 600, epochs: null, train_loss_goal: null, train_acc_goal: null, divergence_bound: 1.0e6}
     eval_every: 10
+    goal_every: null         # N: also check the stop goals every N steps (training set only); null: at evaluations
     chunk_size: 512          # memory chunk for full-batch passes, separate from batch_size
     bn_mode: train           # train | eval: batch-norm mode used by the Hessian probes
     bn_ghost_batch: null     # N: batch-norm statistics over chunks of N samples (opt-in); null: the whole batch
@@ -115,6 +116,9 @@ class RunConfig:
     device: str = "auto"
     stop: StopConfig = field(default_factory=StopConfig)
     eval_every: int = 10
+    # Goal checks between evaluations: every N steps the training set alone is evaluated and the stop rule
+    # applied; the test set is evaluated there only when the run stops (Figure 5's goal, lssr.workflow).
+    goal_every: int | None = None
     log_every: int = 1
     chunk_size: int = CHUNK
     bn_mode: str = "train"
@@ -283,6 +287,8 @@ def _check_run(cfg: RunConfig, where: str) -> None:
     for key in ("eval_every", "log_every", "chunk_size"):
         if getattr(cfg, key) < 1:
             raise bad(key, getattr(cfg, key), "must be >= 1")
+    if cfg.goal_every is not None and cfg.goal_every < 1:
+        raise bad("goal_every", cfg.goal_every, "the steps between goal checks, >= 1, or null (only at evaluations)")
     if cfg.checkpoint_every is not None and cfg.checkpoint_every < 1:
         raise bad("checkpoint_every", cfg.checkpoint_every, "must be >= 1 or null")
     if cfg.activation_checkpointing not in ACTIVATION_CHECKPOINTING:

@@ -16,7 +16,8 @@ see tests/test_batched.py for why float32 runs may part at a max-pooling near-ti
 - the same training forward pass (:mod:`lssr.training.forward`): the whole mini-batch for a batch-norm model
   (its statistics over the b samples; ghost batches of ``bn_ghost_batch`` only when set), ``chunk_size``
   chunks for a model without batch norm, activation checkpointing where the pre-flight estimate needs it;
-- the same evaluation schedule (every ``eval_every`` steps and at the last step), the same stop rule
+- the same evaluation schedule (every ``eval_every`` steps and at the last step; goal checks every
+  ``goal_every`` steps, the training set only and the test set for the members that stop there), the same stop rule
   (:func:`~lssr.training.core.stop_verdict`: divergence of the training loss, loss / accuracy goals, step
   budget; :func:`~lssr.training.core.record_batch_loss`: divergence of the batch loss),
   the same ``metrics.csv`` columns and rows, ``run.json`` fields (plus a ``batched`` entry) and
@@ -33,7 +34,7 @@ Masking instead of stopping: a member whose batch loss is non-finite or above it
 ``stop.divergence_bound`` gets a zero update (its gradient is masked to 0, so NaN never leaks
 into its parameters) and its running statistics frozen after that step's forward pass (as ``train()``,
 which breaks after the forward pass that diverged). The check runs on the device; the host reads the
-batch losses only at evaluation steps (every ``eval_every`` steps), where it replays ``train()``'s
+batch losses only at evaluation steps (every ``eval_every`` and ``goal_every`` steps), where it replays ``train()``'s
 stopping logic per member, writes the finished members' outputs and drops them from the stack (so a
 diverged or finished member costs nothing afterwards). Between evaluations the step loop makes no
 device-to-host transfer; the batch indices of a whole evaluation interval are drawn up front and copied
@@ -78,7 +79,9 @@ from .core import (
     has_values,
     init_model,
     is_eval_step,
+    is_test_step,
     metrics_row,
+    next_eval_step,
     progress_bar,
     record_batch_loss,
     set_up,
@@ -308,7 +311,7 @@ class _Group:
                 self.drop_finished()
                 if not self.active:
                     break
-            next_sync = min((self.step // cfg0.eval_every + 1) * cfg0.eval_every, self.T)
+            next_sync = next_eval_step(cfg0, self.step, self.T)
             if self.checkpointing:
                 next_sync = min(next_sync, (self.step // cfg0.checkpoint_every + 1) * cfg0.checkpoint_every)
             self.pending, self.pending_from = self.steps(next_sync - self.step, bar), self.step
@@ -316,18 +319,32 @@ class _Group:
         return [self.results[i] for i in range(len(self.cfgs))]
 
     def evaluate_and_stop(self, step: int) -> None:
-        """Evaluate every active member at ``step``; finish those the stop rule stops."""
-        forward = lambda x: self.stack.forward(x, x_batched=False)  # noqa: E731
-        evals = evaluate_members(self.template, forward, len(self.active), self.data, self.loss_ps, self.chunk)
-        for m, e in zip(self.active, evals):
-            row = {**metrics_row(step, self.spe), **e}
-            verdict = stop_verdict(m.cfg, row, step, self.T)
+        """Evaluate every active member at ``step`` and finish those the stop rule stops. At a goal check
+        (:func:`~lssr.training.core.is_test_step` false) the training set alone, and the test set only for the
+        members that stop there (their rows of the stack: each member's outputs do not depend on the others')."""
+        test = is_test_step(self.cfg0, step, self.T)
+        rows = [{**metrics_row(step, self.spe), **e} for e in self.evaluate_rows(None, train=True, test=test)]
+        verdicts = [stop_verdict(m.cfg, row, step, self.T) for m, row in zip(self.active, rows)]
+        stopping = [k for k, v in enumerate(verdicts) if v is not None]
+        if not test and stopping:
+            for k, e in zip(stopping, self.evaluate_rows(stopping, train=False, test=True)):
+                rows[k].update(e)
+        for m, row, verdict in zip(list(self.active), rows, verdicts):
             if verdict is None:
                 m.open_row = row
                 continue
             m.status, m.stopped_by = status_of(verdict), verdict
             m.rows.append(row)
             self.finish(m, step)
+
+    def evaluate_rows(self, rows: list[int] | None, train: bool, test: bool) -> list[dict]:
+        """The metrics of the stack's members at ``rows`` (None: all) on the training and / or test sets."""
+        if rows is None or len(rows) == len(self.active):
+            forward = lambda x: self.stack.forward(x, x_batched=False)  # noqa: E731
+        else:
+            forward = self.stack.rows_forward(torch.tensor(rows, device=self.device))
+        k = len(self.active) if rows is None else len(rows)
+        return evaluate_members(self.template, forward, k, self.data, self.loss_ps, self.chunk, train, test)
 
     def steps(self, nsteps: int, bar) -> torch.Tensor:
         """``nsteps`` SGD steps of every active member; their batch losses (steps x members), on the device."""

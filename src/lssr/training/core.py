@@ -115,7 +115,21 @@ def status_of(stopped_by: str) -> str:
 
 
 def is_eval_step(cfg: RunConfig, step: int, last_step: int) -> bool:
+    """A step where θ_t is evaluated and the stop rule applied: every ``eval_every`` steps, every ``goal_every``
+    steps (goal checks) and the last step T."""
+    return is_test_step(cfg, step, last_step) or (cfg.goal_every is not None and step % cfg.goal_every == 0)
+
+
+def is_test_step(cfg: RunConfig, step: int, last_step: int) -> bool:
+    """An evaluation step that evaluates the test set whatever the stop rule says: every ``eval_every`` steps and
+    the last step. At the other evaluation steps (goal checks) the test set is evaluated only where the run stops."""
     return step % cfg.eval_every == 0 or step == last_step
+
+
+def next_eval_step(cfg: RunConfig, step: int, last_step: int) -> int:
+    """The first evaluation step after ``step`` (at most T)."""
+    every = [cfg.eval_every] + ([cfg.goal_every] if cfg.goal_every is not None else [])
+    return min([(step // k + 1) * k for k in every] + [last_step])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -137,18 +151,22 @@ def step_loop(run, bar) -> None:
     """The step loop of one model (single runs and data-parallel members), until the stop rule says stop.
 
     At each step t: ``run.at_step()`` (e.g. a checkpoint), at evaluation steps the metrics of θ_t and the
-    stop rule, then one SGD step ``run.sgd_step(row)`` (None: the batch loss diverged), and the row is
+    stop rule (at a goal check, :func:`is_test_step` false, the training set only, and the test set too when the
+    run stops there), then one SGD step ``run.sgd_step(row)`` (None: the batch loss diverged), and the row is
     ``run.record``-ed when it holds a measurement. ``run`` also carries ``cfg``, ``step``, ``T``,
-    ``steps_per_epoch``, ``evaluate()`` and sets ``stopped_by``.
+    ``steps_per_epoch``, ``evaluate(train=True, test=True)`` and sets ``stopped_by``.
     """
     cfg = run.cfg
     while True:
         run.at_step()
         row = metrics_row(run.step, run.steps_per_epoch)
         if is_eval_step(cfg, run.step, run.T):
-            row.update(run.evaluate())
+            test = is_test_step(cfg, run.step, run.T)
+            row.update(run.evaluate(test=test))
             verdict = stop_verdict(cfg, row, run.step, run.T)
             if verdict is not None:
+                if not test:  # a goal check that stops the run: the final test loss and accuracy
+                    row.update(run.evaluate(train=False))
                 run.stopped_by = verdict
                 run.record(row)
                 return
@@ -204,15 +222,26 @@ def evaluate(
 
 
 def evaluate_members(
-    module: nn.Module, forward: Callable, members: int, data: Subset, loss_per_sample: Callable, chunk_size: int
+    module: nn.Module,
+    forward: Callable,
+    members: int,
+    data: Subset,
+    loss_per_sample: Callable,
+    chunk_size: int,
+    train: bool = True,
+    test: bool = True,
 ) -> list[dict]:
-    """Training and test loss and accuracy of each member, with ``module`` in eval mode (batch norm
-    normalises with its running statistics); ``module`` is back in train mode afterwards."""
+    """Training (``train``) and test (``test``) loss and accuracy of each member, with ``module`` in eval mode
+    (batch norm normalises with its running statistics); ``module`` is back in train mode afterwards."""
     module.eval()
-    tl, ta = evaluate(forward, members, data.x_train, data.y_train, loss_per_sample, chunk_size)
-    vl, va = evaluate(forward, members, data.x_test, data.y_test, loss_per_sample, chunk_size)
+    rows: list[dict] = [{} for _ in range(members)]
+    for split, x, y, wanted in (("train", data.x_train, data.y_train, train), ("test", data.x_test, data.y_test, test)):
+        if wanted:
+            losses, accs = evaluate(forward, members, x, y, loss_per_sample, chunk_size)
+            for k in range(members):
+                rows[k].update({f"{split}_loss": losses[k], f"{split}_acc": accs[k]})
     module.train()
-    return [{"train_loss": tl[k], "train_acc": ta[k], "test_loss": vl[k], "test_acc": va[k]} for k in range(members)]
+    return rows
 
 
 def progress_bar(enabled: bool, total: int, desc: str, initial: int = 0):

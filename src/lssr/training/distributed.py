@@ -299,12 +299,17 @@ class _Member:
         return batch_loss
 
     @torch.no_grad()
-    def evaluate(self) -> dict:
-        """L(θ) and accuracy on the training and test sets (eval mode), sharded over the ranks, all-reduced."""
+    def evaluate(self, train: bool = True, test: bool = True) -> dict:
+        """L(θ) and accuracy on the training and / or test sets (eval mode), sharded over the ranks, all-reduced."""
         model, chunk, d = self.model, self.cfg.chunk_size, self.data
+        splits = [
+            (name, x, y)
+            for name, x, y, wanted in (("train", d.x_train, d.y_train, train), ("test", d.x_test, d.y_test, test))
+            if wanted
+        ]
         model.eval()
         sums = []
-        for x, y in ((d.x_train, d.y_train), (d.x_test, d.y_test)):
+        for _, x, y in splits:
             a, z = shard(len(x), self.world)
             loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
             correct = torch.zeros((), dtype=torch.float64, device=self.device)
@@ -317,9 +322,12 @@ class _Member:
         t = torch.stack(sums)
         dist.all_reduce(t)
         model.train()
-        m_tr, m_te = max(len(d.x_train), 1), max(len(d.x_test), 1)
         t = t.tolist()
-        return {"train_loss": t[0] / m_tr, "train_acc": t[1] / m_tr, "test_loss": t[2] / m_te, "test_acc": t[3] / m_te}
+        row = {}
+        for i, (name, x, _) in enumerate(splits):
+            m = max(len(x), 1)
+            row.update({f"{name}_loss": t[2 * i] / m, f"{name}_acc": t[2 * i + 1] / m})
+        return row
 
     # -- the hooks of core.step_loop (no checkpoints on this path) -----------------------------------
     @property

@@ -3,6 +3,7 @@ seeds, subset hashes, device, library versions, git commit, wall time) and the r
 
 from __future__ import annotations
 
+import math
 import platform
 import subprocess
 import sys
@@ -90,10 +91,16 @@ def write_run_outputs(
         "git_commit": git_commit(),
         "wall_time_s": wall,
         "resumed": resumed,
-        "final": {k: final.get(k) for k in ("train_loss", "train_acc", "test_loss", "test_acc")},
+        # the last evaluation's; null where it measured no number (the test set at a goal check)
+        "final": {k: _measured(final.get(k)) for k in ("train_loss", "train_acc", "test_loss", "test_acc")},
     }
     record.update(extra or {})
     write_json(out / "run.json", record)
+
+
+def _measured(value):
+    """A metric of run.json's ``final``: None for one not measured (absent or NaN in metrics.csv)."""
+    return None if value is None or (isinstance(value, float) and math.isnan(value)) else value
 
 
 #: Written into every checkpoint; a file without it (or with another value) is not one of ours.

@@ -243,11 +243,11 @@ class _Run:
         if self.checkpointing and self.step % self.cfg.checkpoint_every == 0 and self.step > self.resumed_at:
             self.checkpoint()
 
-    def evaluate(self) -> dict:
-        """L(θ) and accuracy on the training and test sets (eval mode)."""
+    def evaluate(self, train: bool = True, test: bool = True) -> dict:
+        """L(θ) and accuracy on the training and / or test sets (eval mode)."""
         model = self.model
         forward = lambda x: model(x).unsqueeze(0)  # noqa: E731 - one member
-        return evaluate_members(model, forward, 1, self.data, self.loss_ps, self.cfg.chunk_size)[0]
+        return evaluate_members(model, forward, 1, self.data, self.loss_ps, self.cfg.chunk_size, train, test)[0]
 
     def record(self, row: dict) -> None:
         self.log.append(row)

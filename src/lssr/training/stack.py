@@ -75,6 +75,12 @@ class Stack:
         """Outputs of every member, shape (M, len(x), classes); ``x`` is (M, c, ...) when batched."""
         return vmap(self._f, in_dims=(0, 0, 0 if x_batched else None))(self.params, self.buffers, x)
 
+    def rows_forward(self, rows: torch.Tensor):
+        """The forward pass (without gradients) of the members at ``rows`` alone: x -> (len(rows), len(x), classes)."""
+        params = {k: v.detach().index_select(0, rows) for k, v in self.params.items()}
+        buffers = {k: v.index_select(0, rows) for k, v in self.buffers.items()}
+        return lambda x: vmap(self._f, in_dims=(0, 0, None))(params, buffers, x)
+
     def keep(self, rows: torch.Tensor) -> None:
         """Keep only the members at ``rows`` (a 1-D index tensor on the device)."""
         self.params = {k: v.detach().index_select(0, rows).requires_grad_(True) for k, v in self.params.items()}
