@@ -179,6 +179,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--compare-hvp-steps", type=int, nargs="*", default=[], help="other hvp_steps to record (0: the window)"
     )
+    ap.add_argument(
+        "--no-eigen", action="store_true", help="no ‖H‖ reference (LOBPCG on N samples is the dearest part)"
+    )
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", type=Path, default=Path("results/bench/monitor_accuracy.json"))
@@ -260,9 +263,10 @@ def main(argv: list[str] | None = None) -> int:
         back = args.window - offset  # steps before the row's
         due = start >= args.window * args.warmup and back % spacing == 0 and back < args.points * spacing
         last = due and offset == args.window  # ‖H‖ only at the row's step, where it is compared
+        eigen = last and not args.no_eigen
         if due:
-            p = point(model, ds, args.batch, args.seed + t, last, vec)
-            vec = p.pop("eigenvector") if last else vec
+            p = point(model, ds, args.batch, args.seed + t, eigen, vec)
+            vec = p.pop("eigenvector") if eigen else vec
             p.pop("eigenvector", None)
             points.setdefault(start, []).append(p | {"step": t})
             gc.collect()

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import re
 import sys
 from functools import cache
@@ -568,10 +569,10 @@ def monitor_diagnose_overhead() -> str:
     )
 
 
-def monitor_accuracy() -> str:
-    """The streaming rows against lssr.diagnose on all N training samples along each window
-    (monitor_accuracy.json), tr(H S_b) also from the other hvp_steps recorded on the same run."""
-    r = load("monitor_accuracy.json")
+def monitor_accuracy(name: str = "monitor_accuracy.json") -> str:
+    """The streaming rows against lssr.diagnose on all N training samples along each window (``name``), tr(H S_b)
+    also from the other hvp_steps recorded on the same run; ‖H‖'s relative differences where it was measured."""
+    r = load(name)
     names = {
         "tr_S_b": "tr S_b (window mean)",
         "tr_S_n": "tr S_n (row's θ)",
@@ -593,12 +594,13 @@ def monitor_accuracy() -> str:
         what = f"last {h} steps; row's θ" if h != "0" else "the whole window; window mean"
         rows.append(line(f"tr(H S_b) ({what})", alt["summary"]["tr_HS_b"]))
     table = md_table(["quantity", "rows within 3 se", "coverage at 1 se", "coverage at 2 se", "z, absolute"], rows)
-    eig = r["summary"]["top_eig"]["rel_diff"]
+    eig = [v for v in r["summary"]["top_eig"]["rel_diff"] if v is not None and math.isfinite(v)]
     st = r["settings"]
+    eig_text = f"‖H‖ (row's θ): streaming / reference − 1 = {span(eig, '{:+.2f}')}. " if eig else "‖H‖ not compared. "
     return (
-        f"{table}\n\n‖H‖ (row's θ): streaming / reference − 1 = {span(eig, '{:+.2f}')}. "
+        f"{table}\n\n{eig_text}"
         f"{r['model']}, m = {r['m']}, N = {st['n']} CIFAR-10 images at {st['px']} px, b = {st['batch']}, "
-        f"η = {st['lr']}, β = 0.9, a row every {st['window']} steps; {st['rows']} rows compared after "
+        f"η = {st['lr']}, β = 0.9, a row every {st['window']} steps; {len(r['pairs'])} rows compared after "
         f"{st['warmup']}, the references at {st['points']} steps of each window; {r['wall_s']:.0f} s, load average "
         f"{r['loadavg_before'][0]:.2f} before, {r['loadavg_after'][0]:.2f} after.\n"
     )
@@ -665,6 +667,7 @@ SECTIONS: dict[str, Callable[[], str]] = {
     "monitor-overhead": lambda: stream_overhead("monitor.json"),
     "monitor-diagnose-overhead": monitor_diagnose_overhead,
     "monitor-accuracy": monitor_accuracy,
+    "monitor-accuracy-eigen": lambda: monitor_accuracy("monitor_accuracy_eigen.json"),
     "monitor-stream-overhead": lambda: stream_overhead("monitor_stream.json"),
 }
 
