@@ -196,3 +196,30 @@ def test_float32_and_inputs_cast():
     # for a symmetric H, ‖Hx − λx‖ ≤ tol·|λ| puts an eigenvalue within tol·|λ| of λ (the next one is 27% lower
     # here, so it is λ_max); float32 HVPs add round-off of about 1e-6 relative: allowed 1e-5
     assert abs(r.value - lam_max) <= (tol + 1e-5) * abs(lam_max)
+
+
+def test_the_kept_graph_of_the_gradient_is_freed_with_its_operator():
+    """hvp_mode 'graph' keeps the graph of ∇L (with the hook that counts its bytes): after the operator is gone,
+    no tensor of it is left (a saved output holding its own node would keep the whole graph alive); its H·v
+    equals reverse-over-reverse's."""
+    import gc
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Linear(4, 16), torch.nn.Tanh(), torch.nn.Linear(16, 3), torch.nn.ReLU()
+    ).double()
+    x, y = torch.randn(32, 4, dtype=torch.float64), torch.randint(0, 3, (32,))
+
+    def live() -> int:
+        gc.collect()
+        return sum(1 for o in gc.get_objects() if isinstance(o, torch.Tensor))
+
+    v = torch.randn(sum(p.numel() for p in model.parameters()), dtype=torch.float64)
+    ref = LossOperator(model, get_loss("ce"), x, y, hvp_mode="reverse").hvp(v)
+    counts = []
+    for _ in range(4):
+        op = LossOperator(model, get_loss("ce"), x, y, chunk_size=8, hvp_mode="graph", graph_budget=1 << 30)
+        assert torch.allclose(op.hvp(v), ref, rtol=1e-12, atol=1e-12)
+        del op
+        counts.append(live())
+    assert counts[-1] == counts[1], counts

@@ -413,7 +413,10 @@ class _FirstOrderGraph:
                 used[0] += st.nbytes()
                 if used[0] > budget:
                     raise too_large
-            return t
+            # detached: the saved value must not hold the tensor's own grad_fn (an output saved by the node that made
+            # it would form a cycle node -> saved value -> tensor -> node, which nothing frees); unpacking re-attaches
+            # the autograd metadata, so the double backward of the HVPs is the same
+            return t.detach()
 
         op.counts["graph"] += 1
         self.leaves = {k: t.detach().requires_grad_(True) for k, t in op.params.items()}
