@@ -1,0 +1,75 @@
+"""Seconds and bytes of one batched group's checkpoint after many steps (``checkpoint_every`` in a Figure-5 group).
+
+A group of ``--members`` (105 as the replication's b = 8 group) tiny members (digits_cnn on 64 digits) gets
+``--steps`` steps' worth of ``metrics.csv`` rows through the group's own row path (``replay_batch_losses`` with
+made-up batch losses; no training), then writes its checkpoint ``--reps`` times; printed: the median seconds of
+one save, the checkpoint's bytes, and the rows the members hold. Nothing is asserted; the numbers depend on
+the disk and the load.
+
+    python benchmarks/bench_group_checkpoint.py --members 105 --steps 5000
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from lssr.config import config_from_dict
+from lssr.data import SubsetSpec, build_subset, load_subset
+from lssr.training.batched import _Group
+
+
+def member_cfg(lr: float, name: str):
+    return config_from_dict(
+        {
+            "name": name,
+            "seed": 5,
+            "device": "cpu",
+            "data": {"dataset": "digits", "n": 64, "seed": 1},
+            "model": {"name": "digits_cnn"},
+            "loss": "mse",
+            "optim": {"lr": lr, "batch_size": 16},
+            "stop": {"steps": 100_000},
+            "eval_every": 100_000,
+            "checkpoint_every": 10,
+        }
+    )
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--members", type=int, default=105)
+    ap.add_argument("--steps", type=int, default=5000)
+    ap.add_argument("--reps", type=int, default=3)
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    with tempfile.TemporaryDirectory(prefix="lssr-bench-ckpt-") as tmp:
+        tmp = Path(tmp)
+        build_subset(SubsetSpec("digits", 64, seed=1), tmp / "data")
+        data = load_subset(tmp / "data")
+        cfgs = [member_cfg(0.01 * (1 + i / args.members), f"m{i}") for i in range(args.members)]
+        group = _Group(cfgs, data, [tmp / f"m{i}" for i in range(args.members)])
+        group.resume()  # a fresh start (no checkpoint): the members' row logs begin empty
+        losses = 0.1 + 0.01 * torch.rand(args.steps, args.members, dtype=torch.float64)
+        group.replay_batch_losses(0, losses)
+        group.step = args.steps
+        seconds = []
+        for _ in range(args.reps):
+            t0 = time.perf_counter()
+            group.checkpoint()
+            seconds.append(time.perf_counter() - t0)
+        size = group.ckpt_path.stat().st_size
+    print(
+        f"members {args.members}, steps {args.steps} ({args.members * args.steps} rows): one checkpoint save "
+        f"{statistics.median(seconds):.3f} s (median of {args.reps}: {', '.join(f'{s:.3f}' for s in seconds)}), "
+        f"{size} bytes"
+    )
+
+
+if __name__ == "__main__":
+    main()
