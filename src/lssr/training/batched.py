@@ -47,12 +47,15 @@ differ only in ``optim.lr``, ``seed``, ``name`` and the per-member stopping thre
 
 Checkpoints: with ``checkpoint_every`` (and an output folder for every member), every that many steps
 the group writes one ``checkpoint.pt`` into its first member's folder: the stacked weights and buffers of
-the members still in the stack, η / bound / alive per member, the sampler states, every member's rows so
-far and, for the members that have stopped, their final weights, status and wall time. The step loop
+the members still in the stack, η / bound / alive per member, the sampler states, the byte offset of every
+member's row log (its rows go to ``metrics.csv.partial`` in its folder as they are made, so the checkpoint
+does not grow with the steps) and, for the members that have stopped, their final weights, status and wall
+time. The step loop
 syncs with the host at checkpoint steps as at evaluation steps (reading the batch losses), but members are
 dropped from the stack only at evaluation steps, as without checkpoints, so the stack (and with it the
 numbers) is the same with or without checkpointing. A group restarted on the same folders and configs
-resumes from it (rewriting the outputs of stopped members that a scheduler deleted), and each member's
+resumes from it (cutting each row log back to its offset, rewriting the outputs of stopped members that a
+scheduler deleted from their logs, which stay until the whole group is done), and each member's
 ``metrics.csv`` and ``run.json`` (apart from wall time and ``resumed``) are byte-identical to an
 uninterrupted run's. With ``members_per_pass``, each pass keeps its own checkpoint (in its first member's
 folder) until the whole group is done.
