@@ -327,3 +327,17 @@ def test_single_run_resumes_byte_identical_in_process(digits, tmp_path):
     res = train(cfg(), digits, out, progress=False)
     assert res.steps == 12 and json.loads((out / "run.json").read_text())["resumed"] is True
     same_outputs([out], [ref])
+
+
+def test_group_checkpoints_change_no_output(digits, tmp_path):
+    """A group that checkpoints (and syncs with the host) every 3 steps writes the same metrics.csv and
+    model.pt as one that never checkpoints, and leaves no checkpoint or row log behind."""
+    names = (("a", 0.05), ("b", 3.0), ("c", 0.1))
+    plain = [tmp_path / "plain" / m for m, _ in names]
+    train_batched([cfg(lr, m, checkpoint_every=None) for m, lr in names], digits, plain, progress=False)
+    ckpt = [tmp_path / "ckpt" / m for m, _ in names]
+    train_batched([cfg(lr, m, checkpoint_every=3) for m, lr in names], digits, ckpt, progress=False)
+    for o, r in zip(ckpt, plain):
+        assert (o / "metrics.csv").read_bytes() == (r / "metrics.csv").read_bytes()
+        assert (o / "model.pt").read_bytes() == (r / "model.pt").read_bytes()
+        assert sorted(p.name for p in o.iterdir()) == ["metrics.csv", "model.pt", "run.json"]
