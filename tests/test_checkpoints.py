@@ -2,6 +2,7 @@
 gives one warning line and a fresh start; a resumed group equals an uninterrupted one; job logs show
 progress as plain lines."""
 
+import gc
 import json
 import os
 import subprocess
@@ -77,6 +78,7 @@ class StopAt:
 def interrupted_single(cfg_, data, out, step=7):
     with pytest.raises(Stop):
         train(cfg_, data, out, probes=[StopAt(step)], progress=False)
+    gc.collect()  # the stopped run's open log is closed (its buffered rows written) now, not during a resume
     assert (out / "checkpoint.pt").exists()
 
 
@@ -94,6 +96,7 @@ def interrupted_group(cfgs, data, outs, monkeypatch, step=7):
         m.setattr(batched._Group, "sgd_step", stopping_step)
         with pytest.raises(Stop):
             train_batched(cfgs, data, outs, progress=False)
+    gc.collect()  # the stopped group's open logs are closed (their buffered rows written) now, not during a resume
     assert (outs[0] / "checkpoint.pt").exists()
 
 
@@ -240,3 +243,101 @@ def test_progress_in_a_log_file_is_plain_lines(digits_dir, tmp_path, command):
     lines = [ln for ln in text.splitlines() if " step " in ln and "/40 (" in ln]
     assert len(lines) >= 11, text  # started, 10%, ..., 100%
     assert lines[0].endswith("(started)") and "step 40/40 (100%" in lines[-1]
+
+
+# -- the rows of a group's members: in each member's metrics.csv.partial, the checkpoint keeps byte offsets --
+
+
+def same_outputs(outs, ref):
+    """Each member's metrics.csv and model.pt byte-identical, run.json equal apart from wall time and resumed."""
+    for o, r in zip(outs, ref):
+        assert (o / "metrics.csv").read_bytes() == (r / "metrics.csv").read_bytes()
+        assert (o / "model.pt").read_bytes() == (r / "model.pt").read_bytes()
+        a, b = (json.loads((p / "run.json").read_text()) for p in (o, r))
+        drop = ("wall_time_s", "resumed")
+        assert {k: v for k, v in a.items() if k not in drop} == {k: v for k, v in b.items() if k not in drop}
+
+
+def test_group_checkpoint_size_does_not_grow_with_the_steps(digits, tmp_path, monkeypatch):
+    """The checkpoint after 200 steps is as large as the one after 20 (within a few bytes per member: the
+    offsets and step counter are larger numbers); with the rows in it, it would be ~180 rows x 3 larger."""
+    cfgs = [cfg(lr, name, steps=300, checkpoint_every=20) for lr, name in ((0.05, "a"), (0.1, "b"), (0.02, "c"))]
+    sizes = {}
+    for stop in (21, 201):
+        outs = [tmp_path / str(stop) / c.name for c in cfgs]
+        interrupted_group(cfgs, digits, outs, monkeypatch, step=stop)
+        state = torch.load(outs[0] / "checkpoint.pt", weights_only=True)
+        assert state["step"] == stop - 1
+        sizes[stop] = (outs[0] / "checkpoint.pt").stat().st_size
+        # the rows are in the members' logs: the header and one line per step (a batch loss at every step)
+        for o, ms in zip(outs, state["members"]):
+            assert "rows" not in ms
+            lines = (o / "metrics.csv.partial").read_bytes()[: ms["metrics_offset"]].decode().splitlines()
+            assert lines[0].startswith("step,epoch,batch_loss") and [int(ln.split(",")[0]) for ln in lines[1:]] == list(
+                range(stop - 1)
+            )
+    assert abs(sizes[201] - sizes[21]) <= 64 + 16 * len(cfgs), sizes
+
+
+def test_group_resume_cuts_rows_written_after_the_checkpoint(digits, tmp_path, capsys, monkeypatch):
+    """Rows a killed group wrote after its last checkpoint (here, a member's log runs on past the offset
+    with made-up lines) are cut back on resume; the outputs equal an uninterrupted run's, no log is left."""
+    cfgs = [cfg(0.05, "a"), cfg(3.0, "b"), cfg(0.1, "c")]  # "b" diverges before the checkpoint at step 5
+    ref = [tmp_path / "ref" / m for m in "abc"]
+    train_batched(cfgs, digits, ref, progress=False)
+    assert not list((tmp_path / "ref").glob("*/*.partial"))
+    outs = [tmp_path / "out" / m for m in "abc"]
+    interrupted_group(cfgs, digits, outs, monkeypatch)
+    state = torch.load(outs[0] / "checkpoint.pt", weights_only=True)
+    for o, ms in zip(outs, state["members"]):
+        with open(o / "metrics.csv.partial", "a") as fh:
+            fh.write("6,0.1,9.9,,,,\n7,0.2,9.9,,,,\n")
+        assert (o / "metrics.csv.partial").stat().st_size > ms["metrics_offset"]
+    (outs[1] / "metrics.csv").unlink()  # a stopped member's outputs deleted (as Snakemake does after a failure)
+    capsys.readouterr()
+    res = train_batched(cfgs, digits, outs, progress=False)
+    assert "warning" not in capsys.readouterr().err
+    assert [r.status for r in res] == ["completed", "diverged", "completed"]
+    same_outputs(outs, ref)
+    assert not list((tmp_path / "out").glob("*/*.partial")) and not (outs[0] / "checkpoint.pt").exists()
+
+
+def test_group_checkpoint_with_a_missing_log_warns_and_starts_afresh(digits, tmp_path, capsys, monkeypatch):
+    cfgs = [cfg(0.05, "a"), cfg(0.1, "b")]
+    ref = [tmp_path / "ref" / m for m in "ab"]
+    train_batched(cfgs, digits, ref, progress=False)
+    outs = [tmp_path / "out" / m for m in "ab"]
+    interrupted_group(cfgs, digits, outs, monkeypatch)
+    (outs[1] / "metrics.csv.partial").unlink()
+    capsys.readouterr()
+    train_batched(cfgs, digits, outs, progress=False)
+    line = one_warning(capsys.readouterr().err, outs[0] / "checkpoint.pt")
+    assert "metrics.csv.partial is missing or shorter" in line
+    same_outputs(outs, ref)
+    assert all(json.loads((o / "run.json").read_text())["resumed"] is False for o in outs)
+
+
+def test_single_run_resumes_byte_identical_in_process(digits, tmp_path):
+    ref = tmp_path / "ref"
+    train(cfg(), digits, ref, progress=False)
+    out = tmp_path / "out"
+    interrupted_single(cfg(), digits, out)
+    with open(out / "metrics.csv.partial", "a") as fh:  # rows after the checkpoint at step 5
+        fh.write("6,0.1,9.9,,,,\n")
+    res = train(cfg(), digits, out, progress=False)
+    assert res.steps == 12 and json.loads((out / "run.json").read_text())["resumed"] is True
+    same_outputs([out], [ref])
+
+
+def test_group_checkpoints_change_no_output(digits, tmp_path):
+    """A group that checkpoints (and syncs with the host) every 3 steps writes the same metrics.csv and
+    model.pt as one that never checkpoints, and leaves no checkpoint or row log behind."""
+    names = (("a", 0.05), ("b", 3.0), ("c", 0.1))
+    plain = [tmp_path / "plain" / m for m, _ in names]
+    train_batched([cfg(lr, m, checkpoint_every=None) for m, lr in names], digits, plain, progress=False)
+    ckpt = [tmp_path / "ckpt" / m for m, _ in names]
+    train_batched([cfg(lr, m, checkpoint_every=3) for m, lr in names], digits, ckpt, progress=False)
+    for o, r in zip(ckpt, plain):
+        assert (o / "metrics.csv").read_bytes() == (r / "metrics.csv").read_bytes()
+        assert (o / "model.pt").read_bytes() == (r / "model.pt").read_bytes()
+        assert sorted(p.name for p in o.iterdir()) == ["metrics.csv", "model.pt", "run.json"]

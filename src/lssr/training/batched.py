@@ -47,12 +47,15 @@ differ only in ``optim.lr``, ``seed``, ``name`` and the per-member stopping thre
 
 Checkpoints: with ``checkpoint_every`` (and an output folder for every member), every that many steps
 the group writes one ``checkpoint.pt`` into its first member's folder: the stacked weights and buffers of
-the members still in the stack, η / bound / alive per member, the sampler states, every member's rows so
-far and, for the members that have stopped, their final weights, status and wall time. The step loop
+the members still in the stack, η / bound / alive per member, the sampler states, the byte offset of every
+member's row log (its rows go to ``metrics.csv.partial`` in its folder as they are made, so the checkpoint
+does not grow with the steps) and, for the members that have stopped, their final weights, status and wall
+time. The step loop
 syncs with the host at checkpoint steps as at evaluation steps (reading the batch losses), but members are
 dropped from the stack only at evaluation steps, as without checkpoints, so the stack (and with it the
 numbers) is the same with or without checkpointing. A group restarted on the same folders and configs
-resumes from it (rewriting the outputs of stopped members that a scheduler deleted), and each member's
+resumes from it (cutting each row log back to its offset, rewriting the outputs of stopped members that a
+scheduler deleted from their logs, which stay until the whole group is done), and each member's
 ``metrics.csv`` and ``run.json`` (apart from wall time and ``resumed``) are byte-identical to an
 uninterrupted run's. With ``members_per_pass``, each pass keeps its own checkpoint (in its first member's
 folder) until the whole group is done.
@@ -61,6 +64,7 @@ folder) until the whole group is done.
 from __future__ import annotations
 
 import copy
+import shutil
 import time
 from pathlib import Path
 from typing import Sequence
@@ -71,6 +75,7 @@ import torch
 from ..config import RunConfig
 from ..data import Subset
 from ..errors import LssrError
+from ..io import atomic_path
 from ..losses import per_sample_loss
 from .core import (
     METRIC_COLUMNS,
@@ -90,9 +95,11 @@ from .core import (
     total_steps,
 )
 from .forward import StepPlan, backward_keeping_buffers, model_profile, plan_step, stacked_checkpointed_forward
-from .outputs import CHECKPOINT, load_checkpoint, save_checkpoint, write_metrics, write_run_outputs
+from .outputs import CHECKPOINT, fresh_start_warning, load_checkpoint, save_checkpoint, write_run_outputs
 from .sampler import BatchSampler, steps_per_epoch
 from .stack import Member, Stack
+
+PARTIAL = "metrics.csv.partial"  # a member's row log (lssr.io.CsvLog) while the group trains
 
 #: Config keys (dotted) that may differ between the members of one batched group.
 MAY_DIFFER = frozenset(
@@ -176,9 +183,12 @@ def train_batched(
     results: list[RunResult] = []
     for part in passes:
         results += _train_group(cfgs[part], data, out_dirs[part], progress, keep_checkpoint=len(passes) > 1)
-    for part in passes:  # the whole group is done: no pass needs its checkpoint any more
+    for part in passes:  # the whole group is done: no pass needs its checkpoint (or row logs) any more
         if out_dirs[part][0] is not None:
             (Path(out_dirs[part][0]) / CHECKPOINT).unlink(missing_ok=True)
+    for d in out_dirs:
+        if d is not None:
+            (Path(d) / PARTIAL).unlink(missing_ok=True)
     return results
 
 
@@ -272,7 +282,14 @@ class _Group:
         for an unusable one, from step 0); rewrite the outputs of stopped members that have gone missing."""
         keys = ("step", "elapsed", "active", "stack", "per_row", "sampler", "members")
         state = load_checkpoint(self.ckpt_path, self.identity(), keys) if self.checkpointing else None
-        if state is None:
+        if state is not None and (reason := self.unusable_logs(state["members"])):
+            fresh_start_warning(self.ckpt_path, reason)
+            self.ckpt_path.unlink()
+            state = None
+        if state is None:  # step 0: every member's row log starts empty (a killed run's is discarded)
+            for m in self.members:
+                if m.log is not None:
+                    m.log.reset()
             return
         self.step, self.elapsed_before, self.resumed_at = state["step"], state["elapsed"], state["step"]
         if self.shared_sampler is not None:
@@ -288,6 +305,17 @@ class _Group:
             if m.done:  # stopped before the checkpoint: its outputs again if the scheduler deleted them
                 lost = m.out_dir is not None and not all((m.out_dir / f).exists() for f in outputs)
                 self.conclude(m, write=lost, resumed=False)
+
+    def unusable_logs(self, member_states: list[dict]) -> str | None:
+        """Why the members' row logs cannot continue from a checkpoint with ``member_states`` (None: they can):
+        a log missing or shorter than the byte offset the checkpoint recorded for it."""
+        for m, ms in zip(self.members, member_states):
+            offset = ms.get("metrics_offset")
+            if not isinstance(offset, int):
+                return "incomplete (no metrics_offset of its members' row logs)"
+            if not m.log.partial.exists() or m.log.partial.stat().st_size < offset:
+                return f"{m.log.partial} is missing or shorter than the checkpoint says ({offset} bytes)"
+        return None
 
     # -- the loop: evaluate (host sync) every eval_every steps, device-only steps in between ------
 
@@ -334,7 +362,7 @@ class _Group:
                 m.open_row = row
                 continue
             m.status, m.stopped_by = status_of(verdict), verdict
-            m.rows.append(row)
+            m.add_row(row)
             self.finish(m, step)
 
     def evaluate_rows(self, rows: list[int] | None, train: bool, test: bool) -> list[dict]:
@@ -369,13 +397,13 @@ class _Group:
                 step = first_step + s
                 row = m.open_row if (s == 0 and m.open_row is not None) else metrics_row(step, self.spe)
                 if record_batch_loss(m.cfg, row, step, float(losses[s, k])):
-                    m.rows.append(row)
+                    m.add_row(row)
                     m.status, m.stopped_by = "diverged", "divergence"
                     self.finish(m, step)
                     stopped.append(m)
                     break
                 if has_values(row):
-                    m.rows.append(row)
+                    m.add_row(row)
             m.open_row = None
         return stopped
 
@@ -475,7 +503,7 @@ class _Group:
         model.load_state_dict(m.final_state)
         if m.out_dir is not None and write:
             # the same three files as train(), the same run.json fields plus ``batched``
-            metrics = write_metrics(m.out_dir / "metrics.csv", m.rows)
+            metrics = self.write_metrics(m)
             write_run_outputs(
                 m.out_dir,
                 m.cfg,
@@ -490,6 +518,21 @@ class _Group:
                 resumed=resumed,
                 extra={"batched": {"group_size": len(self.cfgs), "member": m.index}, **self.step_plan.record()},
             )
+        elif m.out_dir is not None:  # its outputs are in place (a stopped member of a resumed group)
+            metrics = pd.read_csv(m.out_dir / "metrics.csv")
         else:
             metrics = pd.DataFrame(m.rows, columns=METRIC_COLUMNS)
         self.results[m.index] = RunResult(m.status, m.steps, metrics, model, m.wall)
+
+    def write_metrics(self, m: Member) -> pd.DataFrame:
+        """The stopped member ``m``'s ``metrics.csv`` from its row log, written atomically; its rows. With
+        checkpoints, the log stays until the whole group is done (a resumed group rewrites the file from it
+        if it is deleted); without, it is renamed into place."""
+        m.flush_rows()
+        path = m.out_dir / "metrics.csv"
+        if self.checkpointing:
+            with atomic_path(path) as tmp:
+                shutil.copyfile(m.log.partial, tmp)
+        else:
+            m.log.finalize()
+        return pd.read_csv(path)

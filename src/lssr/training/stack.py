@@ -11,18 +11,24 @@ from torch import nn
 from torch.func import functional_call, vmap
 
 from ..config import RunConfig
+from ..io import CsvLog
+from .core import METRIC_COLUMNS
 from .sampler import BatchSampler
 
 
 @dataclass
 class Member:
-    """One run of a batched group: its config, output folder, rows so far and how it stopped."""
+    """One run of a batched group: its config, output folder, rows so far and how it stopped.
+
+    With an output folder, its ``metrics.csv`` rows go to ``metrics.csv.partial`` there as they are made
+    (:class:`~lssr.io.CsvLog`), and a group checkpoint keeps only the file's byte offset; without one, they
+    stay in ``rows``."""
 
     index: int  # position in the caller's list
     cfg: RunConfig
     out_dir: Path | None
     sampler: BatchSampler | None  # own sampler when seeds differ, else None (the shared one is used)
-    rows: list = field(default_factory=list)
+    rows: list = field(default_factory=list)  # the rows, where there is no output folder (no log)
     open_row: dict | None = None  # the row of the current step, waiting for its batch loss
     status: str = "completed"
     stopped_by: str = "budget"
@@ -30,18 +36,51 @@ class Member:
     done: bool = False
     wall: float = 0.0  # seconds from the group's start to this member's stop (across restarts)
     final_state: dict | None = None  # its weights when it stopped (kept for the group checkpoint)
+    log: CsvLog | None = None  # its metrics.csv.partial, where it has an output folder
+    metrics_offset: int | None = None  # bytes of the log when the member stopped (all of its rows)
+
+    def __post_init__(self):
+        if self.out_dir is not None:
+            self.log = CsvLog(self.out_dir / "metrics.csv", METRIC_COLUMNS)
+
+    def add_row(self, row: dict) -> None:
+        """Record one finished row of ``metrics.csv``."""
+        if self.log is None:
+            self.rows.append(row)
+        else:
+            self.log.append(row)
+
+    def flush_rows(self) -> int | None:
+        """Flush the log to the OS; its length in bytes (None without a log). A training member's log is not
+        fsynced (one fsync per member at every group checkpoint would cost more than the steps between
+        them); a stopped member's is flushed, fsynced and closed once, when it stops."""
+        if self.log is None:
+            return None
+        if self.metrics_offset is None:
+            offset = self.log.flush(sync=self.done)
+            if not self.done:
+                return offset
+            self.metrics_offset = offset
+            self.log.close()
+        return self.metrics_offset
 
     def state_dict(self) -> dict:
-        """What a group checkpoint keeps of this member (``weights_only``-loadable: tensors, lists, numbers)."""
-        state = {k: getattr(self, k) for k in ("rows", "status", "stopped_by", "steps", "done", "wall")}
+        """What a group checkpoint keeps of this member (``weights_only``-loadable: tensors, lists, numbers):
+        the byte offset of its row log, not the rows, so the checkpoint's size does not grow with the steps."""
+        state = {k: getattr(self, k) for k in ("status", "stopped_by", "steps", "done", "wall")}
+        state["metrics_offset"] = self.flush_rows()
         state["final_state"] = None if self.final_state is None else {k: v.cpu() for k, v in self.final_state.items()}
         state["sampler"] = None if self.sampler is None else self.sampler.state_dict()
         return state
 
     def load_state_dict(self, state: dict) -> None:
-        for k in ("rows", "status", "stopped_by", "steps", "done", "wall", "final_state"):
+        """Take ``state`` (from :meth:`state_dict`) and cut the row log back to its offset (rows written after
+        that checkpoint, before the process ended, are dropped; the resumed group writes them again)."""
+        for k in ("status", "stopped_by", "steps", "done", "wall", "final_state"):
             setattr(self, k, state[k])
         self.open_row = None
+        self.log.truncate(state["metrics_offset"])
+        self.metrics_offset = state["metrics_offset"] if self.done else None
         if self.sampler is not None:
             self.sampler.load_state_dict(state["sampler"])
 
