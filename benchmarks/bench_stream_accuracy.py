@@ -1,4 +1,4 @@
-"""The streaming monitor's rows against ``lssr.diagnose`` on the whole training set along its windows (~25 minutes).
+"""The streaming monitor's rows against ``lssr.diagnose`` on the whole training set (~15 minutes with --no-eigen).
 
 The kept workload of ``make bench-monitor``: an SGD run (momentum 0.9, weight decay 5e-4, b = 128, η = 0.05) of
 torchvision's ``shufflenet_v2_x0_5`` (batch norm in train mode, 10 classes) on N = 1024 real CIFAR-10 training
