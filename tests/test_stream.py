@@ -61,30 +61,41 @@ def truths(model, ds) -> dict:
     )
 
 
-def stream_rows(model, ds, rows: int = ROWS, seed: int = 0, **kw) -> list[dict]:
-    """Windows of mini-batch gradients (b = B, drawn with replacement) at a fixed θ: no optimiser step."""
+def stream_rows(model, ds, rows: int = ROWS, seed: int = 0, *, b: int = B, draw=None, stream_n: int = 16, **kw):
+    """Windows of mini-batch gradients at a fixed θ (no optimiser step): batches of b indices ``draw(generator)``
+    (default: drawn with replacement); the monitor's rows."""
     out = []
     mon = lssr.SharpnessMonitor(
         model,
         "ce",
-        DataLoader(ds, batch_size=B),
+        DataLoader(ds, batch_size=b),
         stream=True,
         budget=math.inf,
         window=WINDOW,
         groups=GROUPS,
-        stream_n=16,
+        stream_n=stream_n,
         callback=out.append,
         **kw,
     )
     g = torch.Generator().manual_seed(seed + 1)
     x, y = ds.tensors
+    draw = draw or (lambda gen: torch.randint(0, len(ds), (b,), generator=gen))
     for _ in range(rows * WINDOW):
-        idx = torch.randint(0, N, (B,), generator=g)
+        idx = draw(g)
         model.zero_grad()
         F.cross_entropy(model(x[idx]), y[idx]).backward()
         mon.step()
     assert mon.stream and len(out) == rows
     return out
+
+
+def assert_unbiased(rows: list[dict], key: str, truth: dict) -> None:
+    """The rows' mean of ``key`` is within 3 standard errors (of that mean) of its truth (tr S_n for the window's
+    U-statistic ``tr_S_n_window``)."""
+    v = torch.tensor([r[key] for r in rows], dtype=torch.float64)
+    se = float(v.std() / math.sqrt(len(v)))
+    want = truth["tr_S_n" if key == "tr_S_n_window" else key]
+    assert abs(float(v.mean()) - want) <= 3 * se, (key, float(v.mean()), want, se)
 
 
 @pytest.fixture(scope="module")
@@ -98,10 +109,7 @@ def test_the_streaming_estimators_are_unbiased(run, key):
     """The mean over 240 seeded windows is within 3 standard errors (of that mean) of the dense truth (tr S_n for
     both of its estimates: the probe gradient against the last mini-batch gradient, and the window's U-statistic)."""
     truth, rows = run
-    v = torch.tensor([r[key] for r in rows], dtype=torch.float64)
-    se = float(v.std() / math.sqrt(len(v)))
-    want = truth["tr_S_n" if key == "tr_S_n_window" else key]
-    assert abs(float(v.mean()) - want) <= 3 * se, (key, float(v.mean()), want, se)
+    assert_unbiased(rows, key, truth)
     assert all(r["kind"] == "stream" and r["window_steps"] == WINDOW for r in rows)
 
 

@@ -13,13 +13,15 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from test_stream import WINDOW, assert_unbiased
+from test_stream import stream_rows as shared_stream_rows
 from torch.func import functional_call
 from torch.utils.data import DataLoader, TensorDataset
 
 import lssr
 from lssr import LssrError
 
-N, B, WINDOW, GROUPS, ROWS = 8, 4, 16, 8, 200
+N, B, ROWS = 8, 4, 200
 
 
 def tiny(seed: int = 0):
@@ -63,27 +65,9 @@ def truths(model, ds) -> dict:
 
 def stream_rows(model, ds, rows: int = ROWS, seed: int = 0) -> list[dict]:
     """Windows of the gradients of uniformly random batches of B distinct samples in train mode, at a fixed θ."""
-    out = []
-    mon = lssr.SharpnessMonitor(
-        model,
-        "ce",
-        DataLoader(ds, batch_size=B),
-        stream=True,
-        budget=math.inf,
-        window=WINDOW,
-        groups=GROUPS,
-        stream_n=B,
-        callback=out.append,
+    return shared_stream_rows(
+        model, ds, rows, seed, b=B, draw=lambda gen: torch.randperm(N, generator=gen)[:B], stream_n=B
     )
-    g = torch.Generator().manual_seed(seed + 1)
-    x, y = ds.tensors
-    for _ in range(rows * WINDOW):
-        idx = torch.randperm(N, generator=g)[:B]
-        model.zero_grad()
-        F.cross_entropy(model(x[idx]), y[idx]).backward()
-        mon.step()
-    assert mon.stream and len(out) == rows
-    return out
 
 
 @pytest.fixture(scope="module")
@@ -97,10 +81,7 @@ def test_the_streaming_estimators_are_unbiased_for_the_batch_normalised_loss(run
     """The mean over 200 seeded windows is within 3 standard errors (of that mean) of the brute-force truth of
     L_b; each row's probe batch is one batch of b samples."""
     truth, rows = run
-    v = torch.tensor([r[key] for r in rows], dtype=torch.float64)
-    se = float(v.std() / math.sqrt(len(v)))
-    want = truth["tr_S_n" if key == "tr_S_n_window" else key]
-    assert abs(float(v.mean()) - want) <= 3 * se, (key, float(v.mean()), want, se)
+    assert_unbiased(rows, key, truth)
     assert all(r["kind"] == "stream" and r["probe_n"] == B for r in rows)
 
 
