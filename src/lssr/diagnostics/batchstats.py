@@ -34,7 +34,7 @@ from __future__ import annotations
 import math
 import time
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Iterable
 
 import pandas as pd
@@ -177,14 +177,12 @@ def _bn_eval(model: nn.Module):
             m.train()
 
 
-def _operator(prep, index: Tensor, b: int, dtype) -> LossOperator:
+def _operator(prep, index: Tensor, b: int) -> LossOperator:
     """The :class:`LossOperator` of the samples ``index`` in that order, in chunks of b (one batch each)."""
     pick = lambda t: t[index] if isinstance(t, Tensor) else t  # noqa: E731
     x = torch.utils._pytree.tree_map(pick, prep.inputs)
     y = None if prep.targets is None else prep.targets[index]
-    return LossOperator(
-        prep.module, prep.loss_fn, x, y, chunk_size=b, where="diagnose", stream=True, dtype=dtype, batch_stats=True
-    )
+    return replace(prep, inputs=x, targets=y).operator(chunk_size=b, batch_stats=True)
 
 
 def _batch_gradients(op: LossOperator, batches: Tensor, groups: int, gen: torch.Generator):
@@ -206,7 +204,7 @@ def _batch_gradients(op: LossOperator, batches: Tensor, groups: int, gen: torch.
     return sizes, sq, A, V
 
 
-def _sketch_forms(prep, V: Tensor, b: int, comp: Compute, gen: torch.Generator, dtype):
+def _sketch_forms(prep, V: Tensor, b: int, comp: Compute, gen: torch.Generator):
     """v_sᵀ H_s v_s with H_s the Hessian of its own random partition's loss, one partition's operator alive at a
     time (a kept graph of ∇L is as large as the partition's activations); the first partition (its index), the
     HVP mode chosen on it (the others use the same), its finite-difference step, the fd error bound (NaN unless
@@ -215,7 +213,7 @@ def _sketch_forms(prep, V: Tensor, b: int, comp: Compute, gen: torch.Generator, 
     first, fd_err, fd_step, mode, counts = None, math.nan, None, comp.hvp_mode, {}
     for s in range(V.shape[0]):
         index = draw_partition(prep.n_used, b, gen)
-        op = _operator(prep, index, b, dtype)
+        op = _operator(prep, index, b)
         if first is None:
             with _bn_eval(prep.model):
                 check_loss_shape(op)
@@ -233,11 +231,11 @@ def _sketch_forms(prep, V: Tensor, b: int, comp: Compute, gen: torch.Generator, 
     return quad, (first, mode, fd_step, counts), fd_err
 
 
-def _first_operator(prep, b: int, dtype, first: tuple) -> LossOperator:
+def _first_operator(prep, b: int, first: tuple) -> LossOperator:
     """The first partition's operator again (for ‖H‖, L and the timed gradient), in the chosen HVP mode, its
     counts those of every partition so far."""
     index, mode, fd_step, counts = first
-    op = _operator(prep, index, b, dtype)
+    op = _operator(prep, index, b)
     if mode != op.hvp_mode:
         op.set_hvp_mode(mode, "diagnose", graph_budget=memory_budget(op.device, STORE_MB))
     op.fd_step = fd_step
@@ -256,11 +254,11 @@ def batch_diagnose(prep, b: int, est: Estimator, eig: Eigen | None, comp: Comput
     P = K if est.exact(K) else min(est.probes, K)
     with restoring(prep.model, "batch", dropout):
         with torch.autocast(prep.device_type, enabled=False):
-            op_all = _operator(prep, torch.arange(prep.n_used), b, prep.dtype)
+            op_all = _operator(prep, torch.arange(prep.n_used), b)
             batches = draw_batches(prep.n_used, b, K, gen)
             sizes, sq, A, V = _batch_gradients(op_all, batches, P, gen)
-            quad, first, fd_err = _sketch_forms(prep, V, b, comp, gen, prep.dtype)
-            op = _first_operator(prep, b, prep.dtype, first)
+            quad, first, fd_err = _sketch_forms(prep, V, b, comp, gen)
+            op = _first_operator(prep, b, first)
             gram = (A.double() @ A.double().T).cpu()
             est_ = group_estimates(sizes, sq, gram, quad, b)
             top = None
