@@ -44,6 +44,7 @@ if PLAN.settings.batch_runs:
                 f"results/logs/train_group/{_group}.log",
             benchmark:
                 f"results/benchmarks/train_group/{_group}.tsv"
+            priority: PLAN.group_priority(_group)  # the longest groups start first
             threads: RESOURCES.threads
             resources:
                 **PLAN.group_resources(_group),  # gpu = R for a data-parallel cell
