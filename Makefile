@@ -24,17 +24,11 @@ demo: $(BIN)/lssr
 	$(BIN)/snakemake --cores $(CORES)
 	$(BIN)/snakemake --report report.html
 
-# The workflow's wall-clock time and the load average before and after are written to results/replication-time.json
-# when this invocation rebuilt the claims (a run that had nothing to do keeps the previous timing); the record reads it.
+# `lssr timed` logs each invocation's wall-clock time and load average to results/replication-invocations.jsonl (also
+# when it is stopped: rerun to resume) and, when an invocation rebuilt the claims, writes their sum over every logged
+# invocation to results/replication-time.json, which the record reads (a run with nothing to do keeps the timing).
 replication: $(BIN)/lssr
-	mkdir -p results && touch results/.replication-start
-	start=$$(date +%s); load=$$(cut -d' ' -f1-3 /proc/loadavg 2>/dev/null); \
-	$(BIN)/snakemake --cores $(CORES) --configfile $(REPLICATION_CONFIG) && \
-	if [ results/claims.csv -nt results/.replication-start ]; then \
-	  printf '{"seconds": %s, "cores": "%s", "nproc": %s, "loadavg_before": "%s", "loadavg_after": "%s", "finished_utc": "%s"}\n' \
-	    $$(( $$(date +%s) - start )) "$(CORES)" "$$(nproc)" "$$load" "$$(cut -d' ' -f1-3 /proc/loadavg 2>/dev/null)" \
-	    "$$(date -u +%Y-%m-%dT%H:%M:%SZ)" > results/replication-time.json.tmp && \
-	  mv results/replication-time.json.tmp results/replication-time.json; fi
+	$(BIN)/lssr timed --cores $(CORES) -- $(BIN)/snakemake --cores $(CORES) --configfile $(REPLICATION_CONFIG)
 	$(BIN)/snakemake --configfile $(REPLICATION_CONFIG) --report report-replication.html
 	$(BIN)/lssr replication-record --results results --figures figures --config $(REPLICATION_CONFIG) \
 		--out docs/replication

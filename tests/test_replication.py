@@ -3,7 +3,11 @@ the ones in those files (checked here against the numbers this test wrote into a
 
 import json
 import math
+import signal
 import struct
+import subprocess
+import sys
+import time
 import zlib
 from datetime import datetime, timezone
 from pathlib import Path
@@ -234,3 +238,39 @@ def test_missing_figures_or_config_are_one_line_errors(tmp_path):
         write_replication_record(t["results"], t["figures"], t["config"], tmp_path / "r")
     with pytest.raises(LssrError, match="nope.yaml: no such config file"):
         write_replication_record(t["results"], t["figures"], tmp_path / "nope.yaml", tmp_path / "r")
+
+
+def _lssr_timed(tmp: Path, *command: str) -> subprocess.Popen:
+    args = ["--log", str(tmp / "inv.jsonl"), "--summary", str(tmp / "time.json"), "--done", str(tmp / "claims.csv")]
+    return subprocess.Popen([sys.executable, "-m", "lssr", "timed", *args, "--cores", "2", "--", *command])
+
+
+def test_timed_sums_a_run_stopped_and_resumed_and_keeps_the_timing_of_a_run_with_nothing_to_do(tmp_path):
+    """The record's run time is the sum over every invocation of the workflow: the first one here is stopped by
+    SIGTERM (logged, forwarded to the command, no summary), the second finishes and rebuilds the last output (the
+    summary sums both), a third rebuilds nothing (logged; the summary stays)."""
+    py = sys.executable
+    started = tmp_path / "started"
+    sleeper = f"import pathlib, time; pathlib.Path({str(started)!r}).touch(); time.sleep(60)"
+    first = _lssr_timed(tmp_path, py, "-c", sleeper)
+    deadline = time.time() + 60
+    while not started.exists() and time.time() < deadline:
+        time.sleep(0.05)
+    time.sleep(1.2)
+    first.send_signal(signal.SIGTERM)
+    assert first.wait(timeout=30) == 128 + signal.SIGTERM  # the command was stopped, not waited for (60 s)
+    assert not (tmp_path / "time.json").exists()
+    done = f"import pathlib, time; time.sleep(1.2); pathlib.Path({str(tmp_path / 'claims.csv')!r}).write_text('x')"
+    assert _lssr_timed(tmp_path, py, "-c", done).wait(timeout=60) == 0
+    lines = [json.loads(x) for x in (tmp_path / "inv.jsonl").read_text().splitlines()]
+    assert [x["signal"] for x in lines] == ["SIGTERM", None] and lines[1]["returncode"] == 0
+    assert all(x["seconds"] >= 1 for x in lines)
+    t = json.loads((tmp_path / "time.json").read_text())
+    assert t["seconds"] == lines[0]["seconds"] + lines[1]["seconds"] and t["invocations"] == 2
+    assert t["invocation_seconds"] == [x["seconds"] for x in lines] and t["cores"] == "2"
+    assert t["started_utc"] == lines[0]["start_utc"] and t["finished_utc"] == lines[1]["end_utc"]
+    assert _lssr_timed(tmp_path, py, "-c", "pass").wait(timeout=60) == 0
+    assert len((tmp_path / "inv.jsonl").read_text().splitlines()) == 3
+    assert json.loads((tmp_path / "time.json").read_text()) == t
+    failing = subprocess.run([py, "-m", "lssr", "timed", "--log", str(tmp_path / "x.jsonl"), "--"], capture_output=True)
+    assert failing.returncode != 0 and "no command given" in failing.stderr.decode()

@@ -182,6 +182,15 @@ def cmd_replication_record(args: argparse.Namespace) -> None:
     print(f"wrote {page} and the files it links")
 
 
+def cmd_timed(args: argparse.Namespace) -> None:
+    from .replication import timed_invocation
+
+    command = args.argv[1:] if args.argv[:1] == ["--"] else args.argv
+    if not command:
+        raise LssrError("lssr timed: no command given; fix: lssr timed --log ... -- snakemake --cores 2 ...")
+    raise SystemExit(timed_invocation(command, log=args.log, summary=args.summary, done=args.done, cores=args.cores))
+
+
 def _read_csv_arg(path: str, made_by: str):
     import pandas as pd
 
@@ -316,6 +325,18 @@ def _add_result_commands(sub) -> None:
     rr.add_argument("--config", required=True, help="the config file the run used, e.g. config/demo.yaml")
     rr.add_argument("--out", default="docs/replication", help="output folder, replaced as a whole")
     rr.set_defaults(func=cmd_replication_record)
+
+    t = sub.add_parser(
+        "timed",
+        help="run a command (the workflow) and log its wall-clock time per invocation; on success, the sum over "
+        "every logged invocation (a run stopped and resumed counts each part) as the record's run time",
+    )
+    t.add_argument("--log", default="results/replication-invocations.jsonl", help="one JSON line per invocation")
+    t.add_argument("--summary", default="results/replication-time.json", help="the summed time, read by the record")
+    t.add_argument("--done", default="results/claims.csv", help="the workflow's last output (rebuilt: rewrite summary)")
+    t.add_argument("--cores", default="", help="the --cores the command was given (stated in the record)")
+    t.add_argument("argv", nargs=argparse.REMAINDER, help="-- then the command")
+    t.set_defaults(func=cmd_timed)
 
 
 def build_parser() -> argparse.ArgumentParser:

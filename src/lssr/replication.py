@@ -9,8 +9,12 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 import shutil
+import signal
+import subprocess
+import time
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -20,7 +24,7 @@ import yaml
 
 from .claims.common import VERDICTS
 from .errors import LssrError
-from .io import atomic_dir
+from .io import atomic_dir, write_json
 from .registry import TABLES, claim_tables_of
 from .report import statement_summary
 
@@ -141,6 +145,72 @@ def _job_seconds(results: Path, raw: dict) -> tuple[float, int]:
     return total, jobs
 
 
+def _loadavg() -> str:
+    try:
+        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    except OSError:
+        return ""
+
+
+def _utc(t: float) -> str:
+    return datetime.fromtimestamp(t, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def timed_invocation(command: list[str], *, log: Path, summary: Path, done: Path, cores: str) -> int:
+    """Runs ``command`` (the workflow) and times it for the record: one JSON line per invocation appended to ``log``
+    (start, end, seconds, the load average before and after, return code, the signal that stopped it), also when it
+    is stopped by SIGINT, SIGTERM or SIGHUP (forwarded to the command, whose jobs resume from their checkpoints
+    when it is rerun). When the command succeeds and ``done`` (the workflow's last output) is newer than its start,
+    writes ``summary``: the wall-clock seconds summed over every invocation in ``log``, so that a run stopped and
+    resumed counts each of its parts. A ``log`` lives in the results folder it times: deleting the results starts a
+    new record. Returns the command's exit status (128 + the signal's number when one stopped it)."""
+    log, summary, done = Path(log), Path(summary), Path(done)
+    log.parent.mkdir(parents=True, exist_ok=True)
+    start, load = time.time(), _loadavg()
+    stopped: list[int] = []
+    child = subprocess.Popen(command)
+
+    def forward(signum, _frame):
+        stopped.append(signum)
+        child.send_signal(signum)
+
+    old = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+    try:
+        rc = child.wait()
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+    end = time.time()
+    line = {
+        "start_utc": _utc(start),
+        "end_utc": _utc(end),
+        "seconds": round(end - start),
+        "loadavg_before": load,
+        "loadavg_after": _loadavg(),
+        "returncode": rc,
+        "signal": signal.Signals(stopped[0]).name if stopped else None,
+    }
+    with open(log, "a") as f:  # one short line per invocation, appended: earlier lines are never rewritten
+        f.write(json.dumps(line) + "\n")
+    if rc == 0 and not stopped and done.exists() and done.stat().st_mtime >= start:
+        parts = [json.loads(x) for x in log.read_text().splitlines() if x.strip()]
+        write_json(
+            summary,
+            {
+                "seconds": sum(int(p["seconds"]) for p in parts),
+                "invocations": len(parts),
+                "invocation_seconds": [int(p["seconds"]) for p in parts],
+                "cores": cores,
+                "nproc": os.cpu_count(),
+                "loadavg_before": parts[0]["loadavg_before"],
+                "loadavg_after": line["loadavg_after"],
+                "started_utc": parts[0]["start_utc"],
+                "finished_utc": line["end_utc"],
+            },
+        )
+    return 128 + stopped[0] if stopped and rc != 0 else rc
+
+
 def _runtime_lines(results: Path, raw: dict) -> list[str]:
     lines = []
     timing = results / "replication-time.json"
@@ -149,12 +219,18 @@ def _runtime_lines(results: Path, raw: dict) -> list[str]:
             t = json.loads(timing.read_text())
         except json.JSONDecodeError as exc:
             raise LssrError(f"{timing} is not valid JSON ({exc}); delete it and rerun `make replication`") from exc
+        parts = t.get("invocation_seconds") or [t["seconds"]]
+        how = (
+            "in one invocation"
+            if len(parts) == 1
+            else f"summed over {len(parts)} invocations, stopped and resumed ({', '.join(f'{p} s' for p in parts)})"
+        )
         lines.append(
             f"Wall-clock time of the workflow (`make replication`, `--cores {md_text(t.get('cores'))}` on a machine "
             f"with {md_text(t.get('nproc'))} cores, finished {md_text(t.get('finished_utc'))}): {t['seconds']} s = "
-            f"{t['seconds'] / 60:.1f} min. Load average (1, 5, 15 min) before it started: "
+            f"{t['seconds'] / 60:.1f} min, {how}. Load average (1, 5, 15 min) before it started: "
             f"{md_text(t.get('loadavg_before'))}; when it ended: {md_text(t.get('loadavg_after'))} (written to "
-            "`replication-time.json` by the Makefile; a resumed run gives the time of its last invocation only)."
+            "`replication-time.json` by `lssr timed`, which the Makefile runs the workflow under)."
         )
     total, jobs = _job_seconds(results, raw)
     if jobs:
