@@ -15,7 +15,7 @@ import lssr
 SRC = Path(lssr.__file__).resolve().parents[1]
 COMMANDS = (
     "subset", "train", "train-batch", "table", "fig5-rho", "figure", "claims", "runs-table", "verdicts", "summary",
-    "replication-record", "diagnose", "recommend",
+    "replication-record", "timed", "diagnose", "recommend",
 )  # fmt: skip
 RUN = {
     "data": {"dataset": "digits", "n": 64},
