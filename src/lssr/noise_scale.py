@@ -109,7 +109,7 @@ def noise_scale(
     from .diagnostics.guards import check_policies, restoring
     from .diagnostics.options import Compute
 
-    check_policies(bn, dropout, "noise_scale")
+    check_policies(bn, dropout, "noise_scale", batch=False)
     comp = Compute.of(compute)
     chunk = comp.chunk_size
     prep = prepare(model, loss, data, n=n, seed=seed, forward=forward, chunk_size=chunk, dtype=comp.dtype)

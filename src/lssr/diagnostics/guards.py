@@ -45,10 +45,11 @@ def train_mode_bn(model: nn.Module) -> list[str]:
     return [name for name, m in model.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training]
 
 
-def check_policies(bn: str, dropout: str, where: str = "diagnose") -> None:
-    """Refuses an unknown ``bn`` (:data:`.options.BN_OPTIONS`; ``batch`` only in :func:`lssr.diagnose`) or
-    ``dropout`` (:data:`.options.DROPOUT_OPTIONS`)."""
-    check_choice(where, "bn", bn, BN_OPTIONS if where == "diagnose" else tuple(o for o in BN_OPTIONS if o != "batch"))
+def check_policies(bn: str, dropout: str, where: str = "diagnose", batch: bool = True) -> None:
+    """Refuses an unknown ``bn`` (:data:`.options.BN_OPTIONS`; ``batch`` only where the caller measures the loss
+    of batches normalised with their own statistics, ``batch=True``) or ``dropout``
+    (:data:`.options.DROPOUT_OPTIONS`)."""
+    check_choice(where, "bn", bn, BN_OPTIONS if batch else tuple(o for o in BN_OPTIONS if o != "batch"))
     check_choice(where, "dropout", dropout, DROPOUT_OPTIONS)
 
 
