@@ -77,11 +77,18 @@ def fake_tree(root: Path) -> dict[str, Path]:
     pd.DataFrame(runs).to_csv(res / "tables" / "runs.csv", index=False)
     fig5 = [
         {"kind": "cell", "dataset": "cifar10-jpeg", "n": 64, "b": 8, "lr": 0.5, "test_acc": 0.45, "n_seeds": 2,
-         "is_best": True, "censored": ""},
+         "is_best": True, "censored": "", "lr_star": 0.6, "lr_star_lo": 0.42, "lr_star_hi": 0.9},
         {"kind": "cell", "dataset": "cifar10-jpeg", "n": 64, "b": 8, "lr": 1.0, "test_acc": 0.20, "n_seeds": 1,
          "is_best": False, "censored": ""},
         {"kind": "cell", "dataset": "cifar10-jpeg", "n": 64, "b": 16, "lr": 0.25, "test_acc": 0.35, "n_seeds": 1,
          "is_best": True, "censored": "low"},
+        # b = 32: no cell reached the goal (the largest η reached more, but diverged)
+        {"kind": "cell", "dataset": "cifar10-jpeg", "n": 64, "b": 32, "lr": 0.5, "test_acc": 0.30, "n_seeds": 1,
+         "is_best": False, "train_acc": 0.90, "diverged": False, "train_acc_goal": 1.0},
+        {"kind": "cell", "dataset": "cifar10-jpeg", "n": 64, "b": 32, "lr": 1.0, "test_acc": 0.31, "n_seeds": 1,
+         "is_best": False, "train_acc": 0.95, "diverged": False, "train_acc_goal": 1.0},
+        {"kind": "cell", "dataset": "cifar10-jpeg", "n": 64, "b": 32, "lr": 2.0, "test_acc": 0.10, "n_seeds": 1,
+         "is_best": False, "train_acc": 0.99, "diverged": True, "train_acc_goal": 1.0},
         {"kind": "seed", "dataset": "cifar10-jpeg", "n": 64, "b": 8, "lr": 0.5, "seed": 0, "test_acc": 0.50},
         {"kind": "seed", "dataset": "cifar10-jpeg", "n": 64, "b": 8, "lr": 0.5, "seed": 1, "test_acc": 0.40},
         {"kind": "seed", "dataset": "cifar10-jpeg", "n": 64, "b": 8, "lr": 1.0, "seed": 0, "test_acc": 0.20},
@@ -154,8 +161,13 @@ def test_record_copies_the_files_and_writes_the_counts_it_read(tmp_path):
     assert "Training jobs: 2, their wall times summed 140 s = 2.3 min" in page
     assert (out / "replication-time.json").read_bytes() == (t["results"] / "replication-time.json").read_bytes()
     # b = 8: η 0.5, train accuracy the mean of seeds 0 and 1 (0.90, 0.80), test accuracy the cell's 0.45
-    assert "| cifar10-jpeg | 8 | 0.5 | 85.0 % | 45.0 % | 2 |  |" in page
-    assert "| cifar10-jpeg | 16 | 0.25 | 70.0 % | 35.0 % | 1 | edge (low) |" in page
+    assert "| cifar10-jpeg | 8 | 0.5 | 85.0 % | 45.0 % | 2 |  | 0.6 \\[0.42, 0.9\\] |" in page
+    assert "| cifar10-jpeg | 16 | 0.25 | 70.0 % | 35.0 % | 1 | edge (low) |  |" in page
+    # a b without a best cell is named, with its highest training accuracy among the cells that did not diverge
+    assert (
+        "- cifar10-jpeg, b = 32: the highest mean final training accuracy 95.0 % (at η = 1), short of the goal 100.0 %"
+        in page
+    )
     assert "[fig1](figures/fig1.png)" in page and "[fig5](figures/fig5.png)" in page
     # only the figures the config builds: fig3.png, left in the folder by another config, is not recorded
     assert sorted(p.name for p in (out / "figures").iterdir()) == ["fig1.png", "fig5.png"] and "fig3" not in page

@@ -270,15 +270,39 @@ def best_cells(fig5: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
         out.append(
             {"dataset": c["dataset"], "b": int(c["b"]), "lr": float(c["lr"]), "train_acc": train,
              "test_acc": float(c["test_acc"]), "n_seeds": int(c["n_seeds"]), "train_seeds": n_found,
-             "censored": c.get("censored", "")}
+             "censored": c.get("censored", ""), "lr_star": float(c.get("lr_star", math.nan)),
+             "lr_star_lo": float(c.get("lr_star_lo", math.nan)), "lr_star_hi": float(c.get("lr_star_hi", math.nan))}
         )  # fmt: skip
     return pd.DataFrame(out)
+
+
+def cells_without_best(fig5: pd.DataFrame) -> pd.DataFrame:
+    """The (data set, b) of the Figure-5 heatmap with cells but no best cell (none reached the training-accuracy
+    goal without diverging): the cell of highest mean final training accuracy among the non-diverged ones, its η
+    and the goal."""
+    cells = fig5[fig5["kind"] == "cell"].reindex(
+        columns=sorted(set(fig5.columns) | {"diverged", "train_acc", "train_acc_goal", "is_best"})
+    )
+    best = cells["is_best"].astype(str).str.lower().eq("true")
+    has_best = set(zip(cells.loc[best, "dataset"], cells.loc[best, "b"]))
+    out = []
+    for (ds, b), g in cells.groupby(["dataset", "b"]):
+        if (ds, b) in has_best:
+            continue
+        ok = g[~g["diverged"].astype(str).str.lower().eq("true") & g["train_acc"].notna()]
+        top = ok.loc[ok["train_acc"].idxmax()] if len(ok) else None
+        out.append(
+            {"dataset": ds, "b": int(b), "train_acc": float(top["train_acc"]) if top is not None else math.nan,
+             "lr": float(top["lr"]) if top is not None else math.nan, "goal": float(g["train_acc_goal"].max())}
+        )  # fmt: skip
+    return pd.DataFrame(out, columns=["dataset", "b", "train_acc", "lr", "goal"])
 
 
 def _fig5_lines(fig5_csv: Path | None, runs: pd.DataFrame) -> list[str]:
     if fig5_csv is None:
         return ["This config does not build Figure 5."]
-    best = best_cells(_read_csv(fig5_csv), runs)
+    fig5 = _read_csv(fig5_csv)
+    best = best_cells(fig5, runs)
     if best.empty:
         return ["The Figure-5 table has no best cell (every cell diverged or none was trained)."]
     pct = lambda v: "" if math.isnan(v) else f"{100 * v:.1f} %"  # noqa: E731
@@ -286,20 +310,34 @@ def _fig5_lines(fig5_csv: Path | None, runs: pd.DataFrame) -> list[str]:
         f"From `{fig5_csv.name}`: the η of highest mean final test accuracy per b "
         "(seeds averaged; the training accuracy is the table's `train_acc` where it has one, else the mean final "
         "training accuracy of the same seeds' runs in `runs.csv`). *edge* marks a best η at the end of the probed "
-        "η range (it only bounds the best η).",
+        "η range (it only bounds the best η). The last column is the best η between grid points (the vertex of a "
+        "parabola in log2 η through the best cell and its neighbours) and its interval (seeds resampled, the "
+        "plateau of cells within seed noise, the grid's resolution), the ones C5 uses.",
         "",
-        "| data set | b | η | train accuracy | test accuracy | seeds | best η on the grid's edge |",
-        "|---|---|---|---|---|---|---|",
+        "| data set | b | η | train accuracy | test accuracy | seeds | best η on the grid's edge | best η between grid "
+        "points [interval] |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for _, r in best.iterrows():
         seeds = str(r["n_seeds"])
         if r["train_seeds"] != r["n_seeds"]:
             seeds += f" ({r['train_seeds']} in runs.csv)"
         edge = "" if pd.isna(r["censored"]) or not str(r["censored"]) else f"edge ({md_text(r['censored'])})"
+        star = (
+            "" if math.isnan(r["lr_star"]) else f"{r['lr_star']:.3g} \\[{r['lr_star_lo']:.3g}, {r['lr_star_hi']:.3g}\\]"
+        )
         lines.append(
             f"| {md_text(r['dataset'])} | {r['b']} | {r['lr']:g} | {pct(r['train_acc'])} | {pct(r['test_acc'])} | "
-            f"{seeds} | {edge} |"
+            f"{seeds} | {edge} | {star} |"
         )
+    missing = cells_without_best(fig5)
+    if len(missing):
+        lines += ["", "No best η (no cell reached the training-accuracy goal without diverging: the paper's red area):"]
+        lines += [
+            f"- {md_text(m['dataset'])}, b = {m['b']}: the highest mean final training accuracy {pct(m['train_acc'])} "
+            f"(at η = {m['lr']:g}), short of the goal {pct(m['goal'])}"
+            for _, m in missing.iterrows()
+        ]
     return lines
 
 
