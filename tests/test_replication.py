@@ -286,3 +286,21 @@ def test_timed_sums_a_run_stopped_and_resumed_and_keeps_the_timing_of_a_run_with
     assert json.loads((tmp_path / "time.json").read_text()) == t
     failing = subprocess.run([py, "-m", "lssr", "timed", "--log", str(tmp_path / "x.jsonl"), "--"], capture_output=True)
     assert failing.returncode != 0 and "no command given" in failing.stderr.decode()
+
+
+def test_a_run_records_the_commit_read_when_it_started(monkeypatch):
+    """The record's commits are the code each run trained with: ``git_commit`` reads ``git rev-parse HEAD`` once
+    per process (training calls it when it starts), so a checkout that moves on before the run ends does not change
+    what the run writes."""
+    from types import SimpleNamespace
+
+    from lssr.training import outputs
+
+    heads = iter(["a" * 40, "b" * 40])
+    monkeypatch.setattr(outputs.subprocess, "run", lambda *a, **k: SimpleNamespace(returncode=0, stdout=next(heads)))
+    outputs.git_commit.cache_clear()
+    try:
+        assert outputs.git_commit() == "a" * 40  # at the start
+        assert outputs.git_commit() == "a" * 40  # at the end, after HEAD moved to b...
+    finally:
+        outputs.git_commit.cache_clear()

@@ -220,6 +220,11 @@ def _runtime_lines(results: Path, raw: dict) -> list[str]:
         except json.JSONDecodeError as exc:
             raise LssrError(f"{timing} is not valid JSON ({exc}); delete it and rerun `make replication`") from exc
         parts = t.get("invocation_seconds") or [t["seconds"]]
+        by = (
+            md_text(t["written_by"])
+            if t.get("written_by")
+            else "`lssr timed`, which the Makefile runs the workflow under"
+        )
         how = (
             "in one invocation"
             if len(parts) == 1
@@ -230,7 +235,7 @@ def _runtime_lines(results: Path, raw: dict) -> list[str]:
             f"with {md_text(t.get('nproc'))} cores, finished {md_text(t.get('finished_utc'))}): {t['seconds']} s = "
             f"{t['seconds'] / 60:.1f} min, {how}. Load average (1, 5, 15 min) before it started: "
             f"{md_text(t.get('loadavg_before'))}; when it ended: {md_text(t.get('loadavg_after'))} (written to "
-            "`replication-time.json` by `lssr timed`, which the Makefile runs the workflow under)."
+            f"`replication-time.json` by {by})."
         )
     total, jobs = _job_seconds(results, raw)
     if jobs:

@@ -95,7 +95,7 @@ from .core import (
     total_steps,
 )
 from .forward import StepPlan, backward_keeping_buffers, model_profile, plan_step, stacked_checkpointed_forward
-from .outputs import CHECKPOINT, fresh_start_warning, load_checkpoint, save_checkpoint, write_run_outputs
+from .outputs import CHECKPOINT, fresh_start_warning, git_commit, load_checkpoint, save_checkpoint, write_run_outputs
 from .sampler import BatchSampler, steps_per_epoch
 from .stack import Member, Stack
 
@@ -166,6 +166,7 @@ def train_batched(
     ``members_per_pass`` bounds memory: the group is split into passes of at most that many members,
     trained one after another (activation memory grows with members x ``chunk_size``).
     """
+    git_commit()  # the code this run trains with, read now (cached for the outputs written at its end)
     cfgs = list(cfgs)
     out_dirs = list(out_dirs) if out_dirs is not None else [None] * len(cfgs)
     if len(out_dirs) != len(cfgs):

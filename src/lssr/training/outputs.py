@@ -3,6 +3,7 @@ seeds, subset hashes, device, library versions, git commit, wall time) and the r
 
 from __future__ import annotations
 
+import functools
 import math
 import platform
 import subprocess
@@ -22,7 +23,11 @@ from .core import METRIC_COLUMNS
 CHECKPOINT = "checkpoint.pt"
 
 
+@functools.lru_cache(maxsize=1)
 def git_commit() -> str:
+    """The commit of the checked-out code (``git rev-parse HEAD``), read once per process: the training entry points
+    call it when they start, so a run records the code it trained with even when the checkout moves on before the
+    run ends ("unknown" outside a git checkout)."""
     try:
         out = subprocess.run(
             ["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent, capture_output=True, text=True, timeout=5

@@ -47,7 +47,7 @@ from .core import (
     total_steps,
 )
 from .forward import backward_keeping_buffers, checkpointed_forward, model_profile, plan_step
-from .outputs import CHECKPOINT, fresh_start_warning, load_checkpoint, save_checkpoint, write_run_outputs
+from .outputs import CHECKPOINT, fresh_start_warning, git_commit, load_checkpoint, save_checkpoint, write_run_outputs
 from .sampler import BatchSampler
 
 
@@ -300,6 +300,7 @@ def train(
     that many steps; a run restarted on the same folder and config resumes from it, and its final
     tables are byte-identical to an uninterrupted run's.
     """
+    git_commit()  # the code this run trains with, read now (cached for the outputs written at its end)
     run = _Run(cfg, data, out_dir, list(probes or []))
     run.resume_or_reset()
     desc = f"train {cfg.name or cfg.model.name} b={cfg.batch_size} η={cfg.optim.lr:g}"
