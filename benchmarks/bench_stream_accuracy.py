@@ -60,6 +60,28 @@ def images(root: Path, n: int, px: int, seed: int) -> TensorDataset:
     return TensorDataset(torch.stack(xs), torch.tensor(ys))
 
 
+def add_workload_args(ap: argparse.ArgumentParser) -> None:
+    """The kept workload's options (data, size, batch, η, weight decay, seed, threads), shared with
+    study_eig_tracking.py."""
+    ap.add_argument("--data", type=Path, default=Path("/work/shared/data/cifar10-jpeg"))
+    ap.add_argument("--n", type=int, default=1024, help="training images (all of them are the reference's)")
+    ap.add_argument("--px", type=int, default=32)
+    ap.add_argument("--batch", type=int, default=128)
+    ap.add_argument("--lr", type=float, default=0.05)
+    ap.add_argument("--weight-decay", type=float, default=5e-4)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=1)
+
+
+def load_workload(args: argparse.Namespace, name: str) -> TensorDataset | None:
+    """The workload's images (one thread, as ``--threads`` says), or None, saying so, without the image folder."""
+    if not (args.data / "train").is_dir():
+        print(f"{name}: skipped: no CIFAR-10 image folder at {args.data}/train")
+        return None
+    torch.set_num_threads(args.threads)
+    return images(args.data, args.n, args.px, args.seed)
+
+
 def point(model, ds: TensorDataset, b: int, seed: int, eigen: bool = True, init=None) -> dict:
     """``lssr.diagnose`` on all of ``ds`` at the current θ: the values and standard errors the references use.
     With batch norm in train mode, ``bn="batch"``: the loss L_b of batches of b distinct samples, each normalised
@@ -165,13 +187,8 @@ def compare(rows: list[dict], refs: dict[int, dict], window_hvp: bool = False) -
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", type=Path, default=Path("/work/shared/data/cifar10-jpeg"))
+    add_workload_args(ap)
     ap.add_argument("--model", default="shufflenet_v2_x0_5", help="a torchvision model name, or digits_cnn")
-    ap.add_argument("--n", type=int, default=1024, help="training images (all of them are the reference's)")
-    ap.add_argument("--px", type=int, default=32)
-    ap.add_argument("--batch", type=int, default=128)
-    ap.add_argument("--lr", type=float, default=0.05)
-    ap.add_argument("--weight-decay", type=float, default=5e-4)
     ap.add_argument("--window", type=int, default=WINDOW)
     ap.add_argument("--rows", type=int, default=6, help="rows compared with the reference")
     ap.add_argument("--points", type=int, default=2, help="steps of each compared window measured by diagnose")
@@ -182,17 +199,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--no-eigen", action="store_true", help="no ‖H‖ reference (LOBPCG on N samples is the dearest part)"
     )
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", type=Path, default=Path("results/bench/monitor_accuracy.json"))
     args = ap.parse_args(argv)
-    if not (args.data / "train").is_dir():
-        print(f"bench-stream-accuracy: skipped: no CIFAR-10 image folder at {args.data}/train")
+    load_before, t_start = os.getloadavg(), time.perf_counter()
+    ds = load_workload(args, "bench-stream-accuracy")
+    if ds is None:
         return 0
-    torch.set_num_threads(args.threads)
-    load_before = os.getloadavg()
-    t_start = time.perf_counter()
-    ds = images(args.data, args.n, args.px, args.seed)
     torch.manual_seed(args.seed)
     if hasattr(torchvision.models, args.model):
         model = getattr(torchvision.models, args.model)(num_classes=10)

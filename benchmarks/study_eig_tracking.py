@@ -34,7 +34,7 @@ import torchvision
 from torch.utils.data import DataLoader
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_stream_accuracy import images  # noqa: E402
+from bench_stream_accuracy import add_workload_args, load_workload  # noqa: E402
 
 from lssr.curvature.eigen import lobpcg_top  # noqa: E402
 from lssr.diagnostics.engine import prepare  # noqa: E402
@@ -74,28 +74,19 @@ class BatchHessian:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", type=Path, default=Path("/work/shared/data/cifar10-jpeg"))
-    ap.add_argument("--n", type=int, default=1024)
-    ap.add_argument("--px", type=int, default=32)
-    ap.add_argument("--batch", type=int, default=128)
-    ap.add_argument("--lr", type=float, default=0.05)
-    ap.add_argument("--weight-decay", type=float, default=5e-4)
+    add_workload_args(ap)
     ap.add_argument("--warmup", type=int, default=600, help="training steps before the first point")
     ap.add_argument("--every", type=int, default=100, help="steps between points (the monitor's row cadence)")
     ap.add_argument("--points", type=int, default=4)
     ap.add_argument("--batches", type=int, default=3, help="random batches whose own Hessian is measured per point")
     ap.add_argument("--tol", type=float, default=1e-2)
     ap.add_argument("--max-hvps", type=int, default=40)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", type=Path, default=Path("results/bench/eig_tracking.json"))
     args = ap.parse_args(argv)
-    if not (args.data / "train").is_dir():
-        print(f"study-eig-tracking: skipped: no CIFAR-10 image folder at {args.data}/train")
-        return 0
-    torch.set_num_threads(args.threads)
     load_before, t0 = os.getloadavg(), time.perf_counter()
-    ds = images(args.data, args.n, args.px, args.seed)
+    ds = load_workload(args, "study-eig-tracking")
+    if ds is None:
+        return 0
     X, Y = ds.tensors
     torch.manual_seed(args.seed)
     model = torchvision.models.shufflenet_v2_x0_5(num_classes=10)
