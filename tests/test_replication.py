@@ -155,6 +155,7 @@ def test_record_copies_the_files_and_writes_the_counts_it_read(tmp_path):
     assert page.startswith("# Replication record: tiny replication (CPU)\n")
     assert COMMIT in page and "2030-01-02 03:04 UTC" in page
     assert "tiny replication (CPU)" in page and "data set `digits-256`: source: digits, n: 256" in page
+    assert "(in the tables, figures and claims: `digits`, with its n)" in page  # the name the tables below use
     assert "- fig5: model: digits\\_cnn, batch\\_norm: True, epochs: 2, batch\\_sizes: \\[16, 64\\]" in page
     # the Makefile's wall-clock file (1830 s) and the config's jobs' benchmark files (15.5 + 124.5 = 140 s, 2 jobs)
     assert "1830 s = 30.5 min" in page and "before it started: 0.05 0.10 0.20" in page

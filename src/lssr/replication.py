@@ -27,6 +27,7 @@ from .errors import LssrError
 from .io import atomic_dir, write_json
 from .registry import TABLES, claim_tables_of
 from .report import statement_summary
+from .tables.runs import dataset_label
 
 #: file in the results folder -> the command that writes it (named in the error when it is missing)
 RECORD_FILES = {
@@ -115,7 +116,8 @@ def _config_lines(config: Path, raw: dict, planned: list[str]) -> list[str]:
     for key, d in (raw.get("datasets") or {}).items():
         d = d if isinstance(d, dict) else {}
         scale = ", ".join(f"{k}: {md_text(d[k])}" for k in ("source", "n", "resize", "root") if k in d)
-        lines.append(f"- data set `{key}`: {scale}")
+        label = dataset_label(str(d.get("source", key)), d.get("root"))
+        lines.append(f"- data set `{key}`: {scale} (in the tables, figures and claims: `{label}`, with its n)")
     for name, e in (raw.get("experiments") or {}).items():
         if name not in used:
             continue

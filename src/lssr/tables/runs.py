@@ -26,6 +26,14 @@ class TableError(LssrError):
     """A run folder or table input that cannot be used: the message names the path and the fix."""
 
 
+def dataset_label(source: str, root: str | None = None) -> str:
+    """The label of a data set in the tables, figures and claims: its source (cifar10, digits, ...); for an image
+    folder, the folder's name (e.g. ``cifar10-jpeg``), since ``imagefolder`` alone would not say which data it was."""
+    if source == "imagefolder" and root:
+        return Path(str(root).rstrip("/")).name or "imagefolder"
+    return str(source)
+
+
 @dataclass
 class Run:
     """One training run folder, read once."""
@@ -53,12 +61,9 @@ class Run:
 
     @property
     def dataset(self) -> str:
-        """The data set's label: the source (cifar10, digits, ...); for an image folder, the folder's name
-        (e.g. ``cifar10-jpeg``), since ``imagefolder`` alone would not say which data it was."""
+        """The data set's label (:func:`dataset_label`)."""
         d = self.config["data"]
-        if d["dataset"] == "imagefolder" and d.get("root"):
-            return Path(str(d["root"]).rstrip("/")).name or "imagefolder"
-        return str(d["dataset"])
+        return dataset_label(d["dataset"], d.get("root"))
 
     @property
     def loss(self) -> str:
