@@ -14,7 +14,10 @@ each step an independent batch of b distinct samples). After ``--warmup`` steps,
   (λ_B, u_B) of H_B by LOBPCG: λ_B / λ, the overlap |u_Bᵀu| and u_B's quotient under the full H (what a vector
   fitted to one batch is worth for ‖H‖);
 - **the gradients**: the Rayleigh quotient gᵀHg/‖g‖² of the step's mini-batch gradient (the directions the
-  streaming rows already have) against λ.
+  streaming rows already have) against λ;
+- with ``--ks``: for each K, the top eigenpair (λ_K, u_K) of the average Hessian of K random batches (in-sample,
+  biased upward) and u_K's Rayleigh quotient on ``--heldout`` independent batches (unbiased for u_K's quotient
+  under the Hessian of L_b, so a lower bound of its ‖H‖).
 
 Writes ``results/bench/eig_tracking.json`` after every point (a killed run keeps those done).
 """
@@ -81,6 +84,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batches", type=int, default=3, help="random batches whose own Hessian is measured per point")
     ap.add_argument("--tol", type=float, default=1e-2)
     ap.add_argument("--max-hvps", type=int, default=40)
+    ap.add_argument(
+        "--ks", type=int, nargs="*", default=[], help="also: λ of the average over K random batches, for each K"
+    )
+    ap.add_argument("--heldout", type=int, default=8, help="independent batches scoring each K-batch eigenvector")
     ap.add_argument("--out", type=Path, default=Path("results/bench/eig_tracking.json"))
     args = ap.parse_args(argv)
     load_before, t0 = os.getloadavg(), time.perf_counter()
@@ -114,6 +121,17 @@ def main(argv: list[str] | None = None) -> int:
                 if u_prev is not None:
                     one["overlap_prev"] = abs(float(u @ u_prev))
                     one["prev_quotient_rel"] = full.quotient(u_prev) / lam
+                sweep = []
+                for K in args.ks:  # in-sample λ_K of K random batches, and its eigenvector on independent ones
+                    idx = torch.cat([torch.randperm(len(X), generator=pick)[: args.batch] for _ in range(K)])
+                    with BatchHessian(model, X[idx], Y[idx], args.batch) as hk:
+                        lk, uk, k_hvps, k_res = hk.top(u, args.tol, args.max_hvps)
+                    fresh = [torch.randperm(len(X), generator=pick)[: args.batch] for _ in range(args.heldout)]
+                    held = torch.cat(fresh)
+                    with BatchHessian(model, X[held], Y[held], args.batch) as hh:
+                        q = hh.quotient(uk)
+                    sweep.append({"K": K, "lambda_K": lk, "heldout_quotient": q, "hvps": k_hvps, "residual": k_res})
+                one["k_sweep"] = sweep
                 batches = []
                 for _ in range(args.batches):
                     idx = torch.randperm(len(X), generator=pick)[: args.batch]
