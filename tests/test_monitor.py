@@ -92,8 +92,14 @@ def test_a_run_with_the_monitor_has_the_same_losses_as_without():
     plain, m0, _, _ = train()
     monitored, m1, _, mon = train(monitor_kwargs=dict(every=5, budget=None, batch_sizes=[4, B]))
     assert mon.measurements == 10
-    assert torch.equal(plain, monitored)
-    for a, b in zip(m0.state_dict().values(), m1.state_dict().values()):
+    assert_same_training((plain, m0), (monitored, m1))
+
+
+def assert_same_training(without, with_monitor) -> None:
+    """Two runs, each (losses, model), one without the monitor and one with it, trained identically: the losses and
+    every parameter and buffer of the final models bit for bit (torch.equal)."""
+    assert torch.equal(without[0], with_monitor[0])
+    for a, b in zip(without[1].state_dict().values(), with_monitor[1].state_dict().values()):
         assert torch.equal(a, b)
 
 

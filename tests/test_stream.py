@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from test_monitor import assert_same_training
 from torch.func import functional_call, grad, vmap
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -198,9 +199,7 @@ def test_the_streaming_mode_leaves_the_training_unchanged():
 
     plain, m0, _ = train(False)
     monitored, m1, rows = train(True)
-    assert torch.equal(plain, monitored)
-    for a, b in zip(m0.state_dict().values(), m1.state_dict().values()):
-        assert torch.equal(a, b)
+    assert_same_training((plain, m0), (monitored, m1))
     assert [r["step"] for r in rows] == [15, 31, 47]
     assert [(r["window_start"], r["window_steps"]) for r in rows] == [(0, 16), (16, 16), (32, 16)]
     assert rows[0]["threshold"] == pytest.approx((2 + 2 * 0.9) / 0.1)
@@ -399,9 +398,7 @@ def test_the_auto_mode_leaves_the_training_unchanged(bn):
 
     plain, m0, _ = run(False)
     monitored, m1, rows = run(True)
-    assert torch.equal(plain, monitored)
-    for a, b in zip(m0.state_dict().values(), m1.state_dict().values()):
-        assert torch.equal(a, b)
+    assert_same_training((plain, m0), (monitored, m1))
     kinds = {r["kind"] for r in rows}
     assert kinds == {"stream"} if not bn else len(kinds) == 1
     (kind,) = kinds
