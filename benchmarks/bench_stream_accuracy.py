@@ -82,6 +82,20 @@ def load_workload(args: argparse.Namespace, name: str) -> TensorDataset | None:
     return images(args.data, args.n, args.px, args.seed)
 
 
+def record_context(args: argparse.Namespace, t_start: float, load_before) -> dict:
+    """What every record of the workload holds besides its results: the settings, the wall time since ``t_start``
+    (``time.perf_counter``), the load averages before and now, the CPU count and the versions."""
+    return {
+        "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+        "wall_s": time.perf_counter() - t_start,
+        "loadavg_before": list(load_before),
+        "loadavg_after": list(os.getloadavg()),
+        "cpu_count": os.cpu_count(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+    }
+
+
 def point(model, ds: TensorDataset, b: int, seed: int, eigen: bool = True, init=None) -> dict:
     """``lssr.diagnose`` on all of ``ds`` at the current θ: the values and standard errors the references use.
     With batch norm in train mode, ``bn="batch"``: the loss L_b of batches of b distinct samples, each normalised
@@ -254,16 +268,9 @@ def main(argv: list[str] | None = None) -> int:
             "summary": summary,
             "pairs": pairs,
             "alternatives": alternatives,
-            "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
             "model": args.model + (" (batch norm in train mode: diagnose(bn='batch'))" if batch_norm else ""),
             "m": sum(p.numel() for p in model.parameters()),
-            "wall_s": time.perf_counter() - t_start,
-            "loadavg_before": list(load_before),
-            "loadavg_after": list(os.getloadavg()),
-            "cpu_count": os.cpu_count(),
-            "torch": torch.__version__,
-            "python": platform.python_version(),
-        }
+        } | record_context(args, t_start, load_before)
         write_json(args.out, result)
         return summary, alternatives
 

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -37,7 +36,7 @@ import torchvision
 from torch.utils.data import DataLoader
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_stream_accuracy import add_workload_args, load_workload  # noqa: E402
+from bench_stream_accuracy import add_workload_args, load_workload, record_context  # noqa: E402
 
 from lssr.curvature.eigen import lobpcg_top  # noqa: E402
 from lssr.diagnostics.engine import prepare  # noqa: E402
@@ -147,17 +146,7 @@ def main(argv: list[str] | None = None) -> int:
             u_prev = u
             write_json(
                 args.out,
-                {
-                    "what": __doc__.splitlines()[0],
-                    "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
-                    "points": points,
-                    "wall_s": time.perf_counter() - t0,
-                    "loadavg_before": list(load_before),
-                    "loadavg_after": list(os.getloadavg()),
-                    "cpu_count": os.cpu_count(),
-                    "torch": torch.__version__,
-                    "python": platform.python_version(),
-                },
+                {"what": __doc__.splitlines()[0], "points": points} | record_context(args, t0, load_before),
             )
             summary = {k: v for k, v in one.items() if k != "batches"}
             print(f"step {t}: {summary}", flush=True)
