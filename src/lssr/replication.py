@@ -149,8 +149,8 @@ def _job_seconds(results: Path, raw: dict) -> tuple[float, int]:
 
 def _loadavg() -> str:
     try:
-        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
-    except OSError:
+        return " ".join(f"{x:.2f}" for x in os.getloadavg())
+    except OSError:  # not available on this platform
         return ""
 
 

@@ -68,7 +68,7 @@ from .core import (
     total_steps,
 )
 from .forward import StepPlan, backward_keeping_buffers, checkpointed_forward, model_profile, plan_step
-from .outputs import write_metrics, write_run_outputs
+from .outputs import git_commit, write_metrics, write_run_outputs
 from .sampler import BatchSampler
 
 
@@ -380,6 +380,7 @@ def train_data_parallel(
     world: World | None = None,
 ) -> list[RunResult]:
     """Train the members ``cfgs`` of a group one after another, each data-parallel over the ranks."""
+    git_commit()  # the code these runs train with, read now (cached for the outputs written at their end)
     check_batchable(cfgs, [c.name or f"config #{i}" for i, c in enumerate(cfgs)])
     world = world or init_world(cfgs[0], world_size)
     if cfgs[0].checkpoint_every and world.is_main:
