@@ -281,15 +281,20 @@ class SharpnessMonitor:
         in :attr:`stream_refusal`)."""
         if all(p.grad is None for p in unwrap(self.model).parameters() if p.requires_grad):
             return False
-        t0 = self.clock()
         try:
-            self.streamer.add(start=self.schedule.steps)
+            self._add_gradient()
         except LssrError as refusal:
             self.stream_refusal = str(refusal)
             return False
+        return True
+
+    def _add_gradient(self) -> None:
+        """Adds the step's mini-batch gradient to the streaming window, its time counted in the budget."""
+        t0 = self.clock()
+        try:
+            self.streamer.add(start=self.schedule.steps)
         finally:
             self.schedule.spent_seconds += self.clock() - t0
-        return True
 
     def _stream_step(self, added: bool = False) -> dict | None:
         """Adds the step's mini-batch gradient to the window (unless ``added`` already); closes the window with a
@@ -297,9 +302,7 @@ class SharpnessMonitor:
         calibration row of :func:`lssr.diagnose` at the multiples of ``calibrate_every`` when it fits."""
         s, st = self.schedule, self.streamer
         if not added:
-            t0 = self.clock()
-            st.add(start=s.steps)
-            s.spent_seconds += self.clock() - t0
+            self._add_gradient()
         row = None
         if st.full() and s.fits_any(st.last_seconds):
             row = self.measure_stream()
