@@ -443,3 +443,48 @@ def test_the_lightning_callback_streams_by_default(tmp_path, accumulate):
     assert cb.monitor.stream is True and cb.monitor.batch_sizes == (B2,)
     for key in ("tr_S_b", "tr_S_n", "tr_S_n_window", "tr_S_1", "tr_HS_b", "top_eig", "rho_b", "ias_b"):
         assert np.allclose([r[key] for r in logged], [r[key] for r in rows], rtol=1e-9, atol=1e-12), key
+
+
+def test_an_eigen_option_gives_the_rows_lobpcg_on_their_probe_samples():
+    """With ``eigen=lssr.Eigen(...)`` and every sample a probe sample (stream_n = N), each row's ‖H‖ is LOBPCG on the
+    full loss's Hessian: the dense float64 λ_max within 1e-6 relative, from the first row on."""
+    model, ds = tiny()
+    truth = truths(model, ds)["top_eig"]
+    rows = stream_rows(model, ds, rows=3, stream_n=N, eigen=lssr.Eigen(tol=1e-9, max_hvps=40))
+    for r in rows:
+        assert r["top_eig"] == pytest.approx(truth, rel=1e-6)
+        assert r["top_eig_residual"] <= 1e-6
+
+
+class _DenseOperator:
+    """H v for a dense symmetric H, counting the products (``return_grad``: also a fixed gradient)."""
+
+    def __init__(self, H: torch.Tensor):
+        self.H, self.calls = H, 0
+
+    def hvp(self, v, return_grad=False):
+        self.calls += 1
+        h = self.H @ v
+        return (h, torch.ones_like(v)) if return_grad else h
+
+
+@pytest.mark.parametrize("max_hvps", [1, 3, 12])
+def test_row_products_spends_at_most_max_hvps_on_the_top_eigenvalue(max_hvps):
+    """One product for tr(H S_b) and at most ``max_hvps`` for ‖H‖; the reported value is a Rayleigh quotient (≤
+    λ_max) that reaches λ_max of the dense H (m = 12) when the products span the space."""
+    from lssr.diagnostics.stream import Window, row_products
+
+    g = torch.Generator().manual_seed(3)
+    A = torch.randn(12, 12, generator=g, dtype=torch.float64)
+    H = A @ A.T / 12 - 0.3 * torch.eye(12, dtype=torch.float64)
+    w = Window([torch.zeros(12, dtype=torch.float64)], 2, generator=g, start=0, recent=4)
+    for _ in range(4):
+        w.add([torch.randn(12, generator=g, dtype=torch.float64)])
+    op = _DenseOperator(H)
+    out = row_products(op, w, None, lssr.Eigen(tol=1e-12, max_hvps=max_hvps))
+    top = float(torch.linalg.eigvalsh(H)[-1])
+    assert op.calls <= 1 + max_hvps
+    assert out["top_eig"] <= top * (1 + 1e-12)
+    if max_hvps == 12:
+        assert out["top_eig"] == pytest.approx(top, rel=1e-9)
+    assert float(out["x"].norm()) == pytest.approx(1.0)

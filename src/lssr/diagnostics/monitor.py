@@ -75,7 +75,9 @@ class SharpnessMonitor:
         γ = (n − b)/(n − 1) would describe batches of the n probe samples, not of the training set).
     estimator, eigen, compute: :func:`lssr.diagnose`'s options (:class:`.options.Estimator`,
         :class:`.options.Eigen`, :class:`.options.Compute`; None: their defaults). The warm start of ‖H‖ is the
-        monitor's (the last row's eigenvector), so ``Eigen(init=...)`` is refused.
+        monitor's (the last row's eigenvector), so ``Eigen(init=...)`` is refused. An ``Eigen(...)`` given here
+        also sets the streaming rows' ‖H‖: up to its ``max_hvps`` LOBPCG products per row on the row's probe
+        samples instead of one damped power step (:func:`.stream.row_products`).
     data: the training data (tensors, Dataset, DataLoader, batch iterable); the probe set is ``n`` samples
         of it drawn once with ``seed`` (:func:`.probeset.draw_probe_set`; ``transform`` to draw them without
         augmentation).
@@ -213,6 +215,7 @@ class SharpnessMonitor:
             forward=forward,
             replacement=replacement,
             options=dict(bn=bn, dropout=dropout, dtype=self.compute.dtype, hvp_mode=self.compute.hvp_mode),
+            eigen=eigen if isinstance(eigen, Eigen) else None,
         )
         self.sink = RowSink(csv, callback)
         self.eigenvector: torch.Tensor | None = None

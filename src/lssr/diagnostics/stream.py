@@ -17,8 +17,11 @@ independent draws at one θ (batches drawn with replacement, or from a training 
 - tr(H S_b) = E[g_bᵀ H g_b]: vᵀH_Pv with v = ḡ + U/√K, U the centred sign sketch and H_P the Hessian of
   fresh probe samples, independent of the g_t (:func:`row_products`): unbiased for the window's mean of
   g_tᵀHg_t whatever the drift of θ;
-- ‖H‖: xᵀH_Px for a warm-started x that a damped power step per row moves towards the top eigenvector: it
-  settles on ‖H‖ at a fixed θ but lags while θ moves (a lower estimate during training).
+- ‖H‖: the top Ritz value of H_P in span{x, v}, x a warm start that one damped power step per row moves towards
+  the top eigenvector: it settles on ‖H‖ at a fixed θ but lags while θ moves, a lower estimate during training
+  (``benchmarks/study_eig_trackers.py``: 0.68 ± 0.17 of ‖H‖ on a run at the edge of stability). With an
+  :class:`.options.Eigen` (``eigen``), up to ``max_hvps`` LOBPCG products per row from x: the top eigenvalue of
+  H_P, which lies above ‖H‖ on average by more the fewer the probe samples (λ_max is convex).
 
 The training's g_t and the HVPs are gradients of one loss. With batch norm in train mode, g_t is the gradient
 of ℓ(θ; B_t), the batch B_t normalised with its own statistics: the loss SGD descends is L_b(θ) = E_B ℓ(θ; B) over
@@ -42,6 +45,7 @@ import torch
 from torch import nn
 
 from ..curvature import GraphTooLarge
+from ..curvature.eigen import lobpcg_top
 from ..errors import LssrError
 from .api import _set_hvp_mode, memory_budget
 from .batches import collect
@@ -49,6 +53,7 @@ from .engine import prepare
 from .guards import preserved_rng, unwrap
 from .guards import restoring as _restoring
 from .guards import train_mode_bn as _train_mode_bn
+from .options import Eigen
 
 Tensor = torch.Tensor
 
@@ -254,9 +259,12 @@ def _hvp_direction(window: Window) -> tuple[Tensor, Tensor, Tensor]:
     return parts.sum(0), parts, torch.tensor(window.k, dtype=torch.float64)
 
 
-def row_products(op, window: Window, x: Tensor | None) -> dict:
+def row_products(op, window: Window, x: Tensor | None, eigen: Eigen | None = None) -> dict:
     """The HVP part of a row, two products with the Hessian H_P of the probe samples: H_P v with v from
     :func:`_hvp_direction` and H_P x (x the unit warm start of ‖H‖; the window's mean direction at first).
+    With ``eigen`` (an :class:`.options.Eigen`), ‖H‖ is instead the top Ritz value of H_P after up to
+    ``eigen.max_hvps`` products of LOBPCG (Davidson variant) warm-started from x, stopped at relative residual
+    ``eigen.tol``, and the next warm start is its Ritz vector (:func:`lssr.curvature.eigen.lobpcg_top`).
 
     Returns ``tr_HS_b`` = vᵀH_Pv, its leave-one-share-out values ``tr_HS_b_loo``, ``tr_S_n`` = g_Pᵀg_last (the
     probe samples' gradient, a by-product of the first product, against the window's last mini-batch gradient:
@@ -277,15 +285,19 @@ def row_products(op, window: Window, x: Tensor | None) -> dict:
         x = gbar / gbar.norm() if float(gbar.norm()) > 0 else torch.ones_like(gbar) / math.sqrt(gbar.numel())
     Hv, gP = op.hvp(v, return_grad=True)
     Hv, gP = Hv.to(gbar.dtype), gP.to(gbar.dtype)
-    Hx = op.hvp(x).to(gbar.dtype)
     ths = float(v @ Hv)
     total = float(k.sum())
     p = (parts @ Hv).double()
     ths_loo = (ths - p) * total / (total - k)
-    lam, x, Hx = ritz2(x, Hx, v, Hv)
-    rel = float((Hx - lam * x).norm()) / max(abs(lam), 1e-300)
-    nrm = float(Hx.norm())
-    step = x + EIG_STEP * Hx / nrm if nrm > 0 and math.isfinite(nrm) else x
+    if eigen is not None:
+        r = lobpcg_top(lambda u: op.hvp(u).to(gbar.dtype), x, tol=eigen.tol, max_matvecs=eigen.max_hvps, keep=True)
+        lam, rel, step = r.value, r.residual, r.vector.to(gbar.dtype)
+    else:
+        Hx = op.hvp(x).to(gbar.dtype)
+        lam, x, Hx = ritz2(x, Hx, v, Hv)
+        rel = float((Hx - lam * x).norm()) / max(abs(lam), 1e-300)
+        nrm = float(Hx.norm())
+        step = x + EIG_STEP * Hx / nrm if nrm > 0 and math.isfinite(nrm) else x
     return dict(
         tr_HS_b=ths,
         tr_HS_b_loo=ths_loo,
@@ -319,7 +331,8 @@ class StreamEstimator:
     model, loss, forward: as for :func:`lssr.diagnose`; bn, dropout, dtype, hvp_mode: its options for the HVPs.
     b: the training batch size of the g_t (None: unknown, no tr S_1 or B_simple); ``replacement=False`` gives
     tr S_1 the γ_{N,b} = (N − b)/(N − 1) of batches drawn without replacement from the N samples of ``source``.
-    The monitor's generator (seeded with ``seed``) draws the window's signs and the fresh samples."""
+    The monitor's generator (seeded with ``seed``) draws the window's signs and the fresh samples. ``eigen``: ‖H‖
+    by up to ``eigen.max_hvps`` LOBPCG products per row (:func:`row_products`); None: one damped power step."""
 
     def __init__(
         self,
@@ -337,8 +350,10 @@ class StreamEstimator:
         forward: Callable | None = None,
         replacement: bool = True,
         options: dict | None = None,
+        eigen: Eigen | None = None,
     ):
         check_stream(groups, window, stream_n, hvp_steps)
+        self.eigen = eigen
         self.hvp_steps = hvp_steps
         self.model, self.loss, self.forward = model, loss, forward
         self.source, self.probe = source, probe
@@ -444,7 +459,7 @@ class StreamEstimator:
             with _restoring(prep.model, bn, o["dropout"]), torch.autocast(prep.device_type, enabled=False):
                 op = prep.operator(chunk_size=chunk, batch_stats=self.batch_bn)
                 self._set_mode(op)
-                prod = row_products(op, w, self.x)
+                prod = row_products(op, w, self.x, self.eigen)
                 self.x = prod["x"]
         gam = 1.0
         if not self.replacement and self.b is not None and self.train_size and self.train_size > 1:
