@@ -87,10 +87,12 @@ class Loop:
         if monitored:
             clean = T.Compose([T.ToTensor(), T.Normalize(MEAN, STD)])
             mode = {"auto": None, "stream": True, "diagnose": False}[args.mode]
-            window = {} if args.window is None else dict(window=args.window)
+            options = {} if args.window is None else dict(window=args.window)
+            options |= {} if args.stream_n is None else dict(stream_n=args.stream_n)
+            options |= {} if args.eigen_hvps is None else dict(eigen=lssr.Eigen(max_hvps=args.eigen_hvps))
             self.mon = lssr.SharpnessMonitor(
                 self.model, "ce", data, self.opt, transform=clean, callback=self.rows.append, clock=clock,
-                stream=mode, **window,
+                stream=mode, **options,
             )  # fmt: skip
             self.build_s = time.perf_counter() - t0
         self.wall = self.build_s
@@ -182,6 +184,10 @@ def main(argv: list[str] | None = None) -> int:
         help="the monitor's mode: its default (auto: streaming, called after backward), or forced",
     )
     ap.add_argument("--window", type=int, default=None, help="the streaming mode's window (default: the monitor's)")
+    ap.add_argument("--stream-n", type=int, default=None, help="the streaming rows' probe samples (default: monitor's)")
+    ap.add_argument(
+        "--eigen-hvps", type=int, default=None, help="eigen=lssr.Eigen(max_hvps=...) (default: the monitor's tracker)"
+    )
     ap.add_argument("--out", type=Path, default=Path("results/bench/monitor.json"))
     args = ap.parse_args(argv)
     if not (args.data / "train").is_dir():

@@ -19,6 +19,7 @@ import argparse
 import json
 import math
 import re
+import statistics
 import sys
 from functools import cache
 from pathlib import Path
@@ -606,6 +607,78 @@ def monitor_accuracy(name: str = "monitor_accuracy.json") -> str:
     )
 
 
+def eig_reference(name: str) -> str:
+    """The held-out bracket of ‖∇²L_b‖ at the streaming rows' steps, with the rows' ‖H‖ (study_eig_reference.py)."""
+    r = load(name)
+    st, fit = r["settings"], r["settings_fit"]
+
+    def held(p: dict, key: str) -> str:
+        h = p["heldout"].get(key)
+        return f"{h['mean']:.3g} ± {h['se']:.2g}" if h else "–"
+
+    rows = []
+    for p in r["points"]:
+        u = p["heldout"]["u"]
+        low = max(u["mean"] - 2 * u["se"], 0.0)
+        prev = held(p, "u_prev") + (f" ({p['overlap_prev']:.3f})" if p.get("overlap_prev") is not None else "")
+        stream = f"{p['stream']['top_eig']:.3g}" if p.get("stream") else "–"
+        rows.append([p["step"], f"{p['lambda_fit']:.3g}", held(p, "u"), f"[{low:.2g}, {p['lambda_fit']:.3g}]", stream,
+                     held(p, "tracked"), prev])  # fmt: skip
+    head = [
+        "step",
+        f"λ_fit ({fit['fit']} batches, in-sample)",
+        f"u held out ({fit['heldout']} batches)",
+        "‖∇²L_b‖ bracket",
+        "streaming ‖H‖",
+        "tracked x held out",
+        "previous u held out (overlap with u)",
+    ]
+    return (
+        f"{md_table(head, rows)}\n\n{r['wall_s']:.0f} s on {st['threads']} thread(s), load average "
+        f"{r['loadavg_before'][0]:.2f} before, {r['loadavg_after'][0]:.2f} after.\n"
+    )
+
+
+def eig_trackers(name: str) -> str:
+    """The streaming ‖H‖ trackers side by side (study_eig_trackers.py): against LOBPCG on all N (eos), or their
+    vectors' held-out quotients (kept)."""
+    r = load(name)
+    products = r["products_per_row"]
+    if r["workload"] == "eos":
+        rows = [
+            [
+                k,
+                products[k],
+                f"{s['ratio_mean']:.2f} ± {s['ratio_sd']:.2f}",
+                f"{s['overlap_mean']:.2f}" if "overlap_mean" in s else "–",
+            ]  # fmt: skip
+            for k, s in sorted(r["summary"].items(), key=lambda kv: (products[kv[0]], kv[0]))
+        ]
+        n = next(iter(r["summary"].values()))["rows"]
+        ov = [o["reference_overlap_prev"] for o in r["rows"] if o.get("reference_overlap_prev") is not None]
+        head = ["tracker", "products per row", f"reported / ‖H‖ (mean ± sd, {n} rows)", "overlap of x with u (mean)"]
+        tail = (f"Consecutive reference eigenvectors ({r['window']} steps apart) overlap by "
+                f"{span(ov, '{:.2f}')}, median {statistics.median(ov):.2f}.")  # fmt: skip
+    else:
+        scored = [o for o in r["rows"] if "heldout" in o]
+        keys = sorted((k for k in products if not k.startswith("monitor")), key=lambda k: (products[k], k))
+        head = ["tracker", "products per row"] + [f"step {o['step']}" for o in scored] + ["reported at those steps"]
+        rows = [
+            [k, products[k]]
+            + [f"{o['heldout'][k]['mean']:.2g} ± {o['heldout'][k]['se']:.1g}" for o in scored]
+            + [span([o["reported"][k] for o in scored], "{:.2g}")]
+            for k in keys
+        ]
+        tail = (
+            "Each step's cell: the tracked vector's Rayleigh quotient, mean ± se over 16 independent batches; the last "
+            "column the trackers' own values at those rows (in-sample)."
+        )
+    return (
+        f"{md_table(head, rows)}\n\n{tail} {r['wall_s']:.0f} s on {r['settings']['threads']} thread(s), load "
+        f"average {r['loadavg_before'][0]:.2f} before, {r['loadavg_after'][0]:.2f} after.\n"
+    )
+
+
 def stream_overhead(name: str) -> str:
     """The streaming mode's overhead, rows (count, first step) and losses per loop pair (``name``)."""
     r = load(name)
@@ -637,6 +710,9 @@ def stream_overhead(name: str) -> str:
     steps_long = r.get("long", r["reps"][0])["monitor"]["measured_steps"]
     every = st.get("window") or (steps_long[1] - steps_long[0] if len(steps_long) > 1 else "?")
     goal = f" (goal ≤ {r['goal_overhead']:.0%})" if "goal_overhead" in r else ""
+    options = [f"{k} = {st[k]}" for k in ("stream_n", "eigen_hvps") if st.get(k) is not None]
+    if options:  # the goal is the defaults'
+        goal = f"; the monitor with {', '.join(options)}"
     return (
         f"{table}\n\nMedian overhead of the {st['steps']}-step pairs: {r['overhead_median']:+.1%}"
         f"{goal}; one row "
@@ -669,6 +745,11 @@ SECTIONS: dict[str, Callable[[], str]] = {
     "monitor-accuracy": monitor_accuracy,
     "monitor-accuracy-eigen": lambda: monitor_accuracy("monitor_accuracy_eigen.json"),
     "monitor-stream-overhead": lambda: stream_overhead("monitor_stream.json"),
+    "monitor-stream-eigen-overhead": lambda: stream_overhead("monitor_stream_eigen.json"),
+    "eig-reference": lambda: eig_reference("eig_reference.json"),
+    "eig-reference-k128": lambda: eig_reference("eig_reference_k128.json"),
+    "eig-trackers-eos": lambda: eig_trackers("eig_trackers_eos.json"),
+    "eig-trackers-kept": lambda: eig_trackers("eig_trackers_kept.json"),
 }
 
 
