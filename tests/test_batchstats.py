@@ -188,3 +188,63 @@ def test_model_without_train_mode_batch_norm_refused():
         Estimator(batches=2)
     with pytest.raises(LssrError, match="unknown bn='batch'"):
         noise_scale(tiny(), "ce", (x, y), bn="batch")
+
+
+def _quotient(H: torch.Tensor, u: torch.Tensor) -> float:
+    u = u.double() / u.double().norm()
+    return float(u @ H @ u)
+
+
+@pytest.mark.parametrize("n,b", [(8, 4), (7, 3)])
+def test_heldout_quotient_is_the_eigenvectors_quotient_under_the_loss_hessian(n, b):
+    """``Eigen(heldout=400)``: the eigenvector u of one partition's Hessian, scored on 400 independent batches, is
+    within 3 of its standard errors of uᵀHu with H the brute-force Hessian of L_b (the mean over all b-subsets),
+    so at most λ_max(H) plus 3 se, while ‖H‖ itself is that partition's λ_max; the other numbers do not change."""
+    model, (x, y) = tiny(), data(n)
+    t = truth(model, x, y, b)
+    theta = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+    subsets = [list(c) for c in itertools.combinations(range(n), b)]
+    H = torch.stack(
+        [torch.autograd.functional.hessian(lambda th, B=B: batch_loss(th, x[B], y[B]), theta) for B in subsets]
+    ).mean(0)
+    est = Estimator("sketch", probes=8, batches=40)
+    kw = dict(batch_sizes=[b], bn="batch", seed=5, estimator=est)
+    d = lssr.diagnose(model, "ce", (x, y), eigen=Eigen(tol=1e-9, heldout=400), **kw)
+    plain = lssr.diagnose(model, "ce", (x, y), eigen=Eigen(tol=1e-9), **kw)
+    q, se = d.batch.top_eig_heldout, d.batch.top_eig_heldout_se
+    assert se > 0 and d.batch.heldout == 400
+    assert abs(q - _quotient(H, d.eigenvector)) <= 3 * se, (q, _quotient(H, d.eigenvector), se)
+    assert q <= t["top"] + 3 * se
+    assert d.top_eig == plain.top_eig and measured(d) == measured(plain)
+    assert d.scalars()["top_eig_heldout"] == q and math.isnan(plain.scalars()["top_eig_heldout"])
+    assert d.cost.hvps >= plain.cost.hvps + 400
+
+
+def test_heldout_standard_error_matches_the_spread_over_seeds():
+    """Over 30 seeds of ``Eigen(heldout=10)``, z = (held-out quotient − uᵀHu)/se, with u each call's eigenvector and
+    H the brute-force Hessian of L_b, has mean within 3/√30 of 0 and a root mean square between 0.6 and 1.6 (the se
+    of 10 batches has 9 degrees of freedom)."""
+    model, (x, y) = tiny(), data(8)
+    theta = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+    subsets = [list(c) for c in itertools.combinations(range(8), 4)]
+    H = torch.stack(
+        [torch.autograd.functional.hessian(lambda th, B=B: batch_loss(th, x[B], y[B]), theta) for B in subsets]
+    ).mean(0)
+    est = Estimator("sketch", probes=4, batches=8)
+    z = []
+    for s in range(30):
+        d = lssr.diagnose(
+            model, "ce", (x, y), batch_sizes=[4], bn="batch", seed=s, estimator=est, eigen=Eigen(heldout=10)
+        )
+        z.append((d.batch.top_eig_heldout - _quotient(H, d.eigenvector)) / d.batch.top_eig_heldout_se)
+    z = torch.tensor(z, dtype=torch.float64)
+    assert abs(float(z.mean())) <= 3 / math.sqrt(len(z)), z
+    assert 0.6 < float(z.square().mean().sqrt()) < 1.6, z
+
+
+def test_heldout_needs_batch_statistics():
+    model, (x, y) = tiny().eval(), data(8)
+    with pytest.raises(LssrError, match=r"Eigen\(heldout=5\).*fix: bn='batch'"):
+        lssr.diagnose(model, "ce", (x, y), batch_sizes=[4], bn="eval", eigen=Eigen(heldout=5))
+    with pytest.raises(LssrError, match="heldout must be an integer >= 0"):
+        Eigen(heldout=-1)

@@ -195,7 +195,8 @@ def test_rows_equal_an_independent_diagnose_call_at_the_same_theta():
 def test_the_option_objects_are_diagnoses_keywords():
     """Estimator, Eigen and Compute given to the monitor measure what lssr.diagnose measures with the same options,
     not the defaults (exact tr(H S_1) where the default would sketch, a loose eigen-tolerance, small chunks);
-    eigen=False measures no ‖H‖; Eigen(init=...) is refused (the warm start is the monitor's)."""
+    eigen=False measures no ‖H‖; Eigen(init=...) is refused (the warm start is the monitor's), and so is
+    Eigen(heldout=...) (its held-out batches are those of diagnose(bn="batch"))."""
     from lssr.diagnostics.options import Compute, Eigen, Estimator
 
     model, ds = make()
@@ -214,6 +215,8 @@ def test_the_option_objects_are_diagnoses_keywords():
     assert math.isnan(off["top_eig"]) and off["tr_S_1"] == pytest.approx(ref["tr_S_1"], rel=1e-9)
     with pytest.raises(LssrError, match="init"):
         lssr.SharpnessMonitor(model, "ce", ds, n=N_PROBE, eigen=Eigen(init=torch.ones(3)))
+    with pytest.raises(LssrError, match=r"heldout.*fix: drop heldout"):
+        lssr.SharpnessMonitor(model, "ce", ds, n=N_PROBE, eigen=Eigen(heldout=4))
 
 
 def test_a_resumed_run_continues_the_schedule_the_warm_start_and_the_csv(tmp_path):

@@ -114,6 +114,11 @@ def diagnose(
     check_moved("diagnose", moved)
     check_policies(bn, dropout)
     est, eig, comp = Estimator.of(estimator), Eigen.of(eigen), Compute.of(compute)
+    if eig is not None and eig.heldout and bn != "batch":
+        raise OptionError(
+            f"diagnose: Eigen(heldout={eig.heldout}) scores ‖H‖'s eigenvector on independent batches of the loss "
+            f"L_b, which only bn='batch' measures (bn={bn!r}); fix: bn='batch', or Eigen(heldout=0)"
+        )
     prep = prepare(model, loss, data, n=n, seed=seed, forward=forward, chunk_size=comp.chunk_size, dtype=comp.dtype)
     if bn == "batch":
         b = check_batch_call(prep.model, batch_sizes, prep.n_used, replacement)

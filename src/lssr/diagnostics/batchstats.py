@@ -15,7 +15,9 @@ g_B = ∇ℓ(θ; B), S_b = E[g_B g_Bᵀ] and H = ∇²L_b:
   E[g_Bᵀ H g_B]: the P forms are independent and unbiased, and their spread gives a standard error that counts
   the batch draws, the signs and the partitions;
 - ‖H‖: the top eigenvalue of the first partition loss's Hessian H_1 by LOBPCG (λ_max is convex, so
-  E λ_max(H_1) ≥ λ_max(H): a partition of few batches reads high);
+  E λ_max(H_1) ≥ λ_max(H): a partition of few batches reads high); with ``Eigen(heldout=k)`` also its eigenvector
+  u's Rayleigh quotient on k independent random batches (:func:`heldout_quotient`), unbiased for uᵀHu ≤ λ_max(H):
+  the two bracket ‖H‖ on average;
 - ρ_b = tr S_n/tr S_b, ‖H‖_{S_b} = tr(H S_b)/tr S_b, the instability ratio tr(H S_b)/tr S_n, and what identity (1)
   with replacement implies: tr S_1 := tr S_n + b(tr S_b − tr S_n) and B_simple := b(tr S_b − tr S_n)/tr S_n
   (McCandlish et al.'s B_simple from batches of b). With batch norm in train mode a sample has no loss of its
@@ -140,6 +142,11 @@ class BatchMoments:
     sketches: int
     unused: int
     estimates: dict
+    #: ‖H‖'s eigenvector u scored on ``heldout`` independent batches (``Eigen(heldout=...)``): the mean of uᵀH_Bu
+    #: and its standard error (NaN and 0 when not measured)
+    top_eig_heldout: float = math.nan
+    top_eig_heldout_se: float = math.nan
+    heldout: int = 0
 
     def at(self, b: int) -> AtB:
         """The measured :class:`AtB` (b must be the measured one)."""
@@ -158,10 +165,12 @@ class BatchMoments:
         return pd.DataFrame([row], columns=cols)
 
     def scalars(self) -> dict:
-        """The standard errors of tr S_1, tr S_n and B_simple, K, P and the unused samples."""
+        """The standard errors of tr S_1, tr S_n and B_simple, K, P, the unused samples and ‖H‖'s held-out
+        quotient with its standard error."""
         e = self.estimates
         out = {f"{k}_se": e[f"{k}_se"] for k in ("tr_S_1", "tr_S_n", "b_simple")}
-        return {**out, "batches": self.batches, "sketches": self.sketches, "partition_unused": self.unused}
+        out |= {"batches": self.batches, "sketches": self.sketches, "partition_unused": self.unused}
+        return out | {"top_eig_heldout": self.top_eig_heldout, "top_eig_heldout_se": self.top_eig_heldout_se}
 
 
 @contextmanager
@@ -244,6 +253,25 @@ def _first_operator(prep, b: int, first: tuple) -> LossOperator:
     return op
 
 
+def heldout_quotient(prep, first: LossOperator, u: Tensor, b: int, k: int, gen: torch.Generator) -> tuple[float, float]:
+    """(mean, se) of uᵀH_Bu/‖u‖² over k independent random batches B of b samples (:func:`draw_batches`), each
+    normalised with its own statistics, in the HVP mode of ``first`` (whose counts they join): the mean is unbiased
+    for the Rayleigh quotient of u under ∇²L_b, a lower bound of ‖∇²L_b‖; se = sd/√k (NaN for k = 1)."""
+    u = u / u.norm()
+    q = []
+    for index in draw_batches(prep.n_used, b, k, gen):
+        op = _operator(prep, index, b)
+        if first.hvp_mode != op.hvp_mode:
+            op.set_hvp_mode(first.hvp_mode, "diagnose", graph_budget=memory_budget(op.device, STORE_MB))
+        op.fd_step = first.fd_step
+        q.append(float(u.double() @ op.hvp(u.to(op.dtype)).detach().double()))
+        for key, v in op.counts.items():
+            first.counts[key] += v
+        del op
+    v = torch.tensor(q, dtype=torch.float64)
+    return float(v.mean()), float(v.std() / math.sqrt(k)) if k > 1 else math.nan
+
+
 def batch_diagnose(prep, b: int, est: Estimator, eig: Eigen | None, comp: Compute, seed: int, dropout: str):
     """:func:`lssr.diagnose` with ``bn="batch"`` on the samples ``prep`` (:func:`.engine.prepare`) at batch
     size b: the module docstring's quantities in a :class:`Diagnostics` (``batch`` holds the measured b; its
@@ -267,12 +295,17 @@ def batch_diagnose(prep, b: int, est: Estimator, eig: Eigen | None, comp: Comput
                 top = top_eigenvalue_op(
                     op, tol=eig.tol, init=init, max_hvps=eig.max_hvps, generator=gen, with_grad=False
                 )
+            held = (math.nan, math.nan)
+            if top is not None and eig.heldout:
+                held = heldout_quotient(prep, op, top.vector, b, eig.heldout, gen)
             loss = op.loss()
             seconds = time.perf_counter() - t0
             t1 = time.perf_counter()
             op.gradient()
             grad_seconds = time.perf_counter() - t1
     bm = BatchMoments(b=b, batches=K, sketches=P, unused=prep.n_used - op.n, estimates=est_)
+    if eig is not None and eig.heldout:
+        bm = replace(bm, top_eig_heldout=held[0], top_eig_heldout_se=held[1], heldout=eig.heldout)
     cost = _cost(op, K * b / prep.n_used, seconds, grad_seconds, fd_err)
     return _result(prep, bm, top, A.sum(0) / K, loss, cost)
 

@@ -45,6 +45,11 @@ def _options(estimator: Any, eigen: Any, compute: Any) -> tuple[Estimator, Eigen
     e, g, c = Estimator.of(estimator), Eigen.of(eigen), Compute.of(compute)
     if g is not None and g.init is not None:
         raise LssrError("SharpnessMonitor: Eigen(init=...) is the monitor's own warm start; fix: drop init")
+    if g is not None and g.heldout:
+        raise LssrError(
+            "SharpnessMonitor: Eigen(heldout=...) scores ‖H‖ on independent batches of lssr.diagnose(bn='batch'), "
+            "which the monitor's rows do not measure; fix: drop heldout"
+        )
     return e, g, c
 
 

@@ -102,16 +102,21 @@ class Estimator:
 @dataclass(frozen=True)
 class Eigen:
     """‖H‖ by LOBPCG, stopped at relative residual ``tol`` or after ``max_hvps`` HVPs, warm-started from
-    ``init`` (a vector, or an earlier result whose ``eigenvector`` is used; None: a seeded random start)."""
+    ``init`` (a vector, or an earlier result whose ``eigenvector`` is used; None: a seeded random start).
+    ``heldout`` (``bn="batch"`` only): also the eigenvector u's Rayleigh quotient uᵀH_Bu on that many independent
+    random batches B of b, each normalised with its own statistics; their mean is unbiased for uᵀ∇²L_b u, a lower
+    bound of ‖∇²L_b‖, where ‖H‖ itself (one partition's, in-sample) lies above it on average."""
 
     tol: float = EIG_TOL
     max_hvps: int = EIG_MAX_HVPS
     init: Any = field(default=None, repr=False, compare=False)
+    heldout: int = 0
 
     def __post_init__(self) -> None:
         if not (isinstance(self.tol, (int, float)) and 0 < self.tol < 1):
             raise OptionError(f"Eigen: tol must be a relative tolerance in (0, 1), got {self.tol!r}")
         _positive_int("Eigen", "max_hvps", self.max_hvps, 1)
+        _positive_int("Eigen", "heldout", self.heldout, 0)
 
     @classmethod
     def of(cls, value: bool | Eigen | None) -> Eigen | None:
