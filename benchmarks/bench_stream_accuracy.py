@@ -82,6 +82,19 @@ def load_workload(args: argparse.Namespace, name: str) -> TensorDataset | None:
     return images(args.data, args.n, args.px, args.seed)
 
 
+def kept_run(args: argparse.Namespace, ds: TensorDataset, steps: int):
+    """The kept workload's run: (model, optimiser, loader) of ``steps`` steps — shufflenet_v2_x0_5 in train mode
+    seeded with ``--seed``, SGD (``--lr``, momentum 0.9, ``--weight-decay``), each step an independent uniform batch
+    of ``--batch`` distinct samples (generator seeded with ``--seed`` + 1). The same seeds give the same run."""
+    torch.manual_seed(args.seed)
+    model = torchvision.models.shufflenet_v2_x0_5(num_classes=10)
+    model.train()
+    opt = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9, weight_decay=args.weight_decay)
+    g = torch.Generator().manual_seed(args.seed + 1)
+    batches = [torch.randperm(len(ds), generator=g)[: args.batch].tolist() for _ in range(steps)]
+    return model, opt, DataLoader(ds, batch_sampler=batches)
+
+
 def record_context(args: argparse.Namespace, t_start: float, load_before) -> dict:
     """What every record of the workload holds besides its results: the settings, the wall time since ``t_start``
     (``time.perf_counter``), the load averages before and now, the CPU count and the versions."""

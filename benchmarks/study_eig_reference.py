@@ -33,11 +33,9 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-import torchvision
-from torch.utils.data import DataLoader
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_stream_accuracy import add_workload_args, load_workload, record_context  # noqa: E402
+from bench_stream_accuracy import add_workload_args, kept_run, load_workload, record_context  # noqa: E402
 from study_eig_tracking import BatchHessian  # noqa: E402
 
 import lssr  # noqa: E402
@@ -75,18 +73,11 @@ def main(argv: list[str] | None = None) -> int:
     if ds is None:
         return 0
     X, Y = ds.tensors
-    torch.manual_seed(args.seed)
-    model = torchvision.models.shufflenet_v2_x0_5(num_classes=10)
-    model.train()
-    opt = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9, weight_decay=args.weight_decay)
     window = lssr.diagnostics.stream.WINDOW
     due = [args.first + k * window for k in range(args.points)]
     if (args.first + 1) % window:
         raise SystemExit(f"--first must be a row step (k·{window} − 1), got {args.first}")
-    g = torch.Generator().manual_seed(args.seed + 1)
-    loader = DataLoader(
-        ds, batch_sampler=[torch.randperm(len(ds), generator=g)[: args.batch].tolist() for _ in range(due[-1] + 1)]
-    )
+    model, opt, loader = kept_run(args, ds, due[-1] + 1)
     rows: list[dict] = []
     mon = lssr.SharpnessMonitor(
         model, "ce", loader, opt, callback=rows.append, stream=True, budget=math.inf, batch_sizes=[args.batch]

@@ -42,11 +42,10 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-import torchvision
 from torch.utils.data import DataLoader, RandomSampler
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_stream_accuracy import add_workload_args, images, load_workload, record_context  # noqa: E402
+from bench_stream_accuracy import add_workload_args, images, kept_run, load_workload, record_context  # noqa: E402
 from study_eig_tracking import BatchHessian  # noqa: E402
 
 import lssr  # noqa: E402
@@ -199,12 +198,7 @@ def main(argv: list[str] | None = None) -> int:
                                 generator=torch.Generator().manual_seed(args.seed))  # fmt: skip
         loader = DataLoader(ds, batch_size=args.batch, sampler=sampler)
     else:
-        model = torchvision.models.shufflenet_v2_x0_5(num_classes=10)
-        model.train()
-        opt = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9, weight_decay=args.weight_decay)
-        g = torch.Generator().manual_seed(args.seed + 1)
-        batches = [torch.randperm(len(ds), generator=g)[: args.batch].tolist() for _ in range(total)]
-        loader = DataLoader(ds, batch_sampler=batches)
+        model, opt, loader = kept_run(args, ds, total)
     params = list(model.parameters())
     gen = torch.Generator().manual_seed(args.seed + 77)
     tr = trackers()

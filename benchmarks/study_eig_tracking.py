@@ -32,11 +32,9 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-import torchvision
-from torch.utils.data import DataLoader
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_stream_accuracy import add_workload_args, load_workload, record_context  # noqa: E402
+from bench_stream_accuracy import add_workload_args, kept_run, load_workload, record_context  # noqa: E402
 
 from lssr.curvature.eigen import lobpcg_top  # noqa: E402
 from lssr.diagnostics.engine import prepare  # noqa: E402
@@ -94,15 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     if ds is None:
         return 0
     X, Y = ds.tensors
-    torch.manual_seed(args.seed)
-    model = torchvision.models.shufflenet_v2_x0_5(num_classes=10)
-    model.train()
-    opt = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9, weight_decay=args.weight_decay)
-    g = torch.Generator().manual_seed(args.seed + 1)
-    total = args.warmup + args.every * (args.points - 1) + 1
-    loader = DataLoader(
-        ds, batch_sampler=[torch.randperm(len(ds), generator=g)[: args.batch].tolist() for _ in range(total)]
-    )
+    model, opt, loader = kept_run(args, ds, args.warmup + args.every * (args.points - 1) + 1)
     due = {args.warmup + k * args.every for k in range(args.points)}
     pick = torch.Generator().manual_seed(args.seed + 2)
     points: list[dict] = []
