@@ -8,7 +8,7 @@ it (a job that hits the cap is killed, and resumes from its checkpoint when retr
 - per step: ``STEP_OVERHEAD_S`` (host dispatch / kernel launches, whatever b) + members x b x F / rate,
   with F the forward+backward FLOPs of one sample (:data:`FWD_BWD_GFLOPS` at the model's reference image
   size, scaled with the pixel count: the convolutions dominate) and ``rate`` the effective FLOP/s of the
-  device (:data:`FLOPS_PER_S`; per thread on the CPU);
+  device (:data:`FLOPS_PER_S`; per thread on the CPU, times the model's :data:`CPU_EFFICIENCY`);
 - evaluation, every ``eval_every`` steps and at the end: members x (n + test-set size) x F / 3 (forward
   only); goal checks (``goal_every``) between them: members x n x F / 3 (the training set only; the test set
   where a member stops is the evaluation at the end of this upper bound);
@@ -23,7 +23,8 @@ of a workflow plan: the GPU-hour estimate of each figure that docs/PERFORMANCE.m
 
 An upper bound in steps: every member trains its whole budget (diverged runs stop early). The rates are
 assumptions (docs/PERFORMANCE.md: 25 TFLOP/s is the assumed H100 rate for these small convolutions; the
-CPU rate and the 13.8 ms host overhead per batched step were measured on the 2-core test machine).
+CPU rate, digits_cnn's CPU efficiency and the 13.8 ms host overhead per batched step were measured on the 2-core
+test machine).
 """
 
 from __future__ import annotations
@@ -55,6 +56,11 @@ TEST_SET_SIZE = {
 }
 #: Effective forward+backward FLOP/s (the CPU's per thread).
 FLOPS_PER_S = {"cuda": 25e12, "cpu": 30e9}
+#: The fraction of the CPU rate a model reaches (default 1: cnn6 and resnet9 at 32-96 px ran at 23-41 GFLOP/s per
+#: thread, benchmarks/README.md "per-sample"). digits_cnn's small convolutions are memory-bound: a batched group of
+#: 105 members at b = 512 on 8-px images trained at 0.144 s per member and epoch on one thread
+#: (results/bench/fig5_checks_105.json), 1024 x 1.0237 MFLOP / 0.144 s = 7.3 GFLOP/s, 0.24 of the rate.
+CPU_EFFICIENCY = {"digits_cnn": 0.24}
 STEP_OVERHEAD_S = 0.0138
 PROBE_GRADIENTS = 100
 MARGIN_FACTOR, MARGIN_MIN = 2.0, 10
@@ -108,7 +114,10 @@ def job_seconds(cfgs: Sequence[RunConfig], threads: int = 1) -> float:
     members, n, b, T = len(cfgs), cfg.data.n, cfg.batch_size, total_steps(cfg)
     source = cfg.data.dataset
     F = flops_per_sample(cfg.model.name, cfg.data.resize or NATIVE_PIXELS.get(source, 64))
-    rate = FLOPS_PER_S["cuda"] if cfg.device.startswith("cuda") else FLOPS_PER_S["cpu"] * threads
+    if cfg.device.startswith("cuda"):
+        rate = FLOPS_PER_S["cuda"]
+    else:
+        rate = FLOPS_PER_S["cpu"] * threads * CPU_EFFICIENCY.get(cfg.model.name, 1.0)
     steps = T * (STEP_OVERHEAD_S + members * b * F / rate)
     full, checks = evaluation_steps(cfg, T)
     evals = members * (full * (n + TEST_SET_SIZE.get(source, 10000)) + checks * n) * F / 3 / rate
