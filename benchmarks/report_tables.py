@@ -607,19 +607,22 @@ def monitor_accuracy(name: str = "monitor_accuracy.json") -> str:
     )
 
 
-def eig_reference(name: str) -> str:
-    """The held-out bracket of ‖∇²L_b‖ at the streaming rows' steps, with the rows' ‖H‖ (study_eig_reference.py)."""
-    r = load(name)
-    st, fit = r["settings"], r["settings_fit"]
+def eig_reference(*names: str) -> str:
+    """The held-out bracket of ‖∇²L_b‖ at the streaming rows' steps, with the rows' ‖H‖ (study_eig_reference.py; the
+    points of several records of one setting, e.g. the same run's early and late steps, in one table)."""
+    recs = [load(n) for n in names]
+    r = dict(recs[0], points=[p for x in recs for p in x["points"]])
+    fit = r["settings_fit"]
 
     def held(p: dict, key: str) -> str:
         h = p["heldout"].get(key)
         return f"{h['mean']:.3g} ± {h['se']:.2g}" if h else "–"
 
-    rows = []
+    rows, rows_low = [], {}
     for p in r["points"]:
         u = p["heldout"]["u"]
         low = max(u["mean"] - 2 * u["se"], 0.0)
+        rows_low[p["step"]] = low
         prev = held(p, "u_prev") + (f" ({p['overlap_prev']:.3f})" if p.get("overlap_prev") is not None else "")
         stream = f"{p['stream']['top_eig']:.3g}" if p.get("stream") else "–"
         rows.append([p["step"], f"{p['lambda_fit']:.3g}", held(p, "u"), f"[{low:.2g}, {p['lambda_fit']:.3g}]", stream,
@@ -633,9 +636,15 @@ def eig_reference(name: str) -> str:
         "tracked x held out",
         "previous u held out (overlap with u)",
     ]
+    below = [p["step"] for p in r["points"] if p.get("stream") and p["stream"]["top_eig"] < float(rows_low[p["step"]])]
+    runs = "; ".join(
+        f"{x['wall_s']:.0f} s on {x['settings']['threads']} thread(s), load average {x['loadavg_before'][0]:.2f} "
+        f"before, {x['loadavg_after'][0]:.2f} after"
+        for x in recs
+    )
     return (
-        f"{md_table(head, rows)}\n\n{r['wall_s']:.0f} s on {st['threads']} thread(s), load average "
-        f"{r['loadavg_before'][0]:.2f} before, {r['loadavg_after'][0]:.2f} after.\n"
+        f"{md_table(head, rows)}\n\nThe streaming ‖H‖ lies below the bracket's lower end at {len(below)} of "
+        f"{len(r['points'])} steps ({', '.join(map(str, below)) or 'none'}). {runs}.\n"
     )
 
 
@@ -747,7 +756,7 @@ SECTIONS: dict[str, Callable[[], str]] = {
     "monitor-stream-overhead": lambda: stream_overhead("monitor_stream.json"),
     "monitor-stream-eigen-overhead": lambda: stream_overhead("monitor_stream_eigen.json"),
     "eig-reference": lambda: eig_reference("eig_reference.json"),
-    "eig-reference-k128": lambda: eig_reference("eig_reference_k128.json"),
+    "eig-reference-k128": lambda: eig_reference("eig_reference_k128.json", "eig_reference_k128_late.json"),
     "eig-trackers-eos": lambda: eig_trackers("eig_trackers_eos.json"),
     "eig-trackers-kept": lambda: eig_trackers("eig_trackers_kept.json"),
 }
