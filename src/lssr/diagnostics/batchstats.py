@@ -240,14 +240,20 @@ def _sketch_forms(prep, V: Tensor, b: int, comp: Compute, gen: torch.Generator):
     return quad, (first, mode, fd_step, counts), fd_err
 
 
-def _first_operator(prep, b: int, first: tuple) -> LossOperator:
-    """The first partition's operator again (for ‖H‖, L and the timed gradient), in the chosen HVP mode, its
-    counts those of every partition so far."""
-    index, mode, fd_step, counts = first
+def _operator_in(prep, index: Tensor, b: int, mode: str, fd_step: float) -> LossOperator:
+    """:func:`_operator` in the HVP mode and finite-difference step chosen on the first partition."""
     op = _operator(prep, index, b)
     if mode != op.hvp_mode:
         op.set_hvp_mode(mode, "diagnose", graph_budget=memory_budget(op.device, STORE_MB))
     op.fd_step = fd_step
+    return op
+
+
+def _first_operator(prep, b: int, first: tuple) -> LossOperator:
+    """The first partition's operator again (for ‖H‖, L and the timed gradient), in the chosen HVP mode, its
+    counts those of every partition so far."""
+    index, mode, fd_step, counts = first
+    op = _operator_in(prep, index, b, mode, fd_step)
     for k, v in counts.items():
         op.counts[k] += v
     return op
@@ -260,10 +266,7 @@ def heldout_quotient(prep, first: LossOperator, u: Tensor, b: int, k: int, gen: 
     u = u / u.norm()
     q = []
     for index in draw_batches(prep.n_used, b, k, gen):
-        op = _operator(prep, index, b)
-        if first.hvp_mode != op.hvp_mode:
-            op.set_hvp_mode(first.hvp_mode, "diagnose", graph_budget=memory_budget(op.device, STORE_MB))
-        op.fd_step = first.fd_step
+        op = _operator_in(prep, index, b, first.hvp_mode, first.fd_step)
         q.append(float(u.double() @ op.hvp(u.to(op.dtype)).detach().double()))
         for key, v in op.counts.items():
             first.counts[key] += v
