@@ -95,15 +95,28 @@ def kept_run(args: argparse.Namespace, ds: TensorDataset, steps: int):
     return model, opt, DataLoader(ds, batch_sampler=batches)
 
 
+def cpu() -> dict:
+    """The CPU's model name and whether it has AVX-512 (from /proc/cpuinfo where there is one). A seeded run is
+    repeated exactly only on the same kernels: on a CPU with other vector units the float rounding differs, and a
+    training trajectory of hundreds of steps drifts apart."""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return {"model": platform.processor() or platform.machine(), "avx512": None}
+    model = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")), "")
+    return {"model": model or platform.machine(), "avx512": " avx512f" in info}
+
+
 def record_context(args: argparse.Namespace, t_start: float, load_before) -> dict:
     """What every record of the workload holds besides its results: the settings, the wall time since ``t_start``
-    (``time.perf_counter``), the load averages before and now, the CPU count and the versions."""
+    (``time.perf_counter``), the load averages before and now, the CPU (:func:`cpu`), its count and the versions."""
     return {
         "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
         "wall_s": time.perf_counter() - t_start,
         "loadavg_before": list(load_before),
         "loadavg_after": list(os.getloadavg()),
         "cpu_count": os.cpu_count(),
+        "cpu": cpu(),
         "torch": torch.__version__,
         "python": platform.python_version(),
     }

@@ -602,9 +602,20 @@ def monitor_accuracy(name: str = "monitor_accuracy.json") -> str:
         f"{table}\n\n{eig_text}"
         f"{r['model']}, m = {r['m']}, N = {st['n']} CIFAR-10 images at {st['px']} px, b = {st['batch']}, "
         f"η = {st['lr']}, β = 0.9, a row every {st['window']} steps; {len(r['pairs'])} rows compared after "
-        f"{st['warmup']}, the references at {st['points']} steps of each window; {r['wall_s']:.0f} s, load average "
+        f"{st['warmup']}, the references at {st['points']} steps of each window; {r['wall_s']:.0f} s{on_cpu(r)}, "
+        f"load average "
         f"{r['loadavg_before'][0]:.2f} before, {r['loadavg_after'][0]:.2f} after.\n"
     )
+
+
+def on_cpu(r: dict) -> str:
+    """ " on <CPU model> (with/without AVX-512)" for a record that names its CPU (a seeded run repeats exactly only
+    on the same kernels), else ""."""
+    c = r.get("cpu")
+    if not c:
+        return ""
+    avx = "" if c.get("avx512") is None else (" with AVX-512" if c["avx512"] else " without AVX-512")
+    return f" on {c['model']}{avx}"
 
 
 def eig_reference(*names: str) -> str:
@@ -638,8 +649,8 @@ def eig_reference(*names: str) -> str:
     ]
     below = [p["step"] for p in r["points"] if p.get("stream") and p["stream"]["top_eig"] < float(rows_low[p["step"]])]
     runs = "; ".join(
-        f"{x['wall_s']:.0f} s on {x['settings']['threads']} thread(s), load average {x['loadavg_before'][0]:.2f} "
-        f"before, {x['loadavg_after'][0]:.2f} after"
+        f"{x['wall_s']:.0f} s on {x['settings']['threads']} thread(s){on_cpu(x)}, load average "
+        f"{x['loadavg_before'][0]:.2f} before, {x['loadavg_after'][0]:.2f} after"
         for x in recs
     )
     return (
@@ -671,20 +682,23 @@ def eig_trackers(name: str) -> str:
     else:
         scored = [o for o in r["rows"] if "heldout" in o]
         keys = sorted((k for k in products if not k.startswith("monitor")), key=lambda k: (products[k], k))
+        keys += [k for k in scored[0].get("free", {})]  # directions found without tracking (no products a row)
         head = ["tracker", "products per row"] + [f"step {o['step']}" for o in scored] + ["reported at those steps"]
         rows = [
-            [k, products[k]]
+            [k, products.get(k, "–")]
             + [f"{o['heldout'][k]['mean']:.2g} ± {o['heldout'][k]['se']:.1g}" for o in scored]
-            + [span([o["reported"][k] for o in scored], "{:.2g}")]
+            + [span([o["free" if k in o.get("free", {}) else "reported"][k] for o in scored], "{:.2g}")]
             for k in keys
         ]
         tail = (
-            "Each step's cell: the tracked vector's Rayleigh quotient, mean ± se over 16 independent batches; the last "
-            "column the trackers' own values at those rows (in-sample)."
+            "Each step's cell: the tracked (or free) vector's Rayleigh quotient, mean ± se over 16 independent "
+            "batches; the last column the trackers' own values at those rows (in-sample). Rows with – are the "
+            "directions found without tracking (grad-pc1, grad-ritz4, last-layer: study_eig_trackers.py's docstring); "
+            "their in-sample values took 1, 4 and up to 20 products on each of the row's 4 probe sets."
         )
     return (
-        f"{md_table(head, rows)}\n\n{tail} {r['wall_s']:.0f} s on {r['settings']['threads']} thread(s), load "
-        f"average {r['loadavg_before'][0]:.2f} before, {r['loadavg_after'][0]:.2f} after.\n"
+        f"{md_table(head, rows)}\n\n{tail} {r['wall_s']:.0f} s on {r['settings']['threads']} thread(s){on_cpu(r)}, "
+        f"load average {r['loadavg_before'][0]:.2f} before, {r['loadavg_after'][0]:.2f} after.\n"
     )
 
 

@@ -25,7 +25,13 @@ Workloads (``--workload``):
   at 32 px, momentum 0.9, weight decay 5e-4, b = 128), a row every 100 steps, the probe data one batch of b
   (normalised with its own statistics). Reference: at the rows ``--score``, each tracker's x scored on 16
   independent batches (the mean of xᵀH_Bx, unbiased for xᵀ∇²L_b x); ``study_eig_reference.py`` brackets ‖∇²L_b‖
-  at the same steps of the same run.
+  at the same steps of the same run. Beside the trackers, directions that need no tracking, scored on the same
+  batches (``free`` in the record; ``reported`` their in-sample value on the row's 4 probe sets):
+  ``grad-pc1``, the top principal direction of the window's own 100 training gradients (uncentred: the top
+  eigenvector of their second moment, S_b's estimate); ``grad-ritz4``, the top Ritz vector of the 4 probe sets'
+  mean Hessian in span{the top 3 of those directions, the top direction of consecutive differences g_t − g_{t−1}};
+  ``last-layer``, the top eigenvector of the last linear layer's block of the 4 probe sets' mean Hessian (LOBPCG
+  on that block, at most 20 products on each set).
 
 Writes ``results/bench/eig_trackers_<workload>.json``.
 """
@@ -134,6 +140,37 @@ class Davidson(Tracker):
         return r.value
 
 
+def top_directions(G: torch.Tensor, k: int) -> list[torch.Tensor]:
+    """The top k right singular vectors of G (rows: gradients), unit, from the Gram matrix GGᵀ."""
+    w, V = torch.linalg.eigh(G @ G.T)
+    return [unit(G.T @ V[:, i]) for i in torch.argsort(w, descending=True)[:k].tolist()]
+
+
+def last_layer_mask(model: torch.nn.Module) -> torch.Tensor:
+    """1 on the parameters of the model's last ``nn.Linear`` (weight and bias), 0 elsewhere, in parameter order."""
+    last = [m for m in model.modules() if isinstance(m, torch.nn.Linear)][-1]
+    mine = {id(p) for p in last.parameters()}
+    return torch.cat([torch.full((p.numel(),), float(id(p) in mine), dtype=torch.float64) for p in model.parameters()])
+
+
+def free_directions(pool: torch.Tensor, products, mask: torch.Tensor) -> dict[str, tuple[torch.Tensor, float]]:
+    """Directions that need no tracking (module docstring), each with its in-sample value on the probe sets;
+    ``mask`` selects the last layer (:func:`last_layer_mask`)."""
+
+    def mean_hvp(u):
+        return sum(h(u) for h in products) / len(products)
+
+    G = pool.double()
+    pcs = top_directions(G, 3)
+    B = torch.linalg.qr(torch.stack(pcs + top_directions(G[1:] - G[:-1], 1), 1))[0]
+    M = B.T @ torch.stack([mean_hvp(B[:, j]) for j in range(B.shape[1])], 1)
+    w, V = torch.linalg.eigh((M + M.T) / 2)
+    out = {"grad-pc1": (pcs[0], float(pcs[0] @ mean_hvp(pcs[0]))), "grad-ritz4": (unit(B @ V[:, -1]), float(w[-1]))}
+    r = lobpcg_top(lambda u: mask * mean_hvp(mask * u), mask * G[-1], tol=1e-3, max_matvecs=20)
+    out["last-layer"] = (unit(mask * r.vector.double()), r.value)
+    return out
+
+
 def trackers() -> dict[str, Tracker]:
     return {
         "ritz": Ritz(),
@@ -225,12 +262,15 @@ def main(argv: list[str] | None = None) -> int:
             )  # fmt: skip
             monitors[name] = (mon, got)
     ring: list[torch.Tensor] = []
+    pool = None if eos else torch.zeros(window, sum(p.numel() for p in params))  # kept: the window's gradients
     results: list[dict] = []
     u = None
     for t, (x, y) in enumerate(loader):
         opt.zero_grad()
         F.cross_entropy(model(x), y).backward()
         ring = (ring + [torch.cat([p.grad.reshape(-1) for p in params]).double()])[-8:]
+        if pool is not None:
+            pool[t % window] = ring[-1]
         if (t + 1) % window == 0:
             r = (t + 1) // window - 1
             one: dict = {"step": t}
@@ -248,18 +288,21 @@ def main(argv: list[str] | None = None) -> int:
             products = [h for _, h in ops]
             Hv = products[0](v)
             one["reported"] = {k: c.row(products, v, Hv) for k, c in tr.items()}
+            free = free_directions(pool, products, last_layer_mask(model)) if not eos and r in args.score else {}
             for ctx, _ in ops:
                 if ctx is not None:
                     ctx.__exit__(None, None, None)
             if eos:
                 one["overlap"] = {k: abs(float(c.x @ u)) for k, c in tr.items()}
             elif r in args.score:
-                held: dict[str, list[float]] = {k: [] for k in tr}
+                vectors = {k: c.x for k, c in tr.items()} | {k: x for k, (x, _) in free.items()}
+                one["free"] = {k: val for k, (_, val) in free.items()}
+                held: dict[str, list[float]] = {k: [] for k in vectors}
                 for _ in range(16):
                     idx = probe()
                     with BatchHessian(model, X[idx], Y[idx], args.batch) as hb:
-                        for k, c in tr.items():
-                            held[k].append(hb.quotient(c.x))
+                        for k, x in vectors.items():
+                            held[k].append(hb.quotient(x))
                 one["heldout"] = {
                     k: {"mean": statistics.fmean(q), "se": statistics.stdev(q) / math.sqrt(len(q))}
                     for k, q in held.items()
