@@ -629,11 +629,12 @@ def eig_reference(*names: str) -> str:
         h = p["heldout"].get(key)
         return f"{h['mean']:.3g} ± {h['se']:.2g}" if h else "–"
 
-    rows, rows_low = [], {}
+    rows, below = [], []  # below: the steps where the streaming ‖H‖ lies below the bracket's lower end
     for p in r["points"]:
         u = p["heldout"]["u"]
         low = max(u["mean"] - 2 * u["se"], 0.0)
-        rows_low[p["step"]] = low
+        if p.get("stream") and p["stream"]["top_eig"] < low:
+            below.append(p["step"])
         prev = held(p, "u_prev") + (f" ({p['overlap_prev']:.3f})" if p.get("overlap_prev") is not None else "")
         stream = f"{p['stream']['top_eig']:.3g}" if p.get("stream") else "–"
         rows.append([p["step"], f"{p['lambda_fit']:.3g}", held(p, "u"), f"[{low:.2g}, {p['lambda_fit']:.3g}]", stream,
@@ -647,7 +648,6 @@ def eig_reference(*names: str) -> str:
         "tracked x held out",
         "previous u held out (overlap with u)",
     ]
-    below = [p["step"] for p in r["points"] if p.get("stream") and p["stream"]["top_eig"] < float(rows_low[p["step"]])]
     runs = "; ".join(
         f"{x['wall_s']:.0f} s on {x['settings']['threads']} thread(s){on_cpu(x)}, load average "
         f"{x['loadavg_before'][0]:.2f} before, {x['loadavg_after'][0]:.2f} after"

@@ -165,7 +165,8 @@ def free_directions(pool: torch.Tensor, products, mask: torch.Tensor) -> dict[st
     B = torch.linalg.qr(torch.stack(pcs + top_directions(G[1:] - G[:-1], 1), 1))[0]
     M = B.T @ torch.stack([mean_hvp(B[:, j]) for j in range(B.shape[1])], 1)
     w, V = torch.linalg.eigh((M + M.T) / 2)
-    out = {"grad-pc1": (pcs[0], float(pcs[0] @ mean_hvp(pcs[0]))), "grad-ritz4": (unit(B @ V[:, -1]), float(w[-1]))}
+    # B's first column is ±pcs[0], so M[0, 0] is grad-pc1's in-sample quotient
+    out = {"grad-pc1": (pcs[0], float(M[0, 0])), "grad-ritz4": (unit(B @ V[:, -1]), float(w[-1]))}
     r = lobpcg_top(lambda u: mask * mean_hvp(mask * u), mask * G[-1], tol=1e-3, max_matvecs=20)
     out["last-layer"] = (unit(mask * r.vector.double()), r.value)
     return out
