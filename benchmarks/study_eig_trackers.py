@@ -25,8 +25,9 @@ Workloads (``--workload``):
   at 32 px, momentum 0.9, weight decay 5e-4, b = 128), a row every 100 steps, the probe data one batch of b
   (normalised with its own statistics). Reference: at the rows ``--score``, each tracker's x scored on 16
   independent batches (the mean of xᵀH_Bx, unbiased for xᵀ∇²L_b x); ``study_eig_reference.py`` brackets ‖∇²L_b‖
-  at the same steps of the same run. Beside the trackers, directions that need no tracking, scored on the same
-  batches (``free`` in the record; ``reported`` their in-sample value on the row's 4 probe sets):
+  at row steps of the same run (on the same CPU: the records name it). Beside the trackers, directions that
+  need no tracking, scored on the same batches (``free`` in the record; ``reported`` their in-sample value on
+  the row's 4 probe sets):
   ``grad-pc1``, the top principal direction of the window's own 100 training gradients (uncentred: the top
   eigenvector of their second moment, S_b's estimate); ``grad-ritz4``, the top Ritz vector of the 4 probe sets'
   mean Hessian in span{the top 3 of those directions, the top direction of consecutive differences g_t − g_{t−1}};
